@@ -1,0 +1,1 @@
+//! The QSC cortex: ingest, store, detect, score, decide, respond, audit.

@@ -1,0 +1,50 @@
+use serde::{Deserialize, Serialize};
+
+/// The process an event is about, as enriched by the agent.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    /// Thread-group id (what users call the pid).
+    pub pid: u32,
+    /// The thread that made the call, when it differs from `pid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tid: Option<u32>,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    pub comm: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cmdline: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(default)]
+    pub cgroup_id: u64,
+    /// Stable identity of this process incarnation (host, pid and start time hashed), unique
+    /// even when the kernel reuses the pid.
+    #[serde(default)]
+    pub guid: String,
+    /// Parent first, then its parent, up to (and excluding) pid 1 or a depth limit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ancestry: Vec<Ancestor>,
+}
+
+/// One ancestor of a process.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Ancestor {
+    pub pid: u32,
+    pub comm: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    #[serde(default)]
+    pub guid: String,
+}
+
+impl ProcessInfo {
+    /// The command line joined with spaces, as Sigma's `CommandLine` expects.
+    pub fn command_line(&self) -> String {
+        self.cmdline.join(" ")
+    }
+}

@@ -1,0 +1,35 @@
+/// Offsets the kernel program needs but cannot know by itself: fields of kernel structs (read
+/// by the agent from the kernel's BTF) and of tracepoint records (read from tracefs `format`
+/// files). The agent fills this in before loading; a zero struct offset means "unknown" and the
+/// dependent field is reported as 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelLayout {
+    pub task_real_parent: u32,
+    pub task_tgid: u32,
+    pub task_mm: u32,
+    pub task_exit_code: u32,
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
+    /// sched/sched_process_exec: `__data_loc char[] filename`.
+    pub exec_filename: u32,
+    /// task/task_newtask: `pid`, `clone_flags`.
+    pub newtask_pid: u32,
+    pub newtask_clone_flags: u32,
+    /// sock/inet_sock_set_state fields.
+    pub sk_oldstate: u32,
+    pub sk_newstate: u32,
+    pub sk_sport: u32,
+    pub sk_dport: u32,
+    pub sk_family: u32,
+    pub sk_protocol: u32,
+    pub sk_saddr_v6: u32,
+    pub sk_daddr_v6: u32,
+    pub sk_saddr: u32,
+    pub sk_daddr: u32,
+    /// signal/signal_generate: `sig`, `pid`.
+    pub signal_sig: u32,
+    pub signal_pid: u32,
+    /// sched/sched_process_exit: `group_dead` (kernels ≥ 6.16; 0 when absent).
+    pub exit_group_dead: u32,
+}

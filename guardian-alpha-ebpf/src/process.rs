@@ -1,0 +1,138 @@
+//! Process lifecycle: exec, exit and fork.
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_buf},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use guardian_alpha_common::{
+    ARGS_CAPTURE, ExecRecord, ExitRecord, ForkRecord, RecordKind, SignalRecord,
+};
+
+use crate::record::{
+    AGENT_TGID, LAYOUT, current_task, fill_header, is_agent, read_kernel_field, record_mut, reserve,
+};
+
+const CLONE_THREAD: u64 = 0x0001_0000;
+
+#[tracepoint(category = "sched", name = "sched_process_exec")]
+pub fn sched_process_exec(ctx: TracePointContext) {
+    if is_agent() {
+        return;
+    }
+    let Some(mut entry) = reserve::<ExecRecord>() else {
+        return;
+    };
+    let layout = LAYOUT.load();
+    let record = record_mut(&mut entry);
+    fill_header(&mut record.header, RecordKind::Exec, 0);
+    record.filename[0] = 0;
+    if let Ok(data_loc) = unsafe { ctx.read_at::<u32>(layout.exec_filename as usize) } {
+        let offset = (data_loc & 0xffff) as usize;
+        let src = unsafe { (ctx.as_ptr() as *const u8).add(offset) };
+        let _ = unsafe { bpf_probe_read_kernel_str_bytes(src, &mut record.filename) };
+    }
+    read_args(&layout, record);
+    entry.submit(0);
+}
+
+/// Copies argv (NUL-separated) from the new image's `mm->arg_start..arg_end`.
+#[inline(always)]
+fn read_args(layout: &guardian_alpha_common::KernelLayout, record: &mut ExecRecord) {
+    record.args_len = 0;
+    record.args_truncated = 0;
+    let mm: *const u8 =
+        read_kernel_field(current_task(), layout.task_mm).unwrap_or(core::ptr::null());
+    let (Some(start), Some(end)) = (
+        read_kernel_field::<u64>(mm, layout.mm_arg_start),
+        read_kernel_field::<u64>(mm, layout.mm_arg_end),
+    ) else {
+        return;
+    };
+    let len = end.saturating_sub(start) as usize;
+    if len > ARGS_CAPTURE {
+        record.args_truncated = 1;
+    }
+    let src = start as *const u8;
+    // Reading the whole buffer is one helper call the verifier accepts; argv is followed by the
+    // environment on the stack, so the read only fails at the very end of the mapping, where a
+    // read bounded by the real length is tried instead.
+    if unsafe { bpf_probe_read_user_buf(src, &mut record.args) }.is_ok() {
+        record.args_len = len.min(ARGS_CAPTURE) as u32;
+        return;
+    }
+    let bounded = len & (ARGS_CAPTURE - 1);
+    if unsafe { bpf_probe_read_user_buf(src, &mut record.args[..bounded]) }.is_ok() {
+        record.args_len = bounded as u32;
+    }
+}
+
+#[tracepoint(category = "sched", name = "sched_process_exit")]
+pub fn sched_process_exit(ctx: TracePointContext) {
+    if is_agent() {
+        return;
+    }
+    let layout = LAYOUT.load();
+    let process_ended = if layout.exit_group_dead != 0 {
+        unsafe { ctx.read_at::<u8>(layout.exit_group_dead as usize) }.unwrap_or(0) != 0
+    } else {
+        let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+        pid_tgid as u32 == (pid_tgid >> 32) as u32
+    };
+    if !process_ended {
+        return;
+    }
+    let Some(mut entry) = reserve::<ExitRecord>() else {
+        return;
+    };
+    let record = record_mut(&mut entry);
+    fill_header(&mut record.header, RecordKind::Exit, 0);
+    record.exit_code =
+        read_kernel_field::<i32>(current_task(), layout.task_exit_code).unwrap_or(0) as u32;
+    record.pad = 0;
+    entry.submit(0);
+}
+
+/// `task_newtask` runs in the parent while it creates the child; threads are skipped.
+#[tracepoint(category = "task", name = "task_newtask")]
+pub fn task_newtask(ctx: TracePointContext) {
+    if is_agent() {
+        return;
+    }
+    let layout = LAYOUT.load();
+    let clone_flags =
+        unsafe { ctx.read_at::<u64>(layout.newtask_clone_flags as usize) }.unwrap_or(0);
+    if clone_flags & CLONE_THREAD != 0 {
+        return;
+    }
+    let Some(mut entry) = reserve::<ForkRecord>() else {
+        return;
+    };
+    let record = record_mut(&mut entry);
+    fill_header(&mut record.header, RecordKind::Fork, 0);
+    record.child_pid =
+        unsafe { ctx.read_at::<i32>(layout.newtask_pid as usize) }.unwrap_or(0) as u32;
+    record.pad = 0;
+    record.clone_flags = clone_flags;
+    entry.submit(0);
+}
+
+/// Signals generated for the agent's own process: a tamper attempt (the kill itself is not
+/// prevented here; the cortex is told before the agent dies).
+#[tracepoint(category = "signal", name = "signal_generate")]
+pub fn signal_generate(ctx: TracePointContext) {
+    let layout = LAYOUT.load();
+    let target = unsafe { ctx.read_at::<i32>(layout.signal_pid as usize) }.unwrap_or(0) as u32;
+    if target == 0 || target != AGENT_TGID.load() || is_agent() {
+        return;
+    }
+    let Some(mut entry) = reserve::<SignalRecord>() else {
+        return;
+    };
+    let record = record_mut(&mut entry);
+    fill_header(&mut record.header, RecordKind::Signal, 0);
+    record.signal = unsafe { ctx.read_at::<i32>(layout.signal_sig as usize) }.unwrap_or(0);
+    record.target_pid = target;
+    entry.submit(0);
+}

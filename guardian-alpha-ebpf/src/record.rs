@@ -1,0 +1,138 @@
+//! Maps, globals and the helpers every hook uses to fill a record header.
+
+use aya_ebpf::{
+    Global,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_probe_read_kernel,
+        generated::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_ns},
+    },
+    macros::map,
+    maps::{PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use guardian_alpha_common::{Header, KernelLayout, RecordKind};
+
+/// Default size; the agent may change it at load time (`set_max_entries`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// Records that did not fit in the ring buffer, per CPU.
+#[map]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The agent's own process: never reported (it would report itself reporting).
+#[unsafe(no_mangle)]
+pub static AGENT_TGID: Global<u32> = Global::new(0);
+
+#[unsafe(no_mangle)]
+pub static LAYOUT: Global<KernelLayout> = Global::new(KernelLayout {
+    task_real_parent: 0,
+    task_tgid: 0,
+    task_mm: 0,
+    task_exit_code: 0,
+    mm_arg_start: 0,
+    mm_arg_end: 0,
+    exec_filename: 0,
+    newtask_pid: 0,
+    newtask_clone_flags: 0,
+    sk_oldstate: 0,
+    sk_newstate: 0,
+    sk_sport: 0,
+    sk_dport: 0,
+    sk_family: 0,
+    sk_protocol: 0,
+    sk_saddr_v6: 0,
+    sk_daddr_v6: 0,
+    sk_saddr: 0,
+    sk_daddr: 0,
+    signal_sig: 0,
+    signal_pid: 0,
+    exit_group_dead: 0,
+});
+
+/// Offset of syscall argument `n` in a `syscalls/sys_enter_*` record (a stable layout:
+/// common header, `__syscall_nr`, then `unsigned long args[6]`).
+const fn syscall_arg_offset(n: usize) -> usize {
+    16 + 8 * n
+}
+
+#[inline(always)]
+pub fn syscall_arg(ctx: &TracePointContext, n: usize) -> u64 {
+    unsafe { ctx.read_at::<u64>(syscall_arg_offset(n)) }.unwrap_or(0)
+}
+
+#[inline(always)]
+pub fn current_tgid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+/// True when the calling process is the agent itself.
+#[inline(always)]
+pub fn is_agent() -> bool {
+    current_tgid() == AGENT_TGID.load()
+}
+
+pub fn count_lost() {
+    if let Some(counter) = LOST.get_ptr_mut(0) {
+        unsafe { *counter += 1 };
+    }
+}
+
+/// The current task's `task_struct` as raw bytes, for offset-based reads.
+#[inline(always)]
+pub fn current_task() -> *const u8 {
+    unsafe { bpf_get_current_task() as *const u8 }
+}
+
+/// Reads a `T` at `offset` into kernel struct `base`; `None` when the offset is unknown (0).
+#[inline(always)]
+pub fn read_kernel_field<T>(base: *const u8, offset: u32) -> Option<T> {
+    if offset == 0 || base.is_null() {
+        return None;
+    }
+    unsafe { bpf_probe_read_kernel(base.add(offset as usize) as *const T) }.ok()
+}
+
+#[inline(always)]
+fn parent_tgid(layout: &KernelLayout) -> u32 {
+    let parent: *const u8 =
+        read_kernel_field(current_task(), layout.task_real_parent).unwrap_or(core::ptr::null());
+    read_kernel_field::<i32>(parent, layout.task_tgid).unwrap_or(0) as u32
+}
+
+/// Fills `header` with the identity of the current task.
+#[inline(always)]
+pub fn fill_header(header: &mut Header, kind: RecordKind, op: u16) {
+    let layout = LAYOUT.load();
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    header.kind = kind as u16;
+    header.op = op;
+    header.reserved = 0;
+    header.ktime_ns = unsafe { bpf_ktime_get_ns() };
+    header.pid = pid_tgid as u32;
+    header.tgid = (pid_tgid >> 32) as u32;
+    header.ppid = parent_tgid(&layout);
+    header.uid = uid_gid as u32;
+    header.gid = (uid_gid >> 32) as u32;
+    header.pad = 0;
+    header.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    header.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+}
+
+/// Reserves a `T` in the ring buffer, counting the loss when it is full.
+#[inline(always)]
+pub fn reserve<T: 'static>() -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<T>> {
+    let entry = EVENTS.reserve::<T>(0);
+    if entry.is_none() {
+        count_lost();
+    }
+    entry
+}
+
+/// The reserved record as a `&mut T`; every field is then written before submit.
+#[inline(always)]
+pub fn record_mut<T>(entry: &mut aya_ebpf::maps::ring_buf::RingBufEntry<T>) -> &mut T {
+    unsafe { &mut *entry.as_mut_ptr() }
+}

@@ -1,0 +1,327 @@
+//! The agent's event loop: drain the ring buffer, enrich, emit; on timers report losses,
+//! sample host metrics, follow the auth log and scan memory maps.
+
+use std::{
+    future::Future,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, RingBuf};
+use qsc_event::{Event, EventKind, EventLoss, Heartbeat, MemoryRwx, RwxSource, Source};
+use tokio::io::unix::AsyncFd;
+
+use crate::{
+    authlog::{self, AuthLog},
+    config::{self, Config},
+    enrich::Enricher,
+    forensics::{self, RwxTracker},
+    metrics::{Activity, Sampler},
+    output::JsonLines,
+    proctable::ProcessTable,
+    record,
+    sensor::{self, Sensor, SensorOptions},
+    users::UserNames,
+};
+
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
+
+pub struct Agent {
+    host_id: String,
+    seq: u64,
+    output: JsonLines,
+    enricher: Enricher,
+    rwx: RwxTracker,
+    proc_root: PathBuf,
+    lost_reported: u64,
+    decode_errors: u64,
+    started: Instant,
+    active_hooks: Vec<String>,
+    auth_failures: u64,
+    last_activity: crate::enrich::ActivityCounters,
+}
+
+/// Loads and attaches the sensor as `config` says.
+pub fn start_sensor(config: &Config) -> anyhow::Result<Sensor> {
+    sensor::ensure_tracefs(&config.sensor.tracefs)?;
+    let btf = match crate::btf::Btf::from_sys_fs() {
+        Ok(btf) => Some(btf),
+        Err(err) => {
+            tracing::warn!(%err, "no kernel BTF: ppid, argv and exit codes will be reported as 0");
+            None
+        }
+    };
+    let formats = crate::layout::TracepointFormats::new(&config.sensor.tracefs);
+    let (layout, warnings) = crate::layout::resolve(btf.as_ref(), &formats)?;
+    for warning in warnings {
+        tracing::warn!(%warning, "kernel layout");
+    }
+    let object = sensor::object_bytes(config.sensor.ebpf_object.as_deref())?;
+    let mut sensor = Sensor::load(&SensorOptions {
+        object: &object,
+        ring_buffer_bytes: config.sensor.ring_buffer_bytes,
+        layout,
+        agent_tgid: std::process::id(),
+    })?;
+    sensor.set_watched_prefixes(&watched_prefixes(config))?;
+    for (hook, reason) in &sensor.skipped_hooks {
+        tracing::warn!(%hook, %reason, "optional hook not attached");
+    }
+    tracing::info!(hooks = sensor.active_hooks.len(), active = ?sensor.active_hooks, "sensor attached");
+    Ok(sensor)
+}
+
+fn watched_prefixes(config: &Config) -> Vec<(String, guardian_alpha_common::WatchFlags)> {
+    use guardian_alpha_common::WatchFlags;
+    config
+        .watch
+        .iter()
+        .flat_map(|rule| {
+            let bits = if rule.reads { WatchFlags::READS } else { 0 }
+                | if rule.modifications {
+                    WatchFlags::MODIFICATIONS
+                } else {
+                    0
+                };
+            config::expand_prefix(&rule.prefix)
+                .into_iter()
+                .map(move |prefix| (prefix, WatchFlags { bits }))
+        })
+        .collect()
+}
+
+impl Agent {
+    pub fn new(config: &Config, active_hooks: Vec<String>) -> anyhow::Result<Self> {
+        let host_id = config.host_id();
+        let proc_root = PathBuf::from("/proc");
+        let mut table =
+            ProcessTable::new(&proc_root, &host_id, UserNames::from_passwd("/etc/passwd"));
+        let seeded = table.seed();
+        tracing::info!(processes = seeded, "process table seeded from /proc");
+        Ok(Agent {
+            host_id,
+            seq: 0,
+            output: JsonLines::open(&config.output)?,
+            enricher: Enricher::new(table),
+            rwx: RwxTracker::default(),
+            proc_root,
+            lost_reported: 0,
+            decode_errors: 0,
+            started: Instant::now(),
+            active_hooks,
+            auth_failures: 0,
+            last_activity: Default::default(),
+        })
+    }
+
+    fn emit(&mut self, kind: EventKind, mono_ns: Option<u64>) -> anyhow::Result<()> {
+        self.seq += 1;
+        let mut event = Event::new(&self.host_id, Source::Alpha, self.seq, kind);
+        event.mono_ns = mono_ns;
+        self.output.write(&event)?;
+        Ok(())
+    }
+
+    fn handle_record(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        let record = match record::decode(bytes) {
+            Ok(record) => record,
+            Err(err) => {
+                self.decode_errors += 1;
+                tracing::warn!(%err, total = self.decode_errors, "undecodable kernel record");
+                return Ok(());
+            }
+        };
+        let mono_ns = Some(record.header().ktime_ns);
+        let kind = self.enricher.enrich(record);
+        let rwx_pid = match &kind {
+            EventKind::MemoryRwx(m) => Some(m.process.pid),
+            EventKind::ProcessExit(e) => {
+                self.rwx.forget(e.process.pid);
+                None
+            }
+            _ => None,
+        };
+        self.emit(kind, mono_ns)?;
+        if let Some(pid) = rwx_pid {
+            self.scan_process(pid)?;
+        }
+        Ok(())
+    }
+
+    /// Reports W+X regions of `pid` not reported before.
+    fn scan_process(&mut self, pid: u32) -> anyhow::Result<()> {
+        let regions = self.rwx.new_regions(&self.proc_root, pid);
+        if regions.is_empty() {
+            return Ok(());
+        }
+        let Some(entry) = self.enricher.table.get(pid).cloned() else {
+            return Ok(());
+        };
+        let (uid, gid) = ids_from_proc(&self.proc_root, pid);
+        for region in regions {
+            let caller = crate::proctable::Caller {
+                pid,
+                tid: pid,
+                ppid: entry.ppid,
+                uid,
+                gid,
+                cgroup_id: 0,
+                comm: &entry.comm,
+                ktime_ns: 0,
+            };
+            let process = self.enricher.table.process_info(&caller);
+            self.emit(
+                EventKind::MemoryRwx(MemoryRwx {
+                    process,
+                    source: RwxSource::MapsScan,
+                    addr: region.start,
+                    len: region.end - region.start,
+                    prot: 7,
+                    region: Some(region.name),
+                }),
+                None,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn scan_all_processes(&mut self) -> anyhow::Result<()> {
+        for pid in forensics::all_pids(&self.proc_root) {
+            if pid != std::process::id() {
+                self.scan_process(pid)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn report_loss(&mut self, sensor: &Sensor) -> anyhow::Result<()> {
+        let total = sensor.lost_records()?;
+        if total > self.lost_reported {
+            let lost = total - self.lost_reported;
+            self.lost_reported = total;
+            tracing::warn!(lost, total, "kernel ring buffer was full: records lost");
+            self.emit(
+                EventKind::EventLoss(EventLoss {
+                    stage: "kernel_ringbuf".into(),
+                    lost,
+                    total,
+                }),
+                None,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn heartbeat(&mut self) -> anyhow::Result<()> {
+        self.emit(
+            EventKind::Heartbeat(Heartbeat {
+                version: env!("CARGO_PKG_VERSION").into(),
+                uptime_s: self.started.elapsed().as_secs(),
+                active_hooks: self.active_hooks.clone(),
+            }),
+            None,
+        )
+    }
+
+    fn follow_auth_log(&mut self, log: &mut AuthLog) -> anyhow::Result<()> {
+        for line in log.new_lines() {
+            if let Some(kind) = authlog::parse_line(&line) {
+                if matches!(kind, EventKind::AuthFailure(_)) {
+                    self.auth_failures += 1;
+                }
+                self.emit(kind, None)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn sample_metrics(&mut self, sampler: &mut Sampler, interval: Duration) -> anyhow::Result<()> {
+        let now = self.enricher.counters;
+        let activity = Activity {
+            failed_logins: std::mem::take(&mut self.auth_failures),
+            new_processes: now.execs - self.last_activity.execs,
+            new_connections: now.connects - self.last_activity.connects,
+        };
+        self.last_activity = now;
+        let metrics = sampler.sample(interval.as_millis() as u64, activity);
+        self.emit(EventKind::HostMetrics(metrics), None)
+    }
+
+    /// Runs until `shutdown` completes; the sensor is detached when it is dropped by the caller.
+    pub async fn run(
+        &mut self,
+        config: &Config,
+        mut sensor: Sensor,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let ring: RingBuf<MapData> = sensor.take_ring_buffer()?;
+        // SAFETY: the RingBuf owns its map fd, which stays open and unchanged for as long as the
+        // AsyncFd (which owns the RingBuf) lives.
+        let mut ring =
+            unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+                .map_err(|err| err.into_parts().1)?;
+        let mut loss_tick = ticker(Duration::from_millis(config.sensor.loss_report_interval_ms));
+        let mut heartbeat_tick = ticker(HEARTBEAT_INTERVAL);
+        let metrics_interval = Duration::from_secs(config.metrics.interval_s.max(1));
+        let mut metrics_tick = ticker(metrics_interval);
+        let scan_interval = Duration::from_secs(config.forensics.scan_interval_s.max(1));
+        let mut scan_tick = ticker(scan_interval);
+        let mut sampler = Sampler::new(&self.proc_root);
+        let mut auth_log = AuthLog::open(&config.metrics.auth_logs);
+        self.heartbeat()?;
+        self.output.flush()?;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                guard = ring.readable_mut() => {
+                    let mut guard = guard?;
+                    let ring = guard.get_inner_mut();
+                    while let Some(item) = ring.next() {
+                        let bytes: &[u8] = &item;
+                        self.handle_record(bytes)?;
+                    }
+                    guard.clear_ready();
+                }
+                _ = loss_tick.tick() => self.report_loss(&sensor)?,
+                _ = heartbeat_tick.tick() => self.heartbeat()?,
+                _ = metrics_tick.tick(), if config.metrics.interval_s > 0 => {
+                    self.follow_auth_log(&mut auth_log)?;
+                    self.sample_metrics(&mut sampler, metrics_interval)?;
+                }
+                _ = scan_tick.tick(), if config.forensics.scan_interval_s > 0 => self.scan_all_processes()?,
+            }
+            self.output.flush()?;
+        }
+        // Drain what is already in the ring buffer so nothing captured is dropped at exit.
+        let ring = ring.get_mut();
+        while let Some(item) = ring.next() {
+            let bytes: &[u8] = &item;
+            self.handle_record(bytes)?;
+        }
+        self.report_loss(&sensor)?;
+        self.output.flush()?;
+        Ok(())
+    }
+}
+
+fn ticker(period: Duration) -> tokio::time::Interval {
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval
+}
+
+/// Real uid/gid from `/proc/PID/status` for events found by scanning rather than by a hook.
+fn ids_from_proc(proc_root: &std::path::Path, pid: u32) -> (u32, u32) {
+    let Ok(status) = std::fs::read_to_string(proc_root.join(pid.to_string()).join("status")) else {
+        return (0, 0);
+    };
+    let first = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u32>().ok())
+    };
+    (first("Uid:").unwrap_or(0), first("Gid:").unwrap_or(0))
+}

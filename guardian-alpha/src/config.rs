@@ -1,0 +1,283 @@
+//! The agent's TOML configuration. Every key is documented in
+//! `config/guardian-alpha.example.toml`; unknown keys are rejected so typos surface at start.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path} is invalid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("config key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This host's id in events; defaults to the hostname.
+    pub host_id: Option<String>,
+    /// Where events go: "-" for stdout, or a file path (appended to).
+    pub output: String,
+    pub sensor: SensorConfig,
+    pub metrics: MetricsConfig,
+    pub forensics: ForensicsConfig,
+    /// Watched path prefixes; the longest matching prefix decides what is reported.
+    pub watch: Vec<WatchRule>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SensorConfig {
+    /// Kernel object to load instead of the embedded one.
+    pub ebpf_object: Option<PathBuf>,
+    /// Ring buffer size in bytes: a power of two, at least one page.
+    pub ring_buffer_bytes: u32,
+    /// How often the per-CPU loss counters are turned into `event_loss` events.
+    pub loss_report_interval_ms: u64,
+    /// Where tracefs is mounted.
+    pub tracefs: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Seconds between host metrics samples; 0 turns sampling off.
+    pub interval_s: u64,
+    /// Auth logs read for failed logins (the first that exists is used).
+    pub auth_logs: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForensicsConfig {
+    /// Seconds between full scans of every process's memory map for W+X regions; 0 = only on
+    /// RWX mmap/mprotect events.
+    pub scan_interval_s: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WatchRule {
+    /// An absolute path prefix. `*` as a whole path component is expanded at start-up
+    /// (e.g. `/home/*/.ssh/`).
+    pub prefix: String,
+    /// Report read-only opens.
+    #[serde(default)]
+    pub reads: bool,
+    /// Report writes, creations, truncations, chmod, chown, unlink and rename.
+    #[serde(default = "yes")]
+    pub modifications: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn rule(prefix: &str, reads: bool, modifications: bool) -> WatchRule {
+    WatchRule {
+        prefix: prefix.into(),
+        reads,
+        modifications,
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            host_id: None,
+            output: "-".into(),
+            sensor: SensorConfig::default(),
+            metrics: MetricsConfig::default(),
+            forensics: ForensicsConfig::default(),
+            watch: vec![
+                rule("/etc/", false, true),
+                rule("/etc/shadow", true, true),
+                rule("/etc/gshadow", true, true),
+                rule("/etc/sudoers", true, true),
+                rule("/etc/ssh/", false, true),
+                rule("/root/", false, true),
+                rule("/root/.ssh/", true, true),
+                rule("/home/*/.ssh/", true, true),
+                rule("/var/spool/cron/", false, true),
+                rule("/etc/cron.d/", false, true),
+                rule("/var/backups/", false, true),
+                rule("/usr/bin/", false, true),
+                rule("/usr/sbin/", false, true),
+                rule("/usr/lib/systemd/system/", false, true),
+                rule("/etc/ld.so.preload", true, true),
+            ],
+        }
+    }
+}
+
+impl Default for SensorConfig {
+    fn default() -> Self {
+        SensorConfig {
+            ebpf_object: None,
+            ring_buffer_bytes: 8 * 1024 * 1024,
+            loss_report_interval_ms: 1000,
+            tracefs: "/sys/kernel/tracing".into(),
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            interval_s: 10,
+            auth_logs: vec!["/var/log/auth.log".into(), "/var/log/secure".into()],
+        }
+    }
+}
+
+impl Default for ForensicsConfig {
+    fn default() -> Self {
+        ForensicsConfig {
+            scan_interval_s: 60,
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            key: key.into(),
+            reason,
+        };
+        let ring = self.sensor.ring_buffer_bytes;
+        if !ring.is_power_of_two() || ring < 4096 {
+            return Err(invalid(
+                "sensor.ring_buffer_bytes",
+                format!("{ring} is not a power of two of at least 4096"),
+            ));
+        }
+        for rule in &self.watch {
+            if !rule.prefix.starts_with('/') {
+                return Err(invalid(
+                    "watch.prefix",
+                    format!("`{}` is not an absolute path", rule.prefix),
+                ));
+            }
+            if rule.prefix.len() >= guardian_alpha_common::PATH_CAPTURE {
+                return Err(invalid(
+                    "watch.prefix",
+                    format!("`{}` is longer than 255 bytes", rule.prefix),
+                ));
+            }
+        }
+        if let Some(host) = &self.host_id
+            && (host.is_empty() || host.len() > qsc_event::MAX_HOST_ID_LEN)
+        {
+            return Err(invalid("host_id", "must be 1 to 128 bytes".into()));
+        }
+        Ok(())
+    }
+
+    pub fn host_id(&self) -> String {
+        self.host_id.clone().unwrap_or_else(hostname)
+    }
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Expands `*` path components against the file system (e.g. `/home/*/.ssh/`).
+pub fn expand_prefix(prefix: &str) -> Vec<String> {
+    let Some((head, tail)) = prefix.split_once("/*/") else {
+        return vec![prefix.to_owned()];
+    };
+    let Ok(dir) = std::fs::read_dir(if head.is_empty() { "/" } else { head }) else {
+        return Vec::new();
+    };
+    let mut expanded: Vec<String> = dir
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .flat_map(|name| expand_prefix(&format!("{head}/{name}/{tail}")))
+        .collect();
+    expanded.sort();
+    expanded
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_example_file_parses() {
+        Config::default().validate().unwrap();
+        let example = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../config/guardian-alpha.example.toml"
+        );
+        let config = Config::load(Path::new(example)).unwrap();
+        assert_eq!(config.watch, Config::default().watch);
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_bad_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.toml");
+        std::fs::write(&path, "outptu = \"-\"\n").unwrap();
+        assert!(matches!(
+            Config::load(&path),
+            Err(ConfigError::Parse { .. })
+        ));
+        std::fs::write(&path, "[sensor]\nring_buffer_bytes = 1000\n").unwrap();
+        assert!(matches!(
+            Config::load(&path),
+            Err(ConfigError::Invalid { .. })
+        ));
+        std::fs::write(&path, "[[watch]]\nprefix = \"etc/\"\n").unwrap();
+        assert!(matches!(
+            Config::load(&path),
+            Err(ConfigError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn expands_star_components() {
+        let dir = tempfile::tempdir().unwrap();
+        for user in ["alice", "bob"] {
+            std::fs::create_dir_all(dir.path().join(user).join(".ssh")).unwrap();
+        }
+        let pattern = format!("{}/*/.ssh/", dir.path().display());
+        let expanded = expand_prefix(&pattern);
+        assert_eq!(
+            expanded,
+            [
+                format!("{}/alice/.ssh/", dir.path().display()),
+                format!("{}/bob/.ssh/", dir.path().display())
+            ]
+        );
+        assert_eq!(expand_prefix("/etc/"), ["/etc/"]);
+    }
+}

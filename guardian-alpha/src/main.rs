@@ -1,0 +1,134 @@
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use guardian_alpha::{agent, config::Config};
+
+/// Guardian-Alpha: QSC's eBPF host agent. Captures process, file, privilege, memory and
+/// network activity with kernel tracepoints, enriches it with process context, and emits
+/// qsc events (JSON lines) to stdout, a file, or the cortex.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log as JSON instead of text (logs go to stderr; events to the configured output).
+    #[arg(long, global = true)]
+    log_json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load the kernel program and stream events until SIGINT/SIGTERM.
+    Run(RunArgs),
+    /// Print the default configuration (every key documented) to stdout.
+    DefaultConfig,
+    /// List the kernel hooks the agent attaches and whether each is required.
+    Hooks,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// TOML configuration file (see `guardian-alpha default-config`).
+    #[arg(long, short, env = "QSC_ALPHA_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where events go: "-" for stdout or a file path; overrides the config's `output`.
+    #[arg(long, short)]
+    output: Option<String>,
+    /// Load this kernel object instead of the embedded one.
+    #[arg(long)]
+    ebpf_object: Option<PathBuf>,
+    /// Ring buffer size in bytes (power of two); overrides `sensor.ring_buffer_bytes`.
+    #[arg(long)]
+    ring_buffer_bytes: Option<u32>,
+    /// Host id in events; overrides `host_id`.
+    #[arg(long)]
+    host_id: Option<String>,
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn load_config(args: &RunArgs) -> anyhow::Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(output) = &args.output {
+        config.output = output.clone();
+    }
+    if let Some(object) = &args.ebpf_object {
+        config.sensor.ebpf_object = Some(object.clone());
+    }
+    if let Some(bytes) = args.ring_buffer_bytes {
+        config.sensor.ring_buffer_bytes = bytes;
+    }
+    if let Some(host) = &args.host_id {
+        config.host_id = Some(host.clone());
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_json);
+    match cli.command {
+        Command::DefaultConfig => {
+            print!(
+                "{}",
+                include_str!("../../config/guardian-alpha.example.toml")
+            );
+            Ok(())
+        }
+        Command::Hooks => {
+            for hook in guardian_alpha::sensor::HOOKS {
+                let need = if hook.required {
+                    "required"
+                } else {
+                    "optional"
+                };
+                println!("{}/{}\t{need}", hook.category, hook.program);
+            }
+            Ok(())
+        }
+        Command::Run(args) => {
+            let config = load_config(&args)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(async {
+                let sensor = agent::start_sensor(&config)?;
+                let mut agent = agent::Agent::new(&config, sensor.active_hooks.clone())?;
+                agent.run(&config, sensor, shutdown_signal()).await?;
+                tracing::info!("programs detached; bye");
+                Ok(())
+            })
+        }
+    }
+}

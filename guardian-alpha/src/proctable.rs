@@ -1,0 +1,314 @@
+//! The process table: what the agent knows about every live process, seeded from /proc at
+//! start and kept current by exec, fork and exit records. Events are enriched from it.
+
+use std::{
+    collections::HashMap,
+    hash::{DefaultHasher, Hash, Hasher},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use qsc_event::{Ancestor, ProcessInfo};
+
+use crate::users::UserNames;
+
+/// How many ancestors an event carries.
+const ANCESTRY_DEPTH: usize = 8;
+
+#[derive(Clone, Debug, Default)]
+pub struct ProcEntry {
+    pub pid: u32,
+    pub ppid: u32,
+    pub comm: String,
+    pub exe: Option<String>,
+    pub cmdline: Vec<String>,
+    pub container_id: Option<String>,
+    pub guid: String,
+}
+
+pub struct ProcessTable {
+    proc_root: PathBuf,
+    host_salt: u64,
+    entries: HashMap<u32, Arc<ProcEntry>>,
+    users: UserNames,
+}
+
+/// What the kernel said about the caller, for filling in what the table does not know yet.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller<'a> {
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub cgroup_id: u64,
+    pub comm: &'a str,
+    pub ktime_ns: u64,
+}
+
+impl ProcessTable {
+    pub fn new(proc_root: impl Into<PathBuf>, host_id: &str, users: UserNames) -> Self {
+        let mut hasher = DefaultHasher::new();
+        host_id.hash(&mut hasher);
+        read_boot_id().hash(&mut hasher);
+        ProcessTable {
+            proc_root: proc_root.into(),
+            host_salt: hasher.finish(),
+            entries: HashMap::new(),
+            users,
+        }
+    }
+
+    /// Reads every process under /proc.
+    pub fn seed(&mut self) -> usize {
+        let Ok(dir) = std::fs::read_dir(&self.proc_root) else {
+            return 0;
+        };
+        for entry in dir.flatten() {
+            if let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+                && let Some(proc_entry) = self.read_proc(pid)
+            {
+                self.entries.insert(pid, Arc::new(proc_entry));
+            }
+        }
+        self.entries.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn get(&self, pid: u32) -> Option<&Arc<ProcEntry>> {
+        self.entries.get(&pid)
+    }
+
+    fn guid(&self, pid: u32, start: u64) -> String {
+        let mut hasher = DefaultHasher::new();
+        (self.host_salt, pid, start).hash(&mut hasher);
+        format!("{:016x}", hasher.finish())
+    }
+
+    fn read_proc(&self, pid: u32) -> Option<ProcEntry> {
+        let dir = self.proc_root.join(pid.to_string());
+        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+        let (comm, ppid, start) = parse_stat(&stat)?;
+        Some(ProcEntry {
+            pid,
+            ppid,
+            comm,
+            exe: std::fs::read_link(dir.join("exe"))
+                .ok()
+                .map(|p| p.display().to_string()),
+            cmdline: std::fs::read(dir.join("cmdline"))
+                .map(|b| split_nul(&b))
+                .unwrap_or_default(),
+            container_id: read_container_id(&dir),
+            guid: self.guid(pid, start),
+        })
+    }
+
+    /// The entry for `caller`, read from /proc when the table missed its birth.
+    fn entry_for(&mut self, caller: &Caller) -> Arc<ProcEntry> {
+        if let Some(entry) = self.entries.get(&caller.pid) {
+            return entry.clone();
+        }
+        let entry = Arc::new(self.read_proc(caller.pid).unwrap_or_else(|| ProcEntry {
+            pid: caller.pid,
+            ppid: caller.ppid,
+            comm: caller.comm.to_owned(),
+            guid: self.guid(caller.pid, caller.ktime_ns),
+            ..ProcEntry::default()
+        }));
+        self.entries.insert(caller.pid, entry.clone());
+        entry
+    }
+
+    pub fn on_fork(&mut self, parent: &Caller, child_pid: u32) {
+        let parent_entry = self.entry_for(parent);
+        let child = ProcEntry {
+            pid: child_pid,
+            ppid: parent.pid,
+            guid: self.guid(child_pid, parent.ktime_ns),
+            ..(*parent_entry).clone()
+        };
+        self.entries.insert(child_pid, Arc::new(child));
+    }
+
+    pub fn on_exec(&mut self, caller: &Caller, filename: &str, argv: &[String]) {
+        let previous = self.entry_for(caller);
+        let entry = ProcEntry {
+            pid: caller.pid,
+            ppid: if caller.ppid != 0 {
+                caller.ppid
+            } else {
+                previous.ppid
+            },
+            comm: caller.comm.to_owned(),
+            exe: Some(filename.to_owned()),
+            cmdline: argv.to_vec(),
+            container_id: previous.container_id.clone(),
+            guid: self.guid(caller.pid, caller.ktime_ns),
+        };
+        self.entries.insert(caller.pid, Arc::new(entry));
+    }
+
+    pub fn on_exit(&mut self, pid: u32) {
+        self.entries.remove(&pid);
+    }
+
+    /// The enriched process block for an event from `caller`.
+    pub fn process_info(&mut self, caller: &Caller) -> ProcessInfo {
+        let entry = self.entry_for(caller);
+        let ppid = if caller.ppid != 0 {
+            caller.ppid
+        } else {
+            entry.ppid
+        };
+        ProcessInfo {
+            pid: caller.pid,
+            tid: (caller.tid != caller.pid).then_some(caller.tid),
+            ppid,
+            uid: caller.uid,
+            gid: caller.gid,
+            user: self.users.name(caller.uid),
+            comm: caller.comm.to_owned(),
+            exe: entry.exe.clone(),
+            cmdline: entry.cmdline.clone(),
+            container_id: entry.container_id.clone(),
+            cgroup_id: caller.cgroup_id,
+            guid: entry.guid.clone(),
+            ancestry: self.ancestry(ppid),
+        }
+    }
+
+    fn ancestry(&self, mut pid: u32) -> Vec<Ancestor> {
+        let mut chain = Vec::new();
+        while pid > 1 && chain.len() < ANCESTRY_DEPTH {
+            let Some(entry) = self.entries.get(&pid) else {
+                break;
+            };
+            chain.push(Ancestor {
+                pid,
+                comm: entry.comm.clone(),
+                exe: entry.exe.clone(),
+                guid: entry.guid.clone(),
+            });
+            if entry.ppid == pid {
+                break;
+            }
+            pid = entry.ppid;
+        }
+        chain
+    }
+}
+
+/// comm, ppid and start time (clock ticks since boot) from `/proc/PID/stat`. The comm is in
+/// parentheses and may itself contain spaces and parentheses, so split at the last ')'.
+pub fn parse_stat(stat: &str) -> Option<(String, u32, u64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_owned();
+    let fields: Vec<&str> = stat.get(close + 2..)?.split_whitespace().collect();
+    // After the comm: state(0) ppid(1) … starttime is field 22 overall, index 19 here.
+    let ppid = fields.get(1)?.parse().ok()?;
+    let start = fields.get(19)?.parse().ok()?;
+    Some((comm, ppid, start))
+}
+
+fn split_nul(bytes: &[u8]) -> Vec<String> {
+    bytes
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+fn read_boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default()
+}
+
+fn read_container_id(proc_dir: &Path) -> Option<String> {
+    container_id_from_cgroup(&std::fs::read_to_string(proc_dir.join("cgroup")).ok()?)
+}
+
+/// A 64-hex-digit container id in a cgroup path (docker, containerd, cri-o, podman), e.g.
+/// `0::/system.slice/docker-<id>.scope` or `12:cpu:/docker/<id>`.
+pub fn container_id_from_cgroup(cgroup: &str) -> Option<String> {
+    cgroup.lines().find_map(|line| {
+        line.split(['/', '-', ':', '.'])
+            .find(|part| part.len() == 64 && part.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(str::to_owned)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_awkward_comm() {
+        let stat =
+            "1234 (a) b (c)) S 77 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10";
+        let (comm, ppid, start) = parse_stat(stat).unwrap();
+        assert_eq!(comm, "a) b (c)");
+        assert_eq!(ppid, 77);
+        assert_eq!(start, 98765);
+        assert!(parse_stat("garbage").is_none());
+    }
+
+    #[test]
+    fn finds_container_ids() {
+        let id = "a".repeat(64);
+        assert_eq!(
+            container_id_from_cgroup(&format!("0::/system.slice/docker-{id}.scope")),
+            Some(id.clone())
+        );
+        assert_eq!(
+            container_id_from_cgroup(&format!("12:cpu:/docker/{id}")),
+            Some(id)
+        );
+        assert_eq!(container_id_from_cgroup("0::/user.slice"), None);
+    }
+
+    #[test]
+    fn seeds_from_proc_and_tracks_fork_exec_exit() {
+        let mut table = ProcessTable::new("/proc", "test-host", UserNames::default());
+        assert!(table.seed() > 0);
+        let me = std::process::id();
+        assert!(table.get(me).is_some(), "own process seeded");
+        let caller = Caller {
+            pid: me,
+            tid: me,
+            ppid: 0,
+            uid: 0,
+            gid: 0,
+            cgroup_id: 0,
+            comm: "tester",
+            ktime_ns: 1,
+        };
+        let child = u32::MAX - 7;
+        table.on_fork(&caller, child);
+        let child_caller = Caller {
+            pid: child,
+            ppid: me,
+            comm: "sh",
+            ktime_ns: 2,
+            ..caller
+        };
+        table.on_exec(&child_caller, "/bin/sh", &["sh".into(), "-c".into()]);
+        let info = table.process_info(&child_caller);
+        assert_eq!(info.exe.as_deref(), Some("/bin/sh"));
+        assert_eq!(info.cmdline, ["sh", "-c"]);
+        assert_eq!(info.ancestry.first().map(|a| a.pid), Some(me));
+        assert_ne!(info.guid, table.get(me).unwrap().guid);
+        table.on_exit(child);
+        assert!(table.get(child).is_none());
+    }
+}

@@ -1,0 +1,249 @@
+//! Loads the kernel program, fills its maps and globals, and attaches its tracepoints.
+//! Dropping the [`Sensor`] detaches every program.
+
+use std::path::Path;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::TracePoint,
+};
+use guardian_alpha_common::{
+    AGENT_TGID_GLOBAL, EVENTS_MAP, KernelLayout, LAYOUT_GLOBAL, LOST_MAP, PATH_CAPTURE,
+    WATCHED_PREFIXES_MAP, WatchFlags,
+};
+
+/// The kernel object built by `cargo xtask build-ebpf`, embedded at compile time.
+pub static EMBEDDED_OBJECT: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/guardian-alpha.bpf.o"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum SensorError {
+    #[error(
+        "this guardian-alpha was built without its kernel object; run `cargo xtask build-ebpf` and rebuild, or pass --ebpf-object PATH"
+    )]
+    NoObject,
+    #[error("cannot read the kernel object {path}: {source}")]
+    ReadObject {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("loading the eBPF object failed: {0} (are you root, or have CAP_BPF + CAP_PERFMON?)")]
+    Load(#[from] aya::EbpfError),
+    #[error("the eBPF object has no {0}")]
+    Missing(&'static str),
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("required hook {hook} could not be attached: {source}")]
+    Attach {
+        hook: String,
+        source: aya::programs::ProgramError,
+    },
+    #[error("cannot mount tracefs at {path}: {source}")]
+    Tracefs {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// One tracepoint program of the object and where it attaches.
+pub struct Hook {
+    pub program: &'static str,
+    pub category: &'static str,
+    /// Optional hooks may be missing on some kernels or architectures (e.g. `open` on arm64,
+    /// `fchmodat2` before 6.6); the agent runs without them and says so.
+    pub required: bool,
+}
+
+const fn hook(category: &'static str, program: &'static str, required: bool) -> Hook {
+    Hook {
+        program,
+        category,
+        required,
+    }
+}
+
+pub const HOOKS: &[Hook] = &[
+    hook("sched", "sched_process_exec", true),
+    hook("sched", "sched_process_exit", true),
+    hook("task", "task_newtask", true),
+    hook("signal", "signal_generate", true),
+    hook("sock", "inet_sock_set_state", true),
+    hook("syscalls", "sys_enter_open", false),
+    hook("syscalls", "sys_enter_openat", true),
+    hook("syscalls", "sys_enter_openat2", false),
+    hook("syscalls", "sys_enter_creat", false),
+    hook("syscalls", "sys_enter_chmod", false),
+    hook("syscalls", "sys_enter_fchmodat", true),
+    hook("syscalls", "sys_enter_fchmodat2", false),
+    hook("syscalls", "sys_enter_chown", false),
+    hook("syscalls", "sys_enter_lchown", false),
+    hook("syscalls", "sys_enter_fchownat", true),
+    hook("syscalls", "sys_enter_unlink", false),
+    hook("syscalls", "sys_enter_unlinkat", true),
+    hook("syscalls", "sys_enter_rename", false),
+    hook("syscalls", "sys_enter_renameat", false),
+    hook("syscalls", "sys_enter_renameat2", true),
+    hook("syscalls", "sys_enter_setuid", true),
+    hook("syscalls", "sys_enter_setgid", true),
+    hook("syscalls", "sys_enter_setreuid", true),
+    hook("syscalls", "sys_enter_setregid", true),
+    hook("syscalls", "sys_enter_setresuid", true),
+    hook("syscalls", "sys_enter_setresgid", true),
+    hook("syscalls", "sys_enter_capset", true),
+    hook("syscalls", "sys_enter_ptrace", true),
+    hook("syscalls", "sys_enter_init_module", false),
+    hook("syscalls", "sys_enter_finit_module", false),
+    hook("syscalls", "sys_enter_bpf", true),
+    hook("syscalls", "sys_enter_memfd_create", true),
+    hook("syscalls", "sys_enter_mmap", true),
+    hook("syscalls", "sys_enter_mprotect", true),
+];
+
+pub struct Sensor {
+    ebpf: Ebpf,
+    /// `category/name` of every attached hook.
+    pub active_hooks: Vec<String>,
+    /// Optional hooks that could not be attached, with the reason.
+    pub skipped_hooks: Vec<(String, String)>,
+}
+
+pub struct SensorOptions<'a> {
+    pub object: &'a [u8],
+    pub ring_buffer_bytes: u32,
+    pub layout: KernelLayout,
+    pub agent_tgid: u32,
+}
+
+/// Reads the object from `path`, or returns the embedded one.
+pub fn object_bytes(path: Option<&Path>) -> Result<std::borrow::Cow<'static, [u8]>, SensorError> {
+    match path {
+        Some(path) => std::fs::read(path)
+            .map(std::borrow::Cow::Owned)
+            .map_err(|source| SensorError::ReadObject {
+                path: path.display().to_string(),
+                source,
+            }),
+        None if EMBEDDED_OBJECT.is_empty() => Err(SensorError::NoObject),
+        None => Ok(std::borrow::Cow::Borrowed(EMBEDDED_OBJECT)),
+    }
+}
+
+/// Mounts tracefs at `path` when its `events` folder is missing.
+pub fn ensure_tracefs(path: &Path) -> Result<(), SensorError> {
+    if path.join("events").is_dir() {
+        return Ok(());
+    }
+    let err = |source| SensorError::Tracefs {
+        path: path.display().to_string(),
+        source,
+    };
+    let target = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| err(std::io::Error::other("path contains NUL")))?;
+    let fstype = c"tracefs";
+    // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+impl Sensor {
+    pub fn load(options: &SensorOptions) -> Result<Self, SensorError> {
+        let mut ebpf = EbpfLoader::new()
+            .override_global(AGENT_TGID_GLOBAL, &options.agent_tgid, true)
+            .override_global(LAYOUT_GLOBAL, &options.layout, true)
+            .map_max_entries(EVENTS_MAP, options.ring_buffer_bytes)
+            .load(options.object)?;
+        let mut active_hooks = Vec::new();
+        let mut skipped_hooks = Vec::new();
+        for hook in HOOKS {
+            let id = format!("{}/{}", hook.category, hook.program);
+            match attach(&mut ebpf, hook) {
+                Ok(()) => active_hooks.push(id),
+                Err(source) if hook.required => {
+                    return Err(SensorError::Attach { hook: id, source });
+                }
+                Err(source) => skipped_hooks.push((id, source.to_string())),
+            }
+        }
+        Ok(Sensor {
+            ebpf,
+            active_hooks,
+            skipped_hooks,
+        })
+    }
+
+    /// Replaces the watched prefixes (the longest matching prefix decides).
+    pub fn set_watched_prefixes(
+        &mut self,
+        prefixes: &[(String, WatchFlags)],
+    ) -> Result<(), SensorError> {
+        let map_err = |source| SensorError::Map {
+            map: "WATCHED_PREFIXES",
+            source,
+        };
+        let map = self
+            .ebpf
+            .map_mut(WATCHED_PREFIXES_MAP)
+            .ok_or(SensorError::Missing("WATCHED_PREFIXES map"))?;
+        let mut trie: LpmTrie<&mut MapData, [u8; PATH_CAPTURE], WatchFlags> =
+            LpmTrie::try_from(map).map_err(map_err)?;
+        for (prefix, flags) in prefixes {
+            let mut data = [0u8; PATH_CAPTURE];
+            let bytes = prefix.as_bytes();
+            let len = bytes.len().min(PATH_CAPTURE - 1);
+            data[..len].copy_from_slice(&bytes[..len]);
+            trie.insert(&Key::new((len * 8) as u32, data), flags, 0)
+                .map_err(map_err)?;
+        }
+        Ok(())
+    }
+
+    pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>, SensorError> {
+        let map = self
+            .ebpf
+            .take_map(EVENTS_MAP)
+            .ok_or(SensorError::Missing("EVENTS ring buffer"))?;
+        RingBuf::try_from(map).map_err(|source| SensorError::Map {
+            map: "EVENTS",
+            source,
+        })
+    }
+
+    /// Records the kernel could not deliver since load, summed over CPUs.
+    pub fn lost_records(&self) -> Result<u64, SensorError> {
+        let map_err = |source| SensorError::Map {
+            map: "LOST",
+            source,
+        };
+        let map = self
+            .ebpf
+            .map(LOST_MAP)
+            .ok_or(SensorError::Missing("LOST counter"))?;
+        let counter: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(map_err)?;
+        Ok(counter.get(&0, 0).map_err(map_err)?.iter().sum())
+    }
+}
+
+fn attach(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), aya::programs::ProgramError> {
+    let program: &mut TracePoint = ebpf
+        .program_mut(hook.program)
+        .ok_or_else(|| aya::programs::ProgramError::UnexpectedProgramType)?
+        .try_into()?;
+    program.load()?;
+    program.attach(hook.category, hook.program)?;
+    Ok(())
+}

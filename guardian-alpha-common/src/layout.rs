@@ -17,6 +17,7 @@ pub struct KernelLayout {
     pub newtask_pid: u32,
     pub newtask_clone_flags: u32,
     /// sock/inet_sock_set_state fields.
+    pub sk_skaddr: u32,
     pub sk_oldstate: u32,
     pub sk_newstate: u32,
     pub sk_sport: u32,
@@ -32,4 +33,5 @@ pub struct KernelLayout {
     pub signal_pid: u32,
     /// sched/sched_process_exit: `group_dead` (kernels ≥ 6.16; 0 when absent).
     pub exit_group_dead: u32,
+    pub pad: u32,
 }

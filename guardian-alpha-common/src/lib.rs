@@ -34,6 +34,9 @@ pub const LISTENERS_MAP: &str = "LISTENERS";
 pub const AGENT_TGID_GLOBAL: &str = "AGENT_TGID";
 pub const LAYOUT_GLOBAL: &str = "LAYOUT";
 
+/// Slots of the per-CPU loss counter: one per [`RecordKind`] value.
+pub const LOST_SLOTS: u32 = 16;
+
 /// Maximum number of watched prefixes the kernel keeps.
 pub const MAX_WATCHED_PREFIXES: u32 = 4096;
 
@@ -52,6 +55,31 @@ pub enum RecordKind {
 }
 
 impl RecordKind {
+    pub const ALL: [RecordKind; 8] = [
+        RecordKind::Exec,
+        RecordKind::Exit,
+        RecordKind::Fork,
+        RecordKind::File,
+        RecordKind::Rename,
+        RecordKind::Net,
+        RecordKind::Priv,
+        RecordKind::Signal,
+    ];
+
+    /// A lower-case name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            RecordKind::Exec => "exec",
+            RecordKind::Exit => "exit",
+            RecordKind::Fork => "fork",
+            RecordKind::File => "file",
+            RecordKind::Rename => "rename",
+            RecordKind::Net => "net",
+            RecordKind::Priv => "priv",
+            RecordKind::Signal => "signal",
+        }
+    }
+
     pub fn from_u16(value: u16) -> Option<Self> {
         Some(match value {
             1 => RecordKind::Exec,

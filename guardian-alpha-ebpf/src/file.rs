@@ -56,7 +56,7 @@ fn emit_file(op: FileOp, path_ptr: u64, flags: u32, uid: i64, gid: i64) {
     if !(modifies && watch.reports_modifications() || !modifies && watch.reports_reads()) {
         return;
     }
-    let Some(mut entry) = reserve::<FileRecord>() else {
+    let Some(mut entry) = reserve::<FileRecord>(RecordKind::File) else {
         return;
     };
     let record = record_mut(&mut entry);
@@ -184,7 +184,7 @@ fn emit_rename(old_ptr: u64, new_ptr: u64) {
     if !watched(&old) && !watched(&new) {
         return;
     }
-    let Some(mut entry) = reserve::<RenameRecord>() else {
+    let Some(mut entry) = reserve::<RenameRecord>(RecordKind::Rename) else {
         return;
     };
     let record = record_mut(&mut entry);

@@ -1,8 +1,11 @@
 //! TCP connect, accept and listen from `sock/inet_sock_set_state`.
 //!
-//! Connect (CLOSE → SYN_SENT) and listen (→ LISTEN) run in the calling process. The passive
-//! open (SYN_RECV → ESTABLISHED) runs in softirq context, where "current" is unrelated, so
-//! the listening process recorded at listen time is reported as the one that accepts.
+//! Connect (CLOSE → SYN_SENT) and listen (→ LISTEN) run in the calling process, but at
+//! SYN_SENT the local port is not assigned yet: the caller is remembered per socket and the
+//! connect is reported when the handshake ends (→ ESTABLISHED, or → CLOSE for a refused or
+//! blocked attempt), with the full 4-tuple. Those later transitions and the passive open
+//! (SYN_RECV → ESTABLISHED) run in softirq context, where "current" is unrelated, so the
+//! remembered connector and the listening process recorded at listen time are reported.
 
 use aya_ebpf::{
     EbpfContext,
@@ -20,6 +23,10 @@ use crate::record::{AGENT_TGID, LAYOUT, fill_header, is_agent, record_mut, reser
 
 #[map]
 static LISTENERS: HashMap<ListenerKey, ListenerOwner> = HashMap::with_max_entries(8192, 0);
+
+/// Sockets in SYN_SENT, by kernel socket address, with the process that called connect.
+#[map]
+static CONNECTING: HashMap<u64, ListenerOwner> = HashMap::with_max_entries(16384, 0);
 
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
@@ -55,8 +62,16 @@ pub fn inet_sock_set_state(ctx: TracePointContext) {
         family: t.family,
         port: t.local_port,
     };
+    let skaddr = unsafe { ctx.read_at::<u64>(layout.sk_skaddr as usize) }.unwrap_or(0);
     match (t.old, t.new) {
-        (TCP_CLOSE, TCP_SYN_SENT) if !is_agent() => emit_own(&ctx, &layout, NetOp::Connect),
+        (TCP_CLOSE, TCP_SYN_SENT) if !is_agent() => remember_caller(&CONNECTING, &skaddr),
+        (TCP_SYN_SENT, _) => {
+            let caller = unsafe { CONNECTING.get(&skaddr) }.map(|o| o.header);
+            if caller.is_some() {
+                let _ = CONNECTING.remove(&skaddr);
+                emit_for(&ctx, &layout, NetOp::Connect, caller);
+            }
+        }
         (_, TCP_LISTEN) => {
             remember_listener(&key);
             if !is_agent() {
@@ -72,15 +87,19 @@ pub fn inet_sock_set_state(ctx: TracePointContext) {
 }
 
 fn remember_listener(key: &ListenerKey) {
+    remember_caller(&LISTENERS, key);
+}
+
+fn remember_caller<K>(map: &HashMap<K, ListenerOwner>, key: &K) {
     let mut owner = ListenerOwner {
         header: guardian_alpha_common::Header::zeroed(),
     };
-    fill_header(&mut owner.header, RecordKind::Net, NetOp::Accept as u16);
-    let _ = LISTENERS.insert(key, &owner, 0);
+    fill_header(&mut owner.header, RecordKind::Net, 0);
+    let _ = map.insert(key, &owner, 0);
 }
 
 fn emit_own(ctx: &TracePointContext, layout: &KernelLayout, op: NetOp) {
-    let Some(mut entry) = reserve::<NetRecord>() else {
+    let Some(mut entry) = reserve::<NetRecord>(RecordKind::Net) else {
         return;
     };
     let record = record_mut(&mut entry);
@@ -90,20 +109,28 @@ fn emit_own(ctx: &TracePointContext, layout: &KernelLayout, op: NetOp) {
 }
 
 fn emit_accept(ctx: &TracePointContext, layout: &KernelLayout, key: &ListenerKey) {
-    let owner = unsafe { LISTENERS.get(key) };
-    if owner.is_some_and(|o| o.header.tgid == AGENT_TGID.load()) {
+    let owner = unsafe { LISTENERS.get(key) }.map(|o| o.header);
+    if owner.is_some_and(|h| h.tgid == AGENT_TGID.load()) {
         return;
     }
-    let Some(mut entry) = reserve::<NetRecord>() else {
+    emit_for(ctx, layout, NetOp::Accept, owner);
+}
+
+/// Emits a record on behalf of a process remembered earlier (or of nobody, when the socket
+/// predates the agent).
+fn emit_for(
+    ctx: &TracePointContext,
+    layout: &KernelLayout,
+    op: NetOp,
+    caller: Option<guardian_alpha_common::Header>,
+) {
+    let Some(mut entry) = reserve::<NetRecord>(RecordKind::Net) else {
         return;
     };
     let record = record_mut(&mut entry);
-    record.header = match owner {
-        Some(o) => o.header,
-        None => guardian_alpha_common::Header::zeroed(),
-    };
+    record.header = caller.unwrap_or(guardian_alpha_common::Header::zeroed());
     record.header.kind = RecordKind::Net as u16;
-    record.header.op = NetOp::Accept as u16;
+    record.header.op = op as u16;
     record.header.ktime_ns = unsafe { bpf_ktime_get_ns() };
     fill_addresses(ctx, layout, record);
     entry.submit(0);

@@ -17,7 +17,7 @@ fn emit(op: PrivOp, args: [u64; 4]) -> Option<()> {
     if is_agent() {
         return None;
     }
-    let mut entry = reserve::<PrivRecord>()?;
+    let mut entry = reserve::<PrivRecord>(RecordKind::Priv)?;
     let record = record_mut(&mut entry);
     fill_header(&mut record.header, RecordKind::Priv, op as u16);
     record.args = args;
@@ -112,7 +112,7 @@ pub fn sys_enter_memfd_create(ctx: TracePointContext) {
     if is_agent() {
         return;
     }
-    let Some(mut entry) = reserve::<PrivRecord>() else {
+    let Some(mut entry) = reserve::<PrivRecord>(RecordKind::Priv) else {
         return;
     };
     let record = record_mut(&mut entry);

@@ -21,7 +21,7 @@ pub fn sched_process_exec(ctx: TracePointContext) {
     if is_agent() {
         return;
     }
-    let Some(mut entry) = reserve::<ExecRecord>() else {
+    let Some(mut entry) = reserve::<ExecRecord>(RecordKind::Exec) else {
         return;
     };
     let layout = LAYOUT.load();
@@ -83,7 +83,7 @@ pub fn sched_process_exit(ctx: TracePointContext) {
     if !process_ended {
         return;
     }
-    let Some(mut entry) = reserve::<ExitRecord>() else {
+    let Some(mut entry) = reserve::<ExitRecord>(RecordKind::Exit) else {
         return;
     };
     let record = record_mut(&mut entry);
@@ -106,7 +106,7 @@ pub fn task_newtask(ctx: TracePointContext) {
     if clone_flags & CLONE_THREAD != 0 {
         return;
     }
-    let Some(mut entry) = reserve::<ForkRecord>() else {
+    let Some(mut entry) = reserve::<ForkRecord>(RecordKind::Fork) else {
         return;
     };
     let record = record_mut(&mut entry);
@@ -127,7 +127,7 @@ pub fn signal_generate(ctx: TracePointContext) {
     if target == 0 || target != AGENT_TGID.load() || is_agent() {
         return;
     }
-    let Some(mut entry) = reserve::<SignalRecord>() else {
+    let Some(mut entry) = reserve::<SignalRecord>(RecordKind::Signal) else {
         return;
     };
     let record = record_mut(&mut entry);

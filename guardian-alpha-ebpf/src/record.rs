@@ -11,15 +11,15 @@ use aya_ebpf::{
     maps::{PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
-use guardian_alpha_common::{Header, KernelLayout, RecordKind};
+use guardian_alpha_common::{Header, KernelLayout, LOST_SLOTS, RecordKind};
 
 /// Default size; the agent may change it at load time (`set_max_entries`).
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 
-/// Records that did not fit in the ring buffer, per CPU.
+/// Records that did not fit in the ring buffer, per CPU and per record kind.
 #[map]
-pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SLOTS, 0);
 
 /// The agent's own process: never reported (it would report itself reporting).
 #[unsafe(no_mangle)]
@@ -36,6 +36,7 @@ pub static LAYOUT: Global<KernelLayout> = Global::new(KernelLayout {
     exec_filename: 0,
     newtask_pid: 0,
     newtask_clone_flags: 0,
+    sk_skaddr: 0,
     sk_oldstate: 0,
     sk_newstate: 0,
     sk_sport: 0,
@@ -49,6 +50,7 @@ pub static LAYOUT: Global<KernelLayout> = Global::new(KernelLayout {
     signal_sig: 0,
     signal_pid: 0,
     exit_group_dead: 0,
+    pad: 0,
 });
 
 /// Offset of syscall argument `n` in a `syscalls/sys_enter_*` record (a stable layout:
@@ -73,8 +75,8 @@ pub fn is_agent() -> bool {
     current_tgid() == AGENT_TGID.load()
 }
 
-pub fn count_lost() {
-    if let Some(counter) = LOST.get_ptr_mut(0) {
+pub fn count_lost(kind: RecordKind) {
+    if let Some(counter) = LOST.get_ptr_mut(kind as u32) {
         unsafe { *counter += 1 };
     }
 }
@@ -123,10 +125,10 @@ pub fn fill_header(header: &mut Header, kind: RecordKind, op: u16) {
 
 /// Reserves a `T` in the ring buffer, counting the loss when it is full.
 #[inline(always)]
-pub fn reserve<T: 'static>() -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<T>> {
+pub fn reserve<T: 'static>(kind: RecordKind) -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<T>> {
     let entry = EVENTS.reserve::<T>(0);
     if entry.is_none() {
-        count_lost();
+        count_lost(kind);
     }
     entry
 }

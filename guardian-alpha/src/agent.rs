@@ -33,7 +33,8 @@ pub struct Agent {
     enricher: Enricher,
     rwx: RwxTracker,
     proc_root: PathBuf,
-    lost_reported: u64,
+    /// Losses already reported, indexed by record kind.
+    lost_reported: [u64; guardian_alpha_common::LOST_SLOTS as usize],
     decode_errors: u64,
     started: Instant,
     active_hooks: Vec<String>,
@@ -105,7 +106,7 @@ impl Agent {
             enricher: Enricher::new(table),
             rwx: RwxTracker::default(),
             proc_root,
-            lost_reported: 0,
+            lost_reported: [0; guardian_alpha_common::LOST_SLOTS as usize],
             decode_errors: 0,
             started: Instant::now(),
             active_hooks,
@@ -173,7 +174,7 @@ impl Agent {
             self.emit(
                 EventKind::MemoryRwx(MemoryRwx {
                     process,
-                    source: RwxSource::MapsScan,
+                    origin: RwxSource::MapsScan,
                     addr: region.start,
                     len: region.end - region.start,
                     prot: 7,
@@ -195,14 +196,23 @@ impl Agent {
     }
 
     fn report_loss(&mut self, sensor: &Sensor) -> anyhow::Result<()> {
-        let total = sensor.lost_records()?;
-        if total > self.lost_reported {
-            let lost = total - self.lost_reported;
-            self.lost_reported = total;
-            tracing::warn!(lost, total, "kernel ring buffer was full: records lost");
+        for (kind, total) in sensor.lost_records()? {
+            let reported = &mut self.lost_reported[kind as usize];
+            if total <= *reported {
+                continue;
+            }
+            let lost = total - *reported;
+            *reported = total;
+            tracing::warn!(
+                record = kind.name(),
+                lost,
+                total,
+                "kernel ring buffer was full: records lost"
+            );
             self.emit(
                 EventKind::EventLoss(EventLoss {
                     stage: "kernel_ringbuf".into(),
+                    record: Some(kind.name().into()),
                     lost,
                     total,
                 }),

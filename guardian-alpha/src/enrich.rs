@@ -228,7 +228,7 @@ impl Enricher {
             }),
             PrivOp::MmapRwx | PrivOp::MprotectRwx => EventKind::MemoryRwx(MemoryRwx {
                 process,
-                source: if op == PrivOp::MmapRwx {
+                origin: if op == PrivOp::MmapRwx {
                     RwxSource::Mmap
                 } else {
                     RwxSource::Mprotect

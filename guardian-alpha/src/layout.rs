@@ -117,6 +117,7 @@ pub fn resolve(
     layout.newtask_clone_flags = field(&f, tp, "clone_flags")?;
     let tp = "sock/inet_sock_set_state";
     let f = formats.fields(tp)?;
+    layout.sk_skaddr = field(&f, tp, "skaddr")?;
     layout.sk_oldstate = field(&f, tp, "oldstate")?;
     layout.sk_newstate = field(&f, tp, "newstate")?;
     layout.sk_sport = field(&f, tp, "sport")?;

@@ -9,7 +9,7 @@ use aya::{
     programs::TracePoint,
 };
 use guardian_alpha_common::{
-    AGENT_TGID_GLOBAL, EVENTS_MAP, KernelLayout, LAYOUT_GLOBAL, LOST_MAP, PATH_CAPTURE,
+    AGENT_TGID_GLOBAL, EVENTS_MAP, KernelLayout, LAYOUT_GLOBAL, LOST_MAP, PATH_CAPTURE, RecordKind,
     WATCHED_PREFIXES_MAP, WatchFlags,
 };
 
@@ -223,8 +223,8 @@ impl Sensor {
         })
     }
 
-    /// Records the kernel could not deliver since load, summed over CPUs.
-    pub fn lost_records(&self) -> Result<u64, SensorError> {
+    /// Records the kernel could not deliver since load, per record kind, summed over CPUs.
+    pub fn lost_records(&self) -> Result<Vec<(RecordKind, u64)>, SensorError> {
         let map_err = |source| SensorError::Map {
             map: "LOST",
             source,
@@ -234,7 +234,13 @@ impl Sensor {
             .map(LOST_MAP)
             .ok_or(SensorError::Missing("LOST counter"))?;
         let counter: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(map_err)?;
-        Ok(counter.get(&0, 0).map_err(map_err)?.iter().sum())
+        RecordKind::ALL
+            .iter()
+            .map(|&kind| {
+                let per_cpu = counter.get(&(kind as u32), 0).map_err(map_err)?;
+                Ok((kind, per_cpu.iter().sum()))
+            })
+            .collect()
     }
 }
 

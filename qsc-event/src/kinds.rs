@@ -163,7 +163,7 @@ pub enum RwxSource {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MemoryRwx {
     pub process: ProcessInfo,
-    pub source: RwxSource,
+    pub origin: RwxSource,
     pub addr: u64,
     pub len: u64,
     pub prot: u32,
@@ -310,6 +310,9 @@ pub struct HostMetrics {
 pub struct EventLoss {
     /// Where they were lost: kernel_ringbuf, outbox, ingest, webhook.
     pub stage: String,
+    /// Which kind of record was lost, where the stage knows (exec, file, net, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<String>,
     /// Lost since the previous `event_loss` report from this stage.
     pub lost: u64,
     /// Lost in total since the component started.
@@ -390,10 +393,20 @@ impl EventKind {
             ProcessExec(_) | ProcessExit(_) | ProcessFork(_) | MemoryRwx(_) | PrivSetid(_)
             | PrivCapset(_) | PrivPtrace(_) | PrivModuleLoad(_) | PrivBpf(_)
             | PrivMemfdCreate(_) | TamperAttempt(_) => OcsfClass::ProcessActivity,
-            FileOpen(_) | FileChmod(_) | FileChown(_) | FileUnlink(_) | FileRename(_)
-            | IntegrityFileChanged(_) | IntegrityFileAdded(_) | IntegrityFileRemoved(_)
-            | IntegrityBaselineTampered(_) | BackupCorrupt(_) | BackupMissing(_)
-            | BackupUnexpected(_) | HealDone(_) | HealFailed(_) => OcsfClass::FileSystemActivity,
+            FileOpen(_)
+            | FileChmod(_)
+            | FileChown(_)
+            | FileUnlink(_)
+            | FileRename(_)
+            | IntegrityFileChanged(_)
+            | IntegrityFileAdded(_)
+            | IntegrityFileRemoved(_)
+            | IntegrityBaselineTampered(_)
+            | BackupCorrupt(_)
+            | BackupMissing(_)
+            | BackupUnexpected(_)
+            | HealDone(_)
+            | HealFailed(_) => OcsfClass::FileSystemActivity,
             NetConnect(_) | NetAccept(_) | NetListen(_) | NetVolume(_) => {
                 OcsfClass::NetworkActivity
             }

@@ -1,1 +1,47 @@
-fn main() {}
+//! Project automation for QSC: `cargo xtask <command>`.
+
+mod bench;
+mod ebpf;
+mod run;
+mod setup;
+mod shell;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    about = "QSC project automation",
+    long_about = "QSC project automation.\n\nOn a fresh Debian/Ubuntu machine, `cargo xtask run` sets up everything (packages, bpf-linker, tracefs), builds, and starts the stack; `cargo xtask test` runs every check CI runs."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building and running needs (idempotent): Debian packages, bpf-linker in
+    /// .tools/, tracefs mounted.
+    Setup(setup::SetupArgs),
+    /// Build the kernel object (target/ebpf/bpfel-unknown-none/release/guardian-alpha).
+    BuildEbpf,
+    /// Set up, build, and start cortex + guardian-alpha + guardian-beta on this host, showing
+    /// detections live until Ctrl-C.
+    Run(run::RunArgs),
+    /// Everything CI checks: fmt, clippy -D warnings, unit tests, and the root-only real-kernel
+    /// end-to-end tests (which fail instead of skipping when run as root or with CI=true).
+    Test(test::TestArgs),
+    /// Benchmarks; each writes target/bench/NAME.json.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup(args) => setup::run(&args),
+        Command::BuildEbpf => ebpf::build().map(|path| println!("{}", path.display())),
+        Command::Run(args) => run::run(&args),
+        Command::Test(args) => test::run(&args),
+        Command::Bench(args) => bench::run(&args),
+    }
+}

@@ -1,0 +1,172 @@
+//! qsc-test-actor: performs one security-relevant action with real syscalls, so end-to-end
+//! tests and benchmarks can check that the agent sees it. Acts only on what it is given
+//! (its own memory, paths and addresses the caller created).
+//!
+//! Usage: qsc-test-actor ACTION [ARGS…]; prints nothing on success, exits 1 with the reason.
+
+use std::{
+    ffi::CString,
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    time::Duration,
+};
+
+fn fail(msg: String) -> ! {
+    eprintln!("qsc-test-actor: {msg}");
+    std::process::exit(1)
+}
+
+fn arg(args: &[String], n: usize, what: &str) -> String {
+    args.get(n)
+        .cloned()
+        .unwrap_or_else(|| fail(format!("missing argument: {what}")))
+}
+
+fn num<T: std::str::FromStr>(args: &[String], n: usize, what: &str) -> T {
+    arg(args, n, what)
+        .parse()
+        .unwrap_or_else(|_| fail(format!("{what} must be a number")))
+}
+
+fn check(rc: i64, what: &str) {
+    if rc < 0 {
+        fail(format!("{what}: {}", std::io::Error::last_os_error()));
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let action = arg(&args, 0, "action");
+    // SAFETY (all blocks below): raw syscalls on memory and ids owned by this process.
+    match action.as_str() {
+        // setresgid/setresuid to the current ids: a no-op change the kernel still traces.
+        "setids" => unsafe {
+            let (uid, gid) = (libc::getuid(), libc::getgid());
+            check(libc::setresgid(gid, gid, gid) as i64, "setresgid");
+            check(libc::setresuid(uid, uid, uid) as i64, "setresuid");
+            check(libc::setgid(gid) as i64, "setgid");
+            check(libc::setuid(uid) as i64, "setuid");
+        },
+        // capset to the current capabilities.
+        "capset" => unsafe {
+            let mut header = [0x2008_0522u32, 0]; // _LINUX_CAPABILITY_VERSION_3, this process
+            let mut data = [0u32; 6];
+            check(
+                libc::syscall(libc::SYS_capget, header.as_mut_ptr(), data.as_mut_ptr()),
+                "capget",
+            );
+            check(
+                libc::syscall(libc::SYS_capset, header.as_mut_ptr(), data.as_ptr()),
+                "capset",
+            );
+        },
+        "ptrace-attach" => unsafe {
+            let pid: libc::pid_t = num(&args, 1, "pid");
+            check(
+                libc::ptrace(libc::PTRACE_ATTACH, pid, 0usize, 0usize),
+                "ptrace",
+            );
+            let mut status = 0;
+            libc::waitpid(pid, &mut status, libc::__WALL);
+            check(
+                libc::ptrace(libc::PTRACE_DETACH, pid, 0usize, 0usize),
+                "ptrace detach",
+            );
+        },
+        "memfd" => unsafe {
+            let name = CString::new(arg(&args, 1, "name"))
+                .unwrap_or_else(|_| fail("name has a NUL".into()));
+            check(
+                libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) as i64,
+                "memfd_create",
+            );
+        },
+        // An anonymous RWX mapping, kept for `hold_ms` so a maps scan can find it.
+        "mmap-rwx" => unsafe {
+            let hold_ms: u64 = num(&args, 1, "hold_ms");
+            let addr = libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            if addr == libc::MAP_FAILED {
+                fail(format!("mmap: {}", std::io::Error::last_os_error()));
+            }
+            println!("{:#x}", addr as u64);
+            std::thread::sleep(Duration::from_millis(hold_ms));
+        },
+        "mprotect-rwx" => unsafe {
+            let addr = libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            if addr == libc::MAP_FAILED {
+                fail(format!("mmap: {}", std::io::Error::last_os_error()));
+            }
+            check(
+                libc::mprotect(
+                    addr,
+                    4096,
+                    libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+                ) as i64,
+                "mprotect",
+            );
+        },
+        // bpf(BPF_MAP_CREATE) with an empty attribute: rejected, but the call is traced.
+        "bpf" => unsafe {
+            let attr = [0u8; 128];
+            libc::syscall(libc::SYS_bpf, 0, attr.as_ptr(), attr.len());
+        },
+        "kill" => unsafe {
+            let pid: libc::pid_t = num(&args, 1, "pid");
+            let sig: libc::c_int = num(&args, 2, "signal");
+            check(libc::kill(pid, sig) as i64, "kill");
+        },
+        // Open `path` read-only `count` times (a flood for loss tests and benchmarks).
+        "open-loop" => {
+            let path = CString::new(arg(&args, 1, "path")).unwrap_or_else(|_| fail("NUL".into()));
+            let count: u64 = num(&args, 2, "count");
+            for _ in 0..count {
+                // SAFETY: a valid C string; the fd is closed right away.
+                unsafe {
+                    let fd = libc::open(path.as_ptr(), libc::O_RDONLY);
+                    check(fd as i64, "open");
+                    libc::close(fd);
+                }
+            }
+        }
+        // Connect to ADDR, send a byte, read a byte.
+        "connect" => {
+            let addr = arg(&args, 1, "address");
+            let mut stream =
+                TcpStream::connect(&addr).unwrap_or_else(|e| fail(format!("connect {addr}: {e}")));
+            let _ = stream.write_all(b"x");
+            let _ = stream.read(&mut [0u8; 1]);
+        }
+        // Listen on ADDR, print the bound address, accept one connection and echo a byte.
+        "accept-once" => {
+            let addr = arg(&args, 1, "address");
+            let listener =
+                TcpListener::bind(&addr).unwrap_or_else(|e| fail(format!("bind {addr}: {e}")));
+            let local = listener
+                .local_addr()
+                .unwrap_or_else(|e| fail(format!("local_addr: {e}")));
+            println!("{local}");
+            let _ = std::io::stdout().flush();
+            let (mut stream, _) = listener
+                .accept()
+                .unwrap_or_else(|e| fail(format!("accept: {e}")));
+            let mut byte = [0u8; 1];
+            let _ = stream.read(&mut byte);
+            let _ = stream.write_all(&byte);
+        }
+        other => fail(format!("unknown action `{other}`")),
+    }
+}

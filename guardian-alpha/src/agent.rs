@@ -40,6 +40,17 @@ pub struct Agent {
     active_hooks: Vec<String>,
     auth_failures: u64,
     last_activity: crate::enrich::ActivityCounters,
+    /// Events emitted, by kind, for the shutdown summary.
+    emitted: std::collections::BTreeMap<&'static str, u64>,
+}
+
+/// What the agent did, written at shutdown with `--stats-file` (benchmarks and operators).
+#[derive(serde::Serialize)]
+pub struct AgentStats<'a> {
+    pub emitted: &'a std::collections::BTreeMap<&'static str, u64>,
+    pub lost_by_record: std::collections::BTreeMap<&'static str, u64>,
+    pub decode_errors: u64,
+    pub uptime_s: f64,
 }
 
 /// Loads and attaches the sensor as `config` says.
@@ -112,11 +123,13 @@ impl Agent {
             active_hooks,
             auth_failures: 0,
             last_activity: Default::default(),
+            emitted: Default::default(),
         })
     }
 
     fn emit(&mut self, kind: EventKind, mono_ns: Option<u64>) -> anyhow::Result<()> {
         self.seq += 1;
+        *self.emitted.entry(kind.name()).or_default() += 1;
         let mut event = Event::new(&self.host_id, Source::Alpha, self.seq, kind);
         event.mono_ns = mono_ns;
         self.output.write(&event)?;
@@ -312,6 +325,19 @@ impl Agent {
         self.report_loss(&sensor)?;
         self.output.flush()?;
         Ok(())
+    }
+
+    pub fn stats(&self) -> AgentStats<'_> {
+        AgentStats {
+            emitted: &self.emitted,
+            lost_by_record: guardian_alpha_common::RecordKind::ALL
+                .iter()
+                .map(|&k| (k.name(), self.lost_reported[k as usize]))
+                .filter(|&(_, n)| n > 0)
+                .collect(),
+            decode_errors: self.decode_errors,
+            uptime_s: self.started.elapsed().as_secs_f64(),
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use guardian_alpha::{agent, config::Config};
 
 /// Guardian-Alpha: QSC's eBPF host agent. Captures process, file, privilege, memory and
 /// network activity with kernel tracepoints, enriches it with process context, and emits
-/// qsc events (JSON lines) to stdout, a file, or the cortex.
+/// qsc events as JSON lines to stdout or a file, and/or to the cortex over qsc-channel.
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -25,6 +25,13 @@ enum Command {
     DefaultConfig,
     /// List the kernel hooks the agent attaches and whether each is required.
     Hooks,
+    /// Create this agent's channel key (a new 0600 file) and print its public key, which the
+    /// cortex operator enrolls in the cortex's agent allow-list.
+    Keygen {
+        /// Where to write the secret key; must not exist yet. Point `[cortex] key_file` at it.
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -44,6 +51,13 @@ struct RunArgs {
     /// Host id in events; overrides `host_id`.
     #[arg(long)]
     host_id: Option<String>,
+    /// At shutdown, write a JSON summary (events emitted by kind, records lost) to this file.
+    #[arg(long)]
+    stats_file: Option<PathBuf>,
+    /// Also send events to the cortex at this `host:port`: turns on the config's `[cortex]`
+    /// uplink (keys and outbox come from there) and overrides its `address`.
+    #[arg(long, value_name = "HOST:PORT")]
+    cortex: Option<String>,
 }
 
 fn init_logging(json: bool) {
@@ -75,6 +89,10 @@ fn load_config(args: &RunArgs) -> anyhow::Result<Config> {
     }
     if let Some(host) = &args.host_id {
         config.host_id = Some(host.clone());
+    }
+    if let Some(address) = &args.cortex {
+        config.cortex.address = address.clone();
+        config.cortex.enabled = true;
     }
     config.validate()?;
     Ok(config)
@@ -116,6 +134,16 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Keygen { out } => {
+            let public = qsc_channel::keys::StaticKeypair::generate_file(&out)?;
+            println!("{public}");
+            eprintln!(
+                "guardian-alpha: wrote {} (0600); enroll the public key above in the cortex \
+                 allow-list and set `[cortex] key_file` to this path",
+                out.display()
+            );
+            Ok(())
+        }
         Command::Run(args) => {
             let config = load_config(&args)?;
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -126,7 +154,12 @@ fn main() -> anyhow::Result<()> {
                 let sensor = agent::start_sensor(&config)?;
                 let mut agent = agent::Agent::new(&config, sensor.active_hooks.clone())?;
                 agent.run(&config, sensor, shutdown_signal()).await?;
-                tracing::info!("programs detached; bye");
+                if let Some(path) = &args.stats_file {
+                    let stats = serde_json::to_vec_pretty(&agent.stats())?;
+                    std::fs::write(path, stats)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                }
+                tracing::info!(stats = %serde_json::to_string(&agent.stats())?, "programs detached; bye");
                 Ok(())
             })
         }

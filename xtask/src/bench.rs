@@ -7,15 +7,56 @@ use crate::shell;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Which benchmark: capture (guardian-alpha vs bare vs bpftrace), channel, integrity, detect.
+    /// Which benchmark (see the table below).
+    #[arg(value_parser = clap::builder::PossibleValuesParser::new(BENCHES.iter().map(|b| b.name)))]
     pub name: String,
 }
 
+struct Bench {
+    name: &'static str,
+    package: &'static str,
+    target: &'static str,
+}
+
+/// Each benchmark, the package and `cargo bench` target that implements it.
+const BENCHES: &[Bench] = &[
+    // guardian-alpha vs bare vs bpftrace on openat, exec and connect workloads.
+    Bench {
+        name: "capture",
+        package: "qsc-tests",
+        target: "capture",
+    },
+    // Channel handshake latency and throughput vs plain TCP.
+    Bench {
+        name: "channel",
+        package: "qsc-channel",
+        target: "channel",
+    },
+    // guardian-beta baseline/check vs b3sum, openssl and AIDE.
+    Bench {
+        name: "integrity",
+        package: "guardian-beta",
+        target: "integrity",
+    },
+    // Sigma engine throughput vs JSON decoding.
+    Bench {
+        name: "detect",
+        package: "cortex",
+        target: "detect",
+    },
+    // Encrypted store: batched vs per-event commits.
+    Bench {
+        name: "store",
+        package: "cortex",
+        target: "store",
+    },
+];
+
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    let (package, bench) = match args.name.as_str() {
-        "capture" => ("qsc-tests", "capture"),
-        other => bail!("unknown benchmark `{other}`; known: capture"),
+    let Some(bench) = BENCHES.iter().find(|b| b.name == args.name) else {
+        bail!("unknown benchmark `{}`", args.name);
     };
+    let (package, bench) = (bench.package, bench.target);
     if args.name == "capture" {
         crate::ebpf::build()?;
         shell::run(shell::cargo().args(["build", "--release", "-p", "guardian-alpha"]))?;

@@ -2,6 +2,7 @@
 
 mod bench;
 mod ebpf;
+mod fuzz;
 mod run;
 mod setup;
 mod shell;
@@ -34,6 +35,8 @@ enum Command {
     Test(test::TestArgs),
     /// Benchmarks; each writes target/bench/NAME.json.
     Bench(bench::BenchArgs),
+    /// Fuzz the channel's frame decoder and handshake parser for a bounded time (nightly).
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,5 +46,6 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => run::run(&args),
         Command::Test(args) => test::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Fuzz(args) => fuzz::run(&args),
     }
 }

@@ -34,6 +34,26 @@ fn check(rc: i64, what: &str) {
     }
 }
 
+/// SO_LINGER {on, 0}: close sends RST and leaves no TIME_WAIT socket behind, so tens of
+/// thousands of loopback connections do not exhaust the ephemeral ports.
+fn reset_on_close(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket fd and a correctly sized option value.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let action = arg(&args, 0, "action");
@@ -140,6 +160,37 @@ fn main() {
                     check(fd as i64, "open");
                     libc::close(fd);
                 }
+            }
+        }
+        // fork+exec /bin/true `count` times, one after the other.
+        "exec-loop" => {
+            let count: u64 = num(&args, 1, "count");
+            for _ in 0..count {
+                let status = std::process::Command::new("/bin/true")
+                    .status()
+                    .unwrap_or_else(|e| fail(format!("exec /bin/true: {e}")));
+                if !status.success() {
+                    fail(format!("/bin/true exited with {status}"));
+                }
+            }
+        }
+        // Listen on 127.0.0.1, then connect to it and accept `count` times.
+        "connect-loop" => {
+            let count: u64 = num(&args, 1, "count");
+            let listener =
+                TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| fail(format!("bind: {e}")));
+            let addr = listener
+                .local_addr()
+                .unwrap_or_else(|e| fail(format!("local_addr: {e}")));
+            for _ in 0..count {
+                let client =
+                    TcpStream::connect(addr).unwrap_or_else(|e| fail(format!("connect: {e}")));
+                let (server, _) = listener
+                    .accept()
+                    .unwrap_or_else(|e| fail(format!("accept: {e}")));
+                reset_on_close(&client);
+                drop(client);
+                drop(server);
             }
         }
         // Connect to ADDR, send a byte, read a byte.

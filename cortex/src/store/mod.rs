@@ -1,0 +1,172 @@
+//! Durable storage of events, incidents and node states, behind the [`Store`] trait.
+//!
+//! The trait is synchronous and object-safe: the embedded [`SqliteStore`] is the default, and a
+//! PostgreSQL implementation can be added as another `[store] backend` without touching callers.
+//! Async callers run it on a blocking thread (`tokio::task::spawn_blocking`).
+
+pub mod cipher;
+pub mod config;
+pub mod key_file;
+pub mod sqlite;
+
+use std::path::PathBuf;
+
+use qsc_event::{Event, EventError};
+
+use crate::decide::NodeStateRecord;
+use crate::score::{Incident, IncidentStatus, Severity};
+
+pub use config::{RetentionConfig, StoreBackend, StoreConfig};
+pub use sqlite::SqliteStore;
+
+/// Most events one query returns, whatever the caller asks for.
+pub const MAX_QUERY_LIMIT: usize = 100_000;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventQuery {
+    pub host: Option<String>,
+    /// Inclusive lower bound on `time_ns`.
+    pub since_ns: Option<u64>,
+    /// Exclusive upper bound on `time_ns`.
+    pub until_ns: Option<u64>,
+    /// Event kind names (`process_exec`, …); empty means all.
+    pub kinds: Vec<String>,
+    /// Capped at [`MAX_QUERY_LIMIT`].
+    pub limit: usize,
+}
+
+impl Default for EventQuery {
+    fn default() -> Self {
+        EventQuery {
+            host: None,
+            since_ns: None,
+            until_ns: None,
+            kinds: Vec::new(),
+            limit: 1000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IncidentQuery {
+    pub host: Option<String>,
+    pub status: Option<IncidentStatus>,
+    pub min_severity: Option<Severity>,
+    /// Capped at [`MAX_QUERY_LIMIT`].
+    pub limit: usize,
+}
+
+impl Default for IncidentQuery {
+    fn default() -> Self {
+        IncidentQuery {
+            host: None,
+            status: None,
+            min_severity: None,
+            limit: 1000,
+        }
+    }
+}
+
+/// What an append did. Re-delivered events (same host and seq) are not stored twice.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AppendOutcome {
+    pub inserted: u64,
+    /// Seqs that were already stored.
+    pub duplicates: Vec<u64>,
+}
+
+/// How much event history to keep. Incidents, node states and the audit chain are not pruned.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Delete events older than this many seconds.
+    pub max_age_s: Option<u64>,
+    /// Delete the oldest events until the stored event bytes are at most this.
+    pub max_bytes: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub deleted_by_age: u64,
+    pub deleted_by_size: u64,
+    pub remaining_events: u64,
+    /// Stored event bytes: index columns, nonce and ciphertext, as counted for `max_bytes`.
+    pub remaining_bytes: u64,
+}
+
+pub trait Store: Send + Sync {
+    /// Stores a batch of events from `host_id` and returns only once it is durable. Nothing is
+    /// stored if any event is invalid or belongs to another host.
+    fn append_events(&self, host_id: &str, events: &[Event]) -> Result<AppendOutcome, StoreError>;
+    /// Highest seq ever stored for the host (kept even after retention deleted the events).
+    fn highest_seq(&self, host_id: &str) -> Result<Option<u64>, StoreError>;
+    /// Events by time, oldest first.
+    fn query_events(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError>;
+    /// Inserts or replaces an incident by id.
+    fn put_incident(&self, incident: &Incident) -> Result<(), StoreError>;
+    fn incident(&self, id: &str) -> Result<Option<Incident>, StoreError>;
+    /// Incidents, most recently updated first.
+    fn incidents(&self, query: &IncidentQuery) -> Result<Vec<Incident>, StoreError>;
+    /// Inserts or replaces the host's node state.
+    fn put_node_state(&self, record: &NodeStateRecord) -> Result<(), StoreError>;
+    fn node_state(&self, host: &str) -> Result<Option<NodeStateRecord>, StoreError>;
+    fn node_states(&self) -> Result<Vec<NodeStateRecord>, StoreError>;
+    /// Deletes events by age, then the oldest ones until under the size budget.
+    fn apply_retention(
+        &self,
+        policy: &RetentionPolicy,
+        now_ns: u64,
+    ) -> Result<RetentionReport, StoreError>;
+}
+
+/// Opens the store the configuration names.
+pub fn open_store(config: &StoreConfig) -> Result<Box<dyn Store>, StoreError> {
+    match config.backend {
+        StoreBackend::Sqlite => Ok(Box::new(SqliteStore::open(
+            &config.path,
+            &config.master_key_file,
+        )?)),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open store database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("store database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("store master key: {0}")]
+    Key(#[from] key_file::KeyFileError),
+    #[error(transparent)]
+    Cipher(#[from] cipher::CipherError),
+    #[error("the master key does not open store {path}: it was created with another key")]
+    WrongMasterKey { path: PathBuf },
+    #[error("store database refused WAL journaling (journal_mode is {mode})")]
+    JournalMode { mode: String },
+    #[error("store schema version {found} is newer than this build supports ({supported})")]
+    SchemaVersion { found: i64, supported: i64 },
+    #[error("event seq {seq} names host `{found}` but the batch is for host `{expected}`")]
+    HostMismatch {
+        expected: String,
+        found: String,
+        seq: u64,
+    },
+    #[error("event seq {seq} is invalid: {source}")]
+    InvalidEvent { seq: u64, source: EventError },
+    #[error("stored event of host {host_id} seq {seq} cannot be decoded: {source}")]
+    Decode {
+        host_id: String,
+        seq: u64,
+        source: EventError,
+    },
+    #[error("stored {table} row `{key}` is corrupt: {reason}")]
+    CorruptRow {
+        table: &'static str,
+        key: String,
+        reason: String,
+    },
+    #[error("{field} = {value} does not fit SQLite's signed 64-bit integers")]
+    ValueTooLarge { field: &'static str, value: u64 },
+}

@@ -1,0 +1,830 @@
+//! The embedded SQLite store.
+//!
+//! WAL journal with `synchronous=FULL`: a commit returns after the WAL is fsynced, so an
+//! acknowledged batch survives a crash or power loss. Events keep only the columns queries need
+//! in plaintext (`host`, `seq`, `time_ns`, `kind`); the event JSON is sealed with AES-256-GCM
+//! (see [`super::cipher`]). `UNIQUE (host, seq)` with `INSERT OR IGNORE` makes re-delivery
+//! idempotent. A key-check value sealed at creation lets a wrong master key fail at open time.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use qsc_event::Event;
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+
+use super::cipher::PayloadCipher;
+use super::key_file::{KEY_LEN, read_key_file};
+use super::{
+    AppendOutcome, EventQuery, IncidentQuery, MAX_QUERY_LIMIT, RetentionPolicy, RetentionReport,
+    Store, StoreError,
+};
+use crate::decide::NodeStateRecord;
+use crate::score::{Incident, Severity};
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    host    TEXT NOT NULL,
+    seq     INTEGER NOT NULL,
+    time_ns INTEGER NOT NULL,
+    kind    TEXT NOT NULL,
+    nonce   BLOB NOT NULL,
+    payload BLOB NOT NULL,
+    UNIQUE (host, seq)
+);
+CREATE INDEX IF NOT EXISTS events_by_time ON events (time_ns);
+CREATE INDEX IF NOT EXISTS events_by_host_time ON events (host, time_ns);
+CREATE TABLE IF NOT EXISTS host_seq (
+    host    TEXT PRIMARY KEY,
+    max_seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS incidents (
+    id            TEXT PRIMARY KEY,
+    host          TEXT NOT NULL,
+    severity_rank INTEGER NOT NULL,
+    status        TEXT NOT NULL,
+    updated_ns    INTEGER NOT NULL,
+    body          TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS incidents_by_updated ON incidents (updated_ns);
+CREATE TABLE IF NOT EXISTS node_states (
+    host TEXT PRIMARY KEY,
+    body TEXT NOT NULL
+);
+";
+
+/// Bytes counted for one event row: its text and blob columns plus 24 for its three integers.
+const EVENT_BYTES_SQL: &str = "length(host) + length(kind) + length(nonce) + length(payload) + 24";
+
+const KEY_CHECK_HOST: &str = "qsc-store-key-check";
+const KEY_CHECK_PLAINTEXT: &[u8] = b"qsc store key check v1";
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    cipher: PayloadCipher,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path` with the master key in `master_key_file`.
+    pub fn open(path: &Path, master_key_file: &Path) -> Result<Self, StoreError> {
+        let master_key = read_key_file(master_key_file)?;
+        Self::open_with_key(path, &master_key)
+    }
+
+    pub fn open_with_key(path: &Path, master_key: &[u8; KEY_LEN]) -> Result<Self, StoreError> {
+        let conn = Connection::open(path).map_err(|source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        init_schema(&conn)?;
+        let cipher = PayloadCipher::from_master_key(master_key)?;
+        check_master_key(&conn, &cipher, path)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+            cipher,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves no partial write: SQLite rolls the open
+        // transaction back when it is dropped.
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn init_schema(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::JournalMode { mode });
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::SchemaVersion {
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    conn.execute_batch(SCHEMA)?;
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    Ok(())
+}
+
+fn check_master_key(
+    conn: &Connection,
+    cipher: &PayloadCipher,
+    path: &Path,
+) -> Result<(), StoreError> {
+    let stored: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'key_check'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
+    match stored {
+        Some(value) => {
+            let (nonce, ciphertext) = value.split_at(value.len().min(super::cipher::NONCE_LEN));
+            match cipher.open(KEY_CHECK_HOST, 0, nonce, ciphertext) {
+                Ok(plaintext) if plaintext == KEY_CHECK_PLAINTEXT => Ok(()),
+                _ => Err(StoreError::WrongMasterKey {
+                    path: PathBuf::from(path),
+                }),
+            }
+        }
+        None => {
+            let sealed = cipher.seal(KEY_CHECK_HOST, 0, KEY_CHECK_PLAINTEXT)?;
+            let mut value = sealed.nonce.to_vec();
+            value.extend_from_slice(&sealed.ciphertext);
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('key_check', ?1)",
+                [value],
+            )?;
+            Ok(())
+        }
+    }
+}
+
+impl Store for SqliteStore {
+    fn append_events(&self, host_id: &str, events: &[Event]) -> Result<AppendOutcome, StoreError> {
+        let rows = self.seal_batch(host_id, events)?;
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let mut outcome = AppendOutcome::default();
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO events (host, seq, time_ns, kind, nonce, payload)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for row in &rows {
+                let changed = insert.execute(params![
+                    host_id,
+                    row.seq,
+                    row.time_ns,
+                    row.kind,
+                    row.nonce.as_slice(),
+                    row.payload
+                ])?;
+                if changed == 0 {
+                    outcome.duplicates.push(row.seq as u64);
+                } else {
+                    outcome.inserted += 1;
+                }
+            }
+        }
+        if let Some(max_seq) = rows.iter().map(|r| r.seq).max() {
+            tx.execute(
+                "INSERT INTO host_seq (host, max_seq) VALUES (?1, ?2)
+                 ON CONFLICT (host) DO UPDATE SET max_seq = MAX(max_seq, excluded.max_seq)",
+                params![host_id, max_seq],
+            )?;
+        }
+        tx.commit()?;
+        Ok(outcome)
+    }
+
+    fn highest_seq(&self, host_id: &str) -> Result<Option<u64>, StoreError> {
+        let conn = self.lock();
+        let seq: Option<i64> = conn
+            .query_row(
+                "SELECT max_seq FROM host_seq WHERE host = ?1",
+                [host_id],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(seq.and_then(|s| u64::try_from(s).ok()))
+    }
+
+    fn query_events(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
+        let mut sql = String::from("SELECT host, seq, nonce, payload FROM events WHERE 1 = 1");
+        let mut values: Vec<Value> = Vec::new();
+        if let Some(host) = &query.host {
+            sql.push_str(" AND host = ?");
+            values.push(Value::Text(host.clone()));
+        }
+        if let Some(since) = query.since_ns {
+            sql.push_str(" AND time_ns >= ?");
+            values.push(Value::Integer(clamp_i64(since)));
+        }
+        if let Some(until) = query.until_ns {
+            sql.push_str(" AND time_ns < ?");
+            values.push(Value::Integer(clamp_i64(until)));
+        }
+        if !query.kinds.is_empty() {
+            let placeholders = vec!["?"; query.kinds.len()].join(", ");
+            sql.push_str(&format!(" AND kind IN ({placeholders})"));
+            values.extend(query.kinds.iter().cloned().map(Value::Text));
+        }
+        sql.push_str(" ORDER BY time_ns, host, seq LIMIT ?");
+        values.push(Value::Integer(query.limit.min(MAX_QUERY_LIMIT) as i64));
+
+        let conn = self.lock();
+        let mut statement = conn.prepare(&sql)?;
+        let rows = statement.query_map(params_from_iter(values), |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, Vec<u8>>(2)?,
+                row.get::<_, Vec<u8>>(3)?,
+            ))
+        })?;
+        let mut events = Vec::new();
+        for row in rows {
+            let (host_id, seq, nonce, payload) = row?;
+            events.push(self.open_event(host_id, seq, &nonce, &payload)?);
+        }
+        Ok(events)
+    }
+
+    fn put_incident(&self, incident: &Incident) -> Result<(), StoreError> {
+        let body = to_json("incidents", &incident.id, incident)?;
+        let conn = self.lock();
+        conn.execute(
+            "INSERT OR REPLACE INTO incidents (id, host, severity_rank, status, updated_ns, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                incident.id,
+                incident.host,
+                severity_rank(incident.severity),
+                incident.status.as_str(),
+                to_i64("updated_ns", incident.updated_ns)?,
+                body
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn incident(&self, id: &str) -> Result<Option<Incident>, StoreError> {
+        let conn = self.lock();
+        let body: Option<String> = conn
+            .query_row("SELECT body FROM incidents WHERE id = ?1", [id], |row| {
+                row.get(0)
+            })
+            .optional()?;
+        body.map(|b| from_json("incidents", id, &b)).transpose()
+    }
+
+    fn incidents(&self, query: &IncidentQuery) -> Result<Vec<Incident>, StoreError> {
+        let mut sql = String::from("SELECT id, body FROM incidents WHERE 1 = 1");
+        let mut values: Vec<Value> = Vec::new();
+        if let Some(host) = &query.host {
+            sql.push_str(" AND host = ?");
+            values.push(Value::Text(host.clone()));
+        }
+        if let Some(status) = query.status {
+            sql.push_str(" AND status = ?");
+            values.push(Value::Text(status.as_str().to_owned()));
+        }
+        if let Some(severity) = query.min_severity {
+            sql.push_str(" AND severity_rank >= ?");
+            values.push(Value::Integer(severity_rank(severity)));
+        }
+        sql.push_str(" ORDER BY updated_ns DESC, id LIMIT ?");
+        values.push(Value::Integer(query.limit.min(MAX_QUERY_LIMIT) as i64));
+        let conn = self.lock();
+        let mut statement = conn.prepare(&sql)?;
+        let rows = statement.query_map(params_from_iter(values), |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })?;
+        let mut incidents = Vec::new();
+        for row in rows {
+            let (id, body) = row?;
+            incidents.push(from_json("incidents", &id, &body)?);
+        }
+        Ok(incidents)
+    }
+
+    fn put_node_state(&self, record: &NodeStateRecord) -> Result<(), StoreError> {
+        let body = to_json("node_states", &record.host, record)?;
+        let conn = self.lock();
+        conn.execute(
+            "INSERT OR REPLACE INTO node_states (host, body) VALUES (?1, ?2)",
+            params![record.host, body],
+        )?;
+        Ok(())
+    }
+
+    fn node_state(&self, host: &str) -> Result<Option<NodeStateRecord>, StoreError> {
+        let conn = self.lock();
+        let body: Option<String> = conn
+            .query_row(
+                "SELECT body FROM node_states WHERE host = ?1",
+                [host],
+                |row| row.get(0),
+            )
+            .optional()?;
+        body.map(|b| from_json("node_states", host, &b)).transpose()
+    }
+
+    fn node_states(&self) -> Result<Vec<NodeStateRecord>, StoreError> {
+        let conn = self.lock();
+        let mut statement = conn.prepare("SELECT host, body FROM node_states ORDER BY host")?;
+        let rows = statement.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })?;
+        let mut records = Vec::new();
+        for row in rows {
+            let (host, body) = row?;
+            records.push(from_json("node_states", &host, &body)?);
+        }
+        Ok(records)
+    }
+
+    fn apply_retention(
+        &self,
+        policy: &RetentionPolicy,
+        now_ns: u64,
+    ) -> Result<RetentionReport, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let mut report = RetentionReport::default();
+        if let Some(max_age_s) = policy.max_age_s {
+            let cutoff = now_ns.saturating_sub(max_age_s.saturating_mul(1_000_000_000));
+            report.deleted_by_age =
+                tx.execute("DELETE FROM events WHERE time_ns < ?1", [clamp_i64(cutoff)])? as u64;
+        }
+        if let Some(max_bytes) = policy.max_bytes {
+            report.deleted_by_size = delete_oldest_over_budget(&tx, clamp_i64(max_bytes))?;
+        }
+        let (count, bytes): (i64, i64) = tx.query_row(
+            &format!("SELECT COUNT(*), COALESCE(SUM({EVENT_BYTES_SQL}), 0) FROM events"),
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        tx.commit()?;
+        report.remaining_events = count.max(0) as u64;
+        report.remaining_bytes = bytes.max(0) as u64;
+        if report.deleted_by_age + report.deleted_by_size > 0 {
+            tracing::info!(
+                deleted_by_age = report.deleted_by_age,
+                deleted_by_size = report.deleted_by_size,
+                remaining_events = report.remaining_events,
+                "store retention applied"
+            );
+        }
+        Ok(report)
+    }
+}
+
+/// One event ready to insert.
+struct SealedRow {
+    seq: i64,
+    time_ns: i64,
+    kind: &'static str,
+    nonce: [u8; super::cipher::NONCE_LEN],
+    payload: Vec<u8>,
+}
+
+impl SqliteStore {
+    /// Validates and encrypts a whole batch before touching the database.
+    fn seal_batch(&self, host_id: &str, events: &[Event]) -> Result<Vec<SealedRow>, StoreError> {
+        events
+            .iter()
+            .map(|event| {
+                event
+                    .validate()
+                    .map_err(|source| StoreError::InvalidEvent {
+                        seq: event.seq,
+                        source,
+                    })?;
+                if event.host_id != host_id {
+                    return Err(StoreError::HostMismatch {
+                        expected: host_id.to_owned(),
+                        found: event.host_id.clone(),
+                        seq: event.seq,
+                    });
+                }
+                let sealed = self
+                    .cipher
+                    .seal(host_id, event.seq, event.to_json().as_bytes())?;
+                Ok(SealedRow {
+                    seq: to_i64("seq", event.seq)?,
+                    time_ns: to_i64("time_ns", event.time_ns)?,
+                    kind: event.kind.name(),
+                    nonce: sealed.nonce,
+                    payload: sealed.ciphertext,
+                })
+            })
+            .collect()
+    }
+
+    fn open_event(
+        &self,
+        host_id: String,
+        seq: i64,
+        nonce: &[u8],
+        payload: &[u8],
+    ) -> Result<Event, StoreError> {
+        let seq = u64::try_from(seq).map_err(|_| StoreError::CorruptRow {
+            table: "events",
+            key: format!("{host_id}/{seq}"),
+            reason: "negative seq".into(),
+        })?;
+        let plaintext = self.cipher.open(&host_id, seq, nonce, payload)?;
+        Event::from_json(&plaintext).map_err(|source| StoreError::Decode {
+            host_id,
+            seq,
+            source,
+        })
+    }
+}
+
+/// Deletes the oldest events until the stored bytes fit `max_bytes`; returns how many.
+fn delete_oldest_over_budget(conn: &Connection, max_bytes: i64) -> Result<u64, StoreError> {
+    let total: i64 = conn.query_row(
+        &format!("SELECT COALESCE(SUM({EVENT_BYTES_SQL}), 0) FROM events"),
+        [],
+        |row| row.get(0),
+    )?;
+    let mut excess = total - max_bytes;
+    if excess <= 0 {
+        return Ok(0);
+    }
+    let mut statement = conn.prepare(&format!(
+        "SELECT rowid, {EVENT_BYTES_SQL} FROM events ORDER BY time_ns, rowid"
+    ))?;
+    let mut rows = statement.query([])?;
+    let mut doomed = Vec::new();
+    while excess > 0 {
+        let Some(row) = rows.next()? else {
+            break;
+        };
+        doomed.push(row.get::<_, i64>(0)?);
+        excess -= row.get::<_, i64>(1)?.max(1);
+    }
+    drop(rows);
+    let mut delete = conn.prepare("DELETE FROM events WHERE rowid = ?1")?;
+    for rowid in &doomed {
+        delete.execute([rowid])?;
+    }
+    Ok(doomed.len() as u64)
+}
+
+fn severity_rank(severity: Severity) -> i64 {
+    match severity {
+        Severity::Low => 1,
+        Severity::Medium => 2,
+        Severity::High => 3,
+        Severity::Critical => 4,
+    }
+}
+
+fn to_json<T: serde::Serialize>(
+    table: &'static str,
+    key: &str,
+    value: &T,
+) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::CorruptRow {
+        table,
+        key: key.to_owned(),
+        reason: format!("cannot encode: {e}"),
+    })
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(
+    table: &'static str,
+    key: &str,
+    body: &str,
+) -> Result<T, StoreError> {
+    serde_json::from_str(body).map_err(|e| StoreError::CorruptRow {
+        table,
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn to_i64(field: &'static str, value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::ValueTooLarge { field, value })
+}
+
+fn clamp_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
+    use qsc_event::{AuthAttempt, EventKind, ProcessExec, ProcessInfo, Source};
+
+    use super::*;
+    use crate::decide::NodeState;
+    use crate::score::{EntityKey, IncidentStatus};
+
+    const KEY: [u8; 32] = [3u8; 32];
+    const SECRET: &str = "hunter2-secret-token";
+
+    fn exec(host: &str, seq: u64, time_ns: u64) -> Event {
+        let mut event = Event::new(
+            host,
+            Source::Alpha,
+            seq,
+            EventKind::ProcessExec(ProcessExec {
+                process: ProcessInfo {
+                    pid: 100,
+                    comm: "curl".into(),
+                    cmdline: vec!["curl".into(), "-H".into(), SECRET.into()],
+                    ..Default::default()
+                },
+                filename: "/usr/bin/curl".into(),
+                argv: vec!["curl".into()],
+            }),
+        );
+        event.time_ns = time_ns;
+        event
+    }
+
+    fn auth(host: &str, seq: u64, time_ns: u64) -> Event {
+        let mut event = Event::new(
+            host,
+            Source::Alpha,
+            seq,
+            EventKind::AuthFailure(AuthAttempt {
+                user: "deploy".into(),
+                remote_ip: None,
+                service: "sshd".into(),
+                detail: None,
+            }),
+        );
+        event.time_ns = time_ns;
+        event
+    }
+
+    fn store() -> (tempfile::TempDir, PathBuf, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cortex.db");
+        let store = SqliteStore::open_with_key(&path, &KEY).unwrap();
+        (dir, path, store)
+    }
+
+    fn seqs(events: &[Event]) -> Vec<u64> {
+        events.iter().map(|e| e.seq).collect()
+    }
+
+    #[test]
+    fn events_round_trip_and_redelivery_is_idempotent() {
+        let (_dir, _path, store) = store();
+        let batch: Vec<Event> = (1..=5).map(|s| exec("web-01", s, s * 10)).collect();
+        let first = store.append_events("web-01", &batch).unwrap();
+        assert_eq!(first.inserted, 5);
+        assert!(first.duplicates.is_empty());
+        let again = store
+            .append_events("web-01", &[batch[3].clone(), exec("web-01", 6, 60)])
+            .unwrap();
+        assert_eq!(again.inserted, 1);
+        assert_eq!(again.duplicates, vec![4]);
+        assert_eq!(store.highest_seq("web-01").unwrap(), Some(6));
+        assert_eq!(store.highest_seq("web-02").unwrap(), None);
+        let stored = store.query_events(&EventQuery::default()).unwrap();
+        assert_eq!(stored.len(), 6);
+        assert_eq!(stored[0], batch[0]);
+    }
+
+    #[test]
+    fn a_bad_batch_stores_nothing() {
+        let (_dir, _path, store) = store();
+        let mixed = vec![exec("web-01", 1, 1), exec("web-02", 2, 2)];
+        assert!(matches!(
+            store.append_events("web-01", &mixed),
+            Err(StoreError::HostMismatch { seq: 2, .. })
+        ));
+        let invalid = vec![exec("web-01", 1, 1), exec("web-01", 0, 2)];
+        assert!(matches!(
+            store.append_events("web-01", &invalid),
+            Err(StoreError::InvalidEvent { seq: 0, .. })
+        ));
+        let huge = vec![exec("web-01", u64::MAX, 1)];
+        assert!(matches!(
+            store.append_events("web-01", &huge),
+            Err(StoreError::ValueTooLarge { field: "seq", .. })
+        ));
+        assert!(
+            store
+                .query_events(&EventQuery::default())
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(store.highest_seq("web-01").unwrap(), None);
+    }
+
+    #[test]
+    fn payloads_are_encrypted_at_rest() {
+        let (dir, path, store) = store();
+        store
+            .append_events("web-01", &[exec("web-01", 1, 1)])
+            .unwrap();
+        drop(store);
+        let mut on_disk = Vec::new();
+        for entry in fs::read_dir(dir.path()).unwrap() {
+            on_disk.extend(fs::read(entry.unwrap().path()).unwrap());
+        }
+        assert!(!on_disk.is_empty());
+        assert!(
+            !on_disk
+                .windows(SECRET.len())
+                .any(|w| w == SECRET.as_bytes())
+        );
+        // Plaintext index columns are there for queries.
+        assert!(on_disk.windows(12).any(|w| w == b"process_exec"));
+        let reopened = SqliteStore::open_with_key(&path, &KEY).unwrap();
+        assert_eq!(
+            reopened.query_events(&EventQuery::default()).unwrap().len(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_payload_moved_to_another_row_fails_authentication() {
+        let (_dir, path, store) = store();
+        let batch = vec![exec("web-01", 1, 1), exec("web-01", 2, 2)];
+        store.append_events("web-01", &batch).unwrap();
+        let raw = Connection::open(&path).unwrap();
+        raw.execute(
+            "UPDATE events SET nonce = (SELECT nonce FROM events WHERE seq = 1),
+                               payload = (SELECT payload FROM events WHERE seq = 1)
+             WHERE seq = 2",
+            [],
+        )
+        .unwrap();
+        let err = store.query_events(&EventQuery::default()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Cipher(super::super::cipher::CipherError::Open { seq: 2, .. })
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_wrong_master_key_is_refused_at_open() {
+        let (_dir, path, store) = store();
+        drop(store);
+        assert!(matches!(
+            SqliteStore::open_with_key(&path, &[4u8; 32]),
+            Err(StoreError::WrongMasterKey { .. })
+        ));
+    }
+
+    #[test]
+    fn the_master_key_file_must_be_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_path = dir.path().join("master.key");
+        fs::write(&key_path, KEY).unwrap();
+        fs::set_permissions(&key_path, fs::Permissions::from_mode(0o644)).unwrap();
+        let db = dir.path().join("cortex.db");
+        assert!(matches!(
+            SqliteStore::open(&db, &key_path),
+            Err(StoreError::Key(_))
+        ));
+        fs::set_permissions(&key_path, fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(SqliteStore::open(&db, &key_path).is_ok());
+    }
+
+    #[test]
+    fn queries_filter_by_host_time_and_kind() {
+        let (_dir, _path, store) = store();
+        store
+            .append_events(
+                "web-01",
+                &[
+                    exec("web-01", 1, 100),
+                    auth("web-01", 2, 200),
+                    exec("web-01", 3, 300),
+                ],
+            )
+            .unwrap();
+        store
+            .append_events("db-01", &[auth("db-01", 1, 150)])
+            .unwrap();
+        let by_host = EventQuery {
+            host: Some("web-01".into()),
+            ..Default::default()
+        };
+        assert_eq!(seqs(&store.query_events(&by_host).unwrap()), vec![1, 2, 3]);
+        let window = EventQuery {
+            since_ns: Some(150),
+            until_ns: Some(300),
+            ..Default::default()
+        };
+        let hosts: Vec<String> = store
+            .query_events(&window)
+            .unwrap()
+            .into_iter()
+            .map(|e| format!("{}/{}", e.host_id, e.seq))
+            .collect();
+        assert_eq!(hosts, vec!["db-01/1", "web-01/2"]);
+        let kinds = EventQuery {
+            kinds: vec!["auth_failure".into()],
+            limit: 1,
+            ..Default::default()
+        };
+        let first_auth = store.query_events(&kinds).unwrap();
+        assert_eq!(first_auth.len(), 1);
+        assert_eq!(first_auth[0].host_id, "db-01");
+    }
+
+    fn incident(id: &str, host: &str, severity: Severity, updated_ns: u64) -> Incident {
+        Incident {
+            id: id.into(),
+            host: host.into(),
+            entity: EntityKey::Host { host: host.into() },
+            title: "credential stuffing + exfiltration".into(),
+            severity,
+            confidence: 0.99,
+            prior: 0.001,
+            log_odds: 4.6,
+            attack_techniques: vec!["T1110".into()],
+            status: IncidentStatus::Open,
+            opened_ns: 1,
+            updated_ns,
+            evidence: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn incidents_and_node_states_persist() {
+        let (_dir, path, store) = store();
+        store
+            .put_incident(&incident("inc-1", "web-01", Severity::Critical, 10))
+            .unwrap();
+        store
+            .put_incident(&incident("inc-2", "web-02", Severity::Low, 20))
+            .unwrap();
+        let mut resolved = incident("inc-1", "web-01", Severity::Critical, 30);
+        resolved.status = IncidentStatus::Resolved;
+        store.put_incident(&resolved).unwrap();
+        let record = NodeStateRecord {
+            host: "web-01".into(),
+            state: NodeState::Critical,
+            since_ns: 30,
+            reason: "incident inc-1".into(),
+            actor: "cortex".into(),
+            incident_id: Some("inc-1".into()),
+            audit_seq: 7,
+        };
+        store.put_node_state(&record).unwrap();
+        drop(store);
+
+        let store = SqliteStore::open_with_key(&path, &KEY).unwrap();
+        assert_eq!(store.incident("inc-1").unwrap(), Some(resolved));
+        assert_eq!(store.incident("inc-9").unwrap(), None);
+        let all = store.incidents(&IncidentQuery::default()).unwrap();
+        assert_eq!(
+            all.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+            vec!["inc-1", "inc-2"]
+        );
+        let open_high = IncidentQuery {
+            status: Some(IncidentStatus::Open),
+            min_severity: Some(Severity::High),
+            ..Default::default()
+        };
+        assert!(store.incidents(&open_high).unwrap().is_empty());
+        assert_eq!(store.node_state("web-01").unwrap(), Some(record.clone()));
+        assert_eq!(store.node_states().unwrap(), vec![record]);
+    }
+
+    #[test]
+    fn retention_deletes_by_age_then_oldest_by_size() {
+        let (_dir, _path, store) = store();
+        let second = 1_000_000_000u64;
+        let now = 10_000 * second;
+        let batch: Vec<Event> = (1..=10)
+            .map(|s| exec("web-01", s, now - (11 - s) * 100 * second))
+            .collect();
+        store.append_events("web-01", &batch).unwrap();
+        // Events 1..=3 are older than 750 s.
+        let by_age = RetentionPolicy {
+            max_age_s: Some(750),
+            max_bytes: None,
+        };
+        let report = store.apply_retention(&by_age, now).unwrap();
+        assert_eq!(report.deleted_by_age, 3);
+        assert_eq!(report.remaining_events, 7);
+        let per_event = report.remaining_bytes / 7;
+
+        let by_size = RetentionPolicy {
+            max_age_s: None,
+            max_bytes: Some(per_event * 4 + per_event / 2),
+        };
+        let report = store.apply_retention(&by_size, now).unwrap();
+        assert_eq!(report.deleted_by_size, 3);
+        assert!(report.remaining_bytes <= per_event * 4 + per_event / 2);
+        let left = store.query_events(&EventQuery::default()).unwrap();
+        assert_eq!(seqs(&left), vec![7, 8, 9, 10]);
+        // De-duplication state outlives the events.
+        assert_eq!(store.highest_seq("web-01").unwrap(), Some(10));
+        let unchanged = store.apply_retention(&by_size, now).unwrap();
+        assert_eq!(unchanged.deleted_by_size, 0);
+    }
+}

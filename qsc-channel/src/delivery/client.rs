@@ -1,0 +1,432 @@
+//! Agent side: keeps a connection to the cortex, streams the outbox, handles acks and commands.
+//!
+//! After every (re)connect the cortex tells the agent, inside handshake message 2, the highest
+//! sequence number it already stored; the client acknowledges that much in the outbox and
+//! streams everything after it. Connection failures are retried with exponential backoff and
+//! jitter; the backoff resets after a successful handshake.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rand_core::{OsRng, RngCore};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{Notify, mpsc};
+
+use super::envelope::{
+    self, CommandStatus, CortexMessage, EVENT_OVERHEAD, EVENTS_HEADER_LEN, EnvelopeError,
+    EventsEncoder,
+};
+use super::outbox::{Appended, DropCounters, Outbox, OutboxError, ReadBatch};
+use crate::handshake::{self, HandshakeError};
+use crate::keys::{PublicKeyBytes, StaticKeypair};
+use crate::noise::HandshakeMode;
+use crate::transport::{FrameReader, FrameWriter, TransportConfig, TransportError};
+
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// `host:port` of the cortex.
+    pub cortex_addr: String,
+    /// The pinned cortex static public key.
+    pub cortex_key: PublicKeyBytes,
+    pub keypair: StaticKeypair,
+    pub mode: HandshakeMode,
+    pub transport: TransportConfig,
+    pub connect_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// Events per Events message.
+    pub max_batch_events: usize,
+    /// Approximate event bytes per Events message (bounded by the frame limit too).
+    pub max_batch_bytes: usize,
+    /// Events sent but not yet acknowledged before the client waits for acks.
+    pub max_in_flight: u64,
+}
+
+impl ClientConfig {
+    pub fn new(
+        cortex_addr: impl Into<String>,
+        cortex_key: PublicKeyBytes,
+        keypair: StaticKeypair,
+    ) -> Self {
+        ClientConfig {
+            cortex_addr: cortex_addr.into(),
+            cortex_key,
+            keypair,
+            mode: HandshakeMode::Hybrid,
+            transport: TransportConfig::default(),
+            connect_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(5),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(30),
+            max_batch_events: 4096,
+            max_batch_bytes: 512 << 10,
+            max_in_flight: 65536,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to cortex at {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("connecting to cortex at {0} timed out")]
+    ConnectTimeout(String),
+    #[error("handshake with cortex failed: {0}")]
+    Handshake(#[from] HandshakeError),
+    #[error("handshake with cortex timed out")]
+    HandshakeTimeout,
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("cortex sent a malformed message: {0}")]
+    Envelope(#[from] EnvelopeError),
+    #[error("cortex acknowledged seq {acked} but only {sent} was sent")]
+    AckBeyondSent { acked: u64, sent: u64 },
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    #[error("outbox lock is poisoned")]
+    OutboxPoisoned,
+    #[error("event of {len} bytes exceeds the per-event limit of {max} bytes")]
+    EventTooLarge { len: usize, max: usize },
+}
+
+/// Executes commands received from the cortex. Runs on the connection's reader task.
+pub trait CommandHandler: Send + 'static {
+    fn execute(&mut self, id: u64, body: &[u8]) -> (CommandStatus, Vec<u8>);
+}
+
+/// Shared state between the agent's producers and the client.
+struct Shared {
+    outbox: Mutex<Outbox>,
+    appended: Notify,
+    limits: BatchLimits,
+}
+
+/// Sizes that guarantee any batch the client builds fits in one transport message:
+/// at most `read_bytes - 1` bytes of events, plus one more event of at most `max_event`,
+/// plus per-event and header overhead, is at most the message limit.
+#[derive(Clone, Copy, Debug)]
+struct BatchLimits {
+    read_bytes: usize,
+    max_event: usize,
+}
+
+impl BatchLimits {
+    fn new(config: &ClientConfig) -> Self {
+        let half = config.transport.max_message_len() / 2;
+        let overhead = config.max_batch_events.saturating_mul(EVENT_OVERHEAD) + EVENTS_HEADER_LEN;
+        BatchLimits {
+            read_bytes: config.max_batch_bytes.clamp(1, half.max(1)),
+            max_event: half.saturating_sub(overhead),
+        }
+    }
+}
+
+impl Shared {
+    fn outbox(&self) -> Result<MutexGuard<'_, Outbox>, ClientError> {
+        self.outbox.lock().map_err(|_| ClientError::OutboxPoisoned)
+    }
+}
+
+/// Cheap handle producers use to add events to the outbox.
+#[derive(Clone)]
+pub struct OutboxHandle {
+    shared: Arc<Shared>,
+}
+
+impl OutboxHandle {
+    /// Appends events durably (per the outbox fsync policy) and wakes the sender. Refuses the
+    /// whole batch if an event is larger than one transport message can carry.
+    pub fn append_batch<E: AsRef<[u8]>>(&self, events: &[E]) -> Result<Vec<Appended>, ClientError> {
+        let max = self.shared.limits.max_event;
+        if let Some(big) = events.iter().find(|e| e.as_ref().len() > max) {
+            return Err(ClientError::EventTooLarge {
+                len: big.as_ref().len(),
+                max,
+            });
+        }
+        let result = self.shared.outbox()?.append_batch(events)?;
+        self.shared.appended.notify_one();
+        Ok(result)
+    }
+
+    /// Overflow drop counters, for the agent's event_loss reporting.
+    pub fn drops(&self) -> Result<DropCounters, ClientError> {
+        Ok(self.shared.outbox()?.drops())
+    }
+
+    /// Events stored but not yet acknowledged by the cortex.
+    pub fn unacked(&self) -> Result<u64, ClientError> {
+        Ok(self.shared.outbox()?.unacked())
+    }
+}
+
+pub struct Client {
+    config: ClientConfig,
+    shared: Arc<Shared>,
+}
+
+impl Client {
+    pub fn new(config: ClientConfig, outbox: Outbox) -> Self {
+        let limits = BatchLimits::new(&config);
+        Client {
+            config,
+            shared: Arc::new(Shared {
+                outbox: Mutex::new(outbox),
+                appended: Notify::new(),
+                limits,
+            }),
+        }
+    }
+
+    pub fn handle(&self) -> OutboxHandle {
+        OutboxHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Connects, streams and reconnects until `shutdown` completes.
+    pub async fn run_until<H, F>(self, handler: H, shutdown: F)
+    where
+        H: CommandHandler,
+        F: Future<Output = ()>,
+    {
+        tokio::select! {
+            () = self.reconnect_forever(handler) => {}
+            () = shutdown => {}
+        }
+    }
+
+    async fn reconnect_forever<H: CommandHandler>(self, handler: H) {
+        let handler = Arc::new(Mutex::new(handler));
+        let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
+        loop {
+            let mut connected = false;
+            match self.connect_and_stream(&handler, &mut connected).await {
+                Ok(()) => tracing::info!("cortex closed the connection"),
+                Err(e) => tracing::warn!(error = %e, "cortex connection failed"),
+            }
+            if connected {
+                backoff.reset();
+            }
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+    }
+
+    async fn connect_and_stream<H: CommandHandler>(
+        &self,
+        handler: &Arc<Mutex<H>>,
+        connected: &mut bool,
+    ) -> Result<(), ClientError> {
+        let cfg = &self.config;
+        let mut stream =
+            tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(&cfg.cortex_addr))
+                .await
+                .map_err(|_| ClientError::ConnectTimeout(cfg.cortex_addr.clone()))?
+                .map_err(|source| ClientError::Connect {
+                    addr: cfg.cortex_addr.clone(),
+                    source,
+                })?;
+        stream.set_nodelay(true).map_err(TransportError::Io)?;
+        let exchange =
+            handshake::initiate(&mut stream, cfg.mode, &cfg.keypair, &cfg.cortex_key, &[]);
+        let (keys, payload) = tokio::time::timeout(cfg.handshake_timeout, exchange)
+            .await
+            .map_err(|_| ClientError::HandshakeTimeout)??;
+        let resume_after = envelope::decode_resume(&payload)?;
+        self.shared.outbox()?.acknowledge(resume_after)?;
+        *connected = true;
+        tracing::info!(addr = %cfg.cortex_addr, resume_after, "connected to cortex");
+
+        let (read_half, write_half) = stream.into_split();
+        let reader = FrameReader::new(read_half, keys.recv, &cfg.transport);
+        let writer = FrameWriter::new(write_half, keys.send, cfg.transport.clone());
+        let progress = Arc::new(Progress {
+            acked: AtomicU64::new(resume_after),
+            sent: AtomicU64::new(resume_after),
+            ack_notify: Notify::new(),
+        });
+        let (results_tx, results_rx) = mpsc::channel(64);
+        let mut reader_task = tokio::spawn(read_loop(
+            reader,
+            self.shared.clone(),
+            progress.clone(),
+            handler.clone(),
+            results_tx,
+        ));
+        let result = self
+            .write_loop(writer, &progress, results_rx, &mut reader_task)
+            .await;
+        reader_task.abort();
+        result
+    }
+
+    async fn write_loop(
+        &self,
+        mut writer: FrameWriter<OwnedWriteHalf>,
+        progress: &Progress,
+        mut results: mpsc::Receiver<Vec<u8>>,
+        reader_task: &mut tokio::task::JoinHandle<Result<(), ClientError>>,
+    ) -> Result<(), ClientError> {
+        let cfg = &self.config;
+        let max_bytes = self.shared.limits.read_bytes;
+        let mut encoder = EventsEncoder::new();
+        loop {
+            while let Ok(result) = results.try_recv() {
+                writer.send(&result).await?;
+            }
+            let next = progress.sent.load(Ordering::Acquire) + 1;
+            let in_flight = next - 1 - progress.acked.load(Ordering::Acquire);
+            if in_flight < cfg.max_in_flight {
+                let batch = self
+                    .shared
+                    .outbox()?
+                    .read(next, cfg.max_batch_events, max_bytes)?;
+                match batch {
+                    ReadBatch::Lost {
+                        first_seq,
+                        last_seq,
+                    } => {
+                        tracing::warn!(
+                            first_seq,
+                            last_seq,
+                            "reporting events dropped by outbox overflow"
+                        );
+                        writer
+                            .send(&envelope::encode_lost(first_seq, last_seq))
+                            .await?;
+                        progress.sent.store(last_seq, Ordering::Release);
+                        continue;
+                    }
+                    ReadBatch::Events { first_seq, events } => {
+                        encoder.start(first_seq);
+                        for event in &events {
+                            encoder.push(event);
+                        }
+                        writer.send(encoder.finish()).await?;
+                        progress
+                            .sent
+                            .store(first_seq + events.len() as u64 - 1, Ordering::Release);
+                        continue;
+                    }
+                    ReadBatch::Empty => {}
+                }
+            }
+            tokio::select! {
+                () = self.shared.appended.notified() => {}
+                () = progress.ack_notify.notified() => {}
+                Some(result) = results.recv() => writer.send(&result).await?,
+                joined = &mut *reader_task => {
+                    return match joined {
+                        Ok(result) => result,
+                        Err(_) => Err(ClientError::Transport(TransportError::Closed)),
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// What the writer sent and the reader saw acknowledged, for flow control.
+struct Progress {
+    acked: AtomicU64,
+    sent: AtomicU64,
+    ack_notify: Notify,
+}
+
+async fn read_loop<H: CommandHandler>(
+    mut reader: FrameReader<OwnedReadHalf>,
+    shared: Arc<Shared>,
+    progress: Arc<Progress>,
+    handler: Arc<Mutex<H>>,
+    results: mpsc::Sender<Vec<u8>>,
+) -> Result<(), ClientError> {
+    loop {
+        let message = reader.recv().await?;
+        match CortexMessage::decode(message)? {
+            CortexMessage::Ack { up_to_seq } => {
+                let sent = progress.sent.load(Ordering::Acquire);
+                if up_to_seq > sent {
+                    return Err(ClientError::AckBeyondSent {
+                        acked: up_to_seq,
+                        sent,
+                    });
+                }
+                shared.outbox()?.acknowledge(up_to_seq)?;
+                progress.acked.fetch_max(up_to_seq, Ordering::AcqRel);
+                progress.ack_notify.notify_one();
+            }
+            CortexMessage::Command { id, body } => {
+                let (status, output) = match handler.lock() {
+                    Ok(mut h) => h.execute(id, body),
+                    Err(_) => (CommandStatus::Failed, b"command handler poisoned".to_vec()),
+                };
+                let reply = envelope::encode_command_result(id, status, &output);
+                if results.send(reply).await.is_err() {
+                    return Err(ClientError::Transport(TransportError::Closed));
+                }
+            }
+        }
+    }
+}
+
+/// Exponential backoff with equal jitter: each delay is in [d/2, d], d doubling up to `max`.
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    fn new(initial: Duration, max: Duration) -> Self {
+        Backoff {
+            initial,
+            max,
+            current: initial,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.current = self.initial;
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        let ceiling = self.current.min(self.max);
+        self.current = (self.current * 2).min(self.max);
+        let half = ceiling / 2;
+        let jitter_ns = half.as_nanos() as u64;
+        let extra = if jitter_ns == 0 {
+            0
+        } else {
+            OsRng.next_u64() % (jitter_ns + 1)
+        };
+        half + Duration::from_nanos(extra)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let delays: Vec<Duration> = (0..6).map(|_| b.next_delay()).collect();
+        let ceilings = [100, 200, 400, 800, 1000, 1000];
+        for (delay, ceiling) in delays.iter().zip(ceilings) {
+            let ceiling = Duration::from_millis(ceiling);
+            assert!(
+                *delay >= ceiling / 2 && *delay <= ceiling,
+                "{delay:?} vs {ceiling:?}"
+            );
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}

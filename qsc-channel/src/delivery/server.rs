@@ -1,0 +1,288 @@
+//! Cortex side of a connection: handshake, allow-list, de-duplication, acks after storage,
+//! and commands to the agent on the same connection.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+
+use super::dedup::{Dedup, DedupError};
+use super::envelope::{self, AgentMessage, CommandStatus, EnvelopeError};
+use crate::handshake::{self, HandshakeError};
+use crate::keys::{AllowList, PublicKeyBytes, StaticKeypair};
+use crate::noise::HandshakeMode;
+use crate::transport::{FrameReader, FrameWriter, TransportConfig, TransportError};
+
+/// Error type a sink may return; it ends the session without an ack.
+pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Who is on the other end, as established by the handshake and the allow-list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentIdentity {
+    pub host_id: String,
+    pub class: String,
+    pub public_key: PublicKeyBytes,
+}
+
+/// Where the cortex stores what agents send. Each method returns only when the data is
+/// durable; acks are sent after it returns. Methods run on the session task, so a slow sink
+/// slows only that agent.
+pub trait EventSink: Send {
+    /// Highest sequence number of `agent` already stored (0 if none); delivery resumes after it.
+    fn stored_up_to(&mut self, agent: &AgentIdentity) -> Result<u64, SinkError>;
+    /// Stores events `first_seq..first_seq + events.len()`, none of which was stored before.
+    fn store(
+        &mut self,
+        agent: &AgentIdentity,
+        first_seq: u64,
+        events: &[&[u8]],
+    ) -> Result<(), SinkError>;
+    /// The agent's outbox dropped `first_seq..=last_seq` (overflow); record the loss.
+    fn record_loss(
+        &mut self,
+        agent: &AgentIdentity,
+        first_seq: u64,
+        last_seq: u64,
+    ) -> Result<(), SinkError>;
+    /// The outcome of a command sent with [`CommandSender::send`].
+    fn command_result(
+        &mut self,
+        agent: &AgentIdentity,
+        id: u64,
+        status: CommandStatus,
+        body: &[u8],
+    ) -> Result<(), SinkError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("handshake failed: {0}")]
+    Handshake(#[from] HandshakeError),
+    #[error("handshake did not finish within {0:?}")]
+    HandshakeTimeout(Duration),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("agent {host_id} sent a malformed message: {source}")]
+    Envelope {
+        host_id: String,
+        source: EnvelopeError,
+    },
+    #[error("agent {host_id}: {source}")]
+    Sequence { host_id: String, source: DedupError },
+    #[error("sink failed for agent {host_id}: {source}")]
+    Sink { host_id: String, source: SinkError },
+}
+
+/// Cortex-side settings shared by all sessions.
+#[derive(Clone)]
+pub struct ServerConfig {
+    pub keypair: StaticKeypair,
+    /// Shared so the cortex can revoke keys while running; new handshakes see the change.
+    pub allow_list: Arc<RwLock<AllowList>>,
+    /// Refuse agents offering only the classical (non-ML-KEM) handshake.
+    pub require_hybrid: bool,
+    pub transport: TransportConfig,
+    pub handshake_timeout: Duration,
+}
+
+/// Sends authenticated commands to one connected agent.
+#[derive(Clone)]
+pub struct CommandSender {
+    tx: mpsc::Sender<Vec<u8>>,
+}
+
+impl CommandSender {
+    /// Queues a command; fails if the session has ended.
+    pub async fn send(&self, id: u64, body: &[u8]) -> Result<(), SessionClosed> {
+        self.tx
+            .send(envelope::encode_command(id, body))
+            .await
+            .map_err(|_| SessionClosed)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the agent session has ended")]
+pub struct SessionClosed;
+
+/// An authenticated agent connection, ready to run.
+pub struct Session {
+    identity: AgentIdentity,
+    mode: HandshakeMode,
+    dedup: Dedup,
+    reader: FrameReader<OwnedReadHalf>,
+    writer: FrameWriter<OwnedWriteHalf>,
+    outgoing_tx: mpsc::Sender<Vec<u8>>,
+    outgoing_rx: mpsc::Receiver<Vec<u8>>,
+}
+
+/// Runs the handshake on a fresh connection. The agent must be enrolled and not revoked;
+/// its resume point comes from `sink`.
+pub async fn accept<K: EventSink>(
+    mut stream: TcpStream,
+    config: &ServerConfig,
+    sink: &mut K,
+) -> Result<Session, ServerError> {
+    stream.set_nodelay(true).map_err(TransportError::Io)?;
+    let mut resume_error = None;
+    let mut stored_up_to = 0;
+    let exchange = handshake::respond(
+        &mut stream,
+        &config.keypair,
+        config.require_hybrid,
+        |key| {
+            // A poisoned lock still holds a consistent list (writers replace it whole).
+            let allow_list = config
+                .allow_list
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let entry = allow_list.authorize(key)?;
+            Ok(AgentIdentity {
+                host_id: entry.host_id.clone(),
+                class: entry.class.clone(),
+                public_key: *key,
+            })
+        },
+        |identity| {
+            match sink.stored_up_to(identity) {
+                Ok(seq) => stored_up_to = seq,
+                Err(e) => resume_error = Some(e),
+            }
+            envelope::encode_resume(stored_up_to)
+        },
+    );
+    let accepted = tokio::time::timeout(config.handshake_timeout, exchange)
+        .await
+        .map_err(|_| ServerError::HandshakeTimeout(config.handshake_timeout))??;
+    if let Some(source) = resume_error {
+        return Err(ServerError::Sink {
+            host_id: accepted.peer.host_id,
+            source,
+        });
+    }
+    let (read_half, write_half) = stream.into_split();
+    let (outgoing_tx, outgoing_rx) = mpsc::channel(1024);
+    tracing::info!(
+        host_id = %accepted.peer.host_id,
+        key_id = %accepted.peer.public_key.key_id(),
+        mode = ?accepted.mode,
+        resume_after = stored_up_to,
+        "agent connected"
+    );
+    Ok(Session {
+        identity: accepted.peer,
+        mode: accepted.mode,
+        dedup: Dedup::new(stored_up_to),
+        reader: FrameReader::new(read_half, accepted.keys.recv, &config.transport),
+        writer: FrameWriter::new(write_half, accepted.keys.send, config.transport.clone()),
+        outgoing_tx,
+        outgoing_rx,
+    })
+}
+
+impl Session {
+    pub fn identity(&self) -> &AgentIdentity {
+        &self.identity
+    }
+
+    pub fn mode(&self) -> HandshakeMode {
+        self.mode
+    }
+
+    pub fn command_sender(&self) -> CommandSender {
+        CommandSender {
+            tx: self.outgoing_tx.clone(),
+        }
+    }
+
+    /// Serves the agent until it disconnects (`Ok`) or breaks the protocol (`Err`).
+    pub async fn run<K: EventSink>(self, sink: &mut K) -> Result<(), ServerError> {
+        let Session {
+            identity,
+            mut dedup,
+            mut reader,
+            mut writer,
+            outgoing_tx,
+            mut outgoing_rx,
+            ..
+        } = self;
+        let writer_task = tokio::spawn(async move {
+            while let Some(message) = outgoing_rx.recv().await {
+                writer.send(&message).await?;
+            }
+            Ok::<(), TransportError>(())
+        });
+        let result = read_loop(&identity, &mut dedup, &mut reader, &outgoing_tx, sink).await;
+        writer_task.abort();
+        match result {
+            Err(ServerError::Transport(TransportError::Closed)) => {
+                tracing::info!(host_id = %identity.host_id, "agent disconnected");
+                Ok(())
+            }
+            other => other,
+        }
+    }
+}
+
+async fn read_loop<K: EventSink>(
+    identity: &AgentIdentity,
+    dedup: &mut Dedup,
+    reader: &mut FrameReader<OwnedReadHalf>,
+    outgoing: &mpsc::Sender<Vec<u8>>,
+    sink: &mut K,
+) -> Result<(), ServerError> {
+    let host_id = || identity.host_id.clone();
+    loop {
+        let message = reader.recv().await?;
+        let decoded = AgentMessage::decode(message).map_err(|source| ServerError::Envelope {
+            host_id: host_id(),
+            source,
+        })?;
+        let sink_err = |source| ServerError::Sink {
+            host_id: host_id(),
+            source,
+        };
+        let seq_err = |source| ServerError::Sequence {
+            host_id: host_id(),
+            source,
+        };
+        match decoded {
+            AgentMessage::Events { first_seq, events } => {
+                let count = events.len() as u64;
+                let skip = dedup.already_stored(first_seq, count).map_err(seq_err)?;
+                if skip < count {
+                    let new = &events[skip as usize..];
+                    sink.store(identity, first_seq + skip, new)
+                        .map_err(sink_err)?;
+                    dedup.advance_to(first_seq + count - 1);
+                }
+            }
+            AgentMessage::Lost {
+                first_seq,
+                last_seq,
+            } => {
+                let count = last_seq - first_seq + 1;
+                let skip = dedup.already_stored(first_seq, count).map_err(seq_err)?;
+                if skip < count {
+                    sink.record_loss(identity, first_seq + skip, last_seq)
+                        .map_err(sink_err)?;
+                    dedup.advance_to(last_seq);
+                }
+            }
+            AgentMessage::CommandResult { id, status, body } => {
+                sink.command_result(identity, id, status, body)
+                    .map_err(sink_err)?;
+                continue;
+            }
+        }
+        if outgoing
+            .send(envelope::encode_ack(dedup.stored_up_to()))
+            .await
+            .is_err()
+        {
+            return Err(ServerError::Transport(TransportError::Closed));
+        }
+    }
+}

@@ -1,0 +1,419 @@
+//! Encrypted, framed transport over any `AsyncRead`/`AsyncWrite` halves.
+//!
+//! Each direction has its own [`CipherState`]. The writer rekeys (Noise `Rekey()`) after
+//! `rekey_after_messages` frames or `rekey_after` time, announcing it in-band with a
+//! [`FrameKind::Rekey`] frame encrypted under the old key; the reader switches keys after
+//! that frame. TCP keeps frames in order, so nothing sent before or after is lost.
+//!
+//! Every failure closes the session: the reader returns a named [`TransportError`] and the
+//! caller drops both halves.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::frame::{
+    self, FrameError, FrameKind, HARD_MAX_FRAME_LEN, HEADER_LEN, LENGTH_PREFIX_LEN,
+};
+use crate::noise::{CipherState, NoiseError};
+
+/// Limits and rekey policy of one session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransportConfig {
+    /// Largest accepted frame length field; at most [`HARD_MAX_FRAME_LEN`].
+    pub max_frame_len: usize,
+    /// Rekey the sending direction after this many frames.
+    pub rekey_after_messages: u64,
+    /// Rekey the sending direction after this much time.
+    pub rekey_after: Duration,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            max_frame_len: HARD_MAX_FRAME_LEN,
+            rekey_after_messages: 1 << 20,
+            rekey_after: Duration::from_secs(600),
+        }
+    }
+}
+
+impl TransportConfig {
+    /// Largest message body that fits in one frame.
+    pub fn max_message_len(&self) -> usize {
+        self.max_frame_len - frame::MIN_FRAME_LEN
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("connection I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("peer closed the connection")]
+    Closed,
+    #[error("connection closed in the middle of a frame ({got} of {expected} bytes)")]
+    Truncated { expected: usize, got: usize },
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("replayed frame: counter {counter}, expected {expected}")]
+    Replayed { counter: u64, expected: u64 },
+    #[error("out-of-order frame: counter {counter}, expected {expected}")]
+    Reordered { counter: u64, expected: u64 },
+    #[error("frame {counter} failed authentication (tampered or wrong key)")]
+    Tampered { counter: u64 },
+    #[error("message of {len} bytes exceeds the frame limit of {max}")]
+    MessageTooLarge { len: usize, max: usize },
+    #[error(transparent)]
+    Noise(#[from] NoiseError),
+}
+
+/// Sending half: encrypts and frames messages.
+pub struct FrameWriter<W> {
+    io: W,
+    cipher: CipherState,
+    config: TransportConfig,
+    buf: Vec<u8>,
+    frames_since_rekey: u64,
+    last_rekey: Instant,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    pub fn new(io: W, cipher: CipherState, config: TransportConfig) -> Self {
+        FrameWriter {
+            io,
+            cipher,
+            config,
+            buf: Vec::new(),
+            frames_since_rekey: 0,
+            last_rekey: Instant::now(),
+        }
+    }
+
+    /// Encrypts `message` into one frame and writes it, rekeying first if the policy says so.
+    pub async fn send(&mut self, message: &[u8]) -> Result<(), TransportError> {
+        let max = self.config.max_message_len();
+        if message.len() > max {
+            return Err(TransportError::MessageTooLarge {
+                len: message.len(),
+                max,
+            });
+        }
+        if self.rekey_due() {
+            self.write_frame(FrameKind::Rekey, &[]).await?;
+            self.cipher.rekey()?;
+            self.frames_since_rekey = 0;
+            self.last_rekey = Instant::now();
+        }
+        self.write_frame(FrameKind::Data, message).await
+    }
+
+    fn rekey_due(&self) -> bool {
+        self.frames_since_rekey >= self.config.rekey_after_messages
+            || self.last_rekey.elapsed() >= self.config.rekey_after
+    }
+
+    async fn write_frame(&mut self, kind: FrameKind, body: &[u8]) -> Result<(), TransportError> {
+        let counter = self.cipher.nonce();
+        let plaintext_len = 1 + body.len();
+        self.buf.clear();
+        frame::encode_header(counter, plaintext_len + frame::TAG_LEN, &mut self.buf);
+        self.buf.push(kind as u8);
+        self.buf.extend_from_slice(body);
+        let mut header = [0u8; HEADER_LEN];
+        header.copy_from_slice(&self.buf[..HEADER_LEN]);
+        self.cipher
+            .encrypt_tail_with_ad(&header, &mut self.buf, HEADER_LEN)?;
+        self.io.write_all(&self.buf).await?;
+        self.frames_since_rekey += 1;
+        Ok(())
+    }
+
+    /// Flushes and shuts down the write direction.
+    pub async fn shutdown(&mut self) -> Result<(), TransportError> {
+        self.io.shutdown().await?;
+        Ok(())
+    }
+}
+
+/// Receiving half: reads, checks and decrypts frames.
+pub struct FrameReader<R> {
+    io: R,
+    cipher: CipherState,
+    max_frame_len: usize,
+    buf: Vec<u8>,
+    /// End of the last decrypted plaintext in `buf`.
+    plain_end: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(io: R, cipher: CipherState, config: &TransportConfig) -> Self {
+        FrameReader {
+            io,
+            cipher,
+            max_frame_len: config.max_frame_len.min(HARD_MAX_FRAME_LEN),
+            buf: Vec::new(),
+            plain_end: HEADER_LEN + 1,
+        }
+    }
+
+    /// Returns the next application message. Rekey frames are handled here.
+    pub async fn recv(&mut self) -> Result<&[u8], TransportError> {
+        loop {
+            let kind = self.read_frame().await?;
+            match kind {
+                FrameKind::Data => return Ok(&self.buf[HEADER_LEN + 1..self.plain_end]),
+                FrameKind::Rekey => self.cipher.rekey()?,
+            }
+        }
+    }
+
+    /// Reads one frame into `buf` and decrypts it in place; returns its kind. The buffer only
+    /// grows (up to the frame limit), so steady-state reads neither allocate nor zero memory.
+    async fn read_frame(&mut self) -> Result<FrameKind, TransportError> {
+        let mut prefix = [0u8; LENGTH_PREFIX_LEN];
+        let got = read_full(&mut self.io, &mut prefix).await?;
+        if got == 0 {
+            return Err(TransportError::Closed);
+        }
+        if got < LENGTH_PREFIX_LEN {
+            return Err(TransportError::Truncated {
+                expected: LENGTH_PREFIX_LEN,
+                got,
+            });
+        }
+        let len = frame::check_length(prefix, self.max_frame_len)?;
+        let total = LENGTH_PREFIX_LEN + len;
+        if self.buf.len() < total {
+            self.buf.resize(total, 0);
+        }
+        self.buf[..LENGTH_PREFIX_LEN].copy_from_slice(&prefix);
+        let got = read_full(&mut self.io, &mut self.buf[LENGTH_PREFIX_LEN..total]).await?;
+        if got < len {
+            return Err(TransportError::Truncated { expected: len, got });
+        }
+        self.open_frame(total)
+    }
+
+    fn open_frame(&mut self, total: usize) -> Result<FrameKind, TransportError> {
+        let frame = &mut self.buf[..total];
+        let expected = self.cipher.nonce();
+        let counter = frame::split_frame(frame).counter;
+        if counter < expected {
+            return Err(TransportError::Replayed { counter, expected });
+        }
+        if counter > expected {
+            return Err(TransportError::Reordered { counter, expected });
+        }
+        let (header, body) = frame.split_at_mut(HEADER_LEN);
+        let plain_len = self
+            .cipher
+            .decrypt_slice_with_ad(header, body)
+            .map_err(|e| match e {
+                NoiseError::DecryptFailed => TransportError::Tampered { counter },
+                other => TransportError::Noise(other),
+            })?;
+        // MIN_FRAME_LEN guarantees at least the kind byte.
+        let kind_byte = body.first().copied().unwrap_or(u8::MAX);
+        self.plain_end = HEADER_LEN + plain_len;
+        Ok(FrameKind::from_byte(kind_byte)?)
+    }
+}
+
+/// Reads until `buf` is full or EOF; returns the number of bytes read.
+async fn read_full<R: AsyncRead + Unpin>(io: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = io.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::StaticKeypair;
+    use crate::noise::{HandshakeMode, InitiatorStart, ResponderStart, TransportKeys};
+    use tokio::io::{AsyncWriteExt, duplex};
+
+    fn keys() -> (TransportKeys, TransportKeys) {
+        let agent = StaticKeypair::generate();
+        let cortex = StaticKeypair::generate();
+        let mode = HandshakeMode::Classic;
+        let (waiting, m1) = InitiatorStart::new(mode, b"t", &agent, &cortex.public())
+            .write_message1(b"")
+            .unwrap();
+        let (received, _) = ResponderStart::new(mode, b"t", &cortex)
+            .read_message1(&m1)
+            .unwrap();
+        let (r, m2) = received.write_message2(b"").unwrap();
+        let (i, _) = waiting.read_message2(&m2).unwrap();
+        (i, r)
+    }
+
+    /// Encrypts `messages` with a real writer and returns the raw wire bytes plus a fresh
+    /// receiving cipher for them.
+    async fn wire_bytes(messages: &[&[u8]], config: TransportConfig) -> (Vec<u8>, CipherState) {
+        let (i, r) = keys();
+        let (client, mut server) = duplex(1 << 22);
+        let mut writer = FrameWriter::new(client, i.send, config);
+        for m in messages {
+            writer.send(m).await.unwrap();
+        }
+        writer.shutdown().await.unwrap();
+        drop(writer);
+        let mut out = Vec::new();
+        server.read_to_end(&mut out).await.unwrap();
+        (out, r.recv)
+    }
+
+    fn reader_over(bytes: Vec<u8>, cipher: CipherState) -> FrameReader<std::io::Cursor<Vec<u8>>> {
+        FrameReader::new(
+            std::io::Cursor::new(bytes),
+            cipher,
+            &TransportConfig::default(),
+        )
+    }
+
+    fn frame_spans(bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
+        let mut spans = Vec::new();
+        let mut at = 0;
+        while let Some((_, used)) = frame::decode(&bytes[at..], HARD_MAX_FRAME_LEN).unwrap() {
+            spans.push(at..at + used);
+            at += used;
+        }
+        spans
+    }
+
+    #[tokio::test]
+    async fn round_trip_with_rekey_every_three_frames_loses_nothing() {
+        let config = TransportConfig {
+            rekey_after_messages: 3,
+            ..TransportConfig::default()
+        };
+        let messages: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; i as usize * 10]).collect();
+        let refs: Vec<&[u8]> = messages.iter().map(|m| m.as_slice()).collect();
+        let (bytes, cipher) = wire_bytes(&refs, config).await;
+        assert!(frame_spans(&bytes).len() > 20, "rekey frames were sent");
+        let mut reader = reader_over(bytes, cipher);
+        for m in &messages {
+            assert_eq!(reader.recv().await.unwrap(), m.as_slice());
+        }
+        assert!(matches!(reader.recv().await, Err(TransportError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn tampered_frame_is_rejected() {
+        let (mut bytes, cipher) = wire_bytes(&[b"hello world"], TransportConfig::default()).await;
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x80;
+        let mut reader = reader_over(bytes, cipher);
+        assert!(matches!(
+            reader.recv().await,
+            Err(TransportError::Tampered { counter: 0 })
+        ));
+    }
+
+    #[tokio::test]
+    async fn replayed_frame_is_rejected() {
+        let (bytes, cipher) = wire_bytes(&[b"one", b"two"], TransportConfig::default()).await;
+        let spans = frame_spans(&bytes);
+        let mut replay = bytes[spans[0].clone()].to_vec();
+        replay.extend_from_slice(&bytes[spans[0].clone()]);
+        let mut reader = reader_over(replay, cipher);
+        assert_eq!(reader.recv().await.unwrap(), b"one");
+        assert!(matches!(
+            reader.recv().await,
+            Err(TransportError::Replayed {
+                counter: 0,
+                expected: 1
+            })
+        ));
+    }
+
+    #[tokio::test]
+    async fn reordered_frame_is_rejected() {
+        let (bytes, cipher) = wire_bytes(&[b"one", b"two"], TransportConfig::default()).await;
+        let spans = frame_spans(&bytes);
+        let mut swapped = bytes[spans[1].clone()].to_vec();
+        swapped.extend_from_slice(&bytes[spans[0].clone()]);
+        let mut reader = reader_over(swapped, cipher);
+        assert!(matches!(
+            reader.recv().await,
+            Err(TransportError::Reordered {
+                counter: 1,
+                expected: 0
+            })
+        ));
+    }
+
+    #[tokio::test]
+    async fn rewritten_counter_cannot_pass_authentication() {
+        let (bytes, cipher) = wire_bytes(&[b"one", b"two"], TransportConfig::default()).await;
+        let spans = frame_spans(&bytes);
+        // Drop frame 0 and relabel frame 1 as counter 0, the value the reader expects.
+        let mut forged = bytes[spans[1].clone()].to_vec();
+        forged[LENGTH_PREFIX_LEN..HEADER_LEN].copy_from_slice(&0u64.to_be_bytes());
+        let mut reader = reader_over(forged, cipher);
+        assert!(matches!(
+            reader.recv().await,
+            Err(TransportError::Tampered { counter: 0 })
+        ));
+    }
+
+    #[tokio::test]
+    async fn truncated_frame_is_rejected() {
+        let (bytes, cipher) = wire_bytes(&[b"hello world"], TransportConfig::default()).await;
+        let mut reader = reader_over(bytes[..bytes.len() - 3].to_vec(), cipher);
+        assert!(matches!(
+            reader.recv().await,
+            Err(TransportError::Truncated { .. })
+        ));
+        let (bytes, cipher) = wire_bytes(&[b"x"], TransportConfig::default()).await;
+        let mut reader = reader_over(bytes[..2].to_vec(), cipher);
+        assert!(matches!(
+            reader.recv().await,
+            Err(TransportError::Truncated {
+                expected: 4,
+                got: 2
+            })
+        ));
+    }
+
+    #[tokio::test]
+    async fn oversize_frame_is_rejected_before_reading_it() {
+        let (_, r) = keys();
+        let config = TransportConfig {
+            max_frame_len: 1024,
+            ..TransportConfig::default()
+        };
+        let (mut tx, rx) = duplex(64);
+        tx.write_all(&2048u32.to_be_bytes()).await.unwrap();
+        let mut reader = FrameReader::new(rx, r.recv, &config);
+        assert!(matches!(
+            reader.recv().await,
+            Err(TransportError::Frame(FrameError::Oversize {
+                len: 2048,
+                max: 1024
+            }))
+        ));
+    }
+
+    #[tokio::test]
+    async fn writer_refuses_messages_over_the_limit() {
+        let (i, _) = keys();
+        let config = TransportConfig {
+            max_frame_len: 100,
+            ..TransportConfig::default()
+        };
+        let (tx, _rx) = duplex(1024);
+        let mut writer = FrameWriter::new(tx, i.send, config);
+        assert!(matches!(
+            writer.send(&[0u8; 200]).await,
+            Err(TransportError::MessageTooLarge { len: 200, .. })
+        ));
+    }
+}

@@ -1,0 +1,317 @@
+//! Client and server together over loopback TCP: rekeying mid-stream, commands, refused
+//! agents, and overflow losses reported to the sink.
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use qsc_channel::delivery::{
+    self, AgentIdentity, Client, ClientConfig, ClientError, CommandHandler, CommandSender,
+    CommandStatus, EventSink, FsyncPolicy, Outbox, OutboxConfig, OverflowPolicy, ServerConfig,
+    ServerError, SinkError,
+};
+use qsc_channel::handshake::HandshakeError;
+use qsc_channel::keys::{AgentEntry, AllowList, AuthError, StaticKeypair};
+use qsc_channel::transport::TransportConfig;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+#[derive(Default)]
+struct Stored {
+    events: Vec<(u64, Vec<u8>)>,
+    losses: Vec<(u64, u64)>,
+    results: Vec<(u64, CommandStatus, Vec<u8>)>,
+}
+
+#[derive(Clone, Default)]
+struct MemorySink(Arc<Mutex<Stored>>);
+
+impl EventSink for MemorySink {
+    fn stored_up_to(&mut self, _agent: &AgentIdentity) -> Result<u64, SinkError> {
+        let stored = self.0.lock().unwrap();
+        let last_event = stored.events.last().map_or(0, |(seq, _)| *seq);
+        let last_loss = stored.losses.last().map_or(0, |(_, last)| *last);
+        Ok(last_event.max(last_loss))
+    }
+
+    fn store(
+        &mut self,
+        _agent: &AgentIdentity,
+        first_seq: u64,
+        events: &[&[u8]],
+    ) -> Result<(), SinkError> {
+        let mut stored = self.0.lock().unwrap();
+        for (i, event) in events.iter().enumerate() {
+            stored.events.push((first_seq + i as u64, event.to_vec()));
+        }
+        Ok(())
+    }
+
+    fn record_loss(
+        &mut self,
+        _agent: &AgentIdentity,
+        first_seq: u64,
+        last_seq: u64,
+    ) -> Result<(), SinkError> {
+        self.0.lock().unwrap().losses.push((first_seq, last_seq));
+        Ok(())
+    }
+
+    fn command_result(
+        &mut self,
+        _agent: &AgentIdentity,
+        id: u64,
+        status: CommandStatus,
+        body: &[u8],
+    ) -> Result<(), SinkError> {
+        self.0
+            .lock()
+            .unwrap()
+            .results
+            .push((id, status, body.to_vec()));
+        Ok(())
+    }
+}
+
+struct Echo;
+
+impl CommandHandler for Echo {
+    fn execute(&mut self, id: u64, body: &[u8]) -> (CommandStatus, Vec<u8>) {
+        let mut out = format!("ran {id}: ").into_bytes();
+        out.extend_from_slice(body);
+        (CommandStatus::Succeeded, out)
+    }
+}
+
+struct Setup {
+    cortex: StaticKeypair,
+    agent: StaticKeypair,
+    server: ServerConfig,
+}
+
+fn setup(revoked: bool, transport: TransportConfig) -> Setup {
+    let cortex = StaticKeypair::generate();
+    let agent = StaticKeypair::generate();
+    let allow = AllowList::new(vec![AgentEntry {
+        host_id: "web-01".into(),
+        class: "prod".into(),
+        public_key: agent.public(),
+        revoked,
+    }]);
+    let server = ServerConfig {
+        keypair: cortex.clone(),
+        allow_list: Arc::new(RwLock::new(allow)),
+        require_hybrid: true,
+        transport,
+        handshake_timeout: Duration::from_secs(5),
+    };
+    Setup {
+        cortex,
+        agent,
+        server,
+    }
+}
+
+/// Serves connections; reports each session's outcome and its command sender.
+fn spawn_server(
+    listener: TcpListener,
+    config: ServerConfig,
+    sink: MemorySink,
+) -> (
+    mpsc::UnboundedReceiver<Result<(), ServerError>>,
+    mpsc::UnboundedReceiver<CommandSender>,
+) {
+    let (outcome_tx, outcome_rx) = mpsc::unbounded_channel();
+    let (sender_tx, sender_rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let mut sink = sink.clone();
+            let config = config.clone();
+            let outcome_tx = outcome_tx.clone();
+            let sender_tx = sender_tx.clone();
+            tokio::spawn(async move {
+                let outcome = match delivery::accept(stream, &config, &mut sink).await {
+                    Ok(session) => {
+                        let _ = sender_tx.send(session.command_sender());
+                        session.run(&mut sink).await
+                    }
+                    Err(e) => Err(e),
+                };
+                let _ = outcome_tx.send(outcome);
+            });
+        }
+    });
+    (outcome_rx, sender_rx)
+}
+
+fn outbox(dir: &std::path::Path, max_bytes: u64, overflow: OverflowPolicy) -> Outbox {
+    Outbox::open(OutboxConfig {
+        dir: dir.to_path_buf(),
+        max_bytes,
+        segment_bytes: (max_bytes / 4).max(1024),
+        overflow,
+        fsync: FsyncPolicy::Never,
+    })
+    .unwrap()
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..2000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn rekey_mid_stream_loses_nothing_and_commands_round_trip() {
+    let transport = TransportConfig {
+        rekey_after_messages: 5,
+        ..TransportConfig::default()
+    };
+    let s = setup(false, transport.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let sink = MemorySink::default();
+    let (_outcomes, mut senders) = spawn_server(listener, s.server.clone(), sink.clone());
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ClientConfig::new(addr, s.cortex.public(), s.agent.clone());
+    config.transport = transport;
+    config.max_batch_events = 7;
+    let client = Client::new(
+        config,
+        outbox(dir.path(), 1 << 24, OverflowPolicy::DropNewest),
+    );
+    let handle = client.handle();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(client.run_until(Echo, async {
+        let _ = stop_rx.await;
+    }));
+
+    let events: Vec<Vec<u8>> = (1..=2000u32)
+        .map(|i| i.to_be_bytes().repeat(i as usize % 50 + 1))
+        .collect();
+    for chunk in events.chunks(100) {
+        handle.append_batch(chunk).unwrap();
+    }
+    let commands = senders.recv().await.unwrap();
+    commands.send(42, b"isolate").await.unwrap();
+
+    let stored = sink.0.clone();
+    wait_until("all events stored", || {
+        stored.lock().unwrap().events.len() == 2000
+    })
+    .await;
+    wait_until("command result", || {
+        !stored.lock().unwrap().results.is_empty()
+    })
+    .await;
+    wait_until("outbox acknowledged", || handle.unacked().unwrap() == 0).await;
+    let _ = stop_tx.send(());
+    task.await.unwrap();
+
+    let stored = sink.0.lock().unwrap();
+    let expected: Vec<(u64, Vec<u8>)> = (1..).zip(events).collect();
+    assert_eq!(
+        stored.events, expected,
+        "in order, none lost, none duplicated"
+    );
+    assert_eq!(
+        stored.results,
+        vec![(42, CommandStatus::Succeeded, b"ran 42: isolate".to_vec())]
+    );
+}
+
+#[tokio::test]
+async fn revoked_and_unknown_agents_are_refused() {
+    for (revoked, stranger) in [(true, false), (false, true)] {
+        let s = setup(revoked, TransportConfig::default());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let sink = MemorySink::default();
+        let (mut outcomes, _) = spawn_server(listener, s.server.clone(), sink.clone());
+        let key = if stranger {
+            StaticKeypair::generate()
+        } else {
+            s.agent.clone()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let client = Client::new(
+            ClientConfig::new(addr, s.cortex.public(), key),
+            outbox(dir.path(), 1 << 20, OverflowPolicy::DropNewest),
+        );
+        client.handle().append_batch(&[b"secret"]).unwrap();
+        let task = tokio::spawn(client.run_until(Echo, std::future::pending()));
+        let outcome = outcomes.recv().await.unwrap();
+        task.abort();
+        let auth = match outcome {
+            Err(ServerError::Handshake(HandshakeError::Unauthorized(auth))) => auth,
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        if revoked {
+            assert!(matches!(auth, AuthError::Revoked { .. }), "{auth}");
+        } else {
+            assert!(matches!(auth, AuthError::UnknownKey { .. }), "{auth}");
+        }
+        assert!(sink.0.lock().unwrap().events.is_empty());
+    }
+}
+
+#[test]
+fn events_too_large_for_one_message_are_refused_up_front() {
+    let s = setup(false, TransportConfig::default());
+    let dir = tempfile::tempdir().unwrap();
+    let client = Client::new(
+        ClientConfig::new("127.0.0.1:9", s.cortex.public(), s.agent),
+        outbox(dir.path(), 1 << 24, OverflowPolicy::DropNewest),
+    );
+    let err = client
+        .handle()
+        .append_batch(&[vec![0u8; 600 << 10]])
+        .unwrap_err();
+    assert!(
+        matches!(err, ClientError::EventTooLarge { len, .. } if len == 600 << 10),
+        "{err}"
+    );
+    assert_eq!(
+        client.handle().unacked().unwrap(),
+        0,
+        "nothing from the batch was stored"
+    );
+}
+
+#[tokio::test]
+async fn overflow_losses_reach_the_sink_as_a_range() {
+    let s = setup(false, TransportConfig::default());
+    let dir = tempfile::tempdir().unwrap();
+    let client_outbox = outbox(dir.path(), 4096, OverflowPolicy::DropOldest);
+    let mut config = ClientConfig::new(String::new(), s.cortex.public(), s.agent.clone());
+    // The cortex is away while the agent overflows its outbox.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    config.cortex_addr = listener.local_addr().unwrap().to_string();
+    let client = Client::new(config, client_outbox);
+    let handle = client.handle();
+    let events: Vec<Vec<u8>> = (0..200u32).map(|i| vec![i as u8; 60]).collect();
+    handle.append_batch(&events).unwrap();
+    let dropped = handle.drops().unwrap().dropped_oldest;
+    assert!(dropped > 0);
+
+    let sink = MemorySink::default();
+    let _server = spawn_server(listener, s.server.clone(), sink.clone());
+    let task = tokio::spawn(client.run_until(Echo, std::future::pending()));
+    let stored = sink.0.clone();
+    wait_until("all delivered", || {
+        let s = stored.lock().unwrap();
+        s.events.len() as u64 + s.losses.iter().map(|(a, b)| b - a + 1).sum::<u64>() == 200
+    })
+    .await;
+    task.abort();
+    let stored = sink.0.lock().unwrap();
+    assert_eq!(stored.losses, vec![(1, dropped)]);
+    assert_eq!(
+        stored.events.first().map(|(seq, _)| *seq),
+        Some(dropped + 1)
+    );
+}

@@ -5,6 +5,7 @@
 //! 8-byte aligned and free of padding holes the kernel could leave uninitialised.
 #![no_std]
 
+pub mod enforce;
 pub mod exec;
 pub mod file;
 pub mod layout;
@@ -12,6 +13,7 @@ pub mod net;
 pub mod privilege;
 pub mod process;
 
+pub use enforce::{BlockedV4, BlockedV6, EnforceOp, EnforceRecord};
 pub use exec::ExecRecord;
 pub use file::{FileOp, FileRecord, RenameRecord, WatchFlags};
 pub use layout::KernelLayout;
@@ -30,6 +32,9 @@ pub const EVENTS_MAP: &str = "EVENTS";
 pub const LOST_MAP: &str = "LOST";
 pub const WATCHED_PREFIXES_MAP: &str = "WATCHED_PREFIXES";
 pub const LISTENERS_MAP: &str = "LISTENERS";
+pub const BLOCKED_V4_MAP: &str = "BLOCKED_V4";
+pub const BLOCKED_V6_MAP: &str = "BLOCKED_V6";
+pub const BLOCKED_EXEC_MAP: &str = "BLOCKED_EXEC";
 /// Globals the loader sets.
 pub const AGENT_TGID_GLOBAL: &str = "AGENT_TGID";
 pub const LAYOUT_GLOBAL: &str = "LAYOUT";
@@ -52,10 +57,11 @@ pub enum RecordKind {
     Net = 6,
     Priv = 7,
     Signal = 8,
+    Enforce = 9,
 }
 
 impl RecordKind {
-    pub const ALL: [RecordKind; 8] = [
+    pub const ALL: [RecordKind; 9] = [
         RecordKind::Exec,
         RecordKind::Exit,
         RecordKind::Fork,
@@ -64,6 +70,7 @@ impl RecordKind {
         RecordKind::Net,
         RecordKind::Priv,
         RecordKind::Signal,
+        RecordKind::Enforce,
     ];
 
     /// A lower-case name for reports.
@@ -77,6 +84,7 @@ impl RecordKind {
             RecordKind::Net => "net",
             RecordKind::Priv => "priv",
             RecordKind::Signal => "signal",
+            RecordKind::Enforce => "enforce",
         }
     }
 
@@ -90,6 +98,7 @@ impl RecordKind {
             6 => RecordKind::Net,
             7 => RecordKind::Priv,
             8 => RecordKind::Signal,
+            9 => RecordKind::Enforce,
             _ => return None,
         })
     }
@@ -157,6 +166,8 @@ mod pod {
     unsafe impl aya::Pod for crate::file::WatchFlags {}
     unsafe impl aya::Pod for crate::net::ListenerKey {}
     unsafe impl aya::Pod for crate::net::ListenerOwner {}
+    unsafe impl aya::Pod for crate::enforce::BlockedV4 {}
+    unsafe impl aya::Pod for crate::enforce::BlockedV6 {}
 }
 
 #[cfg(test)]
@@ -176,6 +187,7 @@ mod tests {
             (size_of::<ExitRecord>(), align_of::<ExitRecord>()),
             (size_of::<ForkRecord>(), align_of::<ForkRecord>()),
             (size_of::<SignalRecord>(), align_of::<SignalRecord>()),
+            (size_of::<EnforceRecord>(), align_of::<EnforceRecord>()),
         ] {
             assert_eq!(size % 8, 0);
             assert!(align <= 8);

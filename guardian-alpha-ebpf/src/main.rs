@@ -4,6 +4,7 @@
 #![no_std]
 #![no_main]
 
+mod enforce;
 mod file;
 mod net;
 mod privilege;

@@ -17,7 +17,7 @@ use crate::{
     enrich::Enricher,
     forensics::{self, RwxTracker},
     metrics::{Activity, Sampler},
-    output::JsonLines,
+    output::Output,
     proctable::ProcessTable,
     record,
     sensor::{self, Sensor, SensorOptions},
@@ -29,7 +29,7 @@ const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
 pub struct Agent {
     host_id: String,
     seq: u64,
-    output: JsonLines,
+    output: Output,
     enricher: Enricher,
     rwx: RwxTracker,
     proc_root: PathBuf,
@@ -69,12 +69,30 @@ pub fn start_sensor(config: &Config) -> anyhow::Result<Sensor> {
         tracing::warn!(%warning, "kernel layout");
     }
     let object = sensor::object_bytes(config.sensor.ebpf_object.as_deref())?;
+    let enforce_cgroup = match (
+        &config.enforce.cgroup,
+        config.enforce.disable_address_blocking,
+    ) {
+        (_, true) => None,
+        (Some(path), false) => Some(path.clone()),
+        (None, false) => sensor::cgroup_v2_root(),
+    };
+    if enforce_cgroup.is_none() && !config.enforce.disable_address_blocking {
+        tracing::warn!("no cgroup v2 hierarchy found: address blocking is off");
+    }
     let mut sensor = Sensor::load(&SensorOptions {
         object: &object,
         ring_buffer_bytes: config.sensor.ring_buffer_bytes,
         layout,
         agent_tgid: std::process::id(),
+        enforce_cgroup: enforce_cgroup.as_deref(),
     })?;
+    for ip in &config.enforce.blocked_ips {
+        sensor.block_ip(*ip)?;
+    }
+    for path in &config.enforce.blocked_exec {
+        sensor.block_exec(path)?;
+    }
     sensor.set_watched_prefixes(&watched_prefixes(config))?;
     for (hook, reason) in &sensor.skipped_hooks {
         tracing::warn!(%hook, %reason, "optional hook not attached");
@@ -113,7 +131,7 @@ impl Agent {
         Ok(Agent {
             host_id,
             seq: 0,
-            output: JsonLines::open(&config.output)?,
+            output: Output::open(config)?,
             enricher: Enricher::new(table),
             rwx: RwxTracker::default(),
             proc_root,

@@ -26,13 +26,16 @@ pub enum ConfigError {
 pub struct Config {
     /// This host's id in events; defaults to the hostname.
     pub host_id: Option<String>,
-    /// Where events go: "-" for stdout, or a file path (appended to).
+    /// Where events go: "-" for stdout, a file path (appended to), or "none" (cortex only).
     pub output: String,
     pub sensor: SensorConfig,
     pub metrics: MetricsConfig,
     pub forensics: ForensicsConfig,
+    pub enforce: EnforceConfig,
     /// Watched path prefixes; the longest matching prefix decides what is reported.
     pub watch: Vec<WatchRule>,
+    /// The uplink to the cortex (off unless `enabled`).
+    pub cortex: qsc_channel::uplink::CortexSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -99,6 +102,7 @@ impl Default for Config {
             sensor: SensorConfig::default(),
             metrics: MetricsConfig::default(),
             forensics: ForensicsConfig::default(),
+            enforce: EnforceConfig::default(),
             watch: vec![
                 rule("/etc/", false, true),
                 rule("/etc/shadow", true, true),
@@ -116,6 +120,7 @@ impl Default for Config {
                 rule("/usr/lib/systemd/system/", false, true),
                 rule("/etc/ld.so.preload", true, true),
             ],
+            cortex: Default::default(),
         }
     }
 }
@@ -138,6 +143,22 @@ impl Default for MetricsConfig {
             auth_logs: vec!["/var/log/auth.log".into(), "/var/log/secure".into()],
         }
     }
+}
+
+/// Enforcement in the kernel: static block lists (the cortex adds and removes entries at run
+/// time as response actions).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnforceConfig {
+    /// The cgroup v2 folder whose processes (and those below it) are subject to address
+    /// blocking. Default: the v2 root (`/sys/fs/cgroup` or `/sys/fs/cgroup/unified`).
+    pub cgroup: Option<PathBuf>,
+    /// Turn the address-blocking programs off entirely.
+    pub disable_address_blocking: bool,
+    /// Addresses no process may connect or send to (IPv4-mapped IPv6 included).
+    pub blocked_ips: Vec<std::net::IpAddr>,
+    /// Executable paths (exactly as passed to execve) whose exec kills the caller.
+    pub blocked_exec: Vec<String>,
 }
 
 impl Default for ForensicsConfig {
@@ -193,7 +214,32 @@ impl Config {
         {
             return Err(invalid("host_id", "must be 1 to 128 bytes".into()));
         }
-        Ok(())
+        self.validate_outputs()
+    }
+
+    fn validate_outputs(&self) -> Result<(), ConfigError> {
+        if self.output.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "output".into(),
+                reason: "must be \"-\", a file path or \"none\"".into(),
+            });
+        }
+        if self.output == crate::output::NO_LOCAL_OUTPUT && !self.cortex.enabled {
+            return Err(ConfigError::Invalid {
+                key: "output".into(),
+                reason: "\"none\" needs the cortex uplink on, or events would go nowhere".into(),
+            });
+        }
+        self.cortex.validate().map_err(|err| match err {
+            qsc_channel::uplink::UplinkError::Setting { key, reason } => ConfigError::Invalid {
+                key: key.into(),
+                reason,
+            },
+            other => ConfigError::Invalid {
+                key: "cortex".into(),
+                reason: other.to_string(),
+            },
+        })
     }
 
     pub fn host_id(&self) -> String {
@@ -261,6 +307,43 @@ mod tests {
             Config::load(&path),
             Err(ConfigError::Invalid { .. })
         ));
+    }
+
+    #[test]
+    fn cortex_settings_are_validated_with_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.toml");
+        let key_of = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            match Config::load(&path) {
+                Err(ConfigError::Invalid { key, .. }) => key,
+                other => panic!("{text}: expected an invalid key, got {other:?}"),
+            }
+        };
+        assert_eq!(key_of("output = \"none\"\n"), "output");
+        assert_eq!(
+            key_of("[cortex]\nenabled = true\naddress = \"cortex:7700\"\n"),
+            "cortex.cortex_public_key"
+        );
+        assert_eq!(
+            key_of("[cortex]\nenabled = true\naddress = \"cortex\"\n"),
+            "cortex.address"
+        );
+        std::fs::write(&path, "[cortex]\nadress = \"cortex:7700\"\n").unwrap();
+        assert!(matches!(
+            Config::load(&path),
+            Err(ConfigError::Parse { .. })
+        ));
+        let example = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../config/guardian-alpha.example.toml"
+        );
+        let cortex = Config::load(Path::new(example)).unwrap().cortex;
+        assert!(!cortex.enabled);
+        assert_eq!(
+            cortex.overflow,
+            qsc_channel::delivery::OverflowPolicy::DropOldest
+        );
     }
 
     #[test]

@@ -2,11 +2,14 @@
 
 use std::net::IpAddr;
 
-use guardian_alpha_common::{FileOp, Header, NetOp, PrivOp, c_bytes, file::open_modifies};
+use guardian_alpha_common::{
+    EnforceOp, FileOp, Header, NetOp, PrivOp, c_bytes, file::open_modifies,
+};
 use qsc_event::{
-    EventKind, FileChmod, FileChown, FileOpen, FileRename, FileUnlink, MemoryRwx, NetConnection,
-    NetListen, PrivBpf, PrivCapset, PrivMemfdCreate, PrivModuleLoad, PrivPtrace, PrivSetid,
-    ProcessExec, ProcessExit, ProcessFork, RwxSource, TamperAttempt,
+    Enforcement, EnforcementAction, EventKind, FileChmod, FileChown, FileOpen, FileRename,
+    FileUnlink, MemoryRwx, NetConnection, NetListen, PrivBpf, PrivCapset, PrivMemfdCreate,
+    PrivModuleLoad, PrivPtrace, PrivSetid, ProcessExec, ProcessExit, ProcessFork, RwxSource,
+    TamperAttempt,
 };
 
 use crate::{
@@ -95,6 +98,14 @@ impl Enricher {
                 op, local, remote, ..
             } => self.net_event(&c, op, local, remote),
             Record::Priv { op, args, name, .. } => self.priv_event(&c, op, args, name),
+            Record::Enforce { op, target, .. } => EventKind::Enforcement(Enforcement {
+                process: self.table.process_info(&c),
+                action: match op {
+                    EnforceOp::ConnectBlocked => EnforcementAction::ConnectBlocked,
+                    EnforceOp::ExecKilled => EnforcementAction::ExecKilled,
+                },
+                target,
+            }),
             Record::Signal { signal, .. } => EventKind::TamperAttempt(TamperAttempt {
                 action: "signal".into(),
                 process: Some(self.table.process_info(&c)),

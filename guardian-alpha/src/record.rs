@@ -3,8 +3,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use guardian_alpha_common::{
-    ExecRecord, ExitRecord, FileOp, FileRecord, ForkRecord, Header, NetOp, NetRecord, PrivOp,
-    PrivRecord, RecordKind, RenameRecord, SignalRecord, c_bytes, net::AF_INET6,
+    EnforceOp, EnforceRecord, ExecRecord, ExitRecord, FileOp, FileRecord, ForkRecord, Header,
+    NetOp, NetRecord, PrivOp, PrivRecord, RecordKind, RenameRecord, SignalRecord, c_bytes,
+    net::AF_INET6,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -64,6 +65,12 @@ pub enum Record {
         signal: i32,
         target_pid: u32,
     },
+    Enforce {
+        header: Header,
+        op: EnforceOp,
+        /// `ip:port` for a blocked connect, the path for a killed exec.
+        target: String,
+    },
 }
 
 impl Record {
@@ -76,7 +83,8 @@ impl Record {
             | Record::Rename { header, .. }
             | Record::Net { header, .. }
             | Record::Priv { header, .. }
-            | Record::Signal { header, .. } => header,
+            | Record::Signal { header, .. }
+            | Record::Enforce { header, .. } => header,
         }
     }
 }
@@ -197,6 +205,17 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
                 signal: r.signal,
                 target_pid: r.target_pid,
             }
+        }
+        RecordKind::Enforce => {
+            let r: EnforceRecord = read(bytes)?;
+            let op = EnforceOp::from_u16(header.op).ok_or_else(unknown_op)?;
+            let target = match op {
+                EnforceOp::ConnectBlocked => {
+                    std::net::SocketAddr::new(ip(r.family, r.addr), r.port).to_string()
+                }
+                EnforceOp::ExecKilled => text(&r.path),
+            };
+            Record::Enforce { header, op, target }
         }
     })
 }

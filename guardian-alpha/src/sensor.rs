@@ -6,10 +6,11 @@ use std::path::Path;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::TracePoint,
+    programs::{CgroupAttachMode, CgroupSockAddr, TracePoint},
 };
 use guardian_alpha_common::{
-    AGENT_TGID_GLOBAL, EVENTS_MAP, KernelLayout, LAYOUT_GLOBAL, LOST_MAP, PATH_CAPTURE, RecordKind,
+    AGENT_TGID_GLOBAL, BLOCKED_EXEC_MAP, BLOCKED_V4_MAP, BLOCKED_V6_MAP, BlockedV4, BlockedV6,
+    EVENTS_MAP, KernelLayout, LAYOUT_GLOBAL, LOST_MAP, PATH_CAPTURE, RecordKind,
     WATCHED_PREFIXES_MAP, WatchFlags,
 };
 
@@ -101,6 +102,16 @@ pub const HOOKS: &[Hook] = &[
     hook("syscalls", "sys_enter_memfd_create", true),
     hook("syscalls", "sys_enter_mmap", true),
     hook("syscalls", "sys_enter_mprotect", true),
+    hook("syscalls", "sys_enter_execve", true),
+    hook("syscalls", "sys_enter_execveat", false),
+];
+
+/// cgroup programs that refuse connects/sends to blocked addresses, attached to the v2 root.
+const SOCK_ADDR_PROGRAMS: &[&str] = &[
+    "block_connect4",
+    "block_connect6",
+    "block_sendmsg4",
+    "block_sendmsg6",
 ];
 
 pub struct Sensor {
@@ -116,6 +127,8 @@ pub struct SensorOptions<'a> {
     pub ring_buffer_bytes: u32,
     pub layout: KernelLayout,
     pub agent_tgid: u32,
+    /// The cgroup v2 folder the address-blocking programs attach to (None: not attached).
+    pub enforce_cgroup: Option<&'a Path>,
 }
 
 /// Reads the object from `path`, or returns the embedded one.
@@ -179,6 +192,15 @@ impl Sensor {
                 Err(source) => skipped_hooks.push((id, source.to_string())),
             }
         }
+        if let Some(cgroup) = options.enforce_cgroup {
+            for program in SOCK_ADDR_PROGRAMS {
+                let id = format!("cgroup/{program}");
+                match attach_sock_addr(&mut ebpf, program, cgroup) {
+                    Ok(()) => active_hooks.push(id),
+                    Err(reason) => skipped_hooks.push((id, reason)),
+                }
+            }
+        }
         Ok(Sensor {
             ebpf,
             active_hooks,
@@ -202,11 +224,8 @@ impl Sensor {
         let mut trie: LpmTrie<&mut MapData, [u8; PATH_CAPTURE], WatchFlags> =
             LpmTrie::try_from(map).map_err(map_err)?;
         for (prefix, flags) in prefixes {
-            let mut data = [0u8; PATH_CAPTURE];
-            let bytes = prefix.as_bytes();
-            let len = bytes.len().min(PATH_CAPTURE - 1);
-            data[..len].copy_from_slice(&bytes[..len]);
-            trie.insert(&Key::new((len * 8) as u32, data), flags, 0)
+            let len = prefix.len().min(PATH_CAPTURE - 1);
+            trie.insert(&Key::new((len * 8) as u32, path_key(prefix)), flags, 0)
                 .map_err(map_err)?;
         }
         Ok(())
@@ -221,6 +240,64 @@ impl Sensor {
             map: "EVENTS",
             source,
         })
+    }
+
+    /// Refuses connects/sends to `ip` (until [`Sensor::unblock_ip`]).
+    pub fn block_ip(&mut self, ip: std::net::IpAddr) -> Result<(), SensorError> {
+        match ip {
+            std::net::IpAddr::V4(v4) => {
+                let mut map = self.hash_map::<BlockedV4>(BLOCKED_V4_MAP)?;
+                map.insert(BlockedV4 { addr: v4.octets() }, 1, 0)
+            }
+            std::net::IpAddr::V6(v6) => {
+                let mut map = self.hash_map::<BlockedV6>(BLOCKED_V6_MAP)?;
+                map.insert(BlockedV6 { addr: v6.octets() }, 1, 0)
+            }
+        }
+        .map_err(|source| SensorError::Map {
+            map: "BLOCKED_IP",
+            source,
+        })
+    }
+
+    pub fn unblock_ip(&mut self, ip: std::net::IpAddr) -> Result<(), SensorError> {
+        let result = match ip {
+            std::net::IpAddr::V4(v4) => self
+                .hash_map::<BlockedV4>(BLOCKED_V4_MAP)?
+                .remove(&BlockedV4 { addr: v4.octets() }),
+            std::net::IpAddr::V6(v6) => self
+                .hash_map::<BlockedV6>(BLOCKED_V6_MAP)?
+                .remove(&BlockedV6 { addr: v6.octets() }),
+        };
+        match result {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(SensorError::Map {
+                map: "BLOCKED_IP",
+                source,
+            }),
+        }
+    }
+
+    /// Kills any process that execs exactly `path` (as passed to execve) before it runs.
+    pub fn block_exec(&mut self, path: &str) -> Result<(), SensorError> {
+        let key = path_key(path);
+        self.hash_map::<[u8; PATH_CAPTURE]>(BLOCKED_EXEC_MAP)?
+            .insert(key, 1, 0)
+            .map_err(|source| SensorError::Map {
+                map: "BLOCKED_EXEC",
+                source,
+            })
+    }
+
+    fn hash_map<K: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<aya::maps::HashMap<&mut MapData, K, u64>, SensorError> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(SensorError::Missing("block map"))?;
+        aya::maps::HashMap::try_from(map).map_err(|source| SensorError::Map { map: name, source })
     }
 
     /// Records the kernel could not deliver since load, per record kind, summed over CPUs.
@@ -242,6 +319,42 @@ impl Sensor {
             })
             .collect()
     }
+}
+
+/// `path` as the kernel compares it: NUL-padded, truncated to fit with its NUL.
+fn path_key(path: &str) -> [u8; PATH_CAPTURE] {
+    let mut data = [0u8; PATH_CAPTURE];
+    let bytes = path.as_bytes();
+    let len = bytes.len().min(PATH_CAPTURE - 1);
+    data[..len].copy_from_slice(&bytes[..len]);
+    data
+}
+
+fn attach_sock_addr(ebpf: &mut Ebpf, name: &str, cgroup: &Path) -> Result<(), String> {
+    let program: &mut CgroupSockAddr = ebpf
+        .program_mut(name)
+        .ok_or_else(|| format!("no program {name} in the object"))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+    program.load().map_err(|e| e.to_string())?;
+    let dir = std::fs::File::open(cgroup).map_err(|e| format!("{}: {e}", cgroup.display()))?;
+    // Attached as a bpf_link (flags 0): links are multi-attach by nature, so several agents
+    // (or tests) can enforce at once and every one of their programs must pass.
+    program
+        .attach(dir, CgroupAttachMode::Single)
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// The cgroup v2 mount: `/sys/fs/cgroup` on a pure v2 host, `/sys/fs/cgroup/unified` on a
+/// hybrid one.
+pub fn cgroup_v2_root() -> Option<std::path::PathBuf> {
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| {
+            p.join("cgroup.controllers").exists() || p.join("cgroup.subtree_control").exists()
+        })
 }
 
 fn attach(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), aya::programs::ProgramError> {

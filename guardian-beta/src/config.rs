@@ -57,6 +57,9 @@ pub struct Config {
     pub backups: Vec<BackupConfig>,
     #[serde(default)]
     pub cert: CertConfig,
+    /// The uplink to the cortex (off unless `enabled`).
+    #[serde(default)]
+    pub cortex: qsc_channel::uplink::CortexSettings,
 }
 
 /// One directory tree under the baseline.
@@ -188,6 +191,7 @@ impl Default for Config {
             watch: WatchConfig::default(),
             backups: Vec::new(),
             cert: CertConfig::default(),
+            cortex: Default::default(),
         }
     }
 }
@@ -241,7 +245,11 @@ impl Config {
             require_absolute(&format!("backup[{i}].path"), &backup.path)?;
             require_absolute(&format!("backup[{i}].manifest"), &backup.manifest)?;
         }
-        self.validate_cert()
+        self.validate_cert()?;
+        self.cortex.validate().map_err(|e| match e {
+            qsc_channel::uplink::UplinkError::Setting { key, reason } => invalid(key, &reason),
+            other => invalid("cortex", &other.to_string()),
+        })
     }
 
     fn validate_cert(&self) -> Result<(), ConfigError> {

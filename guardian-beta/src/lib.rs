@@ -8,6 +8,7 @@
 //! - [`cert`]: certificate files and TLS endpoints (expiry, chain, hostname, CRL revocation).
 //! - [`heal`]: protected known-good copies and their restoration.
 //! - [`report`]: findings as qsc-events (JSON lines) or readable text.
+//! - [`uplink`]: findings to the cortex over qsc-channel, numbered by its outbox.
 
 pub mod backup;
 pub mod baseline;
@@ -17,4 +18,5 @@ pub mod heal;
 pub mod integrity;
 pub mod report;
 pub mod store;
+pub mod uplink;
 pub mod watch;

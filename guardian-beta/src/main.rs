@@ -8,6 +8,7 @@ use guardian_beta::config::{self, Config};
 use guardian_beta::integrity::{Integrity, IntegrityError, RunStats};
 use guardian_beta::report::{Emitter, Format};
 use guardian_beta::store::{StoreError, StoreKeys};
+use guardian_beta::uplink::{self, CortexLink};
 use guardian_beta::watch::Watcher;
 use indicatif::{ProgressBar, ProgressStyle};
 use qsc_event::{EventKind, IntegrityBaselineTampered};
@@ -35,6 +36,10 @@ struct Cli {
     /// Log format on stderr (filter with RUST_LOG, default `info`).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Also send findings to the cortex at this `host:port`: turns on the config's `[cortex]`
+    /// uplink (keys and outbox come from there) and overrides its `address`.
+    #[arg(long, global = true, value_name = "HOST:PORT")]
+    cortex: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -64,6 +69,13 @@ enum Command {
     Backup(BackupCommand),
     /// Check certificate files and TLS endpoints: expiry, validity, chain, hostname, CRLs.
     Cert(CertArgs),
+    /// Create this agent's channel key (a new 0600 file) and print its public key, which the
+    /// cortex operator enrolls in the cortex's agent allow-list.
+    Keygen {
+        /// Where to write the secret key; must not exist yet. Point `[cortex] key_file` at it.
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -161,31 +173,69 @@ fn init_logging(format: LogFormat) {
 
 /// Runs the command; returns the number of findings.
 fn run(cli: Cli) -> Result<u64> {
+    if let Command::Keygen { out } = &cli.command {
+        keygen(out)?;
+        return Ok(0);
+    }
     let explicit_config = std::env::var_os("QSC_BETA_CONFIG").is_some()
         || cli.config != Path::new(config::DEFAULT_CONFIG_PATH);
     let needs_config = matches!(cli.command, Command::Baseline(_) | Command::Watch);
-    let config = if needs_config || explicit_config || cli.config.exists() {
+    let mut config = if needs_config || explicit_config || cli.config.exists() {
         Config::load(&cli.config)?
     } else {
         Config::default()
     };
+    if let Some(address) = &cli.cortex {
+        config.cortex.address = address.clone();
+        config.cortex.enabled = true;
+        config.validate()?;
+    }
     let threads = config.workers;
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build_global()
         .context("cannot start the hashing threads")?;
     let host_id = config.resolved_host_id()?;
-    let mut emitter = open_emitter(&cli, host_id.clone())?;
+    let (mut emitter, cortex) = open_emitter(&cli, &config, host_id.clone())?;
     match cli.command {
         Command::Baseline(command) => run_baseline(&config, host_id, command, &mut emitter)?,
         Command::Watch => run_watch(&config, host_id, &mut emitter)?,
         Command::Backup(command) => run_backup(&config, command, &mut emitter)?,
         Command::Cert(args) => run_cert(&config, args, &mut emitter)?,
+        Command::Keygen { .. } => {}
+    }
+    if let Some(cortex) = cortex {
+        cortex.drain()?;
     }
     Ok(emitter.emitted())
 }
 
-fn open_emitter(cli: &Cli, host_id: String) -> Result<Emitter> {
+fn keygen(out: &Path) -> Result<()> {
+    let public = qsc_channel::keys::StaticKeypair::generate_file(out)?;
+    println!("{public}");
+    eprintln!(
+        "guardian-beta: wrote {} (0600); enroll the public key above in the cortex allow-list \
+         and set `[cortex] key_file` to this path",
+        out.display()
+    );
+    Ok(())
+}
+
+/// Commands whose output is findings; only those go to the cortex.
+fn sends_findings(command: &Command) -> bool {
+    match command {
+        Command::Baseline(BaselineCommand::Init { .. } | BaselineCommand::Show) => false,
+        Command::Backup(BackupCommand::Manifest { .. }) | Command::Keygen { .. } => false,
+        Command::Baseline(_) | Command::Watch | Command::Backup(_) | Command::Cert(_) => true,
+    }
+}
+
+/// The emitter, writing locally and, when the uplink is on, to the cortex as well.
+fn open_emitter(
+    cli: &Cli,
+    config: &Config,
+    host_id: String,
+) -> Result<(Emitter, Option<CortexLink>)> {
     let to_terminal = cli.output.is_none() && std::io::stdout().is_terminal();
     let format = match cli.format {
         FormatArg::Json => Format::Json,
@@ -203,7 +253,21 @@ fn open_emitter(cli: &Cli, host_id: String) -> Result<Emitter> {
         ),
         None => Box::new(std::io::stdout()),
     };
-    Ok(Emitter::new(host_id, format, out))
+    if !(config.cortex.enabled && sends_findings(&cli.command)) {
+        return Ok((Emitter::new(host_id, format, out), None));
+    }
+    let (link, writer) = CortexLink::start(&config.cortex, out, format).with_context(|| {
+        format!(
+            "cannot start the uplink to the cortex at {} (agent key {})",
+            config.cortex.address,
+            config.cortex.key_file_for(uplink::AGENT).display()
+        )
+    })?;
+    // The writer takes JSON and writes the local copy in `format` itself.
+    Ok((
+        Emitter::new(host_id, Format::Json, Box::new(writer)),
+        Some(link),
+    ))
 }
 
 fn progress_bar() -> ProgressBar {

@@ -7,6 +7,8 @@
 //! * [`frame`] and [`transport`]: length-prefixed encrypted frames, replay/reorder checks, rekey.
 //! * [`delivery`]: envelopes, the agent's durable outbox, the reconnecting client, the cortex
 //!   session with de-duplication and acks after the sink stored the events.
+//! * [`uplink`]: the agent side in one type (outbox, client task, event numbering, commands)
+//!   and the agents' `[cortex]` settings.
 
 pub mod config;
 pub mod delivery;
@@ -15,3 +17,4 @@ pub mod handshake;
 pub mod keys;
 pub mod noise;
 pub mod transport;
+pub mod uplink;

@@ -51,6 +51,8 @@ pub enum EventKind {
     HealFailed(Heal),
     // Host state (guardian-alpha).
     HostMetrics(HostMetrics),
+    // Enforcement done by the kernel on the agent's behalf (guardian-alpha).
+    Enforcement(Enforcement),
     // Agent health (any agent).
     EventLoss(EventLoss),
     Heartbeat(Heartbeat),
@@ -305,6 +307,24 @@ pub struct HostMetrics {
     pub new_connections: u64,
 }
 
+/// What the kernel refused on the agent's behalf.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnforcementAction {
+    /// A connect or send to a blocked address, refused with EPERM.
+    ConnectBlocked,
+    /// An exec of a blocked path: the caller was killed before the new image ran.
+    ExecKilled,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Enforcement {
+    pub process: ProcessInfo,
+    pub action: EnforcementAction,
+    /// The blocked address (`ip:port`) or executable path.
+    pub target: String,
+}
+
 /// Events that were generated but could not be delivered.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EventLoss {
@@ -381,6 +401,7 @@ impl EventKind {
             HealDone(_) => "heal_done",
             HealFailed(_) => "heal_failed",
             HostMetrics(_) => "host_metrics",
+            Enforcement(_) => "enforcement",
             EventLoss(_) => "event_loss",
             Heartbeat(_) => "heartbeat",
             TamperAttempt(_) => "tamper_attempt",
@@ -392,7 +413,7 @@ impl EventKind {
         match self {
             ProcessExec(_) | ProcessExit(_) | ProcessFork(_) | MemoryRwx(_) | PrivSetid(_)
             | PrivCapset(_) | PrivPtrace(_) | PrivModuleLoad(_) | PrivBpf(_)
-            | PrivMemfdCreate(_) | TamperAttempt(_) => OcsfClass::ProcessActivity,
+            | PrivMemfdCreate(_) | TamperAttempt(_) | Enforcement(_) => OcsfClass::ProcessActivity,
             FileOpen(_)
             | FileChmod(_)
             | FileChown(_)
@@ -439,6 +460,7 @@ impl EventKind {
             PrivBpf(e) => Some(&e.process),
             PrivMemfdCreate(e) => Some(&e.process),
             TamperAttempt(e) => e.process.as_ref(),
+            Enforcement(e) => Some(&e.process),
             _ => None,
         }
     }

@@ -1,7 +1,8 @@
 //! Helpers for the end-to-end tests: finding the built binaries, deciding whether root-only
-//! tests run, and driving a real guardian-alpha process.
+//! tests run, driving a real guardian-alpha process, and the channel receiver (`channel`).
 
 pub mod alpha;
+pub mod channel;
 
 use std::path::PathBuf;
 

@@ -382,3 +382,55 @@ fn ring_buffer_overflow_is_counted_exactly() {
     );
     assert_eq!(received + lost, GENERATED);
 }
+
+/// Kernel enforcement from the agent's block lists: a connect to a blocked loopback address
+/// fails with EPERM (IPv4-mapped IPv6 too), an exec of a blocked path is killed before it
+/// runs, and both are reported. Unblocked addresses and paths are untouched.
+#[test]
+fn kernel_blocks_listed_addresses_and_kills_listed_executables() {
+    if !root_or_skip("kernel_blocks_listed_addresses_and_kills_listed_executables") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blocked_exe = dir.path().join("blocked-tool");
+    std::fs::copy("/bin/true", &blocked_exe).expect("copy /bin/true");
+    let blocked_s = blocked_exe.display().to_string();
+    let config = format!(
+        "{}[enforce]\nblocked_ips = [\"127.0.0.2\"]\nblocked_exec = [\"{blocked_s}\"]\n",
+        config_watching(dir.path())
+    );
+    let agent = AlphaAgent::start(&config, &[]);
+    let listener = TcpListener::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    let port = listener.local_addr().expect("addr").port();
+
+    let refused = TcpStream::connect(("127.0.0.2", port)).expect_err("blocked connect");
+    assert_eq!(refused.raw_os_error(), Some(libc::EPERM));
+    let mapped = TcpStream::connect(format!("[::ffff:127.0.0.2]:{port}"))
+        .expect_err("IPv4-mapped IPv6 must not bypass the block");
+    assert_eq!(mapped.raw_os_error(), Some(libc::EPERM));
+    let other = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+    TcpStream::connect(other.local_addr().expect("addr")).expect("unblocked address still works");
+
+    let status = Command::new(&blocked_exe).status().expect("spawn blocked exe");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "killed before it ran");
+    assert!(Command::new("/bin/true").status().expect("true").success());
+
+    let target = format!("127.0.0.2:{port}");
+    agent
+        .wait_for(|e| {
+            matches!(&e.kind, EventKind::Enforcement(x)
+                if x.action == qsc_event::EnforcementAction::ConnectBlocked && x.target == target)
+                && pid_of(e) == Some(std::process::id())
+        })
+        .expect("connect_blocked event");
+    agent
+        .wait_for(|e| {
+            matches!(&e.kind, EventKind::Enforcement(x)
+                if x.action == qsc_event::EnforcementAction::ExecKilled && x.target == blocked_s)
+        })
+        .expect("exec_killed event");
+    agent.stop();
+    // With the agent gone its programs are detached: the address works again.
+    TcpStream::connect(("127.0.0.2", port)).expect("block removed with the agent");
+}

@@ -67,10 +67,11 @@ pub enum Category {
     Heal,
     HostMetrics,
     AgentHealth,
+    Enforcement,
 }
 
 impl Category {
-    pub const ALL: [Category; 24] = [
+    pub const ALL: [Category; 25] = [
         Category::ProcessCreation,
         Category::ProcessTermination,
         Category::ProcessFork,
@@ -95,6 +96,7 @@ impl Category {
         Category::Heal,
         Category::HostMetrics,
         Category::AgentHealth,
+        Category::Enforcement,
     ];
 
     pub fn name(self) -> &'static str {
@@ -123,6 +125,7 @@ impl Category {
             Category::Heal => "heal",
             Category::HostMetrics => "host_metrics",
             Category::AgentHealth => "agent_health",
+            Category::Enforcement => "enforcement",
         }
     }
 
@@ -166,6 +169,7 @@ impl Category {
             HealDone(_) | HealFailed(_) => Category::Heal,
             HostMetrics(_) => Category::HostMetrics,
             EventLoss(_) | Heartbeat(_) | TamperAttempt(_) => Category::AgentHealth,
+            Enforcement(_) => Category::Enforcement,
         }
     }
 }
@@ -291,6 +295,9 @@ fields! {
     AgentVersion => "AgentVersion": Text,
     UptimeSeconds => "UptimeSeconds": Int,
     TamperAction => "TamperAction": Text,
+    // Enforcement by the kernel.
+    EnforcementAction => "EnforcementAction": Text,
+    EnforcementTarget => "EnforcementTarget": Text,
 }
 
 /// Sigma taxonomy fields that QSC events do not carry: rules that need them are skipped with
@@ -682,6 +689,11 @@ fn kind_field(kind: &EventKind, field: FieldId) -> Option<FieldValue<'_>> {
         (TamperAttempt(t), F::TamperAction) => text(&t.action),
         (TamperAttempt(t), F::Signal) => t.signal.and_then(int),
         (TamperAttempt(t), F::Detail) => opt_text(&t.detail),
+        (Enforcement(e), F::EnforcementAction) => text(match e.action {
+            qsc_event::EnforcementAction::ConnectBlocked => "connect_blocked",
+            qsc_event::EnforcementAction::ExecKilled => "exec_killed",
+        }),
+        (Enforcement(e), F::EnforcementTarget) => text(&e.target),
         _ => None,
     }
 }

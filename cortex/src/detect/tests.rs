@@ -489,6 +489,22 @@ fn shipped_rule_triggers() -> Vec<(&'static str, Vec<Event>)> {
                 ..Default::default()
             }))],
         ),
+        (
+            "qsc-enforce-connect-blocked",
+            vec![event(EventKind::Enforcement(Enforcement {
+                process: bash.clone(),
+                action: EnforcementAction::ConnectBlocked,
+                target: "203.0.113.9:443".into(),
+            }))],
+        ),
+        (
+            "qsc-enforce-exec-killed",
+            vec![event(EventKind::Enforcement(Enforcement {
+                process: bash.clone(),
+                action: EnforcementAction::ExecKilled,
+                target: "/tmp/miner".into(),
+            }))],
+        ),
     ]
 }
 

@@ -57,7 +57,8 @@ impl SourceKind {
             ProcessExec(_) | ProcessExit(_) | ProcessFork(_) | FileOpen(_) | FileChmod(_)
             | FileChown(_) | FileUnlink(_) | FileRename(_) | MemoryRwx(_) | PrivSetid(_)
             | PrivCapset(_) | PrivPtrace(_) | PrivModuleLoad(_) | PrivBpf(_)
-            | PrivMemfdCreate(_) => SourceKind::Process,
+            | PrivMemfdCreate(_)
+            | Enforcement(_) => SourceKind::Process,
         }
     }
 }

@@ -411,7 +411,9 @@ fn kernel_blocks_listed_addresses_and_kills_listed_executables() {
     let other = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
     TcpStream::connect(other.local_addr().expect("addr")).expect("unblocked address still works");
 
-    let status = Command::new(&blocked_exe).status().expect("spawn blocked exe");
+    let status = Command::new(&blocked_exe)
+        .status()
+        .expect("spawn blocked exe");
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(libc::SIGKILL), "killed before it ran");
     assert!(Command::new("/bin/true").status().expect("true").success());

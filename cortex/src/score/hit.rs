@@ -57,8 +57,7 @@ impl SourceKind {
             ProcessExec(_) | ProcessExit(_) | ProcessFork(_) | FileOpen(_) | FileChmod(_)
             | FileChown(_) | FileUnlink(_) | FileRename(_) | MemoryRwx(_) | PrivSetid(_)
             | PrivCapset(_) | PrivPtrace(_) | PrivModuleLoad(_) | PrivBpf(_)
-            | PrivMemfdCreate(_)
-            | Enforcement(_) => SourceKind::Process,
+            | PrivMemfdCreate(_) | Enforcement(_) => SourceKind::Process,
         }
     }
 }

@@ -3,7 +3,7 @@
 //! Modes, interleaved over several rounds on the same stream:
 //! - `json_decode` (baseline): `Event::from_json` of each event, the least any pipeline pays;
 //! - `shipped`: the QSC rule set (`cortex/rules`);
-//! - `shipped+sigmahq`: the QSC rule set plus SigmaHQ's Linux rules (`shared/sigma/linux`).
+//! - `shipped+sigmahq`: the QSC rule set plus SigmaHQ's Linux rules (a copy in `cortex/tests/sigmahq/linux`).
 //!
 //! Prints per-round paired ratios and writes `target/bench/detect.json` with `events_per_s`
 //! (the `shipped+sigmahq` median) and `rules_loaded`.
@@ -180,7 +180,7 @@ fn main() -> anyhow::Result<()> {
         .map(|seq| synthetic_event(&mut rng, seq))
         .collect();
     let json: Vec<String> = events.iter().map(Event::to_json).collect();
-    let sigmahq = manifest("../../shared/sigma/linux");
+    let sigmahq = manifest("tests/sigmahq/linux");
     let (_, shipped_report) = Engine::load_dir(&[manifest("rules")])?;
     let (_, full_report) = Engine::load_dir(&[manifest("rules"), sigmahq.clone()])?;
     let rules_loaded = full_report.loaded.len();

@@ -1,7 +1,13 @@
 //! The QSC cortex: ingest, store, detect, score, decide, respond, audit.
 
+pub mod anomaly;
+pub mod api;
 pub mod audit;
+pub mod config;
 pub mod decide;
 pub mod detect;
+pub mod ingest;
+pub mod metrics;
+pub mod pipeline;
 pub mod score;
 pub mod store;

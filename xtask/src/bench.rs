@@ -50,6 +50,18 @@ const BENCHES: &[Bench] = &[
         package: "cortex",
         target: "store",
     },
+    // The cortex pipeline (ingest+store+detect+score) vs decode-only and store-only baselines.
+    Bench {
+        name: "cortex",
+        package: "cortex",
+        target: "pipeline",
+    },
+    // Isolation Forest training and scoring vs a z-score baseline.
+    Bench {
+        name: "anomaly",
+        package: "cortex",
+        target: "anomaly",
+    },
 ];
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {

@@ -11,7 +11,7 @@ use super::*;
 const BASE_NS: u64 = 1_800_000_000_000_000_000;
 
 fn sigmahq_dir() -> std::path::PathBuf {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/sigma/linux");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sigmahq/linux");
     dir.canonicalize().unwrap_or(dir)
 }
 
@@ -150,7 +150,7 @@ fn every_sigmahq_linux_rule_loads_or_is_skipped_with_a_reason() {
     assert_eq!(report.files, 210);
     assert_eq!(report.loaded.len() + report.skipped.len(), 210);
     assert_eq!(engine.rule_count(), report.loaded.len());
-    // Measured on the 210 rules in shared/sigma: auditd and other log-line services are
+    // Measured on the 210 SigmaHQ rules in tests/sigmahq: auditd and other log-line services are
     // skipped, as are rules needing fields QSC events do not carry.
     let reasons: std::collections::HashMap<_, _> = report.skip_reasons().into_iter().collect();
     assert_eq!(reasons.get("unsupported_logsource"), Some(&60));

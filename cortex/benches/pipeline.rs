@@ -1,0 +1,506 @@
+//! Sustained throughput and decision latency of the cortex: ingest (validate) + encrypted
+//! durable store + detect (the shipped Sigma rules) + score + decide.
+//!
+//! Modes, run interleaved over several rounds on fresh state in one temp dir:
+//! - `decode` (baseline): JSON decode and schema validation only, the floor of any ingest;
+//! - `store` (baseline): decode, validate and durable encrypted store, no analysis;
+//! - `pipeline`: the service's `IngestSink` feeding the pipeline worker over the bounded queue,
+//!   timed until the worker has decided on every event;
+//! - `channel`: the same behind the real qsc-channel server, fed by an in-process agent over
+//!   loopback (hybrid Noise handshake, encrypted frames, acks), timed until all is decided.
+//!
+//! Decision latency (event arrival at ingest → decision) is measured in a separate paced run
+//! at a fixed offered load (`PACED_RATE` events/s in batches of `PACED_BATCH`), since under
+//! saturation it only measures the queue length. Writes `target/bench/cortex.json`.
+//! Run: `cargo bench -p cortex --bench pipeline` (or `cargo xtask bench cortex`).
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use cortex::audit::AuditLog;
+use cortex::config::{DetectConfig, IngestConfig, PipelineConfig};
+use cortex::decide::NodeStates;
+use cortex::ingest::agents::{AgentsFile, Binding, Enrollment};
+use cortex::ingest::sequence::Cursors;
+use cortex::ingest::validate::Limits;
+use cortex::ingest::{self, AgentDirectory, IngestSink};
+use cortex::metrics::Metrics;
+use cortex::pipeline::{self, Pipeline, rules};
+use cortex::score::{Fusion, ScoreConfig};
+use cortex::store::{SqliteStore, Store};
+use qsc_channel::delivery::{
+    Client, ClientConfig, CommandHandler, CommandStatus, FsyncPolicy, Outbox, OutboxConfig,
+    ServerConfig,
+};
+use qsc_channel::keys::StaticKeypair;
+use qsc_channel::transport::TransportConfig;
+use qsc_event::{
+    AuthAttempt, Event, EventKind, FileOpen, Heartbeat, NetConnection, ProcessExec, ProcessInfo,
+    Source, now_ns,
+};
+use serde_json::json;
+
+const ROUNDS: usize = 3;
+const EVENTS: u64 = 60_000;
+/// What an agent sends per message (qsc-channel's default max_batch_events).
+const BATCH: usize = 4096;
+const PACED_RATE: u64 = 20_000;
+const PACED_BATCH: usize = 100;
+const PACED_SECONDS: u64 = 3;
+const HOST: &str = "bench-01";
+
+/// A realistic mix: mostly process executions, then file opens, outbound connections, logins.
+fn event(i: u64, time_ns: u64) -> Event {
+    const COMMANDS: [&str; 8] = ["make", "cc1", "ld", "git", "python3", "sed", "grep", "tar"];
+    let process = ProcessInfo {
+        pid: 10_000 + (i % 5000) as u32,
+        ppid: 900 + (i % 7) as u32,
+        uid: 1000,
+        gid: 1000,
+        user: Some("build".into()),
+        comm: COMMANDS[(i % 8) as usize].into(),
+        exe: Some(format!("/usr/bin/{}", COMMANDS[(i % 8) as usize])),
+        cmdline: vec![COMMANDS[(i % 8) as usize].into(), format!("job-{}", i % 97)],
+        guid: format!("guid-{}", i % 5000),
+        ..Default::default()
+    };
+    let kind = match i % 20 {
+        0..=13 => EventKind::ProcessExec(ProcessExec {
+            filename: process.exe.clone().unwrap_or_default(),
+            argv: process.cmdline.clone(),
+            process,
+        }),
+        14..=16 => EventKind::FileOpen(FileOpen {
+            process,
+            path: format!("/srv/build/obj/{}.o", i % 311),
+            flags: 0o101,
+            write: true,
+        }),
+        17 | 18 => EventKind::NetConnect(NetConnection {
+            process,
+            protocol: "tcp".into(),
+            src_ip: IpAddr::from([10, 0, 0, 4]),
+            src_port: 40_000 + (i % 1000) as u16,
+            dst_ip: IpAddr::from([10, 0, 1, (i % 200) as u8]),
+            dst_port: 443,
+        }),
+        _ if i % 40 == 19 => EventKind::AuthSuccess(AuthAttempt {
+            user: "build".into(),
+            remote_ip: Some(IpAddr::from([10, 0, 0, 9])),
+            service: "sshd".into(),
+            detail: None,
+        }),
+        _ => EventKind::Heartbeat(Heartbeat {
+            version: "0.1.0".into(),
+            uptime_s: 86_400,
+            active_hooks: Vec::new(),
+        }),
+    };
+    let mut event = Event::new(HOST, Source::Alpha, i + 1, kind);
+    event.time_ns = time_ns;
+    event
+}
+
+fn payloads(count: u64) -> Vec<Vec<u8>> {
+    let start = now_ns();
+    (0..count)
+        .map(|i| event(i, start + i * 1000).to_json().into_bytes())
+        .collect()
+}
+
+fn binding() -> Binding {
+    Binding {
+        host_id: HOST.into(),
+        source: Source::Alpha,
+        class: "standard".into(),
+    }
+}
+
+/// Fresh store, audit, cursors and a started pipeline worker in `dir`.
+struct Service {
+    sink: IngestSink,
+    metrics: Arc<Metrics>,
+    worker: std::thread::JoinHandle<()>,
+    rules_loaded: usize,
+}
+
+fn start_service(dir: &Path, directory: AgentDirectory) -> anyhow::Result<Service> {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open_with_key(
+        &dir.join("cortex.db"),
+        &[7u8; 32],
+    )?);
+    let audit = Arc::new(AuditLog::open_with_key(
+        &dir.join("audit.db"),
+        &zeroize::Zeroizing::new([9u8; 32]),
+        64,
+    )?);
+    let (engine, _) = rules::load_engine(&DetectConfig::default())?;
+    let rules_loaded = engine.rule_count();
+    let metrics = Arc::new(Metrics::default());
+    let nodes = Arc::new(Mutex::new(NodeStates::new(audit, Vec::new())));
+    let fusion = Fusion::new(ScoreConfig::default())?;
+    let pipeline = Pipeline::new(engine, fusion, nodes, store.clone(), metrics.clone())?;
+    let defaults = PipelineConfig::default();
+    let (sender, queue) = pipeline::queue(
+        defaults.queue_batches,
+        Duration::from_millis(defaults.max_block_ms),
+        metrics.clone(),
+    );
+    let worker = std::thread::spawn(move || pipeline.run(queue));
+    let cursors = Arc::new(Cursors::open(&dir.join("cursors.db"))?);
+    let sink = IngestSink::new(
+        store,
+        cursors,
+        directory,
+        Limits::from(&IngestConfig::default()),
+        metrics.clone(),
+        sender,
+    );
+    Ok(Service {
+        sink,
+        metrics,
+        worker,
+        rules_loaded,
+    })
+}
+
+fn wait_analysed(metrics: &Metrics, count: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while metrics.events_analysed.load(Ordering::Relaxed) < count {
+        anyhow::ensure!(Instant::now() < deadline, "pipeline did not drain");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    anyhow::ensure!(
+        metrics.queue_dropped_events.load(Ordering::Relaxed) == 0,
+        "events were dropped from the queue"
+    );
+    Ok(())
+}
+
+fn stop(service: Service) -> anyhow::Result<()> {
+    drop(service.sink);
+    service
+        .worker
+        .join()
+        .map_err(|_| anyhow::anyhow!("pipeline worker panicked"))
+}
+
+fn empty_directory(dir: &Path) -> anyhow::Result<AgentDirectory> {
+    let mut agents = AgentsFile::default();
+    agents.add(Enrollment {
+        host_id: HOST.into(),
+        source: Source::Alpha,
+        class: "standard".into(),
+        public_key: hex::encode([1u8; 32]),
+        revoked: false,
+    })?;
+    let path = dir.join("agents.toml");
+    agents.save(&path)?;
+    Ok(AgentDirectory::load(path)?)
+}
+
+fn run_decode(events: &[Vec<u8>]) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    for bytes in events {
+        std::hint::black_box(Event::from_json(bytes)?);
+    }
+    Ok(events.len() as f64 / start.elapsed().as_secs_f64())
+}
+
+fn run_store(dir: &Path, events: &[Vec<u8>]) -> anyhow::Result<f64> {
+    let store = SqliteStore::open_with_key(&dir.join("store-only.db"), &[7u8; 32])?;
+    let start = Instant::now();
+    for (index, chunk) in events.chunks(BATCH).enumerate() {
+        let first = (index * BATCH) as u64;
+        let decoded = chunk
+            .iter()
+            .zip(first + 1..)
+            .map(|(bytes, seq)| {
+                let mut event = Event::from_json(bytes)?;
+                event.seq = seq * 2;
+                Ok(event)
+            })
+            .collect::<anyhow::Result<Vec<Event>>>()?;
+        store.append_events(HOST, &decoded)?;
+    }
+    Ok(events.len() as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Returns events/s and the rules loaded.
+fn run_pipeline(dir: &Path, events: &[Vec<u8>]) -> anyhow::Result<(f64, usize)> {
+    let service = start_service(dir, empty_directory(dir)?)?;
+    let agent = binding();
+    let start = Instant::now();
+    for (index, chunk) in events.chunks(BATCH).enumerate() {
+        let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+        service
+            .sink
+            .ingest_batch(&agent, (index * BATCH) as u64 + 1, &refs)?;
+    }
+    wait_analysed(&service.metrics, events.len() as u64)?;
+    let rate = events.len() as f64 / start.elapsed().as_secs_f64();
+    let rules_loaded = service.rules_loaded;
+    stop(service)?;
+    Ok((rate, rules_loaded))
+}
+
+struct NoCommands;
+
+impl CommandHandler for NoCommands {
+    fn execute(&mut self, _id: u64, _body: &[u8]) -> (CommandStatus, Vec<u8>) {
+        (CommandStatus::Refused, Vec::new())
+    }
+}
+
+fn run_channel(dir: &Path, events: &[Vec<u8>]) -> anyhow::Result<f64> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let cortex_key = StaticKeypair::generate();
+        let agent_key = StaticKeypair::generate();
+        let mut agents = AgentsFile::default();
+        agents.add(Enrollment {
+            host_id: HOST.into(),
+            source: Source::Alpha,
+            class: "standard".into(),
+            public_key: agent_key.public().to_hex(),
+            revoked: false,
+        })?;
+        let agents_path = dir.join("agents.toml");
+        agents.save(&agents_path)?;
+        let directory = AgentDirectory::load(agents_path)?;
+        let allow_list = directory.allow_list();
+        let service = start_service(dir, directory)?;
+        let server = ServerConfig {
+            keypair: cortex_key.clone(),
+            allow_list,
+            require_hybrid: true,
+            transport: TransportConfig::default(),
+            handshake_timeout: Duration::from_secs(5),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+        let server_task = tokio::spawn(ingest::serve(
+            listener,
+            server,
+            service.sink.clone(),
+            shutdown_rx,
+        ));
+        // The outbox is filled first (the agent's own disk cost is not the cortex's).
+        let mut outbox_config = OutboxConfig::new(dir.join("outbox"));
+        outbox_config.fsync = FsyncPolicy::Never;
+        let outbox = Outbox::open(outbox_config)?;
+        let client = Client::new(
+            ClientConfig::new(addr.to_string(), cortex_key.public(), agent_key),
+            outbox,
+        );
+        let handle = client.handle();
+        for chunk in events.chunks(BATCH) {
+            handle.append_batch(chunk)?;
+        }
+        let (stop_client, client_stopped) = tokio::sync::oneshot::channel::<()>();
+        let start = Instant::now();
+        let client_task = tokio::spawn(client.run_until(NoCommands, async {
+            let _ = client_stopped.await;
+        }));
+        let metrics = service.metrics.clone();
+        let count = events.len() as u64;
+        tokio::task::spawn_blocking(move || wait_analysed(&metrics, count)).await??;
+        let rate = count as f64 / start.elapsed().as_secs_f64();
+        let _ = stop_client.send(());
+        client_task.await?;
+        let _ = shutdown_tx.send(true);
+        server_task.await?;
+        stop(service)?;
+        Ok(rate)
+    })
+}
+
+/// p50 and p99 of each latency at the paced load, in ms.
+struct Latencies {
+    decision: (f64, f64),
+    store: (f64, f64),
+    analysis: (f64, f64),
+    samples: u64,
+}
+
+fn quantiles_ms(histogram: &cortex::metrics::LatencyHistogram) -> (f64, f64) {
+    let ms = |q: f64| {
+        histogram
+            .quantile(q)
+            .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
+    };
+    (ms(0.5), ms(0.99))
+}
+
+/// Latencies at a fixed offered load below saturation.
+fn run_paced(dir: &Path) -> anyhow::Result<Latencies> {
+    let service = start_service(dir, empty_directory(dir)?)?;
+    let agent = binding();
+    let total = PACED_RATE * PACED_SECONDS;
+    let events = payloads(total);
+    let interval = Duration::from_secs_f64(PACED_BATCH as f64 / PACED_RATE as f64);
+    let start = Instant::now();
+    for (index, chunk) in events.chunks(PACED_BATCH).enumerate() {
+        let due = start + interval * index as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+        service
+            .sink
+            .ingest_batch(&agent, (index * PACED_BATCH) as u64 + 1, &refs)?;
+    }
+    wait_analysed(&service.metrics, total)?;
+    let metrics = &service.metrics;
+    let result = Latencies {
+        decision: quantiles_ms(&metrics.decision_latency),
+        store: quantiles_ms(&metrics.store_latency),
+        analysis: quantiles_ms(&metrics.analysis_latency),
+        samples: metrics.decision_latency.count(),
+    };
+    stop(service)?;
+    Ok(result)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn fresh_dir(parent: &Path, name: &str) -> anyhow::Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(name)
+        .tempdir_in(parent)
+        .context("bench dir")
+}
+
+fn main() -> anyhow::Result<()> {
+    let root = tempfile::tempdir().context("temp dir")?;
+    let mut rounds = Vec::new();
+    let mut rules_loaded = 0;
+    let (mut decode, mut store, mut pipe, mut chan) = (vec![], vec![], vec![], vec![]);
+    println!(
+        "cortex pipeline: {EVENTS} events per mode per round, batches of {BATCH}, {ROUNDS} rounds"
+    );
+    for round in 0..ROUNDS {
+        // Fresh timestamps each round so every event is inside the ingest time window.
+        let events = payloads(EVENTS);
+        let mut order = ["decode", "store", "pipeline", "channel"];
+        let modes = order.len();
+        order.rotate_left(round % modes);
+        let mut result = std::collections::BTreeMap::new();
+        for mode in order {
+            let dir = fresh_dir(root.path(), mode)?;
+            let rate = match mode {
+                "decode" => run_decode(&events)?,
+                "store" => run_store(dir.path(), &events)?,
+                "pipeline" => {
+                    let (rate, rules) = run_pipeline(dir.path(), &events)?;
+                    rules_loaded = rules;
+                    rate
+                }
+                _ => run_channel(dir.path(), &events)?,
+            };
+            result.insert(mode, rate);
+        }
+        let (d, s, p, c) = (
+            result["decode"],
+            result["store"],
+            result["pipeline"],
+            result["channel"],
+        );
+        println!(
+            "round {round}: decode {d:>9.0} ev/s  store {s:>9.0} ev/s  pipeline {p:>9.0} ev/s  \
+             channel {c:>9.0} ev/s  | pipeline/store {:.2}  channel/pipeline {:.2}",
+            p / s,
+            c / p
+        );
+        rounds.push(json!({
+            "round": round,
+            "decode_events_per_s": d,
+            "store_events_per_s": s,
+            "pipeline_events_per_s": p,
+            "channel_events_per_s": c,
+            "pipeline_over_store": p / s,
+            "channel_over_pipeline": c / p,
+        }));
+        decode.push(d);
+        store.push(s);
+        pipe.push(p);
+        chan.push(c);
+    }
+    let paced_dir = fresh_dir(root.path(), "paced")?;
+    let latencies = run_paced(paced_dir.path())?;
+    let (p50, p99) = latencies.decision;
+    let samples = latencies.samples;
+    let (decode, store, pipeline, channel) = (
+        median(&mut decode),
+        median(&mut store),
+        median(&mut pipe),
+        median(&mut chan),
+    );
+    let events_per_s = channel.min(pipeline);
+    println!(
+        "median: decode {decode:.0}  store {store:.0}  pipeline {pipeline:.0}  channel {channel:.0} ev/s"
+    );
+    println!(
+        "decision latency at {PACED_RATE} ev/s offered (batches of {PACED_BATCH}): \
+         p50 {p50:.2} ms  p99 {p99:.2} ms  ({samples} events)  rules loaded {rules_loaded}"
+    );
+    println!(
+        "  of which durable store per batch: p50 {:.2} ms  p99 {:.2} ms; stored → decided: \
+         p50 {:.2} ms  p99 {:.2} ms",
+        latencies.store.0, latencies.store.1, latencies.analysis.0, latencies.analysis.1
+    );
+    println!(
+        "targets: >= 100000 ev/s sustained: {}; p99 < 5 ms: {}",
+        if events_per_s >= 100_000.0 {
+            "met"
+        } else {
+            "NOT met"
+        },
+        if p99 < 5.0 { "met" } else { "NOT met" }
+    );
+    let report = json!({
+        "benchmark": "cortex",
+        "events_per_s": events_per_s,
+        "events_per_s_means": "end to end over the real channel (agent on loopback) or the pipeline alone, whichever is lower",
+        "decision_p50_ms": p50,
+        "decision_p99_ms": p99,
+        "decision_latency_load": {"offered_events_per_s": PACED_RATE, "batch": PACED_BATCH, "events": samples},
+        "store_batch_p50_ms": latencies.store.0,
+        "store_batch_p99_ms": latencies.store.1,
+        "stored_to_decision_p50_ms": latencies.analysis.0,
+        "stored_to_decision_p99_ms": latencies.analysis.1,
+        "rules_loaded": rules_loaded,
+        "medians": {
+            "decode_events_per_s": decode,
+            "store_events_per_s": store,
+            "pipeline_events_per_s": pipeline,
+            "channel_events_per_s": channel,
+        },
+        "baselines": {
+            "decode": "JSON decode + schema validation only",
+            "store": "decode + validation + durable encrypted store (SQLite WAL synchronous=FULL), no analysis",
+        },
+        "rounds": rounds,
+        "events_per_round": EVENTS,
+        "batch": BATCH,
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "targets": {"events_per_s": 100_000, "decision_p99_ms": 5.0},
+    });
+    let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    let out_file = out_dir.join("cortex.json");
+    std::fs::create_dir_all(&out_dir)
+        .and_then(|()| std::fs::write(&out_file, report.to_string()))
+        .with_context(|| format!("write {}", out_file.display()))?;
+    println!("wrote {}", out_file.display());
+    Ok(())
+}

@@ -5,7 +5,9 @@
 //! `sys_enter_execve`). The agent fills the maps; each refusal is reported.
 
 use aya_ebpf::{
-    helpers::{bpf_probe_read_kernel_buf, bpf_probe_read_user_str_bytes, generated::bpf_send_signal},
+    helpers::{
+        bpf_probe_read_kernel_buf, bpf_probe_read_user_str_bytes, generated::bpf_send_signal,
+    },
     macros::{cgroup_sock_addr, map, tracepoint},
     maps::{HashMap, PerCpuArray},
     programs::{SockAddrContext, TracePointContext},
@@ -39,7 +41,11 @@ fn report_blocked(family: u16, addr: [u8; 16], port: u16) {
         return;
     };
     let record = record_mut(&mut entry);
-    fill_header(&mut record.header, RecordKind::Enforce, EnforceOp::ConnectBlocked as u16);
+    fill_header(
+        &mut record.header,
+        RecordKind::Enforce,
+        EnforceOp::ConnectBlocked as u16,
+    );
     record.family = family;
     record.port = port;
     record.pad = 0;
@@ -134,7 +140,11 @@ fn kill_blocked_exec(filename: u64) {
         return;
     };
     let record = record_mut(&mut entry);
-    fill_header(&mut record.header, RecordKind::Enforce, EnforceOp::ExecKilled as u16);
+    fill_header(
+        &mut record.header,
+        RecordKind::Enforce,
+        EnforceOp::ExecKilled as u16,
+    );
     record.family = 0;
     record.port = 0;
     record.pad = 0;

@@ -18,8 +18,6 @@ pub const REQUIRE_ROOT_TESTS: &str = "QSC_REQUIRE_ROOT_TESTS";
 
 pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    ebpf::build()?;
-    setup::ensure_tracefs()?;
     if !args.no_lint {
         shell::run(shell::cargo().args(["fmt", "--all", "--", "--check"]))?;
         shell::run(shell::cargo().args([
@@ -29,6 +27,10 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
             "--",
             "--check",
         ]))?;
+    }
+    ebpf::build()?;
+    setup::ensure_tracefs()?;
+    if !args.no_lint {
         shell::run(shell::cargo().args([
             "clippy",
             "--workspace",

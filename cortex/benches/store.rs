@@ -46,7 +46,9 @@ fn run(dir: &Path, name: &str, total: u64, batch: u64) -> anyhow::Result<f64> {
     let events: Vec<Event> = (1..=total).map(event).collect();
     let start = Instant::now();
     for chunk in events.chunks(batch as usize) {
-        store.append_events("bench-host", chunk).context("append")?;
+        store
+            .append_events("bench-host", Source::Alpha, chunk)
+            .context("append")?;
     }
     let rate = total as f64 / start.elapsed().as_secs_f64();
     drop(store);

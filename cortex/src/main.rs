@@ -7,6 +7,8 @@
 //!                          └─▶ store (encrypted, durable; only then the ack)
 //!                               └─▶ bounded queue ─▶ pipeline worker:
 //!                                    detect (Sigma) → score (Bayesian fusion) → decide (node state)
+//!                                    └─▶ anomaly thread: host_metrics → per-host baseline
+//!                                        (learn, score, retrain) → scores back into the fusion
 //!                                    └─▶ incidents + node states in the store, transitions in audit
 //! api (axum): health, metrics, nodes, incidents, events, release
 //! ```
@@ -24,10 +26,10 @@ use cortex::audit::{AuditEntry, AuditKind, AuditLog, AuditSink};
 use cortex::config::CortexConfig;
 use cortex::decide::NodeStates;
 use cortex::ingest::agents::AgentsFile;
-use cortex::ingest::sequence::Cursors;
 use cortex::ingest::validate::Limits;
 use cortex::ingest::{self, AgentDirectory, IngestSink};
 use cortex::metrics::Metrics;
+use cortex::pipeline::anomaly::AnomalyStage;
 use cortex::pipeline::{self, Pipeline, rules};
 use cortex::score::{Fusion, ScoreConfig};
 use cortex::store::{Store, open_store};
@@ -131,6 +133,8 @@ async fn serve(config: CortexConfig) -> anyhow::Result<()> {
         store.clone(),
         metrics.clone(),
     )?;
+    let (anomaly, anomaly_thread) = AnomalyStage::start(config.anomaly.clone())?;
+    let pipeline = pipeline.with_anomaly(anomaly);
     let (sender, queue) = pipeline::queue(
         config.pipeline.queue_batches,
         Duration::from_millis(config.pipeline.max_block_ms),
@@ -142,10 +146,8 @@ async fn serve(config: CortexConfig) -> anyhow::Result<()> {
         .context("starting the pipeline worker")?;
 
     // ingest: the channel server, storing before acknowledging.
-    let cursors = Arc::new(Cursors::open(&config.ingest.cursor_file)?);
     let sink = IngestSink::new(
         store.clone(),
-        cursors,
         directory.clone(),
         Limits::from(&config.ingest),
         metrics.clone(),
@@ -219,6 +221,11 @@ async fn serve(config: CortexConfig) -> anyhow::Result<()> {
         .await
         .context("joining the pipeline worker")?
         .map_err(|_| anyhow::anyhow!("the pipeline worker panicked"))?;
+    // The worker owned the anomaly stage: with it gone, the baseline thread drains and ends.
+    tokio::task::spawn_blocking(move || anomaly_thread.join())
+        .await
+        .context("joining the anomaly baseline thread")?
+        .map_err(|_| anyhow::anyhow!("the anomaly baseline thread panicked"))?;
     audit.record(AuditEntry {
         kind: AuditKind::Service,
         actor: "cortex".into(),

@@ -46,7 +46,7 @@ fn run_writer(dir: &Path) {
             std::process::exit(2);
         }
     };
-    let mut next = match store.highest_seq(HOST) {
+    let mut next = match store.highest_seq(HOST, Source::Alpha) {
         Ok(seq) => seq.unwrap_or(0) + 1,
         Err(e) => {
             eprintln!("writer: {e}");
@@ -69,7 +69,7 @@ fn run_writer(dir: &Path) {
                 )
             })
             .collect();
-        if let Err(e) = store.append_events(HOST, &batch) {
+        if let Err(e) = store.append_events(HOST, Source::Alpha, &batch) {
             eprintln!("writer: append failed: {e}");
             std::process::exit(2);
         }
@@ -124,7 +124,7 @@ fn acknowledged_batches_survive_sigkill() {
 fn check_store(dir: &Path, acknowledged: u64, round: usize) {
     let store = SqliteStore::open(&db_path(dir), &key_path(dir)).expect("store reopens");
     let highest = store
-        .highest_seq(HOST)
+        .highest_seq(HOST, Source::Alpha)
         .expect("highest seq")
         .expect("something stored");
     assert!(

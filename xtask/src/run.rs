@@ -276,7 +276,7 @@ impl StateLayout {
             format!(
                 "# Written by `cargo xtask run`; every key is documented in config/cortex.example.toml.\n\
                  [listen]\naddress = \"{CHANNEL}\"\n[api]\naddress = \"{API}\"\ntoken_file = \"{c}/api.token\"\n\
-                 [ingest]\ncursor_file = \"{c}/ingest-cursors.db\"\n[agents]\nfile = \"{c}/agents.toml\"\n\
+                 [agents]\nfile = \"{c}/agents.toml\"\n\
                  [keys]\nchannel_key_file = \"{c}/channel.key\"\n\
                  [store]\npath = \"{c}/cortex.db\"\nmaster_key_file = \"{c}/master.key\"\n\
                  [audit]\npath = \"{c}/audit.db\"\nsigning_key_file = \"{c}/audit-signing.key\"\n"

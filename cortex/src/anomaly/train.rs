@@ -141,7 +141,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let events = SyntheticHost::new(8, 10).events("db-1", 500, &[(450, Injection::CpuBurst)]);
         store
-            .append_events("db-1", &events)
+            .append_events("db-1", qsc_event::Source::Alpha, &events)
             .unwrap_or_else(|e| panic!("{e}"));
         let config = config(dir.path());
 
@@ -172,7 +172,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let events = SyntheticHost::new(9, 10).events("db-2", 400, &[]);
         store
-            .append_events("db-2", &events)
+            .append_events("db-2", qsc_event::Source::Alpha, &events)
             .unwrap_or_else(|e| panic!("{e}"));
         store
             .put_incident(&Incident {
@@ -209,7 +209,7 @@ mod tests {
             events[i].time_ns = events[i - 1].time_ns;
         }
         store
-            .append_events("h", &events)
+            .append_events("h", qsc_event::Source::Alpha, &events)
             .unwrap_or_else(|e| panic!("{e}"));
         let samples =
             host_metrics("h", 0, u64::MAX / 2, &store, 7).unwrap_or_else(|e| panic!("{e}"));
@@ -218,7 +218,7 @@ mod tests {
         let mut crowded = SyntheticHost::new(4, 10).events("c", 10, &[]);
         crowded.iter_mut().for_each(|e| e.time_ns = 1_000);
         store
-            .append_events("c", &crowded)
+            .append_events("c", qsc_event::Source::Alpha, &crowded)
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(
             host_metrics("c", 0, u64::MAX / 2, &store, 3),
@@ -236,7 +236,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let events = SyntheticHost::new(8, 10).events("db-1", 20, &[]);
         store
-            .append_events("db-1", &events)
+            .append_events("db-1", qsc_event::Source::Alpha, &events)
             .unwrap_or_else(|e| panic!("{e}"));
         let result = train("db-1", 0, u64::MAX / 2, &store, &config(dir.path()));
         assert!(matches!(

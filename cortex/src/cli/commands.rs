@@ -13,9 +13,10 @@ use cortex::store::key_file::{create_key_file, read_key_file};
 use cortex::store::{EventQuery, IncidentQuery, open_store};
 use qsc_channel::keys::StaticKeypair;
 
+use super::baseline;
 use super::{
-    AgentsAction, AuditAction, Cli, Command, ConfigAction, EventSearch, EventsAction,
-    IncidentsAction,
+    AgentsAction, AuditAction, BaselineAction, Cli, Command, ConfigAction, EventSearch,
+    EventsAction, IncidentsAction,
 };
 
 /// Runs a tool subcommand (`serve` is handled by `main`).
@@ -41,6 +42,12 @@ pub fn run_tool(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Config {
             action: ConfigAction::Check,
         } => config_check(&cli.config),
+        Command::Baseline {
+            action: BaselineAction::Train { host, since, until },
+        } => baseline::train(&load_config(&cli.config)?, host, *since, *until),
+        Command::Baseline {
+            action: BaselineAction::Show { host, json },
+        } => baseline::show(&load_config(&cli.config)?, host, *json),
     }
 }
 

@@ -1,11 +1,15 @@
 //! The `cortex` command line: the service (`serve`) and the operator tools around it.
 
+mod baseline;
 mod commands;
+mod when;
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use qsc_event::Source;
+
+pub use when::When;
 
 pub use commands::run_tool;
 
@@ -89,6 +93,50 @@ pub enum Command {
     Config {
         #[command(subcommand)]
         action: ConfigAction,
+    },
+    /// Train and inspect the per-host anomaly baselines ([anomaly] models_dir).
+    ///
+    /// `cortex serve` learns each host's baseline by itself (first model after [anomaly]
+    /// learning_period_s, retrained every retrain_every_s). Use `train` to build or rebuild a
+    /// model from the host_metrics samples already in the store, e.g. after a deployment changed
+    /// what normal looks like.
+    Baseline {
+        #[command(subcommand)]
+        action: BaselineAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BaselineAction {
+    /// Train a host's model from its stored host_metrics samples and save it as the next version.
+    ///
+    /// Windows overlapping any of the host's stored incidents are left out, so an attack is never
+    /// learnt as normal; at least 256 windows must remain. A running cortex loads a host's model
+    /// when it first sees the host: restart it to score with a model trained here.
+    ///
+    /// Times are a duration before now (`90m`, `12h`, `7d`, `2w`, `1d12h`), an RFC 3339
+    /// timestamp (`2026-11-16T00:00:00Z`), or ns since the Unix epoch.
+    #[command(
+        after_help = "Example:\n  cortex --config /etc/qsc/cortex.toml baseline train --host web-01 --since 7d"
+    )]
+    Train {
+        /// The host id whose samples to train on.
+        #[arg(long)]
+        host: String,
+        /// Start of the training span (inclusive).
+        #[arg(long, value_name = "DURATION_OR_TIMESTAMP")]
+        since: When,
+        /// End of the training span (exclusive); default now.
+        #[arg(long, value_name = "DURATION_OR_TIMESTAMP")]
+        until: Option<When>,
+    },
+    /// Print a host's current model: version, training span, windows, features.
+    Show {
+        #[arg(long)]
+        host: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -223,5 +271,30 @@ mod tests {
                 }
             }
         ));
+        let cli = Cli::try_parse_from([
+            "cortex", "baseline", "train", "--host", "web-01", "--since", "7d",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Baseline {
+                action: BaselineAction::Train {
+                    since: When::Ago(_),
+                    until: None,
+                    ..
+                }
+            }
+        ));
+        let bad = Cli::try_parse_from([
+            "cortex",
+            "baseline",
+            "train",
+            "--host",
+            "h",
+            "--since",
+            "yesterday",
+        ]);
+        let error = bad.unwrap_err().to_string();
+        assert!(error.contains("yesterday"), "{error}");
     }
 }

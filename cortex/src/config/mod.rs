@@ -8,6 +8,7 @@ use std::time::Duration;
 use qsc_channel::transport::TransportConfig;
 use serde::Deserialize;
 
+use crate::anomaly::{AnomalyConfig, AnomalyError};
 use crate::audit::{AuditConfig, AuditError};
 use crate::score::ScoreConfig;
 use crate::score::config::ScoreConfigError;
@@ -30,6 +31,7 @@ pub struct CortexConfig {
     pub store: StoreConfig,
     pub score: ScoreConfig,
     pub audit: AuditConfig,
+    pub anomaly: AnomalyConfig,
 }
 
 /// `[listen]`: the agent channel.
@@ -46,7 +48,6 @@ pub struct ListenConfig {
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IngestConfig {
-    pub cursor_file: PathBuf,
     pub max_event_bytes: usize,
     pub max_past_s: u64,
     pub max_future_s: u64,
@@ -105,7 +106,6 @@ impl Default for ListenConfig {
 impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
-            cursor_file: PathBuf::from("/var/lib/qsc/ingest-cursors.db"),
             max_event_bytes: 64 << 10,
             max_past_s: 7 * 86_400,
             max_future_s: 300,
@@ -177,6 +177,9 @@ pub enum ConfigError {
     Score(#[from] ScoreConfigError),
     #[error("[audit] {0}")]
     Audit(#[from] AuditError),
+    /// The anomaly error names its own `[anomaly]` key.
+    #[error(transparent)]
+    Anomaly(#[from] AnomalyError),
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -215,7 +218,6 @@ impl CortexConfig {
             ("agents.file", &self.agents.file),
             ("api.token_file", &self.api.token_file),
             ("keys.channel_key_file", &self.keys.channel_key_file),
-            ("ingest.cursor_file", &self.ingest.cursor_file),
         ] {
             if path.as_os_str().is_empty() {
                 return Err(invalid(key, "must not be empty"));
@@ -224,6 +226,7 @@ impl CortexConfig {
         self.store.validate()?;
         self.score.validate()?;
         self.audit.validate()?;
+        self.anomaly.validate()?;
         Ok(())
     }
 
@@ -342,6 +345,11 @@ mod tests {
         let mut config = CortexConfig::default();
         config.pipeline.queue_batches = 0;
         assert!(config.validate().is_err());
+        let mut config = CortexConfig::default();
+        config.anomaly.learning_period_s = 60;
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("[anomaly] learning_period_s"), "{error}");
+        assert!(toml::from_str::<CortexConfig>("[anomaly]\nwindow = 10").is_err());
     }
 
     #[test]

@@ -111,6 +111,11 @@ impl NodeStates {
         NodeStates { audit, hosts }
     }
 
+    /// The audit chain the transitions go to, for other decisions the pipeline records.
+    pub fn audit(&self) -> Arc<dyn AuditSink> {
+        self.audit.clone()
+    }
+
     pub fn state(&self, host: &str) -> NodeState {
         self.hosts.get(host).map_or(NodeState::Nominal, |r| r.state)
     }

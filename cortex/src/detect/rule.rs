@@ -13,8 +13,11 @@ use super::fields::{Category, FieldLookup, FieldView, lookup_field};
 use super::needles::{NeedleHits, NeedleRegistry};
 use super::value::{ValueTest, compile_entry};
 
-/// Sigma severity levels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+/// Sigma rule `level`: the severity a rule's author gives it. Detection reads it from rules;
+/// scoring turns it into a default likelihood ratio.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Level {
     Informational,

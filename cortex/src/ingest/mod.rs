@@ -1,10 +1,16 @@
 //! Ingest: the qsc-channel server. Each agent session gets an [`IngestSink`] that validates
-//! every delivered event against the agent's enrolled host and source, stores the batch durably
-//! (the channel acknowledges it only after `store` returns), and hands the stored events to the
-//! detection pipeline.
+//! every delivered event against the agent's enrolled host and source, hands the validated
+//! events to the detection pipeline at once, and stores them durably in parallel (the channel
+//! acknowledges a batch only after `store` returns, so delivery stays exactly-once).
+//!
+//! Decisions therefore never wait for the disk. An event decided on but not yet durable when
+//! the cortex dies is re-delivered by its agent and decided on again by the new process; within
+//! one process the pipeline ignores re-deliveries (see [`crate::pipeline`]).
+//!
+//! The store keys events by `(host, agent, seq)` with the agent's own delivery seq, so where an
+//! agent resumes is simply the highest seq the store holds for it.
 
 pub mod agents;
-pub mod sequence;
 pub mod validate;
 
 use std::collections::HashMap;
@@ -23,12 +29,15 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use self::agents::{AgentsFile, AgentsFileError, Binding};
-use self::sequence::{CursorError, Cursors, stored_seq};
 use self::validate::{Limits, rejection_event, validate_event};
 use crate::audit::{AuditEntry, AuditKind, AuditSink};
 use crate::metrics::Metrics;
 use crate::pipeline::{Batch, PipelineSender};
-use crate::store::Store;
+use crate::store::{PendingWrite, Store};
+
+/// Events validated per step. Each step goes to detection and to the store's writer while the
+/// next one is decoded, so decoding, analysis and the disk overlap even within one agent batch.
+const INGEST_CHUNK: usize = 512;
 
 /// The enrolled agents as the running service sees them; reloaded when the file changes.
 #[derive(Clone)]
@@ -144,15 +153,12 @@ pub enum IngestError {
     SeqOutOfRange { host_id: String, seq: u64 },
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
-    #[error(transparent)]
-    Cursor(#[from] CursorError),
 }
 
 /// The cortex side of every agent session.
 #[derive(Clone)]
 pub struct IngestSink {
     store: Arc<dyn Store>,
-    cursors: Arc<Cursors>,
     directory: AgentDirectory,
     limits: Limits,
     metrics: Arc<Metrics>,
@@ -162,7 +168,6 @@ pub struct IngestSink {
 impl IngestSink {
     pub fn new(
         store: Arc<dyn Store>,
-        cursors: Arc<Cursors>,
         directory: AgentDirectory,
         limits: Limits,
         metrics: Arc<Metrics>,
@@ -170,7 +175,6 @@ impl IngestSink {
     ) -> Self {
         IngestSink {
             store,
-            cursors,
             directory,
             limits,
             metrics,
@@ -186,20 +190,27 @@ impl IngestSink {
             })
     }
 
-    fn stored_seq(&self, agent: &Binding, delivery_seq: u64) -> Result<u64, IngestError> {
-        stored_seq(agent.source, delivery_seq).ok_or_else(|| IngestError::SeqOutOfRange {
-            host_id: agent.host_id.clone(),
-            seq: delivery_seq,
-        })
+    /// Refuses delivery seqs beyond what the store can key (SQLite integers are signed).
+    fn check_seq_range(&self, agent: &Binding, last_seq: u64) -> Result<(), IngestError> {
+        if last_seq > i64::MAX as u64 {
+            return Err(IngestError::SeqOutOfRange {
+                host_id: agent.host_id.clone(),
+                seq: last_seq,
+            });
+        }
+        Ok(())
     }
 
-    /// Where the agent resumes: the last delivery seq stored for it.
+    /// Where the agent resumes: the highest delivery seq stored for it.
     pub fn delivered(&self, agent: &Binding) -> Result<u64, IngestError> {
-        Ok(self.cursors.delivered(&agent.host_id, agent.source)?)
+        Ok(self
+            .store
+            .highest_seq(&agent.host_id, agent.source)?
+            .unwrap_or(0))
     }
 
-    /// Validates, stores and forwards one batch of delivery seqs `first_seq..`; returns once
-    /// it is durable.
+    /// Validates delivery seqs `first_seq..` chunk by chunk; each chunk goes to detection and
+    /// to the store at once. Returns once the whole batch is durable.
     pub fn ingest_batch(
         &self,
         agent: &Binding,
@@ -208,43 +219,53 @@ impl IngestSink {
     ) -> Result<(), IngestError> {
         let arrived = Instant::now();
         let now = now_ns();
+        let Some(count) = u64::try_from(events.len()).ok().filter(|n| *n > 0) else {
+            return Ok(());
+        };
+        self.check_seq_range(agent, first_seq.saturating_add(count - 1))?;
         self.metrics
             .events_received
-            .fetch_add(events.len() as u64, Ordering::Relaxed);
-        let mut checked: Vec<Event> = Vec::with_capacity(events.len());
-        for (bytes, delivery_seq) in events.iter().zip(first_seq..) {
-            let seq = self.stored_seq(agent, delivery_seq)?;
-            checked.push(self.check(agent, seq, bytes, now));
+            .fetch_add(count, Ordering::Relaxed);
+        let mut pending: Vec<PendingWrite> = Vec::new();
+        for (index, chunk) in events.chunks(INGEST_CHUNK).enumerate() {
+            let chunk_first = first_seq + (index * INGEST_CHUNK) as u64;
+            let checked: Arc<[Event]> = chunk
+                .iter()
+                .zip(chunk_first..)
+                .map(|(bytes, seq)| self.check(agent, seq, bytes, now))
+                .collect();
+            self.pipeline.submit(Batch::new(
+                &agent.host_id,
+                agent.source,
+                checked.clone(),
+                arrived,
+            ));
+            let append = self
+                .store
+                .submit_events(&agent.host_id, agent.source, &checked);
+            pending.push(self.count_store_error(append)?);
         }
-        let outcome = self
-            .store
-            .append_events(&agent.host_id, &checked)
-            .inspect_err(|_| {
-                self.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
-            })?;
-        let last = first_seq + events.len().saturating_sub(1) as u64;
-        self.cursors.advance(&agent.host_id, agent.source, last)?;
+        for append in pending {
+            let outcome = self.count_store_error(append.wait())?;
+            self.metrics
+                .events_stored
+                .fetch_add(outcome.inserted, Ordering::Relaxed);
+            self.metrics
+                .events_duplicate
+                .fetch_add(outcome.duplicates.len() as u64, Ordering::Relaxed);
+        }
         self.metrics.store_latency.observe(arrived.elapsed());
-        self.metrics
-            .events_stored
-            .fetch_add(outcome.inserted, Ordering::Relaxed);
-        self.metrics
-            .events_duplicate
-            .fetch_add(outcome.duplicates.len() as u64, Ordering::Relaxed);
-        let fresh: Vec<Event> = if outcome.duplicates.is_empty() {
-            checked
-        } else {
-            checked
-                .into_iter()
-                .filter(|e| !outcome.duplicates.contains(&e.seq))
-                .collect()
-        };
-        self.pipeline.submit(Batch {
-            events: fresh,
-            arrived,
-            stored: Instant::now(),
-        });
         Ok(())
+    }
+
+    fn count_store_error<T>(
+        &self,
+        result: Result<T, crate::store::StoreError>,
+    ) -> Result<T, IngestError> {
+        result.map_err(|error| {
+            self.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+            IngestError::Store(error)
+        })
     }
 
     /// The event to store for one delivered payload: itself, or the finding about its rejection.
@@ -277,10 +298,12 @@ impl IngestSink {
             .events_lost_by_agents
             .fetch_add(lost, Ordering::Relaxed);
         tracing::warn!(host_id = %agent.host_id, first_seq, last_seq, "agent outbox dropped events");
+        self.check_seq_range(agent, last_seq)?;
+        // The finding takes the last lost seq, so the agent resumes after the gap.
         let event = Event::new(
             agent.host_id.clone(),
             Source::Cortex,
-            self.stored_seq(agent, last_seq)?,
+            last_seq,
             EventKind::EventLoss(EventLoss {
                 stage: "outbox".into(),
                 record: None,
@@ -289,15 +312,17 @@ impl IngestSink {
             }),
         );
         let arrived = Instant::now();
-        self.store
-            .append_events(&agent.host_id, std::slice::from_ref(&event))?;
-        self.cursors
-            .advance(&agent.host_id, agent.source, last_seq)?;
-        self.pipeline.submit(Batch {
-            events: vec![event],
+        let events: Arc<[Event]> = Arc::new([event]);
+        self.pipeline.submit(Batch::new(
+            &agent.host_id,
+            agent.source,
+            events.clone(),
             arrived,
-            stored: Instant::now(),
-        });
+        ));
+        let stored = self
+            .store
+            .append_events(&agent.host_id, agent.source, &events);
+        self.count_store_error(stored)?;
         Ok(())
     }
 }
@@ -393,4 +418,167 @@ pub async fn serve(
     // Acks are sent only after a batch is stored, so ending sessions here loses nothing.
     sessions.abort_all();
     while sessions.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use qsc_event::{EventKind, Heartbeat};
+
+    use super::agents::Enrollment;
+    use super::*;
+    use crate::config::IngestConfig;
+    use crate::pipeline::queue;
+    use crate::store::{EventQuery, MAX_QUERY_LIMIT, SqliteStore};
+
+    struct Harness {
+        _dir: tempfile::TempDir,
+        sink: IngestSink,
+        store: Arc<dyn Store>,
+        analysis: crossbeam_channel::Receiver<Batch>,
+    }
+
+    fn harness() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let mut agents = AgentsFile::default();
+        for (source, key) in [(Source::Alpha, 1u8), (Source::Beta, 2u8)] {
+            agents
+                .add(Enrollment {
+                    host_id: "web-01".into(),
+                    source,
+                    class: "standard".into(),
+                    public_key: hex::encode([key; 32]),
+                    revoked: false,
+                })
+                .unwrap();
+        }
+        let agents_path = dir.path().join("agents.toml");
+        agents.save(&agents_path).unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open_with_key(&dir.path().join("cortex.db"), &[7u8; 32]).unwrap(),
+        );
+        let metrics = Arc::new(Metrics::default());
+        let (sender, analysis) = queue(64, Duration::from_millis(10), metrics.clone());
+        let sink = IngestSink::new(
+            store.clone(),
+            AgentDirectory::load(agents_path).unwrap(),
+            Limits::from(&IngestConfig::default()),
+            metrics,
+            sender,
+        );
+        Harness {
+            _dir: dir,
+            sink,
+            store,
+            analysis,
+        }
+    }
+
+    fn binding(source: Source) -> Binding {
+        Binding {
+            host_id: "web-01".into(),
+            source,
+            class: "standard".into(),
+        }
+    }
+
+    fn heartbeat(source: Source) -> Vec<u8> {
+        let event = Event::new(
+            "web-01",
+            source,
+            1,
+            EventKind::Heartbeat(Heartbeat {
+                version: "test".into(),
+                uptime_s: 1,
+                active_hooks: Vec::new(),
+            }),
+        );
+        event.to_json().into_bytes()
+    }
+
+    fn ingest(harness: &Harness, source: Source, first_seq: u64, payloads: &[Vec<u8>]) {
+        let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        harness
+            .sink
+            .ingest_batch(&binding(source), first_seq, &refs)
+            .unwrap();
+    }
+
+    fn stored(harness: &Harness) -> Vec<Event> {
+        let query = EventQuery {
+            limit: MAX_QUERY_LIMIT,
+            ..Default::default()
+        };
+        harness.store.query_events(&query).unwrap()
+    }
+
+    #[test]
+    fn each_agent_of_a_host_is_stored_and_resumed_under_its_own_delivery_seqs() {
+        let harness = harness();
+        ingest(
+            &harness,
+            Source::Alpha,
+            1,
+            &vec![heartbeat(Source::Alpha); 3],
+        );
+        ingest(
+            &harness,
+            Source::Beta,
+            1,
+            &[heartbeat(Source::Beta), b"not json".to_vec()],
+        );
+        assert_eq!(harness.sink.delivered(&binding(Source::Alpha)).unwrap(), 3);
+        assert_eq!(harness.sink.delivered(&binding(Source::Beta)).unwrap(), 2);
+        let events = stored(&harness);
+        assert_eq!(events.len(), 5);
+        // The malformed payload is replaced by the cortex's finding, under beta's seq 2.
+        let finding = events.iter().find(|e| e.source == Source::Cortex).unwrap();
+        assert_eq!(finding.seq, 2);
+        assert!(matches!(finding.kind, EventKind::EventLoss(_)));
+
+        let batches: Vec<Batch> = harness.analysis.try_iter().collect();
+        let seen: Vec<(Source, Vec<u64>)> = batches
+            .iter()
+            .map(|b| (b.agent, b.events.iter().map(|e| e.seq).collect()))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![(Source::Alpha, vec![1, 2, 3]), (Source::Beta, vec![1, 2])]
+        );
+    }
+
+    #[test]
+    fn a_large_batch_goes_to_analysis_in_chunks_and_is_stored_whole() {
+        let harness = harness();
+        let total = INGEST_CHUNK * 2 + 7;
+        ingest(
+            &harness,
+            Source::Alpha,
+            1,
+            &vec![heartbeat(Source::Alpha); total],
+        );
+        assert_eq!(
+            harness.sink.delivered(&binding(Source::Alpha)).unwrap(),
+            total as u64
+        );
+        assert_eq!(stored(&harness).len(), total);
+        let sizes: Vec<usize> = harness
+            .analysis
+            .try_iter()
+            .map(|b| b.events.len())
+            .collect();
+        assert_eq!(sizes, vec![INGEST_CHUNK, INGEST_CHUNK, 7]);
+    }
+
+    #[test]
+    fn delivery_seqs_beyond_the_store_range_are_refused_before_anything_is_stored() {
+        let harness = harness();
+        let refs = [heartbeat(Source::Alpha)];
+        let refs: Vec<&[u8]> = refs.iter().map(Vec::as_slice).collect();
+        let result = harness
+            .sink
+            .ingest_batch(&binding(Source::Alpha), i64::MAX as u64 + 1, &refs);
+        assert!(matches!(result, Err(IngestError::SeqOutOfRange { .. })));
+        assert!(stored(&harness).is_empty());
+        assert!(harness.analysis.try_iter().next().is_none());
+    }
 }

@@ -41,12 +41,13 @@ fn reject(reason: RejectReason, detail: impl Into<String>) -> Rejection {
     }
 }
 
-/// Decodes and checks one delivered event. On success the event carries `stored_seq` (from the
-/// channel's delivery sequence, see [`super::sequence`]), which makes re-delivery exactly-once.
+/// Decodes and checks one delivered event. On success the event carries `delivery_seq`, the
+/// channel's sequence number for it, which keys it in the store (with the host and agent) and
+/// so makes re-delivery exactly-once.
 pub fn validate_event(
     bytes: &[u8],
     agent: &Binding,
-    stored_seq: u64,
+    delivery_seq: u64,
     limits: &Limits,
     now_ns: u64,
 ) -> Result<Event, Rejection> {
@@ -97,15 +98,16 @@ pub fn validate_event(
             format!("time_ns {} is ahead of the cortex clock", event.time_ns),
         ));
     }
-    event.seq = stored_seq;
+    event.seq = delivery_seq;
     Ok(event)
 }
 
-/// What the store keeps in place of a rejected event: a `tamper_attempt` for spoofing (an
-/// agent speaking for another host or kind) and an `event_loss` at stage `ingest` otherwise.
+/// What the store keeps in place of a rejected event (under the same delivery seq of the same
+/// agent): a `tamper_attempt` for spoofing (an agent speaking for another host or kind) and an
+/// `event_loss` at stage `ingest` otherwise.
 pub fn rejection_event(
     agent: &Binding,
-    stored_seq: u64,
+    delivery_seq: u64,
     rejection: &Rejection,
     rejected_total: u64,
     now_ns: u64,
@@ -126,7 +128,7 @@ pub fn rejection_event(
             total: rejected_total,
         })
     };
-    let mut event = Event::new(agent.host_id.clone(), Source::Cortex, stored_seq, kind);
+    let mut event = Event::new(agent.host_id.clone(), Source::Cortex, delivery_seq, kind);
     event.time_ns = now_ns;
     event
 }
@@ -173,7 +175,7 @@ mod tests {
     }
 
     #[test]
-    fn a_good_event_takes_the_stored_seq() {
+    fn a_good_event_takes_the_delivery_seq() {
         let event = validate_event(
             &auth("web-01", Source::Alpha, NOW),
             &binding(),

@@ -248,7 +248,7 @@ impl Metrics {
         self.analysis_latency.render(
             &mut out,
             "cortex_analysis_latency_seconds",
-            "Time from an event being durably stored to its decision (queue wait + analysis).",
+            "Time from an event being validated and queued to its decision (queue wait + analysis).",
         );
         out
     }

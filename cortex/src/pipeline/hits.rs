@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use qsc_event::{Event, EventKind};
 
 use crate::detect;
-use crate::score::{self, EventRef, HitEntities, Level, SourceKind};
+use crate::score::{self, EventRef, HitEntities, SourceKind};
 
 /// The scorer's view of `hit`, which `event` completed.
 pub fn score_hit(hit: &detect::RuleHit, event: &Event) -> score::RuleHit {
@@ -18,7 +18,7 @@ pub fn score_hit(hit: &detect::RuleHit, event: &Event) -> score::RuleHit {
     score::RuleHit {
         rule_id: hit.rule_id.clone(),
         title: hit.title.clone(),
-        level: level(hit.level),
+        level: hit.level,
         tags: hit.tags.clone(),
         likelihood_ratio: None,
         source: SourceKind::of(&event.kind),
@@ -32,16 +32,6 @@ fn event_ref(event: &detect::EventRef) -> EventRef {
     EventRef {
         host_id: event.host_id.clone(),
         seq: event.seq,
-    }
-}
-
-fn level(level: detect::Level) -> Level {
-    match level {
-        detect::Level::Informational => Level::Informational,
-        detect::Level::Low => Level::Low,
-        detect::Level::Medium => Level::Medium,
-        detect::Level::High => Level::High,
-        detect::Level::Critical => Level::Critical,
     }
 }
 
@@ -116,7 +106,7 @@ mod tests {
             }),
         );
         let hit = score_hit(&detect_hit(Vec::new()), &event);
-        assert_eq!(hit.level, Level::High);
+        assert_eq!(hit.level, detect::Level::High);
         assert_eq!(hit.source, SourceKind::Auth);
         assert_eq!(hit.entities.user.as_deref(), Some("deploy"));
         assert_eq!(hit.entities.remote_ip, Some(ip));

@@ -1,39 +1,69 @@
-//! The analysis pipeline after storage: a bounded queue feeds one worker thread that runs each
+//! The analysis pipeline: a bounded queue feeds one worker thread that runs each validated
 //! event through detection (Sigma rules), scoring (Bayesian fusion) and decision (node state,
 //! audited), persisting the incidents it opens or updates.
 //!
-//! One worker keeps every host's events in delivery order. When the queue stays full for
-//! `pipeline.max_block_ms` the ingest session gives up on that batch: it is already stored, so
-//! only its analysis is skipped, and the skipped events are counted.
+//! Ingest queues events as soon as they are validated, while they are being stored, so a
+//! decision never waits for the disk. One worker keeps every host's events in delivery order.
+//! When the queue stays full for `pipeline.max_block_ms` the ingest session gives up on that
+//! batch: it is stored all the same, only its analysis is skipped, and the skipped events are
+//! counted.
+//!
+//! Analysis is idempotent per `(host, agent, seq)`: a batch whose store commit failed is
+//! re-delivered by its agent, and the worker skips every event at or below the highest seq it
+//! has already analysed for that agent, so no rule or correlation counts an event twice.
 
+pub mod anomaly;
 pub mod hits;
 pub mod rules;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, SendTimeoutError, Sender};
-use qsc_event::{Event, now_ns};
+use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
+use qsc_event::{Event, EventKind, Source, now_ns};
+use serde_json::json;
+
+use crate::audit::{AuditEntry, AuditKind, AuditSink};
 
 use crate::decide::NodeStates;
 use crate::detect::Engine;
 use crate::metrics::Metrics;
 use crate::score::{Fusion, Incident, IncidentStatus, Severity};
-use crate::store::{IncidentQuery, MAX_QUERY_LIMIT, Store, StoreError};
+use crate::store::{IncidentQuery, MAX_QUERY_LIMIT, PendingWrite, Store, StoreError};
 
 /// Batches between two prunes of the scorer's expired evidence.
 const PRUNE_EVERY_BATCHES: u64 = 1024;
+/// How often an idle worker looks whether its incident writes are durable.
+const SETTLE_POLL: Duration = Duration::from_millis(1);
 
-/// Stored events of one agent batch, in delivery order.
+/// Validated events of one agent, in delivery order.
 #[derive(Debug)]
 pub struct Batch {
-    pub events: Vec<Event>,
+    pub host_id: String,
+    /// The agent whose delivery sequence the events' seqs are in (events the cortex made in
+    /// place of a delivered one have source `cortex` but keep the agent's seq).
+    pub agent: Source,
+    /// Shared with the store, which encrypts them while the worker analyses them.
+    pub events: Arc<[Event]>,
     /// When the batch reached ingest: the start of the decision latency.
     pub arrived: Instant,
-    /// When the batch was durable: the start of the analysis latency.
-    pub stored: Instant,
+    /// When the batch was queued for analysis: the start of the analysis latency.
+    pub queued: Instant,
+}
+
+impl Batch {
+    /// Events `agent` of `host_id` delivered, arrived at ingest at `arrived`, queued now.
+    pub fn new(host_id: &str, agent: Source, events: Arc<[Event]>, arrived: Instant) -> Self {
+        Batch {
+            host_id: host_id.to_owned(),
+            agent,
+            events,
+            arrived,
+            queued: Instant::now(),
+        }
+    }
 }
 
 /// The ingest side of the bounded queue.
@@ -92,11 +122,20 @@ pub struct Pipeline {
     engine: Engine,
     fusion: Fusion,
     nodes: Arc<Mutex<NodeStates>>,
+    audit: Arc<dyn AuditSink>,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     /// Current severity of every incident this cortex has seen, for the metrics.
     severities: HashMap<String, Severity>,
+    /// Highest seq analysed per (host, agent): re-deliveries at or below it are skipped.
+    analysed: HashMap<(String, Source), u64>,
+    /// Decided batches whose incident writes are not yet durable, oldest first, with their
+    /// event counts: the worker goes on deciding meanwhile, and the events count as analysed
+    /// once their incidents are stored.
+    unsettled: VecDeque<(Vec<PendingWrite>, u64)>,
     batches: u64,
+    /// The host anomaly baselines, when attached with `with_anomaly`.
+    anomaly: Option<anomaly::AnomalyStage>,
 }
 
 impl Pipeline {
@@ -118,33 +157,60 @@ impl Pipeline {
         for severity in severities.values() {
             metrics.incident_severity(None, *severity);
         }
+        let audit = nodes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .audit();
         Ok(Pipeline {
             engine,
             fusion,
             nodes,
+            audit,
             store,
             metrics,
             severities,
+            analysed: HashMap::new(),
+            unsettled: VecDeque::new(),
             batches: 0,
+            anomaly: None,
         })
     }
 
-    /// Processes batches until every sender is gone.
+    /// Processes batches until every sender is gone, then waits for its last writes.
     pub fn run(mut self, rx: Receiver<Batch>) {
-        while let Ok(batch) = rx.recv() {
+        loop {
+            let next = if self.unsettled.is_empty() {
+                rx.recv().ok()
+            } else {
+                match rx.recv_timeout(SETTLE_POLL) {
+                    Ok(batch) => Some(batch),
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.settle(false);
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => None,
+                }
+            };
+            let Some(batch) = next else {
+                break;
+            };
             self.metrics
                 .queue_depth_events
                 .fetch_sub(batch.events.len() as u64, Ordering::Relaxed);
             self.process(batch);
         }
+        self.settle(true);
         tracing::info!("detection pipeline drained and stopped");
     }
 
-    /// Detects, scores and decides on each event of the batch, then persists the incidents the
-    /// batch touched (once each, in their latest form).
+    /// Detects, scores and decides on each event of the batch not analysed before, then
+    /// queues the writes of the incidents the batch touched (once each, in their latest form)
+    /// without waiting for the disk.
     pub fn process(&mut self, batch: Batch) {
         let mut touched: Vec<Incident> = Vec::new();
-        for event in &batch.events {
+        let fresh = self.fresh_events(&batch);
+        for event in fresh {
+            self.audit_agent_action(event);
             for hit in self.engine.evaluate(event) {
                 self.metrics.rule_hits.fetch_add(1, Ordering::Relaxed);
                 match self.fusion.observe_hit(&hits::score_hit(&hit, event)) {
@@ -158,24 +224,105 @@ impl Pipeline {
                 }
             }
         }
-        for incident in &touched {
-            if let Err(error) = self.store.put_incident(incident) {
-                self.error("persisting an incident", &error);
-            }
-        }
+        self.anomaly_step(fresh, &mut touched);
+        // Every event of the batch is decided on now; persisting the incidents comes after.
         let count = batch.events.len() as u64;
-        self.metrics
-            .events_analysed
-            .fetch_add(count, Ordering::Relaxed);
         self.metrics
             .decision_latency
             .observe_n(batch.arrived.elapsed(), count);
         self.metrics
             .analysis_latency
-            .observe_n(batch.stored.elapsed(), count);
+            .observe_n(batch.queued.elapsed(), count);
+        let mut writes = Vec::with_capacity(touched.len());
+        for incident in &touched {
+            match self.store.submit_incident(incident) {
+                Ok(write) => writes.push(write),
+                Err(error) => self.error("persisting an incident", &error),
+            }
+        }
+        self.unsettled.push_back((writes, count));
+        self.settle(false);
         self.batches += 1;
         if self.batches.is_multiple_of(PRUNE_EVERY_BATCHES) {
             self.fusion.prune(now_ns());
+        }
+    }
+
+    /// Counts the events of the oldest batches whose incident writes are over as analysed;
+    /// with `wait`, waits for all of them.
+    fn settle(&mut self, wait: bool) {
+        while let Some((writes, count)) = self.unsettled.front_mut() {
+            let mut failures = Vec::new();
+            writes.retain(|write| match write.try_wait() {
+                None => true,
+                Some(Ok(_)) => false,
+                Some(Err(error)) => {
+                    failures.push(error);
+                    false
+                }
+            });
+            let (open, count) = (writes.len(), *count);
+            for error in failures {
+                self.error("persisting an incident", &error);
+            }
+            if open > 0 && !wait {
+                return;
+            }
+            if let Some((writes, _)) = self.unsettled.pop_front() {
+                for write in writes {
+                    if let Err(error) = write.wait() {
+                        self.error("persisting an incident", &error);
+                    }
+                }
+            }
+            self.metrics
+                .events_analysed
+                .fetch_add(count, Ordering::Relaxed);
+        }
+    }
+
+    /// The events of `batch` above the highest seq already analysed for its agent; advances
+    /// that mark.
+    fn fresh_events<'b>(&mut self, batch: &'b Batch) -> &'b [Event] {
+        let mark = self
+            .analysed
+            .entry((batch.host_id.clone(), batch.agent))
+            .or_insert(0);
+        let skip = batch.events.iter().take_while(|e| e.seq <= *mark).count();
+        if let Some(last) = batch.events.last() {
+            *mark = (*mark).max(last.seq);
+        }
+        if skip > 0 {
+            tracing::debug!(
+                host_id = %batch.host_id,
+                agent = ?batch.agent,
+                skip,
+                "re-delivered events already analysed"
+            );
+        }
+        &batch.events[skip..]
+    }
+
+    /// Actions an agent took on its own (guardian-beta's auto-heal) go into the audit chain
+    /// like the cortex's own actions.
+    fn audit_agent_action(&self, event: &Event) {
+        let (EventKind::HealDone(heal) | EventKind::HealFailed(heal)) = &event.kind else {
+            return;
+        };
+        let entry = AuditEntry {
+            kind: AuditKind::Action,
+            actor: format!("agent:guardian-beta@{}", event.host_id),
+            body: json!({
+                "action": event.kind.name(),
+                "host": event.host_id,
+                "seq": event.seq,
+                "path": heal.path,
+                "hash": heal.hash,
+                "error": heal.error,
+            }),
+        };
+        if let Err(error) = self.audit.record(entry) {
+            self.error("auditing an agent action", &error);
         }
     }
 
@@ -219,5 +366,131 @@ impl Pipeline {
     fn error(&self, what: &str, error: &dyn std::error::Error) {
         self.metrics.pipeline_errors.fetch_add(1, Ordering::Relaxed);
         tracing::error!(%error, "pipeline failed {what}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use qsc_event::{AuthAttempt, EventKind};
+    use zeroize::Zeroizing;
+
+    use super::*;
+    use crate::audit::AuditLog;
+    use crate::config::DetectConfig;
+    use crate::score::ScoreConfig;
+    use crate::store::SqliteStore;
+
+    fn pipeline(dir: &std::path::Path) -> (Pipeline, Arc<Metrics>) {
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open_with_key(&dir.join("cortex.db"), &[7u8; 32]).unwrap());
+        let audit =
+            AuditLog::open_with_key(&dir.join("audit.db"), &Zeroizing::new([9u8; 32]), 64).unwrap();
+        let nodes = Arc::new(Mutex::new(NodeStates::new(Arc::new(audit), Vec::new())));
+        let (engine, _) = rules::load_engine(&DetectConfig::default()).unwrap();
+        let fusion = Fusion::new(ScoreConfig::default()).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let pipeline = Pipeline::new(engine, fusion, nodes, store, metrics.clone()).unwrap();
+        (pipeline, metrics)
+    }
+
+    fn failed_login(source: Source, seq: u64) -> Event {
+        Event::new(
+            "web-01",
+            source,
+            seq,
+            EventKind::AuthFailure(AuthAttempt {
+                user: "root".into(),
+                remote_ip: Some(IpAddr::from([203, 0, 113, 7])),
+                service: "sshd".into(),
+                detail: None,
+            }),
+        )
+    }
+
+    fn batch(source: Source, seqs: std::ops::RangeInclusive<u64>) -> Batch {
+        let events: Arc<[Event]> = seqs.map(|seq| failed_login(source, seq)).collect();
+        Batch::new("web-01", source, events, Instant::now())
+    }
+
+    fn hits(metrics: &Metrics) -> u64 {
+        metrics.rule_hits.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn re_delivered_events_are_not_counted_twice_by_rules_or_correlations() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut pipeline, metrics) = pipeline(dir.path());
+        // Five failed logins within 5 min from one address complete the
+        // `qsc-auth-failures-burst` correlation (its building block reports nothing itself).
+        pipeline.process(batch(Source::Alpha, 1..=3));
+        // Seqs 1..=3 again (their commit failed, the agent re-sent them) and a new seq 4:
+        // four distinct failures, so no burst yet.
+        pipeline.process(batch(Source::Alpha, 1..=4));
+        assert_eq!(hits(&metrics), 0);
+        pipeline.process(batch(Source::Alpha, 5..=5));
+        assert!(hits(&metrics) >= 1, "the fifth failure completes the burst");
+        pipeline.settle(true);
+        assert_eq!(metrics.events_analysed.load(Ordering::Relaxed), 3 + 4 + 1);
+    }
+
+    #[test]
+    fn an_agent_heal_goes_into_the_audit_chain_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut pipeline, _) = pipeline(dir.path());
+        let heal = Event::new(
+            "web-01",
+            Source::Beta,
+            1,
+            EventKind::HealDone(qsc_event::Heal {
+                path: "/etc/app.conf".into(),
+                hash: Some("abc".into()),
+                error: None,
+            }),
+        );
+        let events: Arc<[Event]> = vec![heal].into();
+        pipeline.process(Batch::new(
+            "web-01",
+            Source::Beta,
+            events.clone(),
+            Instant::now(),
+        ));
+        // Re-delivered after a lost ack: not audited twice.
+        pipeline.process(Batch::new("web-01", Source::Beta, events, Instant::now()));
+        let audit =
+            AuditLog::open_with_key(&dir.path().join("audit.db"), &Zeroizing::new([9u8; 32]), 64)
+                .unwrap();
+        let records = audit.records(0, u64::MAX).unwrap();
+        let heals: Vec<_> = records.iter().filter(|r| r.kind == "action").collect();
+        assert_eq!(heals.len(), 1, "{records:?}");
+        assert_eq!(heals[0].actor, "agent:guardian-beta@web-01");
+        let body: serde_json::Value = serde_json::from_str(&heals[0].body).unwrap();
+        assert_eq!(body["path"], "/etc/app.conf");
+        assert_eq!(body["action"], "heal_done");
+    }
+
+    #[test]
+    fn the_agents_of_a_host_have_their_own_analysis_marks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut pipeline, metrics) = pipeline(dir.path());
+        // Three failures reported by alpha and two by beta under the same seqs: five distinct
+        // events, which complete the burst.
+        pipeline.process(batch(Source::Alpha, 1..=3));
+        pipeline.process(batch(Source::Beta, 1..=2));
+        assert!(hits(&metrics) >= 1);
+    }
+
+    #[test]
+    fn the_worker_analyses_everything_queued_before_it_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pipeline, metrics) = pipeline(dir.path());
+        let (sender, queue) = queue(8, Duration::from_secs(1), metrics.clone());
+        let worker = std::thread::spawn(move || pipeline.run(queue));
+        sender.submit(batch(Source::Alpha, 1..=10));
+        drop(sender);
+        worker.join().unwrap();
+        assert_eq!(metrics.events_analysed.load(Ordering::Relaxed), 10);
+        assert!(hits(&metrics) >= 1, "the burst correlation fired");
     }
 }

@@ -6,16 +6,7 @@ use std::net::IpAddr;
 use qsc_event::EventKind;
 use serde::{Deserialize, Serialize};
 
-/// Sigma rule `level`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Level {
-    Informational,
-    Low,
-    Medium,
-    High,
-    Critical,
-}
+pub use crate::detect::Level;
 
 /// Which family of sensor evidence came from; shown in incidents and used by the classifier.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

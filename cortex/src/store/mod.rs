@@ -3,15 +3,20 @@
 //! The trait is synchronous and object-safe: the embedded [`SqliteStore`] is the default, and a
 //! PostgreSQL implementation can be added as another `[store] backend` without touching callers.
 //! Async callers run it on a blocking thread (`tokio::task::spawn_blocking`).
+//!
+//! Events are keyed by `(host, agent, seq)`: each agent of a host (guardian-alpha,
+//! guardian-beta) has its own gap-free delivery sequence, and re-delivery of a stored key is
+//! ignored, which makes delivery exactly-once.
 
 pub mod cipher;
 pub mod config;
 pub mod key_file;
 pub mod sqlite;
+mod writer;
 
 use std::path::PathBuf;
 
-use qsc_event::{Event, EventError};
+use qsc_event::{Event, EventError, Source};
 
 use crate::decide::NodeStateRecord;
 use crate::score::{Incident, IncidentStatus, Severity};
@@ -67,7 +72,7 @@ impl Default for IncidentQuery {
     }
 }
 
-/// What an append did. Re-delivered events (same host and seq) are not stored twice.
+/// What an append did. Re-delivered events (same host, agent and seq) are not stored twice.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AppendOutcome {
     pub inserted: u64,
@@ -93,16 +98,69 @@ pub struct RetentionReport {
     pub remaining_bytes: u64,
 }
 
+/// A write on its way to the disk; [`PendingWrite::wait`] returns once it is durable.
+#[must_use = "a write is only known to be durable once `wait` returns Ok"]
+pub struct PendingWrite {
+    reply: crossbeam_channel::Receiver<Result<AppendOutcome, StoreError>>,
+}
+
+impl PendingWrite {
+    pub(crate) fn new(
+        reply: crossbeam_channel::Receiver<Result<AppendOutcome, StoreError>>,
+    ) -> Self {
+        PendingWrite { reply }
+    }
+
+    /// Blocks until the write is committed (or the commit failed). Only event appends report
+    /// a non-empty outcome.
+    pub fn wait(self) -> Result<AppendOutcome, StoreError> {
+        self.reply.recv().map_err(|_| StoreError::WriterStopped)?
+    }
+
+    /// The result if the commit is over, without blocking.
+    pub fn try_wait(&self) -> Option<Result<AppendOutcome, StoreError>> {
+        match self.reply.try_recv() {
+            Ok(result) => Some(result),
+            Err(crossbeam_channel::TryRecvError::Empty) => None,
+            Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                Some(Err(StoreError::WriterStopped))
+            }
+        }
+    }
+}
+
 pub trait Store: Send + Sync {
-    /// Stores a batch of events from `host_id` and returns only once it is durable. Nothing is
-    /// stored if any event is invalid or belongs to another host.
-    fn append_events(&self, host_id: &str, events: &[Event]) -> Result<AppendOutcome, StoreError>;
-    /// Highest seq ever stored for the host (kept even after retention deleted the events).
-    fn highest_seq(&self, host_id: &str) -> Result<Option<u64>, StoreError>;
+    /// Validates, encrypts and queues a batch of events that `agent` of `host_id` delivered,
+    /// without waiting for the disk. Each event's seq is in that agent's delivery sequence;
+    /// events the cortex made in place of a delivered one (source `cortex`) are allowed.
+    /// Nothing is queued if any event is invalid or belongs to another host or agent. Batches
+    /// are committed in the order they were submitted, possibly several in one transaction.
+    fn submit_events(
+        &self,
+        host_id: &str,
+        agent: Source,
+        events: &[Event],
+    ) -> Result<PendingWrite, StoreError>;
+    /// [`Store::submit_events`] and wait until the batch is durable.
+    fn append_events(
+        &self,
+        host_id: &str,
+        agent: Source,
+        events: &[Event],
+    ) -> Result<AppendOutcome, StoreError> {
+        self.submit_events(host_id, agent, events)?.wait()
+    }
+    /// Highest seq ever stored for the agent of the host (kept even after retention deleted
+    /// the events): where the agent's delivery resumes.
+    fn highest_seq(&self, host_id: &str, agent: Source) -> Result<Option<u64>, StoreError>;
     /// Events by time, oldest first.
     fn query_events(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError>;
-    /// Inserts or replaces an incident by id.
-    fn put_incident(&self, incident: &Incident) -> Result<(), StoreError>;
+    /// Queues an insert-or-replace of an incident by id, without waiting for the disk.
+    fn submit_incident(&self, incident: &Incident) -> Result<PendingWrite, StoreError>;
+    /// Inserts or replaces an incident by id; returns once it is durable.
+    fn put_incident(&self, incident: &Incident) -> Result<(), StoreError> {
+        self.submit_incident(incident)?.wait().map(|_| ())
+    }
     fn incident(&self, id: &str) -> Result<Option<Incident>, StoreError>;
     /// Incidents, most recently updated first.
     fn incidents(&self, query: &IncidentQuery) -> Result<Vec<Incident>, StoreError>;
@@ -147,6 +205,23 @@ pub enum StoreError {
     JournalMode { mode: String },
     #[error("store schema version {found} is newer than this build supports ({supported})")]
     SchemaVersion { found: i64, supported: i64 },
+    #[error(
+        "store {path} has schema version {found}, written by a pre-release build that keyed \
+         events by (host, seq) only; move it aside and let the agents re-deliver"
+    )]
+    ObsoleteSchema { path: PathBuf, found: i64 },
+    #[error("event seq {seq} has source {found:?} but the batch is for agent {expected:?}")]
+    AgentMismatch {
+        expected: Source,
+        found: Source,
+        seq: u64,
+    },
+    #[error("cannot start a store thread: {0}")]
+    Thread(String),
+    #[error("the store's writer thread has stopped")]
+    WriterStopped,
+    #[error("committing a group of store writes failed: {0}")]
+    GroupCommit(String),
     #[error("event seq {seq} names host `{found}` but the batch is for host `{expected}`")]
     HostMismatch {
         expected: String,

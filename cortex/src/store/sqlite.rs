@@ -1,28 +1,33 @@
 //! The embedded SQLite store.
 //!
 //! WAL journal with `synchronous=FULL`: a commit returns after the WAL is fsynced, so an
-//! acknowledged batch survives a crash or power loss. Events keep only the columns queries need
-//! in plaintext (`host`, `seq`, `time_ns`, `kind`); the event JSON is sealed with AES-256-GCM
-//! (see [`super::cipher`]). `UNIQUE (host, seq)` with `INSERT OR IGNORE` makes re-delivery
-//! idempotent. A key-check value sealed at creation lets a wrong master key fail at open time.
+//! acknowledged batch survives a crash or power loss. Writes go through one writer thread that
+//! commits whatever is queued as one group (see [`super::writer`]); reads use their own
+//! connection and never wait for a commit. Events keep only the columns queries need in
+//! plaintext (`host`, `agent`, `seq`, `time_ns`, `kind`); the event JSON is sealed with
+//! AES-256-GCM (see [`super::cipher`]) by the submitting thread, outside the writer.
+//! `UNIQUE (host, agent, seq)` with `INSERT OR IGNORE` makes re-delivery idempotent. A
+//! key-check value sealed at creation lets a wrong master key fail at open time.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use qsc_event::Event;
+use qsc_event::{Event, Source};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
-use super::cipher::PayloadCipher;
+use super::cipher::{PayloadCipher, RowKey, random_nonces};
 use super::key_file::{KEY_LEN, read_key_file};
+use super::writer::{IncidentRow, SealedRow, Write, Writer};
 use super::{
-    AppendOutcome, EventQuery, IncidentQuery, MAX_QUERY_LIMIT, RetentionPolicy, RetentionReport,
+    EventQuery, IncidentQuery, MAX_QUERY_LIMIT, PendingWrite, RetentionPolicy, RetentionReport,
     Store, StoreError,
 };
 use crate::decide::NodeStateRecord;
 use crate::score::{Incident, Severity};
 
-const SCHEMA_VERSION: i64 = 1;
+/// Version 2 keys events by `(host, agent, seq)`; version 1 keyed them by `(host, seq)`.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -31,18 +36,21 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 CREATE TABLE IF NOT EXISTS events (
     host    TEXT NOT NULL,
+    agent   TEXT NOT NULL,
     seq     INTEGER NOT NULL,
     time_ns INTEGER NOT NULL,
     kind    TEXT NOT NULL,
     nonce   BLOB NOT NULL,
     payload BLOB NOT NULL,
-    UNIQUE (host, seq)
+    UNIQUE (host, agent, seq)
 );
 CREATE INDEX IF NOT EXISTS events_by_time ON events (time_ns);
 CREATE INDEX IF NOT EXISTS events_by_host_time ON events (host, time_ns);
-CREATE TABLE IF NOT EXISTS host_seq (
-    host    TEXT PRIMARY KEY,
-    max_seq INTEGER NOT NULL
+CREATE TABLE IF NOT EXISTS delivered (
+    host    TEXT NOT NULL,
+    agent   TEXT NOT NULL,
+    max_seq INTEGER NOT NULL,
+    PRIMARY KEY (host, agent)
 );
 CREATE TABLE IF NOT EXISTS incidents (
     id            TEXT PRIMARY KEY,
@@ -60,14 +68,39 @@ CREATE TABLE IF NOT EXISTS node_states (
 ";
 
 /// Bytes counted for one event row: its text and blob columns plus 24 for its three integers.
-const EVENT_BYTES_SQL: &str = "length(host) + length(kind) + length(nonce) + length(payload) + 24";
+const EVENT_BYTES_SQL: &str =
+    "length(host) + length(agent) + length(kind) + length(nonce) + length(payload) + 24";
 
-const KEY_CHECK_HOST: &str = "qsc-store-key-check";
+const KEY_CHECK_ROW: RowKey<'static> = RowKey {
+    host_id: "qsc-store-key-check",
+    agent: Source::Cortex,
+    seq: 0,
+};
 const KEY_CHECK_PLAINTEXT: &[u8] = b"qsc store key check v1";
 
 pub struct SqliteStore {
+    /// Reads and retention; writes of events, incidents and node states go to `writer`.
     conn: Mutex<Connection>,
+    writer: Writer,
     cipher: PayloadCipher,
+}
+
+/// The `agent` column value of a source.
+fn agent_name(agent: Source) -> &'static str {
+    match agent {
+        Source::Alpha => "alpha",
+        Source::Beta => "beta",
+        Source::Cortex => "cortex",
+    }
+}
+
+fn agent_from_name(name: &str) -> Option<Source> {
+    match name {
+        "alpha" => Some(Source::Alpha),
+        "beta" => Some(Source::Beta),
+        "cortex" => Some(Source::Cortex),
+        _ => None,
+    }
 }
 
 impl SqliteStore {
@@ -78,15 +111,22 @@ impl SqliteStore {
     }
 
     pub fn open_with_key(path: &Path, master_key: &[u8; KEY_LEN]) -> Result<Self, StoreError> {
-        let conn = Connection::open(path).map_err(|source| StoreError::Open {
-            path: path.to_owned(),
-            source,
-        })?;
-        init_schema(&conn)?;
+        let open = || {
+            Connection::open(path).map_err(|source| StoreError::Open {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let conn = open()?;
+        init_schema(&conn, path)?;
         let cipher = PayloadCipher::from_master_key(master_key)?;
         check_master_key(&conn, &cipher, path)?;
+        let write_conn = open()?;
+        write_conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        write_conn.pragma_update(None, "synchronous", "FULL")?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
+            writer: Writer::start(write_conn, path)?,
             cipher,
         })
     }
@@ -100,7 +140,7 @@ impl SqliteStore {
     }
 }
 
-fn init_schema(conn: &Connection) -> Result<(), StoreError> {
+fn init_schema(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
@@ -112,6 +152,12 @@ fn init_schema(conn: &Connection) -> Result<(), StoreError> {
         return Err(StoreError::SchemaVersion {
             found: version,
             supported: SCHEMA_VERSION,
+        });
+    }
+    if version == 1 {
+        return Err(StoreError::ObsoleteSchema {
+            path: path.to_owned(),
+            found: version,
         });
     }
     conn.execute_batch(SCHEMA)?;
@@ -134,7 +180,7 @@ fn check_master_key(
     match stored {
         Some(value) => {
             let (nonce, ciphertext) = value.split_at(value.len().min(super::cipher::NONCE_LEN));
-            match cipher.open(KEY_CHECK_HOST, 0, nonce, ciphertext) {
+            match cipher.open(&KEY_CHECK_ROW, nonce, ciphertext) {
                 Ok(plaintext) if plaintext == KEY_CHECK_PLAINTEXT => Ok(()),
                 _ => Err(StoreError::WrongMasterKey {
                     path: PathBuf::from(path),
@@ -142,7 +188,8 @@ fn check_master_key(
             }
         }
         None => {
-            let sealed = cipher.seal(KEY_CHECK_HOST, 0, KEY_CHECK_PLAINTEXT)?;
+            let nonce = random_nonces(1)?.remove(0);
+            let sealed = cipher.seal(&KEY_CHECK_ROW, nonce, KEY_CHECK_PLAINTEXT)?;
             let mut value = sealed.nonce.to_vec();
             value.extend_from_slice(&sealed.ciphertext);
             conn.execute(
@@ -155,57 +202,33 @@ fn check_master_key(
 }
 
 impl Store for SqliteStore {
-    fn append_events(&self, host_id: &str, events: &[Event]) -> Result<AppendOutcome, StoreError> {
-        let rows = self.seal_batch(host_id, events)?;
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let mut outcome = AppendOutcome::default();
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT OR IGNORE INTO events (host, seq, time_ns, kind, nonce, payload)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
-            for row in &rows {
-                let changed = insert.execute(params![
-                    host_id,
-                    row.seq,
-                    row.time_ns,
-                    row.kind,
-                    row.nonce.as_slice(),
-                    row.payload
-                ])?;
-                if changed == 0 {
-                    outcome.duplicates.push(row.seq as u64);
-                } else {
-                    outcome.inserted += 1;
-                }
-            }
-        }
-        if let Some(max_seq) = rows.iter().map(|r| r.seq).max() {
-            tx.execute(
-                "INSERT INTO host_seq (host, max_seq) VALUES (?1, ?2)
-                 ON CONFLICT (host) DO UPDATE SET max_seq = MAX(max_seq, excluded.max_seq)",
-                params![host_id, max_seq],
-            )?;
-        }
-        tx.commit()?;
-        Ok(outcome)
+    fn submit_events(
+        &self,
+        host_id: &str,
+        agent: Source,
+        events: &[Event],
+    ) -> Result<PendingWrite, StoreError> {
+        let rows = self.seal_batch(host_id, agent, events)?;
+        let answer = self.writer.submit(Write::Events {
+            host_id: host_id.to_owned(),
+            agent: agent_name(agent),
+            rows,
+        })?;
+        Ok(PendingWrite::new(answer))
     }
 
-    fn highest_seq(&self, host_id: &str) -> Result<Option<u64>, StoreError> {
+    fn highest_seq(&self, host_id: &str, agent: Source) -> Result<Option<u64>, StoreError> {
         let conn = self.lock();
         let seq: Option<i64> = conn
-            .query_row(
-                "SELECT max_seq FROM host_seq WHERE host = ?1",
-                [host_id],
-                |row| row.get(0),
-            )
+            .prepare_cached("SELECT max_seq FROM delivered WHERE host = ?1 AND agent = ?2")?
+            .query_row(params![host_id, agent_name(agent)], |row| row.get(0))
             .optional()?;
         Ok(seq.and_then(|s| u64::try_from(s).ok()))
     }
 
     fn query_events(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
-        let mut sql = String::from("SELECT host, seq, nonce, payload FROM events WHERE 1 = 1");
+        let mut sql =
+            String::from("SELECT host, agent, seq, nonce, payload FROM events WHERE 1 = 1");
         let mut values: Vec<Value> = Vec::new();
         if let Some(host) = &query.host {
             sql.push_str(" AND host = ?");
@@ -224,43 +247,37 @@ impl Store for SqliteStore {
             sql.push_str(&format!(" AND kind IN ({placeholders})"));
             values.extend(query.kinds.iter().cloned().map(Value::Text));
         }
-        sql.push_str(" ORDER BY time_ns, host, seq LIMIT ?");
+        sql.push_str(" ORDER BY time_ns, host, agent, seq LIMIT ?");
         values.push(Value::Integer(query.limit.min(MAX_QUERY_LIMIT) as i64));
 
         let conn = self.lock();
         let mut statement = conn.prepare(&sql)?;
         let rows = statement.query_map(params_from_iter(values), |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, i64>(1)?,
-                row.get::<_, Vec<u8>>(2)?,
-                row.get::<_, Vec<u8>>(3)?,
-            ))
+            Ok(StoredRow {
+                host_id: row.get(0)?,
+                agent: row.get(1)?,
+                seq: row.get(2)?,
+                nonce: row.get(3)?,
+                payload: row.get(4)?,
+            })
         })?;
         let mut events = Vec::new();
         for row in rows {
-            let (host_id, seq, nonce, payload) = row?;
-            events.push(self.open_event(host_id, seq, &nonce, &payload)?);
+            events.push(self.open_event(row?)?);
         }
         Ok(events)
     }
 
-    fn put_incident(&self, incident: &Incident) -> Result<(), StoreError> {
-        let body = to_json("incidents", &incident.id, incident)?;
-        let conn = self.lock();
-        conn.execute(
-            "INSERT OR REPLACE INTO incidents (id, host, severity_rank, status, updated_ns, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                incident.id,
-                incident.host,
-                severity_rank(incident.severity),
-                incident.status.as_str(),
-                to_i64("updated_ns", incident.updated_ns)?,
-                body
-            ],
-        )?;
-        Ok(())
+    fn submit_incident(&self, incident: &Incident) -> Result<PendingWrite, StoreError> {
+        let row = IncidentRow {
+            id: incident.id.clone(),
+            host: incident.host.clone(),
+            severity_rank: severity_rank(incident.severity),
+            status: incident.status.as_str(),
+            updated_ns: to_i64("updated_ns", incident.updated_ns)?,
+            body: to_json("incidents", &incident.id, incident)?,
+        };
+        Ok(PendingWrite::new(self.writer.submit(Write::Incident(row))?))
     }
 
     fn incident(&self, id: &str) -> Result<Option<Incident>, StoreError> {
@@ -305,12 +322,12 @@ impl Store for SqliteStore {
 
     fn put_node_state(&self, record: &NodeStateRecord) -> Result<(), StoreError> {
         let body = to_json("node_states", &record.host, record)?;
-        let conn = self.lock();
-        conn.execute(
-            "INSERT OR REPLACE INTO node_states (host, body) VALUES (?1, ?2)",
-            params![record.host, body],
-        )?;
-        Ok(())
+        self.writer
+            .write(Write::NodeState {
+                host: record.host.clone(),
+                body,
+            })
+            .map(|_| ())
     }
 
     fn node_state(&self, host: &str) -> Result<Option<NodeStateRecord>, StoreError> {
@@ -375,37 +392,44 @@ impl Store for SqliteStore {
     }
 }
 
-/// One event ready to insert.
-struct SealedRow {
+/// One stored event row as read back.
+struct StoredRow {
+    host_id: String,
+    agent: String,
     seq: i64,
-    time_ns: i64,
-    kind: &'static str,
-    nonce: [u8; super::cipher::NONCE_LEN],
+    nonce: Vec<u8>,
     payload: Vec<u8>,
 }
 
 impl SqliteStore {
-    /// Validates and encrypts a whole batch before touching the database.
-    fn seal_batch(&self, host_id: &str, events: &[Event]) -> Result<Vec<SealedRow>, StoreError> {
+    /// Validates and encrypts a whole batch before it goes to the writer.
+    fn seal_batch(
+        &self,
+        host_id: &str,
+        agent: Source,
+        events: &[Event],
+    ) -> Result<Vec<SealedRow>, StoreError> {
+        let nonces = random_nonces(events.len())?;
+        let mut plaintext = Vec::new();
         events
             .iter()
-            .map(|event| {
-                event
-                    .validate()
-                    .map_err(|source| StoreError::InvalidEvent {
-                        seq: event.seq,
-                        source,
-                    })?;
-                if event.host_id != host_id {
-                    return Err(StoreError::HostMismatch {
-                        expected: host_id.to_owned(),
-                        found: event.host_id.clone(),
-                        seq: event.seq,
-                    });
-                }
-                let sealed = self
-                    .cipher
-                    .seal(host_id, event.seq, event.to_json().as_bytes())?;
+            .zip(nonces)
+            .map(|(event, nonce)| {
+                check_event(host_id, agent, event)?;
+                plaintext.clear();
+                serde_json::to_writer(&mut plaintext, event).map_err(|e| {
+                    StoreError::CorruptRow {
+                        table: "events",
+                        key: format!("{host_id}/{}/{}", agent_name(agent), event.seq),
+                        reason: format!("cannot encode: {e}"),
+                    }
+                })?;
+                let row = RowKey {
+                    host_id,
+                    agent,
+                    seq: event.seq,
+                };
+                let sealed = self.cipher.seal(&row, nonce, &plaintext)?;
                 Ok(SealedRow {
                     seq: to_i64("seq", event.seq)?,
                     time_ns: to_i64("time_ns", event.time_ns)?,
@@ -417,25 +441,52 @@ impl SqliteStore {
             .collect()
     }
 
-    fn open_event(
-        &self,
-        host_id: String,
-        seq: i64,
-        nonce: &[u8],
-        payload: &[u8],
-    ) -> Result<Event, StoreError> {
-        let seq = u64::try_from(seq).map_err(|_| StoreError::CorruptRow {
+    fn open_event(&self, row: StoredRow) -> Result<Event, StoreError> {
+        let corrupt = |reason: &str| StoreError::CorruptRow {
             table: "events",
-            key: format!("{host_id}/{seq}"),
-            reason: "negative seq".into(),
-        })?;
-        let plaintext = self.cipher.open(&host_id, seq, nonce, payload)?;
+            key: format!("{}/{}/{}", row.host_id, row.agent, row.seq),
+            reason: reason.to_owned(),
+        };
+        let seq = u64::try_from(row.seq).map_err(|_| corrupt("negative seq"))?;
+        let agent = agent_from_name(&row.agent).ok_or_else(|| corrupt("unknown agent"))?;
+        let key = RowKey {
+            host_id: &row.host_id,
+            agent,
+            seq,
+        };
+        let plaintext = self.cipher.open(&key, &row.nonce, &row.payload)?;
         Event::from_json(&plaintext).map_err(|source| StoreError::Decode {
-            host_id,
+            host_id: row.host_id,
             seq,
             source,
         })
     }
+}
+
+/// An event may be stored for `agent` of `host_id` if it is valid, names that host, and was
+/// made by that agent or by the cortex in place of one of its deliveries.
+fn check_event(host_id: &str, agent: Source, event: &Event) -> Result<(), StoreError> {
+    event
+        .validate()
+        .map_err(|source| StoreError::InvalidEvent {
+            seq: event.seq,
+            source,
+        })?;
+    if event.host_id != host_id {
+        return Err(StoreError::HostMismatch {
+            expected: host_id.to_owned(),
+            found: event.host_id.clone(),
+            seq: event.seq,
+        });
+    }
+    if event.source != agent && event.source != Source::Cortex {
+        return Err(StoreError::AgentMismatch {
+            expected: agent,
+            found: event.source,
+            seq: event.seq,
+        });
+    }
+    Ok(())
 }
 
 /// Deletes the oldest events until the stored bytes fit `max_bytes`; returns how many.
@@ -575,19 +626,143 @@ mod tests {
     fn events_round_trip_and_redelivery_is_idempotent() {
         let (_dir, _path, store) = store();
         let batch: Vec<Event> = (1..=5).map(|s| exec("web-01", s, s * 10)).collect();
-        let first = store.append_events("web-01", &batch).unwrap();
+        let first = store
+            .append_events("web-01", Source::Alpha, &batch)
+            .unwrap();
         assert_eq!(first.inserted, 5);
         assert!(first.duplicates.is_empty());
         let again = store
-            .append_events("web-01", &[batch[3].clone(), exec("web-01", 6, 60)])
+            .append_events(
+                "web-01",
+                Source::Alpha,
+                &[batch[3].clone(), exec("web-01", 6, 60)],
+            )
             .unwrap();
         assert_eq!(again.inserted, 1);
         assert_eq!(again.duplicates, vec![4]);
-        assert_eq!(store.highest_seq("web-01").unwrap(), Some(6));
-        assert_eq!(store.highest_seq("web-02").unwrap(), None);
+        assert_eq!(store.highest_seq("web-01", Source::Alpha).unwrap(), Some(6));
+        assert_eq!(store.highest_seq("web-02", Source::Alpha).unwrap(), None);
         let stored = store.query_events(&EventQuery::default()).unwrap();
         assert_eq!(stored.len(), 6);
         assert_eq!(stored[0], batch[0]);
+    }
+
+    fn beta_exec(host: &str, seq: u64, time_ns: u64) -> Event {
+        let mut event = exec(host, seq, time_ns);
+        event.source = Source::Beta;
+        event
+    }
+
+    #[test]
+    fn the_two_agents_of_a_host_have_their_own_sequences() {
+        let (_dir, _path, store) = store();
+        let alpha: Vec<Event> = (1..=3).map(|s| exec("web-01", s, s)).collect();
+        let beta: Vec<Event> = (1..=2).map(|s| beta_exec("web-01", s, s + 10)).collect();
+        assert_eq!(
+            store
+                .append_events("web-01", Source::Alpha, &alpha)
+                .unwrap()
+                .inserted,
+            3
+        );
+        assert_eq!(
+            store
+                .append_events("web-01", Source::Beta, &beta)
+                .unwrap()
+                .inserted,
+            2
+        );
+        let again = store
+            .append_events("web-01", Source::Beta, &beta[1..])
+            .unwrap();
+        assert_eq!(again.duplicates, vec![2]);
+        assert_eq!(store.highest_seq("web-01", Source::Alpha).unwrap(), Some(3));
+        assert_eq!(store.highest_seq("web-01", Source::Beta).unwrap(), Some(2));
+        let stored = store.query_events(&EventQuery::default()).unwrap();
+        let keys: Vec<(Source, u64)> = stored.iter().map(|e| (e.source, e.seq)).collect();
+        assert_eq!(
+            keys,
+            vec![
+                (Source::Alpha, 1),
+                (Source::Alpha, 2),
+                (Source::Alpha, 3),
+                (Source::Beta, 1),
+                (Source::Beta, 2)
+            ]
+        );
+    }
+
+    #[test]
+    fn cortex_made_events_may_stand_in_for_an_agent_but_other_agents_may_not() {
+        let (_dir, _path, store) = store();
+        let mut finding = auth("web-01", 1, 1);
+        finding.source = Source::Cortex;
+        store
+            .append_events("web-01", Source::Beta, &[finding])
+            .unwrap();
+        assert_eq!(store.highest_seq("web-01", Source::Beta).unwrap(), Some(1));
+        assert!(matches!(
+            store.append_events("web-01", Source::Beta, &[exec("web-01", 2, 2)]),
+            Err(StoreError::AgentMismatch {
+                expected: Source::Beta,
+                found: Source::Alpha,
+                seq: 2
+            })
+        ));
+    }
+
+    #[test]
+    fn concurrent_appends_are_all_durable_and_in_order_per_agent() {
+        let (_dir, path, store) = store();
+        let store = std::sync::Arc::new(store);
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    let host = format!("host-{w}");
+                    let pending: Vec<PendingWrite> = (0..20u64)
+                        .map(|b| {
+                            let batch: Vec<Event> =
+                                (1..=10).map(|i| exec(&host, b * 10 + i, i)).collect();
+                            store.submit_events(&host, Source::Alpha, &batch).unwrap()
+                        })
+                        .collect();
+                    for append in pending {
+                        assert_eq!(append.wait().unwrap().inserted, 10);
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        drop(store);
+        let reopened = SqliteStore::open_with_key(&path, &KEY).unwrap();
+        for w in 0..4 {
+            let host = format!("host-{w}");
+            assert_eq!(
+                reopened.highest_seq(&host, Source::Alpha).unwrap(),
+                Some(200)
+            );
+            let query = EventQuery {
+                host: Some(host),
+                limit: MAX_QUERY_LIMIT,
+                ..Default::default()
+            };
+            assert_eq!(reopened.query_events(&query).unwrap().len(), 200);
+        }
+    }
+
+    #[test]
+    fn a_version_1_store_is_refused_with_advice() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let raw = Connection::open(&path).unwrap();
+        raw.pragma_update(None, "user_version", 1).unwrap();
+        drop(raw);
+        let error = SqliteStore::open_with_key(&path, &KEY).err().unwrap();
+        assert!(matches!(error, StoreError::ObsoleteSchema { found: 1, .. }));
+        assert!(error.to_string().contains("move it aside"), "{error}");
     }
 
     #[test]
@@ -595,17 +770,17 @@ mod tests {
         let (_dir, _path, store) = store();
         let mixed = vec![exec("web-01", 1, 1), exec("web-02", 2, 2)];
         assert!(matches!(
-            store.append_events("web-01", &mixed),
+            store.append_events("web-01", Source::Alpha, &mixed),
             Err(StoreError::HostMismatch { seq: 2, .. })
         ));
         let invalid = vec![exec("web-01", 1, 1), exec("web-01", 0, 2)];
         assert!(matches!(
-            store.append_events("web-01", &invalid),
+            store.append_events("web-01", Source::Alpha, &invalid),
             Err(StoreError::InvalidEvent { seq: 0, .. })
         ));
         let huge = vec![exec("web-01", u64::MAX, 1)];
         assert!(matches!(
-            store.append_events("web-01", &huge),
+            store.append_events("web-01", Source::Alpha, &huge),
             Err(StoreError::ValueTooLarge { field: "seq", .. })
         ));
         assert!(
@@ -614,14 +789,14 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
-        assert_eq!(store.highest_seq("web-01").unwrap(), None);
+        assert_eq!(store.highest_seq("web-01", Source::Alpha).unwrap(), None);
     }
 
     #[test]
     fn payloads_are_encrypted_at_rest() {
         let (dir, path, store) = store();
         store
-            .append_events("web-01", &[exec("web-01", 1, 1)])
+            .append_events("web-01", Source::Alpha, &[exec("web-01", 1, 1)])
             .unwrap();
         drop(store);
         let mut on_disk = Vec::new();
@@ -647,7 +822,9 @@ mod tests {
     fn a_payload_moved_to_another_row_fails_authentication() {
         let (_dir, path, store) = store();
         let batch = vec![exec("web-01", 1, 1), exec("web-01", 2, 2)];
-        store.append_events("web-01", &batch).unwrap();
+        store
+            .append_events("web-01", Source::Alpha, &batch)
+            .unwrap();
         let raw = Connection::open(&path).unwrap();
         raw.execute(
             "UPDATE events SET nonce = (SELECT nonce FROM events WHERE seq = 1),
@@ -697,6 +874,7 @@ mod tests {
         store
             .append_events(
                 "web-01",
+                Source::Alpha,
                 &[
                     exec("web-01", 1, 100),
                     auth("web-01", 2, 200),
@@ -705,7 +883,7 @@ mod tests {
             )
             .unwrap();
         store
-            .append_events("db-01", &[auth("db-01", 1, 150)])
+            .append_events("db-01", Source::Alpha, &[auth("db-01", 1, 150)])
             .unwrap();
         let by_host = EventQuery {
             host: Some("web-01".into()),
@@ -802,7 +980,9 @@ mod tests {
         let batch: Vec<Event> = (1..=10)
             .map(|s| exec("web-01", s, now - (11 - s) * 100 * second))
             .collect();
-        store.append_events("web-01", &batch).unwrap();
+        store
+            .append_events("web-01", Source::Alpha, &batch)
+            .unwrap();
         // Events 1..=3 are older than 750 s.
         let by_age = RetentionPolicy {
             max_age_s: Some(750),
@@ -823,7 +1003,10 @@ mod tests {
         let left = store.query_events(&EventQuery::default()).unwrap();
         assert_eq!(seqs(&left), vec![7, 8, 9, 10]);
         // De-duplication state outlives the events.
-        assert_eq!(store.highest_seq("web-01").unwrap(), Some(10));
+        assert_eq!(
+            store.highest_seq("web-01", Source::Alpha).unwrap(),
+            Some(10)
+        );
         let unchanged = store.apply_retention(&by_size, now).unwrap();
         assert_eq!(unchanged.deleted_by_size, 0);
     }

@@ -28,13 +28,12 @@ impl Deployment {
         let p = |name: &str| dir.path().join(name).display().to_string();
         let config = format!(
             "[listen]\naddress = \"127.0.0.1:{channel_port}\"\n\
-             [ingest]\ncursor_file = \"{}\"\n\
              [api]\naddress = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n\
              [agents]\nfile = \"{}\"\nreload_interval_s = 1\n\
              [keys]\nchannel_key_file = \"{}\"\n\
              [store]\npath = \"{}\"\nmaster_key_file = \"{}\"\n\
-             [audit]\npath = \"{}\"\nsigning_key_file = \"{}\"\ncheckpoint_interval = 4\n",
-            p("cursors.db"),
+             [audit]\npath = \"{}\"\nsigning_key_file = \"{}\"\ncheckpoint_interval = 4\n\
+             [anomaly]\nmodels_dir = \"{}\"\n",
             p("api.token"),
             p("agents.toml"),
             p("channel.key"),
@@ -42,6 +41,7 @@ impl Deployment {
             p("master.key"),
             p("audit.db"),
             p("audit.key"),
+            p("anomaly"),
         );
         let config_path = dir.path().join("cortex.toml");
         std::fs::write(&config_path, config).expect("write config");

@@ -1,0 +1,276 @@
+//! The SQLite store's one writer thread: group commit.
+//!
+//! Callers validate and encrypt on their own threads and queue ready rows. The writer takes the
+//! first waiting job and every job queued behind it (up to [`MAX_GROUP_EVENTS`] events), writes
+//! them all in one transaction and commits once, so one fsync covers many batches from many
+//! agent sessions: while a commit's fsync runs, the next jobs pile up and form the next group.
+//! Jobs commit in queue order, and each is answered only once its group is durable.
+//!
+//! A second thread checkpoints the WAL into the database file in the background, so that the
+//! writer's commits never pay for it (the writer's connection has auto-checkpoint off).
+
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use rusqlite::{Connection, Transaction, params};
+
+use super::{AppendOutcome, StoreError};
+
+/// Most events one group transaction takes; the rest wait for the next group.
+const MAX_GROUP_EVENTS: usize = 32_768;
+/// Jobs that may wait for the writer before submitters block.
+const QUEUE_JOBS: usize = 1024;
+/// How often the WAL is checkpointed into the database file. Pages rewritten by many commits
+/// in between (the growing ends of the indexes) are copied once.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// The writer's page cache, in KiB: large enough that a group's index pages never spill to
+/// disk mid-transaction and are not read back for the next group.
+const WRITER_CACHE_KIB: i64 = 64 * 1024;
+
+/// One event, validated and sealed, ready to insert.
+pub(super) struct SealedRow {
+    pub seq: i64,
+    pub time_ns: i64,
+    pub kind: &'static str,
+    pub nonce: [u8; super::cipher::NONCE_LEN],
+    pub payload: Vec<u8>,
+}
+
+/// One incident row, encoded.
+pub(super) struct IncidentRow {
+    pub id: String,
+    pub host: String,
+    pub severity_rank: i64,
+    pub status: &'static str,
+    pub updated_ns: i64,
+    pub body: String,
+}
+
+/// What a job writes.
+pub(super) enum Write {
+    Events {
+        host_id: String,
+        agent: &'static str,
+        rows: Vec<SealedRow>,
+    },
+    Incident(IncidentRow),
+    NodeState {
+        host: String,
+        body: String,
+    },
+}
+
+impl Write {
+    fn event_count(&self) -> usize {
+        match self {
+            Write::Events { rows, .. } => rows.len(),
+            Write::Incident(_) | Write::NodeState { .. } => 1,
+        }
+    }
+}
+
+pub(super) struct Job {
+    pub write: Write,
+    /// Answered after the commit; only event writes report a non-empty outcome.
+    pub reply: Sender<Result<AppendOutcome, StoreError>>,
+}
+
+/// The queue to the writer and its two threads; dropping it drains the queue and stops both.
+pub(super) struct Writer {
+    jobs: Option<Sender<Job>>,
+    stop_checkpoints: Option<Sender<()>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Starts the writer on `conn` and the checkpointer on a second connection to `path`.
+    pub fn start(conn: Connection, path: &Path) -> Result<Self, StoreError> {
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
+        let checkpoint_conn = Connection::open(path).map_err(|source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        checkpoint_conn.busy_timeout(Duration::from_secs(5))?;
+        let (jobs, queue) = crossbeam_channel::bounded(QUEUE_JOBS);
+        let (stop_checkpoints, stop) = crossbeam_channel::bounded(1);
+        let spawn_error = |error: std::io::Error| StoreError::Thread(error.to_string());
+        let writer = std::thread::Builder::new()
+            .name("cortex-store-writer".into())
+            .spawn(move || run_writer(conn, queue))
+            .map_err(spawn_error)?;
+        let checkpointer = std::thread::Builder::new()
+            .name("cortex-store-checkpoint".into())
+            .spawn({
+                let path = path.to_owned();
+                move || run_checkpointer(checkpoint_conn, path, stop)
+            })
+            .map_err(spawn_error)?;
+        Ok(Writer {
+            jobs: Some(jobs),
+            stop_checkpoints: Some(stop_checkpoints),
+            threads: vec![writer, checkpointer],
+        })
+    }
+
+    /// Queues `write`; the returned receiver gets the result once it is committed.
+    pub fn submit(
+        &self,
+        write: Write,
+    ) -> Result<Receiver<Result<AppendOutcome, StoreError>>, StoreError> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.jobs
+            .as_ref()
+            .ok_or(StoreError::WriterStopped)?
+            .send(Job { write, reply })
+            .map_err(|_| StoreError::WriterStopped)?;
+        Ok(answer)
+    }
+
+    /// Queues `write` and waits for its commit.
+    pub fn write(&self, write: Write) -> Result<AppendOutcome, StoreError> {
+        self.submit(write)?
+            .recv()
+            .map_err(|_| StoreError::WriterStopped)?
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer commit what is queued and end.
+        self.jobs.take();
+        self.stop_checkpoints.take();
+        for thread in self.threads.drain(..) {
+            if thread.join().is_err() {
+                tracing::error!("a store thread panicked");
+            }
+        }
+    }
+}
+
+fn run_writer(mut conn: Connection, queue: Receiver<Job>) {
+    while let Ok(first) = queue.recv() {
+        let mut events = first.write.event_count();
+        let mut group = vec![first];
+        while events < MAX_GROUP_EVENTS {
+            let Ok(next) = queue.try_recv() else {
+                break;
+            };
+            events += next.write.event_count();
+            group.push(next);
+        }
+        commit_group(&mut conn, group);
+    }
+}
+
+/// Writes every job of the group in one transaction and answers each after the commit. If
+/// anything fails nothing of the group is stored and every job gets the error.
+fn commit_group(conn: &mut Connection, group: Vec<Job>) {
+    let result = conn.transaction().map_err(StoreError::from).and_then(|tx| {
+        let outcomes = group
+            .iter()
+            .map(|job| apply(&tx, &job.write))
+            .collect::<Result<Vec<_>, _>>()?;
+        tx.commit()?;
+        Ok(outcomes)
+    });
+    match result {
+        Ok(outcomes) => {
+            for (job, outcome) in group.into_iter().zip(outcomes) {
+                // A submitter that stopped waiting does not need the answer.
+                let _ = job.reply.send(Ok(outcome));
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, jobs = group.len(), "store group commit failed");
+            let reason = error.to_string();
+            for job in group {
+                let _ = job.reply.send(Err(StoreError::GroupCommit(reason.clone())));
+            }
+        }
+    }
+}
+
+fn apply(tx: &Transaction<'_>, write: &Write) -> Result<AppendOutcome, StoreError> {
+    match write {
+        Write::Events {
+            host_id,
+            agent,
+            rows,
+        } => insert_events(tx, host_id, agent, rows),
+        Write::Incident(row) => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO incidents (id, host, severity_rank, status, updated_ns, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                row.id,
+                row.host,
+                row.severity_rank,
+                row.status,
+                row.updated_ns,
+                row.body
+            ])?;
+            Ok(AppendOutcome::default())
+        }
+        Write::NodeState { host, body } => {
+            tx.prepare_cached("INSERT OR REPLACE INTO node_states (host, body) VALUES (?1, ?2)")?
+                .execute(params![host, body])?;
+            Ok(AppendOutcome::default())
+        }
+    }
+}
+
+fn insert_events(
+    tx: &Transaction<'_>,
+    host_id: &str,
+    agent: &str,
+    rows: &[SealedRow],
+) -> Result<AppendOutcome, StoreError> {
+    let mut outcome = AppendOutcome::default();
+    let mut insert = tx.prepare_cached(
+        "INSERT OR IGNORE INTO events (host, agent, seq, time_ns, kind, nonce, payload)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for row in rows {
+        let changed = insert.execute(params![
+            host_id,
+            agent,
+            row.seq,
+            row.time_ns,
+            row.kind,
+            row.nonce.as_slice(),
+            row.payload
+        ])?;
+        if changed == 0 {
+            outcome.duplicates.push(row.seq as u64);
+        } else {
+            outcome.inserted += 1;
+        }
+    }
+    if let Some(max_seq) = rows.iter().map(|r| r.seq).max() {
+        tx.prepare_cached(
+            "INSERT INTO delivered (host, agent, max_seq) VALUES (?1, ?2, ?3)
+             ON CONFLICT (host, agent) DO UPDATE SET max_seq = MAX(max_seq, excluded.max_seq)",
+        )?
+        .execute(params![host_id, agent, max_seq])?;
+    }
+    Ok(outcome)
+}
+
+/// Checkpoints the WAL every [`CHECKPOINT_INTERVAL`] until the writer is dropped. `PASSIVE`
+/// never blocks the writer; what it cannot copy now it copies next time.
+fn run_checkpointer(conn: Connection, path: PathBuf, stop: Receiver<()>) {
+    // Nothing is ever sent on `stop`: it disconnects when the writer is dropped.
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_INTERVAL) {
+        if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(%error, path = %path.display(), "store WAL checkpoint failed");
+        }
+    }
+    // A last full checkpoint keeps the WAL small across restarts.
+    if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+        tracing::warn!(%error, path = %path.display(), "store WAL checkpoint failed");
+    }
+}

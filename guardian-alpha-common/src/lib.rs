@@ -38,6 +38,7 @@ pub const BLOCKED_EXEC_MAP: &str = "BLOCKED_EXEC";
 /// Globals the loader sets.
 pub const AGENT_TGID_GLOBAL: &str = "AGENT_TGID";
 pub const LAYOUT_GLOBAL: &str = "LAYOUT";
+pub const WAKEUP_BYTES_GLOBAL: &str = "WAKEUP_BYTES";
 
 /// Slots of the per-CPU loss counter: one per [`RecordKind`] value.
 pub const LOST_SLOTS: u32 = 16;

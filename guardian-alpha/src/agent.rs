@@ -86,6 +86,10 @@ pub fn start_sensor(config: &Config) -> anyhow::Result<Sensor> {
         layout,
         agent_tgid: std::process::id(),
         enforce_cgroup: enforce_cgroup.as_deref(),
+        wakeup_bytes: config
+            .sensor
+            .wakeup_bytes
+            .min(u64::from(config.sensor.ring_buffer_bytes) / 4),
     })?;
     for ip in &config.enforce.blocked_ips {
         sensor.block_ip(*ip)?;
@@ -307,6 +311,8 @@ impl Agent {
         let mut metrics_tick = ticker(metrics_interval);
         let scan_interval = Duration::from_secs(config.forensics.scan_interval_s.max(1));
         let mut scan_tick = ticker(scan_interval);
+        // Records submitted without a wake-up are drained at least this often.
+        let mut drain_tick = ticker(Duration::from_millis(config.sensor.max_delay_ms));
         let mut sampler = Sampler::new(&self.proc_root);
         let mut auth_log = AuthLog::open(&config.metrics.auth_logs);
         self.heartbeat()?;
@@ -317,13 +323,10 @@ impl Agent {
                 _ = &mut shutdown => break,
                 guard = ring.readable_mut() => {
                     let mut guard = guard?;
-                    let ring = guard.get_inner_mut();
-                    while let Some(item) = ring.next() {
-                        let bytes: &[u8] = &item;
-                        self.handle_record(bytes)?;
-                    }
+                    self.drain(guard.get_inner_mut())?;
                     guard.clear_ready();
                 }
+                _ = drain_tick.tick() => self.drain(ring.get_mut())?,
                 _ = loss_tick.tick() => self.report_loss(&sensor)?,
                 _ = heartbeat_tick.tick() => self.heartbeat()?,
                 _ = metrics_tick.tick(), if config.metrics.interval_s > 0 => {
@@ -335,13 +338,17 @@ impl Agent {
             self.output.flush()?;
         }
         // Drain what is already in the ring buffer so nothing captured is dropped at exit.
-        let ring = ring.get_mut();
+        self.drain(ring.get_mut())?;
+        self.report_loss(&sensor)?;
+        self.output.flush()?;
+        Ok(())
+    }
+
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> anyhow::Result<()> {
         while let Some(item) = ring.next() {
             let bytes: &[u8] = &item;
             self.handle_record(bytes)?;
         }
-        self.report_loss(&sensor)?;
-        self.output.flush()?;
         Ok(())
     }
 

@@ -49,6 +49,12 @@ pub struct SensorConfig {
     pub loss_report_interval_ms: u64,
     /// Where tracefs is mounted.
     pub tracefs: PathBuf,
+    /// Records wake the agent only once this many bytes wait in the ring buffer (0: every
+    /// record wakes it). At most a quarter of the ring buffer is used, so a small ring buffer
+    /// still wakes the agent well before it fills.
+    pub wakeup_bytes: u64,
+    /// The longest a record waits in the ring buffer before the agent drains it anyway.
+    pub max_delay_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -132,6 +138,8 @@ impl Default for SensorConfig {
             ring_buffer_bytes: 8 * 1024 * 1024,
             loss_report_interval_ms: 1000,
             tracefs: "/sys/kernel/tracing".into(),
+            wakeup_bytes: 64 * 1024,
+            max_delay_ms: 10,
         }
     }
 }
@@ -194,6 +202,9 @@ impl Config {
                 "sensor.ring_buffer_bytes",
                 format!("{ring} is not a power of two of at least 4096"),
             ));
+        }
+        if self.sensor.max_delay_ms == 0 {
+            return Err(invalid("sensor.max_delay_ms", "must be at least 1".into()));
         }
         for rule in &self.watch {
             if !rule.prefix.starts_with('/') {

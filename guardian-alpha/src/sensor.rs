@@ -11,7 +11,7 @@ use aya::{
 use guardian_alpha_common::{
     AGENT_TGID_GLOBAL, BLOCKED_EXEC_MAP, BLOCKED_V4_MAP, BLOCKED_V6_MAP, BlockedV4, BlockedV6,
     EVENTS_MAP, KernelLayout, LAYOUT_GLOBAL, LOST_MAP, PATH_CAPTURE, RecordKind,
-    WATCHED_PREFIXES_MAP, WatchFlags,
+    WAKEUP_BYTES_GLOBAL, WATCHED_PREFIXES_MAP, WatchFlags,
 };
 
 /// The kernel object built by `cargo xtask build-ebpf`, embedded at compile time.
@@ -129,6 +129,8 @@ pub struct SensorOptions<'a> {
     pub agent_tgid: u32,
     /// The cgroup v2 folder the address-blocking programs attach to (None: not attached).
     pub enforce_cgroup: Option<&'a Path>,
+    /// Bytes of waiting records below which a new record does not wake the agent.
+    pub wakeup_bytes: u64,
 }
 
 /// Reads the object from `path`, or returns the embedded one.
@@ -178,6 +180,7 @@ impl Sensor {
         let mut ebpf = EbpfLoader::new()
             .override_global(AGENT_TGID_GLOBAL, &options.agent_tgid, true)
             .override_global(LAYOUT_GLOBAL, &options.layout, true)
+            .override_global(WAKEUP_BYTES_GLOBAL, &options.wakeup_bytes, true)
             .map_max_entries(EVENTS_MAP, options.ring_buffer_bytes)
             .load(options.object)?;
         let mut active_hooks = Vec::new();

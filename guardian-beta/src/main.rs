@@ -372,10 +372,19 @@ fn run_watch(config: &Config, host_id: String, emitter: &mut Emitter) -> Result<
         Err(other) => return Err(other.into()),
     };
     tracing::info!(directories = watcher.watched_dirs(), "watching");
-    loop {
+    // SIGINT/SIGTERM end the loop within one poll; the caller then waits for the uplink to
+    // deliver what is queued.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone())
+            .context("cannot install the signal handlers")?;
+    }
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         let findings = watcher.poll(Duration::from_secs(1))?;
         emitter.emit_all(findings)?;
     }
+    tracing::info!("stopping: signal received");
+    Ok(())
 }
 
 fn run_backup(config: &Config, command: BackupCommand, emitter: &mut Emitter) -> Result<()> {

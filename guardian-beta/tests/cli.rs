@@ -339,3 +339,33 @@ fn bad_config_names_the_key() {
     assert_eq!(code, 2);
     assert!(stderr.contains("max_file_size"), "{stderr}");
 }
+
+#[test]
+fn watch_stops_cleanly_on_sigterm_after_reporting_a_change() {
+    let setup = Setup::new(false);
+    let (code, _, stderr) = setup.run(&["baseline", "init"]);
+    assert_eq!(code, 0, "{stderr}");
+    let watch = Command::new(env!("CARGO_BIN_EXE_guardian-beta"))
+        .arg("--config")
+        .arg(&setup.config)
+        .args(["--format", "json", "watch"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Give the watcher time to set its inotify watches, then change a file.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    std::fs::write(setup.path("motd"), b"changed\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // SAFETY: signalling the child this test started.
+    unsafe { libc::kill(watch.id() as i32, libc::SIGTERM) };
+    let (code, events, stderr) = parse(watch.wait_with_output().unwrap());
+    assert_eq!(
+        code, 1,
+        "exit status 1: findings were reported, then a clean stop\n{stderr}"
+    );
+    assert!(
+        changes_of(&events, &setup.path("motd")).is_some(),
+        "{stderr}"
+    );
+}

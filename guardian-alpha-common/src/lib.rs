@@ -17,7 +17,7 @@ pub use enforce::{BlockedV4, BlockedV6, EnforceOp, EnforceRecord};
 pub use exec::ExecRecord;
 pub use file::{FileOp, FileRecord, RenameRecord, WatchFlags};
 pub use layout::KernelLayout;
-pub use net::{ListenerKey, ListenerOwner, NetOp, NetRecord};
+pub use net::{ListenerKey, NetOp, NetRecord, RememberedCaller};
 pub use privilege::{PrivOp, PrivRecord};
 pub use process::{ExitRecord, ForkRecord, SignalRecord};
 
@@ -166,7 +166,7 @@ mod pod {
     unsafe impl aya::Pod for crate::KernelLayout {}
     unsafe impl aya::Pod for crate::file::WatchFlags {}
     unsafe impl aya::Pod for crate::net::ListenerKey {}
-    unsafe impl aya::Pod for crate::net::ListenerOwner {}
+    unsafe impl aya::Pod for crate::net::RememberedCaller {}
     unsafe impl aya::Pod for crate::enforce::BlockedV4 {}
     unsafe impl aya::Pod for crate::enforce::BlockedV6 {}
 }

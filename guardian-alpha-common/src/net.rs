@@ -48,9 +48,10 @@ pub struct ListenerKey {
     pub port: u16,
 }
 
-/// The identity of a listening process, copied into accept records.
+/// The identity of a process remembered for a record emitted later, in softirq context: the
+/// listener of a port (for accepts) or the caller of a connect (reported when it completes).
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct ListenerOwner {
+pub struct RememberedCaller {
     pub header: Header,
 }

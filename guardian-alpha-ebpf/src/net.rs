@@ -15,7 +15,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use guardian_alpha_common::{
-    KernelLayout, ListenerKey, ListenerOwner, NetOp, NetRecord, RecordKind,
+    KernelLayout, ListenerKey, NetOp, NetRecord, RecordKind, RememberedCaller,
     net::{AF_INET, AF_INET6},
 };
 
@@ -24,11 +24,11 @@ use crate::record::{
 };
 
 #[map]
-static LISTENERS: HashMap<ListenerKey, ListenerOwner> = HashMap::with_max_entries(8192, 0);
+static LISTENERS: HashMap<ListenerKey, RememberedCaller> = HashMap::with_max_entries(8192, 0);
 
 /// Sockets in SYN_SENT, by kernel socket address, with the process that called connect.
 #[map]
-static CONNECTING: HashMap<u64, ListenerOwner> = HashMap::with_max_entries(16384, 0);
+static CONNECTING: HashMap<u64, RememberedCaller> = HashMap::with_max_entries(16384, 0);
 
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
@@ -92,12 +92,12 @@ fn remember_listener(key: &ListenerKey) {
     remember_caller(&LISTENERS, key);
 }
 
-fn remember_caller<K>(map: &HashMap<K, ListenerOwner>, key: &K) {
-    let mut owner = ListenerOwner {
+fn remember_caller<K>(map: &HashMap<K, RememberedCaller>, key: &K) {
+    let mut caller = RememberedCaller {
         header: guardian_alpha_common::Header::zeroed(),
     };
-    fill_header(&mut owner.header, RecordKind::Net, 0);
-    let _ = map.insert(key, &owner, 0);
+    fill_header(&mut caller.header, RecordKind::Net, 0);
+    let _ = map.insert(key, &caller, 0);
 }
 
 fn emit_own(ctx: &TracePointContext, layout: &KernelLayout, op: NetOp) {

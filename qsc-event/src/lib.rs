@@ -4,9 +4,11 @@
 //! envelope (`host_id`, `source`, `seq`, `time_ns`) around one [`EventKind`]. The JSON form is
 //! flat: the envelope fields plus `"kind": "<snake_case name>"` plus the kind's own fields.
 
+mod action;
 mod kinds;
 mod process;
 
+pub use action::{Action, ActionOutcome, ActionReport, ActionRequest, mono_now_ns};
 pub use kinds::*;
 pub use process::{Ancestor, ProcessInfo};
 

@@ -34,6 +34,12 @@ pub struct TransportSettings {
     pub max_frame_bytes: usize,
     pub rekey_after_messages: u64,
     pub rekey_after_seconds: u64,
+    /// Agents send a heartbeat frame after this many seconds without sending anything.
+    pub heartbeat_seconds: u64,
+    /// A peer silent for this long is dead: the cortex closes a session on which no frame
+    /// (events, heartbeat) arrived; an agent aborts a connection whose sent data the cortex's
+    /// host has not acknowledged (TCP_USER_TIMEOUT). Must exceed `heartbeat_seconds`.
+    pub idle_timeout_seconds: u64,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -71,6 +77,8 @@ impl Default for TransportSettings {
             max_frame_bytes: t.max_frame_len,
             rekey_after_messages: t.rekey_after_messages,
             rekey_after_seconds: t.rekey_after.as_secs(),
+            heartbeat_seconds: t.heartbeat_after.as_secs(),
+            idle_timeout_seconds: t.idle_timeout.map_or(0, |d| d.as_secs()),
         }
     }
 }
@@ -139,6 +147,12 @@ impl ChannelSettings {
         if t.rekey_after_messages == 0 || t.rekey_after_seconds == 0 {
             return Err(invalid("transport.rekey_after_*", "must be greater than 0"));
         }
+        if t.heartbeat_seconds == 0 || t.idle_timeout_seconds <= t.heartbeat_seconds {
+            return Err(invalid(
+                "transport.idle_timeout_seconds",
+                "heartbeat_seconds must be at least 1 and idle_timeout_seconds greater than it",
+            ));
+        }
         if self.handshake.timeout_ms == 0 {
             return Err(invalid("handshake.timeout_ms", "must be greater than 0"));
         }
@@ -186,6 +200,8 @@ impl ChannelSettings {
             max_frame_len: self.transport.max_frame_bytes,
             rekey_after_messages: self.transport.rekey_after_messages,
             rekey_after: Duration::from_secs(self.transport.rekey_after_seconds),
+            heartbeat_after: Duration::from_secs(self.transport.heartbeat_seconds),
+            idle_timeout: Some(Duration::from_secs(self.transport.idle_timeout_seconds)),
         }
     }
 
@@ -268,6 +284,14 @@ mod tests {
                 "client.backoff_initial_ms",
             ),
             ("[handshake]\ntimeout_ms = 0", "handshake.timeout_ms"),
+            (
+                "[transport]\nheartbeat_seconds = 30\nidle_timeout_seconds = 30",
+                "transport.idle_timeout_seconds",
+            ),
+            (
+                "[transport]\nheartbeat_seconds = 0",
+                "transport.idle_timeout_seconds",
+            ),
             (
                 "[client]\nmax_batch_events = 100000",
                 "client.max_batch_events",

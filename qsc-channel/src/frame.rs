@@ -27,6 +27,8 @@ pub enum FrameKind {
     Data = 0,
     /// The sender switched its key with Noise `Rekey()` right after this frame.
     Rekey = 1,
+    /// Nothing to say: sent after a quiet period so the receiver knows the peer is alive.
+    Heartbeat = 2,
 }
 
 impl FrameKind {
@@ -34,6 +36,7 @@ impl FrameKind {
         match byte {
             0 => Ok(FrameKind::Data),
             1 => Ok(FrameKind::Rekey),
+            2 => Ok(FrameKind::Heartbeat),
             other => Err(FrameError::UnknownKind(other)),
         }
     }
@@ -142,6 +145,7 @@ mod tests {
     fn frame_kind_bytes() {
         assert_eq!(FrameKind::from_byte(0), Ok(FrameKind::Data));
         assert_eq!(FrameKind::from_byte(1), Ok(FrameKind::Rekey));
+        assert_eq!(FrameKind::from_byte(2), Ok(FrameKind::Heartbeat));
         assert_eq!(FrameKind::from_byte(9), Err(FrameError::UnknownKind(9)));
     }
 }

@@ -14,6 +14,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use blake2::{Blake2s256, Digest};
 use rand_core::OsRng;
@@ -192,6 +193,39 @@ impl StaticKeypair {
         })
     }
 
+    /// Key rotation on the agent: replaces the key file at `path` with a fresh keypair, keeping
+    /// the previous file as `<path>.retired` until [`Self::discard_retired`] (the cortex
+    /// confirmed the new key). The new key is written to `<path>.new` (0600, fsynced) and
+    /// renamed over `path`, so the file always holds one complete key.
+    pub fn rotate_file(path: &Path) -> Result<Self, KeyError> {
+        let keypair = Self::generate();
+        let staged = path_with_suffix(path, ".new");
+        remove_if_exists(&staged)?;
+        keypair.save(&staged)?;
+        let retired = retired_path(path);
+        remove_if_exists(&retired)?;
+        std::fs::hard_link(path, &retired).map_err(|source| KeyError::Io {
+            action: "keep the previous key as",
+            path: retired.clone(),
+            source,
+        })?;
+        std::fs::rename(&staged, path).map_err(|source| KeyError::Io {
+            action: "install the new key at",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        sync_parent(path)?;
+        Ok(keypair)
+    }
+
+    /// Deletes `<path>.retired` once the cortex confirmed the rotated key; true if it existed.
+    pub fn discard_retired(path: &Path) -> Result<bool, KeyError> {
+        let retired = retired_path(path);
+        let existed = retired.exists();
+        remove_if_exists(&retired)?;
+        Ok(existed)
+    }
+
     fn parse_secret_file(text: &str) -> Result<Self, String> {
         let (tag, value) = text
             .trim()
@@ -212,6 +246,90 @@ impl StaticKeypair {
     }
 }
 
+/// Where [`StaticKeypair::rotate_file`] keeps the previous key of `path`.
+pub fn retired_path(path: &Path) -> PathBuf {
+    path_with_suffix(path, ".retired")
+}
+
+fn path_with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+fn remove_if_exists(path: &Path) -> Result<(), KeyError> {
+    match std::fs::remove_file(path) {
+        Err(source) if source.kind() != std::io::ErrorKind::NotFound => Err(KeyError::Io {
+            action: "remove",
+            path: path.to_path_buf(),
+            source,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Makes a rename in `path`'s directory durable.
+fn sync_parent(path: &Path) -> Result<(), KeyError> {
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    File::open(parent)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|source| KeyError::Io {
+            action: "sync the directory of",
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// A static keypair that can be replaced while it is in use: the agent's channel identity
+/// during key rotation. Clones share the slot, so a replacement is seen by every holder (the
+/// client's next handshake uses the new key).
+#[derive(Clone)]
+pub struct KeySlot(Arc<RwLock<StaticKeypair>>);
+
+impl KeySlot {
+    pub fn new(keypair: StaticKeypair) -> Self {
+        KeySlot(Arc::new(RwLock::new(keypair)))
+    }
+
+    /// The keypair in use now.
+    pub fn current(&self) -> StaticKeypair {
+        // Writers replace the whole keypair, so a poisoned lock still holds a valid one.
+        self.0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// The public key of the keypair in use now.
+    pub fn public(&self) -> PublicKeyBytes {
+        self.current().public()
+    }
+
+    /// Puts `keypair` in use; returns the one it replaced.
+    pub fn replace(&self, keypair: StaticKeypair) -> StaticKeypair {
+        let mut slot = self
+            .0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        std::mem::replace(&mut *slot, keypair)
+    }
+}
+
+impl From<StaticKeypair> for KeySlot {
+    fn from(keypair: StaticKeypair) -> Self {
+        KeySlot::new(keypair)
+    }
+}
+
+impl std::fmt::Debug for KeySlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("KeySlot").field(&self.current()).finish()
+    }
+}
+
 /// Lifecycle of a static key, as recorded by the operator's tooling and the audit chain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -226,6 +344,25 @@ pub enum KeyState {
 }
 
 impl KeyState {
+    /// The state's name as written in key records and audit bodies (`active`, `revoked`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Generated => "generated",
+            KeyState::Distributed => "distributed",
+            KeyState::Active => "active",
+            KeyState::Rotating => "rotating",
+            KeyState::Retired => "retired",
+            KeyState::Revoked => "revoked",
+            KeyState::Destroyed => "destroyed",
+        }
+    }
+
+    /// Whether a key in this state may open and keep a channel session. A rotating key still
+    /// may, until its agent is back with the new key.
+    pub fn admits_sessions(self) -> bool {
+        matches!(self, KeyState::Active | KeyState::Rotating)
+    }
+
     /// Returns the new state if `self -> to` is an allowed transition.
     ///
     /// Normal path: Generated → Distributed → Active → Rotating → Retired → Destroyed.
@@ -454,6 +591,35 @@ mod tests {
             let err = StaticKeypair::load(&path).unwrap_err();
             assert!(matches!(err, KeyError::MalformedKeyFile { .. }), "{err}");
         }
+    }
+
+    #[test]
+    fn rotate_file_installs_a_new_0600_key_and_keeps_the_old_until_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.key");
+        let old = StaticKeypair::generate_file(&path).unwrap();
+        let new = StaticKeypair::rotate_file(&path).unwrap();
+        assert_ne!(new.public(), old);
+        assert_eq!(StaticKeypair::load(&path).unwrap().public(), new.public());
+        let retired = retired_path(&path);
+        assert_eq!(StaticKeypair::load(&retired).unwrap().public(), old);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(!path_with_suffix(&path, ".new").exists());
+        assert!(StaticKeypair::discard_retired(&path).unwrap());
+        assert!(!retired.exists());
+        assert!(!StaticKeypair::discard_retired(&path).unwrap());
+    }
+
+    #[test]
+    fn key_slot_clones_share_the_replacement() {
+        let first = StaticKeypair::generate();
+        let slot = KeySlot::new(first.clone());
+        let holder = slot.clone();
+        let second = StaticKeypair::generate();
+        let replaced = slot.replace(second.clone());
+        assert_eq!(replaced.public(), first.public());
+        assert_eq!(holder.public(), second.public());
     }
 
     #[test]

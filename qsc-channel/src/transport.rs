@@ -5,12 +5,19 @@
 //! [`FrameKind::Rekey`] frame encrypted under the old key; the reader switches keys after
 //! that frame. TCP keeps frames in order, so nothing sent before or after is lost.
 //!
+//! A sender with nothing to say for [`TransportConfig::heartbeat_after`] sends a
+//! [`FrameKind::Heartbeat`] frame (the agent's client does; see
+//! [`FrameWriter::heartbeat_due_at`]); a reader that receives no frame at all for
+//! [`TransportConfig::idle_timeout`] fails with [`TransportError::IdleTimeout`], so a dead
+//! or silent peer closes the session instead of holding it open forever.
+//!
 //! Every failure closes the session: the reader returns a named [`TransportError`] and the
 //! caller drops both halves.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 
 use crate::frame::{
     self, FrameError, FrameKind, HARD_MAX_FRAME_LEN, HEADER_LEN, LENGTH_PREFIX_LEN,
@@ -26,6 +33,11 @@ pub struct TransportConfig {
     pub rekey_after_messages: u64,
     /// Rekey the sending direction after this much time.
     pub rekey_after: Duration,
+    /// A sender that runs a heartbeat (the agent) sends one after this long without a frame.
+    pub heartbeat_after: Duration,
+    /// A reader fails with [`TransportError::IdleTimeout`] when no frame arrived for this long;
+    /// `None` waits forever. Keep it a few times `heartbeat_after`.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for TransportConfig {
@@ -34,6 +46,8 @@ impl Default for TransportConfig {
             max_frame_len: HARD_MAX_FRAME_LEN,
             rekey_after_messages: 1 << 20,
             rekey_after: Duration::from_secs(600),
+            heartbeat_after: Duration::from_secs(10),
+            idle_timeout: Some(Duration::from_secs(30)),
         }
     }
 }
@@ -61,6 +75,8 @@ pub enum TransportError {
     Reordered { counter: u64, expected: u64 },
     #[error("frame {counter} failed authentication (tampered or wrong key)")]
     Tampered { counter: u64 },
+    #[error("no frame from the peer for {0:?}; the peer is gone or stuck")]
+    IdleTimeout(Duration),
     #[error("message of {len} bytes exceeds the frame limit of {max}")]
     MessageTooLarge { len: usize, max: usize },
     #[error(transparent)]
@@ -75,18 +91,33 @@ pub struct FrameWriter<W> {
     buf: Vec<u8>,
     frames_since_rekey: u64,
     last_rekey: Instant,
+    last_frame: Instant,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub fn new(io: W, cipher: CipherState, config: TransportConfig) -> Self {
+        let now = Instant::now();
         FrameWriter {
             io,
             cipher,
             config,
             buf: Vec::new(),
             frames_since_rekey: 0,
-            last_rekey: Instant::now(),
+            last_rekey: now,
+            last_frame: now,
         }
+    }
+
+    /// When a heartbeat is due if nothing else is sent before: `heartbeat_after` past the last
+    /// frame written.
+    pub fn heartbeat_due_at(&self) -> Instant {
+        self.last_frame + self.config.heartbeat_after
+    }
+
+    /// Sends a [`FrameKind::Heartbeat`] frame (rekeying first if due, like [`Self::send`]).
+    pub async fn heartbeat(&mut self) -> Result<(), TransportError> {
+        self.rekey_if_due().await?;
+        self.write_frame(FrameKind::Heartbeat, &[]).await
     }
 
     /// Encrypts `message` into one frame and writes it, rekeying first if the policy says so.
@@ -98,13 +129,18 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
                 max,
             });
         }
+        self.rekey_if_due().await?;
+        self.write_frame(FrameKind::Data, message).await
+    }
+
+    async fn rekey_if_due(&mut self) -> Result<(), TransportError> {
         if self.rekey_due() {
             self.write_frame(FrameKind::Rekey, &[]).await?;
             self.cipher.rekey()?;
             self.frames_since_rekey = 0;
             self.last_rekey = Instant::now();
         }
-        self.write_frame(FrameKind::Data, message).await
+        Ok(())
     }
 
     fn rekey_due(&self) -> bool {
@@ -125,6 +161,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             .encrypt_tail_with_ad(&header, &mut self.buf, HEADER_LEN)?;
         self.io.write_all(&self.buf).await?;
         self.frames_since_rekey += 1;
+        self.last_frame = Instant::now();
         Ok(())
     }
 
@@ -140,6 +177,7 @@ pub struct FrameReader<R> {
     io: R,
     cipher: CipherState,
     max_frame_len: usize,
+    idle_timeout: Option<Duration>,
     buf: Vec<u8>,
     /// End of the last decrypted plaintext in `buf`.
     plain_end: usize,
@@ -151,18 +189,32 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             io,
             cipher,
             max_frame_len: config.max_frame_len.min(HARD_MAX_FRAME_LEN),
+            idle_timeout: config.idle_timeout,
             buf: Vec::new(),
             plain_end: HEADER_LEN + 1,
         }
     }
 
-    /// Returns the next application message. Rekey frames are handled here.
+    /// Replaces the configured idle timeout; `None` waits for the peer forever.
+    pub fn with_idle_timeout(mut self, idle_timeout: Option<Duration>) -> Self {
+        self.idle_timeout = idle_timeout;
+        self
+    }
+
+    /// Returns the next application message. Rekey and heartbeat frames are handled here.
+    /// Fails with [`TransportError::IdleTimeout`] if no frame at all arrives in time.
     pub async fn recv(&mut self) -> Result<&[u8], TransportError> {
         loop {
-            let kind = self.read_frame().await?;
+            let kind = match self.idle_timeout {
+                Some(limit) => tokio::time::timeout(limit, self.read_frame())
+                    .await
+                    .map_err(|_| TransportError::IdleTimeout(limit))??,
+                None => self.read_frame().await?,
+            };
             match kind {
                 FrameKind::Data => return Ok(&self.buf[HEADER_LEN + 1..self.plain_end]),
                 FrameKind::Rekey => self.cipher.rekey()?,
+                FrameKind::Heartbeat => {}
             }
         }
     }
@@ -400,6 +452,68 @@ mod tests {
                 max: 1024
             }))
         ));
+    }
+
+    #[tokio::test]
+    async fn heartbeats_are_consumed_and_the_nonce_stays_in_step() {
+        let (i, r) = keys();
+        let (client, mut server) = duplex(1 << 16);
+        let mut writer = FrameWriter::new(client, i.send, TransportConfig::default());
+        writer.heartbeat().await.unwrap();
+        writer.send(b"after").await.unwrap();
+        writer.heartbeat().await.unwrap();
+        writer.shutdown().await.unwrap();
+        drop(writer);
+        let mut bytes = Vec::new();
+        server.read_to_end(&mut bytes).await.unwrap();
+        assert_eq!(frame_spans(&bytes).len(), 3);
+        let mut reader = reader_over(bytes, r.recv);
+        assert_eq!(reader.recv().await.unwrap(), b"after");
+        assert!(matches!(reader.recv().await, Err(TransportError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn silent_peer_hits_the_idle_timeout() {
+        let (_, r) = keys();
+        let limit = Duration::from_millis(100);
+        let config = TransportConfig {
+            idle_timeout: Some(limit),
+            ..TransportConfig::default()
+        };
+        let (_tx, rx) = duplex(64);
+        let mut reader = FrameReader::new(rx, r.recv, &config);
+        let started = Instant::now();
+        assert!(matches!(
+            reader.recv().await,
+            Err(TransportError::IdleTimeout(d)) if d == limit
+        ));
+        assert!(started.elapsed() >= limit);
+    }
+
+    #[tokio::test]
+    async fn heartbeats_keep_an_idle_session_open() {
+        let (i, r) = keys();
+        let config = TransportConfig {
+            heartbeat_after: Duration::from_millis(40),
+            idle_timeout: Some(Duration::from_millis(200)),
+            ..TransportConfig::default()
+        };
+        let (tx, rx) = duplex(1 << 16);
+        let mut writer = FrameWriter::new(tx, i.send, config.clone());
+        let mut reader = FrameReader::new(rx, r.recv, &config);
+        let sender = tokio::spawn(async move {
+            // Quiet for three idle timeouts, heartbeating whenever one is due.
+            let quiet_until = Instant::now() + Duration::from_millis(600);
+            while Instant::now() < quiet_until {
+                tokio::time::sleep_until(writer.heartbeat_due_at()).await;
+                writer.heartbeat().await.unwrap();
+            }
+            writer.send(b"still here").await.unwrap();
+            writer
+        });
+        assert_eq!(reader.recv().await.unwrap(), b"still here");
+        let writer = sender.await.unwrap();
+        assert!(writer.heartbeat_due_at() > Instant::now());
     }
 
     #[tokio::test]

@@ -13,9 +13,12 @@
 //! [`Uplink::take_loss`] returns what is new since the last call so the agent can report an
 //! `event_loss` (stage `outbox`).
 //!
-//! Commands: the cortex sends UTF-8 command text. [`AgentCommands`] answers `ping` with the
-//! agent's name and version; agents wrap it to add their own response actions.
+//! Commands: the cortex sends UTF-8 command text: `ping`, or a JSON
+//! [`qsc_event::ActionRequest`]. The uplink answers `rotate_keys` itself for every
+//! agent ([`rotation`]); [`AgentCommands`] answers `ping` with the agent's name and version and
+//! refuses actions it does not implement; agents wrap it to add their own response actions.
 
+pub mod rotation;
 mod settings;
 
 use std::time::Duration;
@@ -29,6 +32,8 @@ use crate::delivery::{
 };
 use crate::keys::KeyError;
 
+use qsc_event::ActionOutcome;
+use rotation::{KeyRotation, ParsedCommand, UplinkCommands, plain_report, report_result};
 pub use settings::{CortexSettings, MIN_OUTBOX_BYTES, UplinkConfig, read_public_key_file};
 
 /// Outbox record header: `len u32 | seq u64 | crc32 u32`.
@@ -119,9 +124,13 @@ impl Uplink {
             .enable_all()
             .build()
             .map_err(UplinkError::Runtime)?;
+        let rotation = config
+            .key_file
+            .map(|file| KeyRotation::new(file, config.client.keypair.clone()));
         let client = Client::new(config.client, outbox);
         let handle = client.handle();
-        runtime.spawn(client.run_until(handler, std::future::pending()));
+        let commands = UplinkCommands::new(handler, rotation);
+        runtime.spawn(client.run_until(commands, std::future::pending()));
         Ok(Uplink {
             handle,
             next_seq,
@@ -295,7 +304,11 @@ impl Drop for Uplink {
     }
 }
 
-/// The commands every agent understands. Today: `ping`, answered with `<agent> <version>`.
+/// The commands every agent understands: `ping`, answered with `<agent> <version>`. Action
+/// requests it does not implement are answered with a `refused` [`ActionReport`]
+/// (`rotate_keys` is answered by the uplink before it gets here).
+///
+/// [`ActionReport`]: qsc_event::ActionReport
 pub struct AgentCommands {
     agent: String,
     version: String,
@@ -312,15 +325,23 @@ impl AgentCommands {
 
 impl CommandHandler for AgentCommands {
     fn execute(&mut self, id: u64, body: &[u8]) -> (CommandStatus, Vec<u8>) {
-        let command = String::from_utf8_lossy(body);
-        let command = command.trim();
-        tracing::info!(id, command = %command.chars().take(80).collect::<String>(), "command from cortex");
+        let command = ParsedCommand::parse(body);
+        tracing::info!(id, ?command, "command from cortex");
         match command {
-            "ping" => (
+            ParsedCommand::Ping => (
                 CommandStatus::Succeeded,
                 format!("{} {}", self.agent, self.version).into_bytes(),
             ),
-            _ => (
+            ParsedCommand::Action(request) => report_result(&plain_report(
+                &request.action_id,
+                ActionOutcome::Refused,
+                format!(
+                    "{} does not implement the {} action",
+                    self.agent,
+                    request.action.name()
+                ),
+            )),
+            ParsedCommand::KeyRotated(_) | ParsedCommand::Unknown(_) => (
                 CommandStatus::Refused,
                 format!("{} does not know this command", self.agent).into_bytes(),
             ),
@@ -345,7 +366,11 @@ mod tests {
         outbox.segment_bytes = 1024;
         outbox.overflow = overflow;
         outbox.fsync = FsyncPolicy::Never;
-        UplinkConfig { client, outbox }
+        UplinkConfig {
+            client,
+            outbox,
+            key_file: None,
+        }
     }
 
     fn event(seq: u64, len: usize) -> Vec<u8> {
@@ -458,5 +483,12 @@ mod tests {
             (CommandStatus::Succeeded, b"guardian-beta 0.1.0".to_vec())
         );
         assert_eq!(commands.execute(2, b"rm -rf /").0, CommandStatus::Refused);
+        let (status, body) = commands.execute(3, br#"{"action_id":"a-1","action":"release"}"#);
+        assert_eq!(status, CommandStatus::Refused);
+        let report: qsc_event::ActionReport = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (report.action_id.as_str(), report.outcome),
+            ("a-1", ActionOutcome::Refused)
+        );
     }
 }

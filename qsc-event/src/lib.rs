@@ -5,6 +5,7 @@
 //! flat: the envelope fields plus `"kind": "<snake_case name>"` plus the kind's own fields.
 
 mod action;
+mod flat;
 mod kinds;
 mod process;
 
@@ -79,9 +80,11 @@ impl Event {
         }
     }
 
-    /// Parses and validates one event from JSON.
+    /// Parses and validates one event from JSON. Accepts exactly what the derived
+    /// `Deserialize` accepts, in one pass over the text when the `"kind"` tag precedes the
+    /// kind's fields (as every QSC writer puts it); see `flat.rs`.
     pub fn from_json(bytes: &[u8]) -> Result<Self, EventError> {
-        let event: Event = serde_json::from_slice(bytes)?;
+        let event = flat::decode(bytes)?;
         event.validate()?;
         Ok(event)
     }
@@ -206,6 +209,86 @@ mod tests {
             Event::from_json(b"{\"kind\":"),
             Err(EventError::Json(_))
         ));
+    }
+
+    /// A few kinds with optional, defaulted and nested fields, and tags that need escaping.
+    fn sample_events() -> Vec<String> {
+        let mut with_mono = exec_event();
+        with_mono.mono_ns = Some(123);
+        let login = Event::new(
+            "web-01",
+            Source::Alpha,
+            8,
+            EventKind::AuthFailure(AuthAttempt {
+                user: "root".into(),
+                remote_ip: Some("10.0.0.9".parse().unwrap()),
+                service: "sshd".into(),
+                detail: None,
+            }),
+        );
+        let mut texts: Vec<String> = [exec_event(), with_mono, login]
+            .iter()
+            .map(Event::to_json)
+            .collect();
+        // Field order is free, and an escaped tag is still the same tag.
+        texts.push(
+            r#"{"extra":true,"kind":"heartbeat","version":"1","uptime_s":5,"schema":1,"host_id":"h","source":"alpha","seq":2,"time_ns":4,"mono_ns":null}"#
+                .into(),
+        );
+        texts.push(
+            r#"{"kind":"auth\u005fsuccess","user":"u","service":"s","schema":1,"host_id":"h","source":"beta","seq":3,"time_ns":9,"extra":[1,{"a":2}]}"#
+                .into(),
+        );
+        texts
+    }
+
+    #[test]
+    fn fast_decoder_agrees_with_the_derived_one() {
+        for text in sample_events() {
+            let derived: Event = serde_json::from_str(&text).unwrap();
+            assert_eq!(
+                Event::from_json(text.as_bytes()).unwrap(),
+                derived,
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn fast_decoder_rejects_what_the_derived_one_rejects() {
+        let bad = [
+            r#"{"schema":1,"host_id":"h","source":"alpha","seq":1,"time_ns":1,"kind":"no_such_kind"}"#,
+            r#"{"schema":1,"host_id":"h","source":"alpha","seq":1,"time_ns":1,"kind":"process_exec"}"#,
+            r#"{"schema":1,"host_id":"h","source":"alpha","seq":1,"time_ns":1}"#,
+            r#"{"schema":1,"host_id":"h","source":"alpha","seq":1,"kind":"heartbeat","version":"1","uptime_s":1}"#,
+            r#"{"schema":1,"host_id":"h","source":"alpha","seq":1,"time_ns":1,"kind":"heartbeat","version":7,"uptime_s":1}"#,
+            r#"{"schema":1,"host_id":"h","source":"alpha","seq":1,"time_ns":1,"kind":"heartbeat","version":"1","uptime_s":1,"seq":2}"#,
+            r#"{"schema":1,"host_id":"h","source":"alpha","seq":1,"time_ns":1,"kind":"heartbeat","version":"1","uptime_s":1,"uptime_s":1}"#,
+            r#"{"schema":1,"host_id":"h","source":"alpha","seq":1,"time_ns":1,"mono_ns":null,"kind":"heartbeat","version":"1","uptime_s":1,"mono_ns":3}"#,
+            r#"{"schema":1,"host_id":"h","source":"alpha","seq":1,"time_ns":1,"kind":"heartbeat","version":"1","uptime_s":1} x"#,
+            r#"{"schema":70000,"host_id":"h","source":"alpha","seq":1,"time_ns":1,"kind":"heartbeat","version":"1","uptime_s":1}"#,
+        ];
+        for text in bad {
+            assert!(serde_json::from_str::<Event>(text).is_err(), "{text}");
+            assert!(
+                matches!(Event::from_json(text.as_bytes()), Err(EventError::Json(_))),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_fast_tag_is_a_serde_tag() {
+        assert_eq!(EventKind::TAGGED_DECODERS.len(), 40);
+        for tag in EventKind::TAGGED_DECODERS {
+            let text = format!(r#"{{"kind":"{tag}"}}"#);
+            if let Err(error) = serde_json::from_str::<EventKind>(&text) {
+                assert!(
+                    !error.to_string().contains("unknown variant"),
+                    "{tag}: {error}"
+                );
+            }
+        }
     }
 
     #[test]

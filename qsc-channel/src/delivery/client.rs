@@ -21,7 +21,7 @@ use super::envelope::{
 };
 use super::outbox::{Appended, DropCounters, Outbox, OutboxError, ReadBatch};
 use crate::handshake::{self, HandshakeError};
-use crate::keys::{PublicKeyBytes, StaticKeypair};
+use crate::keys::{KeySlot, PublicKeyBytes, StaticKeypair};
 use crate::noise::HandshakeMode;
 use crate::transport::{FrameReader, FrameWriter, TransportConfig, TransportError};
 
@@ -31,7 +31,9 @@ pub struct ClientConfig {
     pub cortex_addr: String,
     /// The pinned cortex static public key.
     pub cortex_key: PublicKeyBytes,
-    pub keypair: StaticKeypair,
+    /// The agent's static keypair; replaceable while running (key rotation): each handshake
+    /// uses the key in the slot at that moment.
+    pub keypair: KeySlot,
     pub mode: HandshakeMode,
     pub transport: TransportConfig,
     pub connect_timeout: Duration,
@@ -55,7 +57,7 @@ impl ClientConfig {
         ClientConfig {
             cortex_addr: cortex_addr.into(),
             cortex_key,
-            keypair,
+            keypair: KeySlot::new(keypair),
             mode: HandshakeMode::Hybrid,
             transport: TransportConfig::default(),
             connect_timeout: Duration::from_secs(5),
@@ -234,8 +236,11 @@ impl Client {
                     source,
                 })?;
         stream.set_nodelay(true).map_err(TransportError::Io)?;
-        let exchange =
-            handshake::initiate(&mut stream, cfg.mode, &cfg.keypair, &cfg.cortex_key, &[]);
+        if let Some(limit) = cfg.transport.idle_timeout {
+            set_user_timeout(&stream, limit).map_err(TransportError::Io)?;
+        }
+        let keypair = cfg.keypair.current();
+        let exchange = handshake::initiate(&mut stream, cfg.mode, &keypair, &cfg.cortex_key, &[]);
         let (keys, payload) = tokio::time::timeout(cfg.handshake_timeout, exchange)
             .await
             .map_err(|_| ClientError::HandshakeTimeout)??;
@@ -245,7 +250,9 @@ impl Client {
         tracing::info!(addr = %cfg.cortex_addr, resume_after, "connected to cortex");
 
         let (read_half, write_half) = stream.into_split();
-        let reader = FrameReader::new(read_half, keys.recv, &cfg.transport);
+        // The cortex speaks only to ack or command, so silence from it is normal; a dead cortex
+        // shows as a heartbeat its host does not acknowledge (TCP_USER_TIMEOUT, set above).
+        let reader = FrameReader::new(read_half, keys.recv, &cfg.transport).with_idle_timeout(None);
         let writer = FrameWriter::new(write_half, keys.send, cfg.transport.clone());
         let progress = Arc::new(Progress {
             acked: AtomicU64::new(resume_after),
@@ -322,6 +329,7 @@ impl Client {
                 () = self.shared.appended.notified() => {}
                 () = progress.ack_notify.notified() => {}
                 Some(result) = results.recv() => writer.send(&result).await?,
+                () = tokio::time::sleep_until(writer.heartbeat_due_at()) => writer.heartbeat().await?,
                 joined = &mut *reader_task => {
                     return match joined {
                         Ok(result) => result,
@@ -374,6 +382,28 @@ async fn read_loop<H: CommandHandler>(
             }
         }
     }
+}
+
+/// Makes the kernel abort the connection (ETIMEDOUT on the next read or write) when data sent
+/// on it stays unacknowledged for `limit`: with heartbeats flowing, this is how the agent
+/// notices a cortex host that vanished without closing the connection.
+fn set_user_timeout(stream: &TcpStream, limit: Duration) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let millis = libc::c_uint::try_from(limit.as_millis()).unwrap_or(libc::c_uint::MAX);
+    // SAFETY: a valid socket descriptor, and an option value of the size passed.
+    let status = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            (&raw const millis).cast(),
+            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+        )
+    };
+    if status != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Exponential backoff with equal jitter: each delay is in [d/2, d], d doubling up to `max`.

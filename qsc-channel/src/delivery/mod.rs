@@ -24,5 +24,5 @@ pub use outbox::{
 };
 pub use server::{
     AgentIdentity, CommandSender, EventSink, ServerConfig, ServerError, Session, SessionClosed,
-    SinkError, accept,
+    SessionCloser, SinkError, accept,
 };

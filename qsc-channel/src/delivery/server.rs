@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::dedup::{Dedup, DedupError};
 use super::envelope::{self, AgentMessage, CommandStatus, EnvelopeError};
@@ -73,6 +73,8 @@ pub enum ServerError {
     Sequence { host_id: String, source: DedupError },
     #[error("sink failed for agent {host_id}: {source}")]
     Sink { host_id: String, source: SinkError },
+    #[error("the cortex closed the session of agent {host_id}: {reason}")]
+    ClosedByCortex { host_id: String, reason: String },
 }
 
 /// Cortex-side settings shared by all sessions.
@@ -107,6 +109,41 @@ impl CommandSender {
 #[error("the agent session has ended")]
 pub struct SessionClosed;
 
+/// Ends a running [`Session`] from outside, e.g. when its key is revoked or rotated. The
+/// session stops at its next await point; batches already stored stay stored, and what was
+/// not acknowledged is re-sent by the agent on its next connection (and de-duplicated).
+#[derive(Clone, Debug)]
+pub struct SessionCloser {
+    tx: Arc<watch::Sender<Option<String>>>,
+}
+
+impl SessionCloser {
+    /// Asks the session to end, logging `reason`. Closing twice keeps the first reason.
+    pub fn close(&self, reason: impl Into<String>) {
+        let reason = reason.into();
+        self.tx.send_if_modified(|current| {
+            if current.is_some() {
+                return false;
+            }
+            *current = Some(reason);
+            true
+        });
+    }
+}
+
+/// Resolves with the reason once [`SessionCloser::close`] was called.
+async fn closed(mut rx: watch::Receiver<Option<String>>) -> String {
+    loop {
+        if let Some(reason) = rx.borrow_and_update().clone() {
+            return reason;
+        }
+        if rx.changed().await.is_err() {
+            // Every closer is gone: nobody can close the session any more.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// An authenticated agent connection, ready to run.
 pub struct Session {
     identity: AgentIdentity,
@@ -116,6 +153,8 @@ pub struct Session {
     writer: FrameWriter<OwnedWriteHalf>,
     outgoing_tx: mpsc::Sender<Vec<u8>>,
     outgoing_rx: mpsc::Receiver<Vec<u8>>,
+    closer: SessionCloser,
+    close_rx: watch::Receiver<Option<String>>,
 }
 
 /// Runs the handshake on a fresh connection. The agent must be enrolled and not revoked;
@@ -164,6 +203,7 @@ pub async fn accept<K: EventSink>(
     }
     let (read_half, write_half) = stream.into_split();
     let (outgoing_tx, outgoing_rx) = mpsc::channel(1024);
+    let (close_tx, close_rx) = watch::channel(None);
     tracing::info!(
         host_id = %accepted.peer.host_id,
         key_id = %accepted.peer.public_key.key_id(),
@@ -179,6 +219,10 @@ pub async fn accept<K: EventSink>(
         writer: FrameWriter::new(write_half, accepted.keys.send, config.transport.clone()),
         outgoing_tx,
         outgoing_rx,
+        closer: SessionCloser {
+            tx: Arc::new(close_tx),
+        },
+        close_rx,
     })
 }
 
@@ -197,6 +241,11 @@ impl Session {
         }
     }
 
+    /// A handle that ends this session from outside.
+    pub fn closer(&self) -> SessionCloser {
+        self.closer.clone()
+    }
+
     /// Serves the agent until it disconnects (`Ok`) or breaks the protocol (`Err`).
     pub async fn run<K: EventSink>(self, sink: &mut K) -> Result<(), ServerError> {
         let Session {
@@ -206,6 +255,7 @@ impl Session {
             mut writer,
             outgoing_tx,
             mut outgoing_rx,
+            close_rx,
             ..
         } = self;
         let writer_task = tokio::spawn(async move {
@@ -214,7 +264,13 @@ impl Session {
             }
             Ok::<(), TransportError>(())
         });
-        let result = read_loop(&identity, &mut dedup, &mut reader, &outgoing_tx, sink).await;
+        let result = tokio::select! {
+            result = read_loop(&identity, &mut dedup, &mut reader, &outgoing_tx, sink) => result,
+            reason = closed(close_rx) => Err(ServerError::ClosedByCortex {
+                host_id: identity.host_id.clone(),
+                reason,
+            }),
+        };
         writer_task.abort();
         match result {
             Err(ServerError::Transport(TransportError::Closed)) => {

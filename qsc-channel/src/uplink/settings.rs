@@ -62,6 +62,9 @@ impl Default for CortexSettings {
 pub struct UplinkConfig {
     pub client: ClientConfig,
     pub outbox: OutboxConfig,
+    /// The file the agent's key was loaded from; key rotation replaces it. Without it the
+    /// agent refuses `rotate_keys`.
+    pub key_file: Option<PathBuf>,
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> UplinkError {
@@ -164,7 +167,8 @@ impl CortexSettings {
     pub fn resolve(&self, agent: &str) -> Result<UplinkConfig, UplinkError> {
         self.validate()?;
         let cortex_key = self.pinned_cortex_key()?;
-        let keypair = StaticKeypair::load(&self.key_file_for(agent))?;
+        let key_file = self.key_file_for(agent);
+        let keypair = StaticKeypair::load(&key_file)?;
         let mut outbox = OutboxConfig::new(self.outbox_dir_for(agent));
         outbox.max_bytes = self.outbox_max_bytes;
         outbox.segment_bytes = (self.outbox_max_bytes / 8).min(MAX_SEGMENT_BYTES);
@@ -173,6 +177,7 @@ impl CortexSettings {
         Ok(UplinkConfig {
             client: ClientConfig::new(self.address.clone(), cortex_key, keypair),
             outbox,
+            key_file: Some(key_file),
         })
     }
 

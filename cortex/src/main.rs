@@ -9,12 +9,20 @@
 //!                                    detect (Sigma) → score (Bayesian fusion) → decide (node state)
 //!                                    └─▶ anomaly thread: host_metrics → per-host baseline
 //!                                        (learn, score, retrain) → scores back into the fusion
+//!                                    └─▶ respond: playbooks → guardrails → mode (dry_run | assisted
+//!                                        hold | autonomous) → dispatch queue
 //!                                    └─▶ incidents + node states in the store, transitions in audit
-//! api (axum): health, metrics, nodes, incidents, events, release
+//! respond dispatcher task ──qsc-channel command──▶ guardian-alpha of the host ──ActionReport──▶
+//!                          result, latency, TTL rollback (all audited, persisted)
+//! webhook: incidents and action results ──signed, retried, dead-lettered──▶ SOAR destinations
+//! api (axum): health, metrics, nodes, incidents, events, release, actions (approve/deny),
+//!             POST /webhook/approval (a SOAR's signed approve/deny)
 //! ```
 
 mod cli;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,16 +34,20 @@ use cortex::audit::{AuditEntry, AuditKind, AuditLog, AuditSink};
 use cortex::config::CortexConfig;
 use cortex::decide::NodeStates;
 use cortex::ingest::agents::AgentsFile;
+use cortex::ingest::keys::{KEYS_POLL, KeyLifecycle};
 use cortex::ingest::validate::Limits;
 use cortex::ingest::{self, AgentDirectory, IngestSink};
+use cortex::keys::KeyStore;
 use cortex::metrics::Metrics;
 use cortex::pipeline::anomaly::AnomalyStage;
 use cortex::pipeline::{self, Pipeline, rules};
+use cortex::respond::{AgentLinks, KeyRotation, Playbooks, Responder, ResponderParts};
 use cortex::score::{Fusion, ScoreConfig};
 use cortex::store::{Store, open_store};
+use cortex::webhook::{InboundVerifier, WebhookObserver, WebhookSender};
 use qsc_channel::delivery::ServerConfig;
 use qsc_channel::keys::StaticKeypair;
-use qsc_event::now_ns;
+use qsc_event::{Source, now_ns};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -110,7 +122,12 @@ async fn serve(config: CortexConfig) -> anyhow::Result<()> {
         &config.audit.signing_key_file,
         config.audit.checkpoint_interval,
     )?);
-    let directory = AgentDirectory::load(config.agents.file.clone())?;
+    let directory =
+        AgentDirectory::load(config.agents.file.clone())?.with_lifecycle(KeyLifecycle::new(
+            KeyStore::new(config.key_records_file()),
+            audit.clone(),
+            config.keys.max_key_age(),
+        ))?;
     let agents = AgentsFile::load(&config.agents.file)?;
 
     // detect → score → decide, on one worker thread behind a bounded queue.
@@ -134,7 +151,16 @@ async fn serve(config: CortexConfig) -> anyhow::Result<()> {
         metrics.clone(),
     )?;
     let (anomaly, anomaly_thread) = AnomalyStage::start(config.anomaly.clone())?;
-    let pipeline = pipeline.with_anomaly(anomaly);
+    let links = AgentLinks::default();
+    let rotation = Arc::new(LifecycleRotation(directory.clone()));
+    let (responder, dispatcher) = respond_stage(&config, &store, &nodes, &links, rotation)?;
+    let webhooks = webhook_stage(&config)?;
+    if let Some(observer) = &webhooks.observer {
+        responder.add_observer(observer.clone());
+    }
+    let pipeline = pipeline
+        .with_anomaly(anomaly)
+        .with_responder(responder.clone());
     let (sender, queue) = pipeline::queue(
         config.pipeline.queue_batches,
         Duration::from_millis(config.pipeline.max_block_ms),
@@ -152,7 +178,8 @@ async fn serve(config: CortexConfig) -> anyhow::Result<()> {
         Limits::from(&config.ingest),
         metrics.clone(),
         sender,
-    );
+    )
+    .with_links(links);
     let server_config = ServerConfig {
         keypair,
         allow_list: directory.allow_list(),
@@ -182,11 +209,13 @@ async fn serve(config: CortexConfig) -> anyhow::Result<()> {
         sink,
         shutdown_rx.clone(),
     ));
+    let keys_task = tokio::spawn(directory.clone().watch_keys(KEYS_POLL, shutdown_rx.clone()));
     let watch_task = tokio::spawn(directory.watch(
         Duration::from_secs(config.agents.reload_interval_s),
         audit.clone() as Arc<dyn AuditSink>,
         shutdown_rx.clone(),
     ));
+    let dispatch_task = tokio::spawn(dispatcher.run(shutdown_rx.clone()));
     let retention_task = tokio::spawn(retention(
         store.clone(),
         config.clone(),
@@ -197,6 +226,12 @@ async fn serve(config: CortexConfig) -> anyhow::Result<()> {
         metrics,
         nodes,
         token: Arc::new(token),
+        respond: responder,
+        webhook_counters: webhooks
+            .observer
+            .as_ref()
+            .map(|o| o.sender().counters().clone()),
+        inbound: webhooks.inbound,
     };
     let mut api_shutdown = shutdown_rx.clone();
     let api_task = tokio::spawn(async move {
@@ -214,7 +249,9 @@ async fn serve(config: CortexConfig) -> anyhow::Result<()> {
     let _ = shutdown_tx.send(true);
     ingest_task.await.context("ingest task")?;
     watch_task.await.context("agents watch task")?;
+    keys_task.await.context("key lifecycle task")?;
     retention_task.await.context("retention task")?;
+    dispatch_task.await.context("respond dispatcher task")?;
     api_task.await.context("api task")??;
     // Every ingest session is gone, so the queue's senders are too: the worker drains and ends.
     tokio::task::spawn_blocking(move || worker.join())
@@ -233,6 +270,88 @@ async fn serve(config: CortexConfig) -> anyhow::Result<()> {
     })?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The respond stage: playbooks loaded (a bad file stops start-up), persisted actions taken
+/// over, and its dispatcher (run as a task) that sends actions through `links`.
+fn respond_stage(
+    config: &CortexConfig,
+    store: &Arc<dyn Store>,
+    nodes: &Arc<Mutex<NodeStates>>,
+    links: &AgentLinks,
+    rotation: Arc<dyn KeyRotation>,
+) -> anyhow::Result<(Arc<Responder>, cortex::respond::Dispatcher)> {
+    let playbooks = Playbooks::load(
+        config.respond.shipped_playbooks,
+        &config.respond.playbook_dirs,
+    )?;
+    tracing::info!(
+        playbooks = playbooks.playbooks.len(),
+        mode = config.respond.mode.as_str(),
+        "respond stage ready"
+    );
+    Ok(Responder::new(ResponderParts {
+        config: config.respond.clone(),
+        playbooks,
+        store: store.clone(),
+        nodes: nodes.clone(),
+        links: links.clone(),
+        cortex_addr: Some(config.listen_addr()?.ip()),
+        key_rotation: Some(rotation),
+    })?)
+}
+
+/// The SOAR webhook stage: the outbound sender (only with destinations) observing the respond
+/// stage, and the inbound approval verifier (refusing everything without an inbound secret).
+struct WebhookStage {
+    observer: Option<Arc<WebhookObserver>>,
+    inbound: Arc<InboundVerifier>,
+}
+
+fn webhook_stage(config: &CortexConfig) -> anyhow::Result<WebhookStage> {
+    let valid = config.webhook.validate()?;
+    let tolerance = Duration::from_secs(config.webhook.inbound_tolerance_s);
+    let inbound = match valid.inbound_secret.clone() {
+        Some(secret) => {
+            InboundVerifier::with_replay_file(Some(secret), tolerance, &config.webhook.queue_path)
+                .context("opening the inbound webhook replay journal")?
+        }
+        None => InboundVerifier::new(None, tolerance),
+    };
+    let observer = if valid.destinations.is_empty() {
+        None
+    } else {
+        let sender = WebhookSender::start(&valid).context("starting the webhook sender")?;
+        tracing::info!(
+            destinations = valid.destinations.len(),
+            "webhook sender ready"
+        );
+        Some(Arc::new(WebhookObserver::new(sender)))
+    };
+    Ok(WebhookStage {
+        observer,
+        inbound: Arc::new(inbound),
+    })
+}
+
+/// Playbook `rotate_keys` actions go through the agents' key lifecycle (an emergency rotation
+/// of the host's guardian-alpha key), which records the new key.
+struct LifecycleRotation(AgentDirectory);
+
+impl KeyRotation for LifecycleRotation {
+    fn rotate<'a>(
+        &'a self,
+        host: &'a str,
+        actor: &'a str,
+        reason: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'a>> {
+        Box::pin(async move {
+            self.0
+                .request_rotation(host, Source::Alpha, true, actor, reason)
+                .await
+                .map_err(|error| error.to_string())
+        })
+    }
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

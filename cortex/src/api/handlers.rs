@@ -1,16 +1,19 @@
 //! Route handlers. Store calls are synchronous (SQLite), so they run on blocking threads.
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiState, ocsf};
-use crate::decide::{Approval, DecideError};
+use crate::decide::DecideError;
+use crate::respond::{ActionRecord, ActionStatus, ApprovalError, ReleaseError, ReleaseOutcome};
 use crate::score::{IncidentStatus, Severity};
-use crate::store::{EventQuery, IncidentQuery, MAX_QUERY_LIMIT};
+use crate::store::{ActionQuery, EventQuery, IncidentQuery, MAX_QUERY_LIMIT};
+use crate::webhook::{InboundError, InboundRequest};
 
 /// Results per page when the caller gives no `limit`.
 const DEFAULT_LIMIT: usize = 100;
@@ -43,11 +46,12 @@ pub async fn health() -> Json<Value> {
 }
 
 pub async fn metrics(State(state): State<ApiState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
-        .into_response()
+    let mut text = state.metrics.render();
+    text.push_str(&state.respond.render_metrics());
+    if let Some(counters) = &state.webhook_counters {
+        text.push_str(&counters.snapshot().render());
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 pub async fn nodes(State(state): State<ApiState>) -> Response {
@@ -136,48 +140,175 @@ pub struct ReleaseRequest {
     reason: String,
 }
 
-/// Operator approval for ISOLATED → NOMINAL; the transition is audited with the operator's name.
+/// Operator approval for ISOLATED → NOMINAL; the transition is audited with the operator's name
+/// and the agent is told to release the host. With two-person release, the first approval
+/// answers 202 Accepted and names who approved.
 pub async fn release(
     State(state): State<ApiState>,
     Path(host): Path<String>,
     Json(request): Json<ReleaseRequest>,
 ) -> Response {
-    let approval = Approval {
-        operator: request.operator,
-        reason: request.reason,
-    };
     let outcome = tokio::task::spawn_blocking(move || {
-        let record = {
-            let mut nodes = state
-                .nodes
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            nodes.release(&host, &approval)
-        }?;
         state
-            .store
-            .put_node_state(&record)
-            .map_err(|e| ReleaseFailure::Store(e.to_string()))?;
-        Ok::<_, ReleaseFailure>(record)
+            .respond
+            .release(&host, &request.operator, &request.reason)
     })
     .await;
     match outcome {
-        Ok(Ok(record)) => Json(record).into_response(),
-        Ok(Err(ReleaseFailure::Decide(e @ DecideError::NotAllowed { .. }))) => {
+        Ok(Ok(ReleaseOutcome::Released { node, action })) => {
+            Json(json!({"node": node, "action": action})).into_response()
+        }
+        Ok(Ok(ReleaseOutcome::AwaitingSecond { first })) => (
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "awaiting": "a second operator's approval (two_person_release)",
+                "first_operator": first,
+            })),
+        )
+            .into_response(),
+        Ok(Err(e @ ReleaseError::Decide(DecideError::NotAllowed { .. }))) => {
             error(StatusCode::CONFLICT, e.to_string()).into_response()
         }
-        Ok(Err(ReleaseFailure::Decide(e @ DecideError::InvalidOperator))) => {
+        Ok(Err(
+            e
+            @ (ReleaseError::InvalidOperator | ReleaseError::Decide(DecideError::InvalidOperator)),
+        )) => error(StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionParams {
+    status: Option<String>,
+    host: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Response actions, newest first.
+pub async fn actions(
+    State(state): State<ApiState>,
+    Query(params): Query<ActionParams>,
+) -> Response {
+    let status = match params.status.as_deref().map(ActionStatus::parse) {
+        Some(None) => {
+            return error(StatusCode::BAD_REQUEST, "unknown action status").into_response();
+        }
+        Some(Some(status)) => Some(status),
+        None => None,
+    };
+    let query = ActionQuery {
+        host: params.host,
+        status,
+        active_only: false,
+        limit: params.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_QUERY_LIMIT),
+    };
+    blocking(move || state.store.actions(&query)).await
+}
+
+pub async fn action(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
+    match tokio::task::spawn_blocking(move || state.store.action(&id)).await {
+        Ok(Ok(Some(record))) => Json(record).into_response(),
+        Ok(Ok(None)) => error(StatusCode::NOT_FOUND, "no such action").into_response(),
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionRequest {
+    operator: String,
+    #[serde(default)]
+    reason: String,
+}
+
+pub async fn approve(
+    state: State<ApiState>,
+    id: Path<String>,
+    request: Json<DecisionRequest>,
+) -> Response {
+    decide(state, id, request, true).await
+}
+
+pub async fn deny(
+    state: State<ApiState>,
+    id: Path<String>,
+    request: Json<DecisionRequest>,
+) -> Response {
+    decide(state, id, request, false).await
+}
+
+/// An operator's decision on a held action, through [`crate::respond::Approvals`].
+async fn decide(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Json(request): Json<DecisionRequest>,
+    approve: bool,
+) -> Response {
+    let approvals = state.respond.approvals();
+    let outcome = tokio::task::spawn_blocking(move || {
+        approvals.decide_with_reason(&id, &request.operator, approve, &request.reason)
+    })
+    .await;
+    decision_response(outcome)
+}
+
+fn decision_response(
+    outcome: Result<Result<ActionRecord, ApprovalError>, tokio::task::JoinError>,
+) -> Response {
+    match outcome {
+        Ok(Ok(record)) => Json(record).into_response(),
+        Ok(Err(e @ ApprovalError::InvalidOperator)) => {
             error(StatusCode::BAD_REQUEST, e.to_string()).into_response()
+        }
+        Ok(Err(e @ ApprovalError::NotHeld { .. })) => {
+            error(StatusCode::NOT_FOUND, e.to_string()).into_response()
+        }
+        Ok(Err(e @ ApprovalError::Expired { .. })) => {
+            error(StatusCode::GONE, e.to_string()).into_response()
         }
         Ok(Err(e)) => internal(e),
         Err(e) => internal(e),
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-enum ReleaseFailure {
-    #[error(transparent)]
-    Decide(#[from] DecideError),
-    #[error("the release was audited but could not be stored: {0}")]
-    Store(String),
+/// A SOAR's signed decision on a held action (`POST /webhook/approval`). The Standard Webhooks
+/// signature replaces the API token; the decision is audited as `webhook:<operator>`.
+pub async fn inbound_approval(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let verifier = state.inbound.clone();
+    let approvals = state.respond.approvals();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let request = InboundRequest::from_headers(header, &body);
+        verifier.verify(&request).map(|decision| {
+            let operator = format!("webhook:{}", decision.operator);
+            approvals.decide_with_reason(
+                &decision.action_id,
+                &operator,
+                decision.approve,
+                "inbound webhook",
+            )
+        })
+    })
+    .await;
+    match outcome {
+        Ok(Err(refused)) => {
+            tracing::warn!(error = %refused, "inbound webhook refused");
+            let status = match refused {
+                InboundError::Disabled => StatusCode::NOT_FOUND,
+                InboundError::BadBody(_) | InboundError::BadField { .. } => StatusCode::BAD_REQUEST,
+                InboundError::ReplayStore { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+                _ => StatusCode::UNAUTHORIZED,
+            };
+            error(status, refused.to_string()).into_response()
+        }
+        Ok(Ok(decided)) => decision_response(Ok(decided)),
+        Err(e) => internal(e),
+    }
 }

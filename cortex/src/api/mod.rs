@@ -6,10 +6,14 @@
 //! | `GET /health` | liveness, no token needed |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /api/nodes` | node state of every host that left NOMINAL |
-//! | `POST /api/nodes/{host}/release` | operator approval ISOLATED → NOMINAL (audited) |
+//! | `POST /api/nodes/{host}/release` | operator approval ISOLATED → NOMINAL (audited); the agent is told to release; with `[respond] two_person_release` the first call answers 202 and a second operator's call releases |
+//! | `GET /api/actions?status=&host=&limit=` | response actions (held, executed, with their results), newest first |
+//! | `GET /api/actions/{id}` | one response action |
+//! | `POST /api/actions/{id}/approve`, `/deny` | an operator's decision on a held action: `{"operator": "...", "reason": "..."}` |
 //! | `GET /api/incidents?host=&status=&min_severity=&limit=` | incidents, newest first |
 //! | `GET /api/incidents/{id}` | one incident with its evidence, and as an OCSF Detection Finding |
 //! | `GET /api/events?host=&kind=&since=&until=&limit=` | stored events (decrypted), OCSF-shaped |
+//! | `POST /webhook/approval` | a SOAR's signed approve/deny of a held action (Standard Webhooks signature with `[webhook] inbound_secret`, not the token) |
 
 mod handlers;
 pub mod ocsf;
@@ -24,11 +28,13 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-pub use token::{ApiToken, TokenError};
+pub use token::{ApiToken, TokenError, read_secret};
 
 use crate::decide::NodeStates;
 use crate::metrics::Metrics;
+use crate::respond::Responder;
 use crate::store::Store;
+use crate::webhook::{InboundVerifier, WebhookCounters};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -37,6 +43,12 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     pub nodes: Arc<Mutex<NodeStates>>,
     pub token: Arc<ApiToken>,
+    /// The respond stage: actions, approvals, releases.
+    pub respond: Arc<Responder>,
+    /// Outbound webhook counters for `/metrics` (none without destinations).
+    pub webhook_counters: Option<Arc<WebhookCounters>>,
+    /// Verifies inbound approvals (refuses everything without an inbound secret).
+    pub inbound: Arc<InboundVerifier>,
 }
 
 /// The API's routes, with authentication on everything but `/health`.
@@ -48,9 +60,14 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/incidents", get(handlers::incidents))
         .route("/api/incidents/{id}", get(handlers::incident))
         .route("/api/events", get(handlers::events))
+        .route("/api/actions", get(handlers::actions))
+        .route("/api/actions/{id}", get(handlers::action))
+        .route("/api/actions/{id}/approve", post(handlers::approve))
+        .route("/api/actions/{id}/deny", post(handlers::deny))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/health", get(handlers::health))
+        .route("/webhook/approval", post(handlers::inbound_approval))
         .merge(protected)
         .with_state(state)
 }
@@ -76,6 +93,7 @@ mod tests {
     use super::*;
     use crate::audit::AuditLog;
     use crate::decide::NodeState;
+    use crate::respond::{AgentLinks, Playbooks, RespondConfig, ResponderParts};
     use crate::store::SqliteStore;
     use std::io::{Read, Write};
 
@@ -115,11 +133,28 @@ mod tests {
             .on_isolated("web-01", "cortex", "test isolation")
             .unwrap();
         store.put_node_state(&isolated).unwrap();
+        let nodes = Arc::new(Mutex::new(nodes));
+        let (respond, _dispatcher) = Responder::new(ResponderParts {
+            config: RespondConfig::default(),
+            playbooks: Playbooks::default(),
+            store: store.clone(),
+            nodes: nodes.clone(),
+            links: AgentLinks::default(),
+            cortex_addr: None,
+            key_rotation: None,
+        })
+        .unwrap();
         let state = ApiState {
             store: store.clone(),
             metrics: Arc::new(Metrics::default()),
-            nodes: Arc::new(Mutex::new(nodes)),
+            nodes,
             token: Arc::new(ApiToken::from_secret(TOKEN)),
+            respond,
+            webhook_counters: None,
+            inbound: Arc::new(crate::webhook::InboundVerifier::new(
+                None,
+                std::time::Duration::from_secs(300),
+            )),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -142,5 +177,198 @@ mod tests {
         assert_eq!(last[0].actor, "operator:alice");
         let (status, text) = request(addr, post(path, TOKEN, body)).await;
         assert_eq!(status, 409, "only an ISOLATED host can be released: {text}");
+    }
+
+    fn get(path: &str, token: &str) -> String {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\r\n"
+        )
+    }
+
+    fn incident() -> crate::score::Incident {
+        use crate::score::{EntityKey, Incident, IncidentStatus, Severity};
+        Incident {
+            id: "inc-1".into(),
+            host: "web-01".into(),
+            entity: EntityKey::Host {
+                host: "web-01".into(),
+            },
+            title: "test".into(),
+            severity: Severity::Critical,
+            confidence: 0.99,
+            prior: 0.001,
+            log_odds: 4.0,
+            attack_techniques: Vec::new(),
+            status: IncidentStatus::Open,
+            opened_ns: 1,
+            updated_ns: 1,
+            evidence: Vec::new(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn operators_list_approve_and_deny_held_actions_and_release_in_two_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open_with_key(&dir.path().join("c.db"), &[1; 32]).unwrap());
+        let seed = zeroize::Zeroizing::new([2u8; 32]);
+        let audit = Arc::new(AuditLog::open_with_key(&dir.path().join("a.db"), &seed, 8).unwrap());
+        let nodes = Arc::new(Mutex::new(NodeStates::new(audit.clone(), Vec::new())));
+        let book = "name: hold\nmatch: {}\nactions: [{action: isolate}, {action: isolate}]";
+        let config = RespondConfig {
+            two_person_release: true,
+            ..RespondConfig::default()
+        };
+        let (respond, _dispatcher) = Responder::new(ResponderParts {
+            config,
+            playbooks: Playbooks::parse_all(&[("t.yml".into(), book.into())]).unwrap(),
+            store: store.clone(),
+            nodes: nodes.clone(),
+            links: AgentLinks::default(),
+            cortex_addr: None,
+            key_rotation: None,
+        })
+        .unwrap();
+        respond.on_incident(&incident(), None);
+        let held = respond.held();
+        assert_eq!(held.len(), 2);
+        let state = ApiState {
+            store: store.clone(),
+            metrics: Arc::new(Metrics::default()),
+            nodes: nodes.clone(),
+            token: Arc::new(ApiToken::from_secret(TOKEN)),
+            respond,
+            webhook_counters: None,
+            inbound: Arc::new(crate::webhook::InboundVerifier::new(
+                None,
+                std::time::Duration::from_secs(300),
+            )),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router(state)).await });
+
+        let (status, text) = request(addr, get("/api/actions?status=held", TOKEN)).await;
+        assert_eq!(status, 200, "{text}");
+        let listed: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(listed.as_array().map(Vec::len), Some(2));
+        let (status, _) = request(addr, get("/api/actions?status=bogus", TOKEN)).await;
+        assert_eq!(status, 400);
+
+        let approve = format!("/api/actions/{}/approve", held[0].id);
+        let deny = format!("/api/actions/{}/deny", held[1].id);
+        let alice = r#"{"operator":"alice","reason":"confirmed"}"#;
+        let (status, _) = request(addr, post(&approve, "wrong-token", alice)).await;
+        assert_eq!(status, 401);
+        let (status, _) = request(addr, post(&approve, TOKEN, r#"{"operator":""}"#)).await;
+        assert_eq!(status, 400);
+        let (status, text) = request(addr, post(&approve, TOKEN, alice)).await;
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains("\"status\":\"dispatched\""), "{text}");
+        let (status, _) = request(addr, post(&approve, TOKEN, alice)).await;
+        assert_eq!(status, 404, "no longer held");
+        let (status, text) = request(addr, post(&deny, TOKEN, alice)).await;
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains("\"status\":\"denied\""), "{text}");
+        let (status, text) =
+            request(addr, get(&format!("/api/actions/{}", held[1].id), TOKEN)).await;
+        assert_eq!(status, 200, "{text}");
+        let (status, text) = request(addr, get("/metrics", TOKEN)).await;
+        assert_eq!(status, 200);
+        assert!(
+            text.contains("cortex_actions_total{action=\"isolate\",status=\"denied\"} 1"),
+            "{text}"
+        );
+
+        // Two-person release: the first operator is recorded, the second releases.
+        nodes
+            .lock()
+            .unwrap()
+            .on_isolated("web-01", "cortex", "test")
+            .unwrap();
+        let release = "/api/nodes/web-01/release";
+        let (status, text) = request(addr, post(release, TOKEN, alice)).await;
+        assert_eq!(status, 202, "{text}");
+        let bob = r#"{"operator":"bob","reason":"checked"}"#;
+        let (status, text) = request(addr, post(release, TOKEN, bob)).await;
+        assert_eq!(status, 200, "{text}");
+        assert_eq!(
+            store.node_state("web-01").unwrap().map(|r| r.actor),
+            Some("operator:alice+bob".to_owned())
+        );
+    }
+
+    fn signed_post(path: &str, id: &str, timestamp: i64, signature: &str, body: &str) -> String {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nwebhook-id: {id}\r\n\
+             webhook-timestamp: {timestamp}\r\nwebhook-signature: {signature}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_signed_inbound_webhook_approves_a_held_action_once() {
+        use crate::webhook::{InboundVerifier, WebhookSecret};
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open_with_key(&dir.path().join("c.db"), &[1; 32]).unwrap());
+        let seed = zeroize::Zeroizing::new([2u8; 32]);
+        let audit = Arc::new(AuditLog::open_with_key(&dir.path().join("a.db"), &seed, 8).unwrap());
+        let nodes = Arc::new(Mutex::new(NodeStates::new(audit.clone(), Vec::new())));
+        let book = "name: hold\nmatch: {}\nactions: [{action: isolate}]";
+        let (respond, _dispatcher) = Responder::new(ResponderParts {
+            config: RespondConfig::default(),
+            playbooks: Playbooks::parse_all(&[("t.yml".into(), book.into())]).unwrap(),
+            store: store.clone(),
+            nodes,
+            links: AgentLinks::default(),
+            cortex_addr: None,
+            key_rotation: None,
+        })
+        .unwrap();
+        respond.on_incident(&incident(), None);
+        let held = respond.held();
+        assert_eq!(held.len(), 1);
+        let (secret, secret_text) = WebhookSecret::generate().unwrap();
+        let verifier = InboundVerifier::new(
+            WebhookSecret::parse(&secret_text).ok(),
+            std::time::Duration::from_secs(300),
+        );
+        let state = ApiState {
+            store: store.clone(),
+            metrics: Arc::new(Metrics::default()),
+            nodes: Arc::new(Mutex::new(NodeStates::new(audit.clone(), Vec::new()))),
+            token: Arc::new(ApiToken::from_secret(TOKEN)),
+            respond,
+            webhook_counters: None,
+            inbound: Arc::new(verifier),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router(state)).await });
+
+        let body = format!(
+            r#"{{"action_id":"{}","operator":"soar-bot","approve":true}}"#,
+            held[0].id
+        );
+        let now = qsc_event::now_ns() as i64 / 1_000_000_000;
+        let signature = secret.sign("msg_1", now, body.as_bytes());
+        let path = "/webhook/approval";
+        let forged = secret.sign("msg_1", now, b"{}");
+        let (status, _) = request(addr, signed_post(path, "msg_1", now, &forged, &body)).await;
+        assert_eq!(status, 401, "a signature over another body is refused");
+        let (status, _) = request(addr, post(path, TOKEN, &body)).await;
+        assert_eq!(
+            status, 401,
+            "the API token is no substitute for a signature"
+        );
+        let (status, text) =
+            request(addr, signed_post(path, "msg_1", now, &signature, &body)).await;
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains("\"status\":\"dispatched\""), "{text}");
+        assert!(text.contains("webhook:soar-bot"), "{text}");
+        let (status, _) = request(addr, signed_post(path, "msg_1", now, &signature, &body)).await;
+        assert_eq!(status, 401, "a replay is refused");
     }
 }

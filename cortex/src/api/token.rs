@@ -47,30 +47,38 @@ impl ApiToken {
 
     /// Reads the token file, refusing one that group or others can access.
     pub fn load(path: &Path) -> Result<Self, TokenError> {
-        let read_err = |source| TokenError::Read {
-            path: path.to_owned(),
-            source,
-        };
-        let mode = std::fs::metadata(path)
-            .map_err(read_err)?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
-            return Err(TokenError::Permissions {
-                path: path.to_owned(),
-                mode: mode & 0o777,
-            });
-        }
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(read_err)?);
-        let secret = text.trim();
-        if secret.len() < MIN_TOKEN_LEN || secret.chars().any(|c| c.is_control()) {
-            return Err(TokenError::TooShort {
-                path: path.to_owned(),
-            });
-        }
-        Ok(Self::from_secret(secret))
+        Ok(Self::from_secret(&read_secret(path)?))
     }
+}
 
+/// The token itself, from a file that group and others cannot access (for clients of the API,
+/// such as `cortex actions`).
+pub fn read_secret(path: &Path) -> Result<Zeroizing<String>, TokenError> {
+    let read_err = |source| TokenError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mode = std::fs::metadata(path)
+        .map_err(read_err)?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(TokenError::Permissions {
+            path: path.to_owned(),
+            mode: mode & 0o777,
+        });
+    }
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(read_err)?);
+    let secret = text.trim();
+    if secret.len() < MIN_TOKEN_LEN || secret.chars().any(|c| c.is_control()) {
+        return Err(TokenError::TooShort {
+            path: path.to_owned(),
+        });
+    }
+    Ok(Zeroizing::new(secret.to_owned()))
+}
+
+impl ApiToken {
     /// Writes a new random token (64 hex digits) to a new 0600 file; refuses to overwrite.
     pub fn generate_file(path: &Path) -> Result<(), TokenError> {
         let mut bytes = Zeroizing::new([0u8; 32]);

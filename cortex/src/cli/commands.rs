@@ -9,15 +9,16 @@ use cortex::audit::{self, verify_file};
 use cortex::config::CortexConfig;
 use cortex::ingest::agents::{AgentsFile, Enrollment};
 use cortex::pipeline::rules;
+use cortex::respond::Playbooks;
 use cortex::store::key_file::{create_key_file, read_key_file};
 use cortex::store::{EventQuery, IncidentQuery, open_store};
 use qsc_channel::keys::StaticKeypair;
 
-use super::baseline;
 use super::{
     AgentsAction, AuditAction, BaselineAction, Cli, Command, ConfigAction, EventSearch,
     EventsAction, IncidentsAction,
 };
+use super::{actions, baseline};
 
 /// Runs a tool subcommand (`serve` is handled by `main`).
 pub fn run_tool(cli: &Cli) -> anyhow::Result<ExitCode> {
@@ -48,6 +49,8 @@ pub fn run_tool(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Baseline {
             action: BaselineAction::Show { host, json },
         } => baseline::show(&load_config(&cli.config)?, host, *json),
+        Command::Actions { action } => actions::run(&load_config(&cli.config)?, action),
+        Command::Keys { action } => super::keys::run(&load_config(&cli.config)?, action),
     }
 }
 
@@ -275,5 +278,14 @@ fn config_check(path: &Path) -> anyhow::Result<ExitCode> {
     if !report.skipped.is_empty() {
         println!("warning: some rule documents were skipped (listed above)");
     }
+    let playbooks = Playbooks::load(
+        config.respond.shipped_playbooks,
+        &config.respond.playbook_dirs,
+    )?;
+    println!(
+        "playbooks   {} loaded, mode {}",
+        playbooks.playbooks.len(),
+        config.respond.mode.as_str()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -1,7 +1,10 @@
 //! The `cortex` command line: the service (`serve`) and the operator tools around it.
 
+mod actions;
 mod baseline;
+mod client;
 mod commands;
+mod keys;
 mod when;
 
 use std::path::PathBuf;
@@ -94,6 +97,19 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// List response actions and approve or deny held ones, through the running cortex's API
+    /// ([api] address, with the token in [api] token_file).
+    ///
+    /// In assisted mode ([respond] mode, or a playbook's own `mode`) every action a playbook
+    /// asks for is held until an operator approves it or it expires ([respond] hold_expiry_s).
+    #[command(after_help = "Examples:\n  \
+        cortex --config /etc/qsc/cortex.toml actions list --status held\n  \
+        cortex --config /etc/qsc/cortex.toml actions approve act-1733040000000001 --operator alice\n  \
+        cortex --config /etc/qsc/cortex.toml actions deny act-1733040000000001 --operator alice --reason 'false positive'")]
+    Actions {
+        #[command(subcommand)]
+        action: ActionsAction,
+    },
     /// Train and inspect the per-host anomaly baselines ([anomaly] models_dir).
     ///
     /// `cortex serve` learns each host's baseline by itself (first model after [anomaly]
@@ -103,6 +119,11 @@ pub enum Command {
     Baseline {
         #[command(subcommand)]
         action: BaselineAction,
+    },
+    /// Agent key lifecycle: list keys with their state, revoke, rotate ([keys] lifecycle_file).
+    Keys {
+        #[command(subcommand)]
+        action: keys::KeysAction,
     },
 }
 
@@ -138,6 +159,40 @@ pub enum BaselineAction {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ActionsAction {
+    /// Response actions, most recently updated first.
+    List {
+        /// Only this status: held, denied, expired, would_run, blocked, missing_parameter,
+        /// notified, dispatched, done, refused, failed.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a held action: it is sent to the agent at once (subject to the rate limit).
+    Approve(Decision),
+    /// Deny a held action: it is never sent.
+    Deny(Decision),
+}
+
+#[derive(Debug, Args)]
+pub struct Decision {
+    /// The action id (`cortex actions list --status held`).
+    pub id: String,
+    /// Who decides; recorded in the audit chain.
+    #[arg(long, env = "QSC_OPERATOR")]
+    pub operator: String,
+    /// Why (recorded in the audit chain).
+    #[arg(long, default_value = "")]
+    pub reason: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -296,5 +351,20 @@ mod tests {
         ]);
         let error = bad.unwrap_err().to_string();
         assert!(error.contains("yesterday"), "{error}");
+        let cli = Cli::try_parse_from([
+            "cortex",
+            "actions",
+            "approve",
+            "act-7",
+            "--operator",
+            "alice",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Actions {
+                action: ActionsAction::Approve(Decision { ref id, ref operator, .. })
+            } if id == "act-7" && operator == "alice"
+        ));
     }
 }

@@ -10,10 +10,12 @@ use serde::Deserialize;
 
 use crate::anomaly::{AnomalyConfig, AnomalyError};
 use crate::audit::{AuditConfig, AuditError};
+use crate::respond::{RespondConfig, RespondConfigError};
 use crate::score::ScoreConfig;
 use crate::score::config::ScoreConfigError;
 use crate::store::StoreConfig;
 use crate::store::config::StoreConfigError;
+use crate::webhook::{ConfigError as WebhookConfigError, WebhookConfig};
 
 /// Largest event accepted anywhere, whatever the configuration says.
 pub const HARD_MAX_EVENT_BYTES: usize = 1 << 20;
@@ -32,6 +34,8 @@ pub struct CortexConfig {
     pub score: ScoreConfig,
     pub audit: AuditConfig,
     pub anomaly: AnomalyConfig,
+    pub respond: RespondConfig,
+    pub webhook: WebhookConfig,
 }
 
 /// `[listen]`: the agent channel.
@@ -90,6 +94,11 @@ pub struct AgentsConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct KeysConfig {
     pub channel_key_file: PathBuf,
+    /// The agent key records (lifecycle state per key, pending rotations), JSON; default
+    /// `agent-keys.json` next to the agents file.
+    pub lifecycle_file: Option<PathBuf>,
+    /// Scheduled rotation: ACTIVE agent keys older than this are rotated; 0 = never.
+    pub max_key_age_s: u64,
 }
 
 impl Default for ListenConfig {
@@ -153,6 +162,8 @@ impl Default for KeysConfig {
     fn default() -> Self {
         KeysConfig {
             channel_key_file: PathBuf::from("/etc/qsc/cortex-channel.key"),
+            lifecycle_file: None,
+            max_key_age_s: 0,
         }
     }
 }
@@ -177,9 +188,14 @@ pub enum ConfigError {
     Score(#[from] ScoreConfigError),
     #[error("[audit] {0}")]
     Audit(#[from] AuditError),
+    /// The respond error names its own `[respond]` key.
+    #[error(transparent)]
+    Respond(#[from] RespondConfigError),
     /// The anomaly error names its own `[anomaly]` key.
     #[error(transparent)]
     Anomaly(#[from] AnomalyError),
+    #[error("[webhook] {0}")]
+    Webhook(#[from] WebhookConfigError),
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -227,7 +243,17 @@ impl CortexConfig {
         self.score.validate()?;
         self.audit.validate()?;
         self.anomaly.validate()?;
+        self.respond.validate()?;
+        self.webhook.validate()?;
         Ok(())
+    }
+
+    /// `[keys] lifecycle_file`, or `agent-keys.json` next to `[agents] file`.
+    pub fn key_records_file(&self) -> PathBuf {
+        self.keys
+            .lifecycle_file
+            .clone()
+            .unwrap_or_else(|| self.agents.file.with_file_name("agent-keys.json"))
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
@@ -236,6 +262,13 @@ impl CortexConfig {
 
     pub fn api_addr(&self) -> Result<SocketAddr, ConfigError> {
         parse_addr("api.address", &self.api.address)
+    }
+}
+
+impl KeysConfig {
+    /// `max_key_age_s` as a duration; None when scheduled rotation is off.
+    pub fn max_key_age(&self) -> Option<Duration> {
+        (self.max_key_age_s > 0).then(|| Duration::from_secs(self.max_key_age_s))
     }
 }
 
@@ -350,6 +383,15 @@ mod tests {
         let error = config.validate().unwrap_err().to_string();
         assert!(error.contains("[anomaly] learning_period_s"), "{error}");
         assert!(toml::from_str::<CortexConfig>("[anomaly]\nwindow = 10").is_err());
+        let mut config = CortexConfig::default();
+        config.respond.hold_expiry_s = 0;
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("[respond] hold_expiry_s"), "{error}");
+        let bad_cidr = "[respond.allow]\naddresses = [\"10.0.0.0/40\"]";
+        let error = toml::from_str::<CortexConfig>(bad_cidr)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("10.0.0.0/40"), "{error}");
     }
 
     #[test]

@@ -8,9 +8,12 @@
 //! | host isolated (by the respond stage or an operator) | NOMINAL, WARNING, CRITICAL | ISOLATED |
 //! | stand-down (incidents resolved; any actor) | WARNING, CRITICAL | NOMINAL |
 //! | release with an operator's approval | ISOLATED | NOMINAL |
+//! | the TTL a playbook gave the isolation ran out, and the agent confirmed the release | ISOLATED | NOMINAL |
 //!
 //! Signals never lower a state (a MEDIUM incident on a CRITICAL host leaves it CRITICAL), and
-//! nothing but a release naming an operator leaves ISOLATED. Every transition is appended to the
+//! nothing but a release naming an operator, or the end of a TTL the isolating playbook set in
+//! advance, leaves ISOLATED. (The respond stage asks for a second operator when
+//! `[respond] two_person_release` is on.) Every transition is appended to the
 //! audit chain *before* it takes effect: if the audit write fails, the state does not change.
 
 use std::collections::HashMap;
@@ -208,6 +211,25 @@ impl NodeStates {
         )
     }
 
+    /// Returns an ISOLATED host to NOMINAL because the TTL its isolating playbook set ran out
+    /// (the respond stage calls this once the agent confirmed the release).
+    pub fn ttl_release(
+        &mut self,
+        host: &str,
+        reason: &str,
+    ) -> Result<NodeStateRecord, DecideError> {
+        if self.state(host) != NodeState::Isolated {
+            return Err(self.not_allowed(host, "TTL release", "ISOLATED"));
+        }
+        self.transition(
+            host,
+            NodeState::Nominal,
+            "cortex:ttl",
+            reason.to_owned(),
+            None,
+        )
+    }
+
     fn not_allowed(&self, host: &str, action: &'static str, required: &'static str) -> DecideError {
         DecideError::NotAllowed {
             host: host.to_owned(),
@@ -391,6 +413,18 @@ mod tests {
         assert_eq!(records[2].actor, "operator:alice");
         assert_eq!(released.audit_seq, records[2].seq);
         assert!(log.verify().unwrap().is_intact());
+    }
+
+    #[test]
+    fn an_isolation_ttl_releases_only_an_isolated_host() {
+        let (_dir, _log, mut states) = machine();
+        assert!(states.ttl_release("web-01", "ttl").is_err());
+        states.on_isolated("web-01", "cortex", "playbook").unwrap();
+        let record = states
+            .ttl_release("web-01", "isolation TTL of 60 s ran out")
+            .unwrap();
+        assert_eq!(record.state, NodeState::Nominal);
+        assert_eq!(record.actor, "cortex:ttl");
     }
 
     #[test]

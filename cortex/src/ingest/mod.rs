@@ -11,6 +11,7 @@
 //! agent resumes is simply the highest seq the store holds for it.
 
 pub mod agents;
+pub mod keys;
 pub mod validate;
 
 use std::collections::HashMap;
@@ -29,10 +30,12 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use self::agents::{AgentsFile, AgentsFileError, Binding};
+use self::keys::{KeyLifecycle, Sessions};
 use self::validate::{Limits, rejection_event, validate_event};
 use crate::audit::{AuditEntry, AuditKind, AuditSink};
 use crate::metrics::Metrics;
 use crate::pipeline::{Batch, PipelineSender};
+use crate::respond::AgentLinks;
 use crate::store::{PendingWrite, Store};
 
 /// Events validated per step. Each step goes to detection and to the store's writer while the
@@ -40,12 +43,16 @@ use crate::store::{PendingWrite, Store};
 const INGEST_CHUNK: usize = 512;
 
 /// The enrolled agents as the running service sees them; reloaded when the file changes.
+/// With a [`KeyLifecycle`] the key records decide which keys are admitted (see [`keys`]).
 #[derive(Clone)]
 pub struct AgentDirectory {
     path: PathBuf,
+    agents: Arc<RwLock<AgentsFile>>,
     allow_list: Arc<RwLock<AllowList>>,
     bindings: Arc<RwLock<HashMap<PublicKeyBytes, Binding>>>,
     modified: Arc<RwLock<Option<SystemTime>>>,
+    sessions: Arc<Sessions>,
+    lifecycle: Option<Arc<KeyLifecycle>>,
 }
 
 impl AgentDirectory {
@@ -55,6 +62,9 @@ impl AgentDirectory {
             modified: Arc::new(RwLock::new(modified_time(&path))),
             allow_list: Arc::new(RwLock::new(file.allow_list())),
             bindings: Arc::new(RwLock::new(file.bindings())),
+            agents: Arc::new(RwLock::new(file)),
+            sessions: Arc::new(Sessions::default()),
+            lifecycle: None,
             path,
         })
     }
@@ -76,9 +86,11 @@ impl AgentDirectory {
             return Ok(None);
         }
         let file = AgentsFile::load(&self.path)?;
-        *write_lock(&self.allow_list) = file.allow_list();
-        *write_lock(&self.bindings) = file.bindings();
+        *write_lock(&self.agents) = file.clone();
         *write_lock(&self.modified) = modified;
+        if let Err(error) = self.refresh_access(&file) {
+            tracing::error!(%error, "key records could not follow the agents file");
+        }
         Ok(Some(file))
     }
 
@@ -163,6 +175,8 @@ pub struct IngestSink {
     limits: Limits,
     metrics: Arc<Metrics>,
     pipeline: PipelineSender,
+    /// Where guardian-alpha sessions take response commands and hand back their answers.
+    links: Option<AgentLinks>,
 }
 
 impl IngestSink {
@@ -179,7 +193,15 @@ impl IngestSink {
             limits,
             metrics,
             pipeline,
+            links: None,
         }
+    }
+
+    /// Registers every guardian-alpha session with the response dispatcher's `links` and hands
+    /// them the command results that are not key rotations.
+    pub fn with_links(mut self, links: AgentLinks) -> Self {
+        self.links = Some(links);
+        self
     }
 
     fn binding(&self, agent: &AgentIdentity) -> Result<Binding, IngestError> {
@@ -362,6 +384,14 @@ impl EventSink for IngestSink {
         status: CommandStatus,
         body: &[u8],
     ) -> Result<(), SinkError> {
+        if tokio::task::block_in_place(|| self.directory.rotation_answered(agent, status, body)) {
+            return Ok(());
+        }
+        if let Some(links) = &self.links
+            && links.complete(&agent.host_id, id, status, body)
+        {
+            return Ok(());
+        }
         tracing::info!(
             host_id = %agent.host_id,
             id,
@@ -408,9 +438,29 @@ pub async fn serve(
             };
             metrics.sessions_active.fetch_add(1, Ordering::Relaxed);
             let host_id = session.identity().host_id.clone();
+            let directory = sink.directory.clone();
+            let ticket = directory.session_started(
+                session.identity(),
+                session.command_sender(),
+                session.closer(),
+            );
+            let is_alpha = directory
+                .binding(&session.identity().public_key)
+                .is_some_and(|b| b.source == Source::Alpha);
+            let link = match &sink.links {
+                Some(links) if is_alpha => Some((
+                    links.clone(),
+                    links.register(&host_id, session.command_sender()),
+                )),
+                _ => None,
+            };
             if let Err(error) = session.run(&mut sink).await {
                 tracing::warn!(%peer, %host_id, %error, "agent session ended with an error");
             }
+            if let Some((links, link_ticket)) = link {
+                links.unregister(&host_id, link_ticket);
+            }
+            directory.session_ended(ticket);
             metrics.sessions_active.fetch_sub(1, Ordering::Relaxed);
         });
         while sessions.try_join_next().is_some() {}

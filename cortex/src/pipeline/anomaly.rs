@@ -151,6 +151,7 @@ impl Pipeline {
             match self.fusion.observe_anomaly(&evidence) {
                 Ok(Some(incident)) => {
                     self.decide(&incident);
+                    self.respond(&incident, None);
                     touched.retain(|i| i.id != incident.id);
                     touched.push(incident);
                 }

@@ -1,6 +1,7 @@
 //! The analysis pipeline: a bounded queue feeds one worker thread that runs each validated
-//! event through detection (Sigma rules), scoring (Bayesian fusion) and decision (node state,
-//! audited), persisting the incidents it opens or updates.
+//! event through detection (Sigma rules), scoring (Bayesian fusion), decision (node state,
+//! audited) and response (playbooks; see [`crate::respond`], which sends to agents on its own
+//! tasks), persisting the incidents it opens or updates.
 //!
 //! Ingest queues events as soon as they are validated, while they are being stored, so a
 //! decision never waits for the disk. One worker keeps every host's events in delivery order.
@@ -30,6 +31,7 @@ use crate::audit::{AuditEntry, AuditKind, AuditSink};
 use crate::decide::NodeStates;
 use crate::detect::Engine;
 use crate::metrics::Metrics;
+use crate::respond::Responder;
 use crate::score::{Fusion, Incident, IncidentStatus, Severity};
 use crate::store::{IncidentQuery, MAX_QUERY_LIMIT, PendingWrite, Store, StoreError};
 
@@ -136,6 +138,8 @@ pub struct Pipeline {
     batches: u64,
     /// The host anomaly baselines, when attached with `with_anomaly`.
     anomaly: Option<anomaly::AnomalyStage>,
+    /// The respond stage, when attached with `with_responder`.
+    responder: Option<Arc<Responder>>,
 }
 
 impl Pipeline {
@@ -173,7 +177,14 @@ impl Pipeline {
             unsettled: VecDeque::new(),
             batches: 0,
             anomaly: None,
+            responder: None,
         })
+    }
+
+    /// Hands every incident the worker decides on to the respond stage.
+    pub fn with_responder(mut self, responder: Arc<Responder>) -> Self {
+        self.responder = Some(responder);
+        self
     }
 
     /// Processes batches until every sender is gone, then waits for its last writes.
@@ -216,6 +227,7 @@ impl Pipeline {
                 match self.fusion.observe_hit(&hits::score_hit(&hit, event)) {
                     Ok(Some(incident)) => {
                         self.decide(&incident);
+                        self.respond(&incident, Some(event));
                         touched.retain(|i| i.id != incident.id);
                         touched.push(incident);
                     }
@@ -363,6 +375,13 @@ impl Pipeline {
         }
     }
 
+    /// Runs the playbooks on an incident; `trigger` is the event that updated it.
+    fn respond(&self, incident: &Incident, trigger: Option<&Event>) {
+        if let Some(responder) = &self.responder {
+            responder.on_incident(incident, trigger);
+        }
+    }
+
     fn error(&self, what: &str, error: &dyn std::error::Error) {
         self.metrics.pipeline_errors.fetch_add(1, Ordering::Relaxed);
         tracing::error!(%error, "pipeline failed {what}");
@@ -433,6 +452,59 @@ mod tests {
         assert!(hits(&metrics) >= 1, "the fifth failure completes the burst");
         pipeline.settle(true);
         assert_eq!(metrics.events_analysed.load(Ordering::Relaxed), 3 + 4 + 1);
+    }
+
+    #[test]
+    fn incidents_reach_the_respond_stage_with_their_triggering_event() {
+        use crate::respond::{
+            ActionStatus, AgentLinks, Playbooks, RespondConfig, Responder, ResponderParts,
+        };
+        use crate::score::config::HostClass;
+        use crate::store::ActionQuery;
+
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open_with_key(&dir.path().join("cortex.db"), &[7u8; 32]).unwrap(),
+        );
+        let audit =
+            AuditLog::open_with_key(&dir.path().join("audit.db"), &Zeroizing::new([9u8; 32]), 64)
+                .unwrap();
+        let nodes = Arc::new(Mutex::new(NodeStates::new(Arc::new(audit), Vec::new())));
+        let (engine, _) = rules::load_engine(&DetectConfig::default()).unwrap();
+        // A host so exposed that one burst of failed logins makes an incident.
+        let mut score = ScoreConfig::default();
+        score
+            .host_classes
+            .insert("exposed".into(), HostClass { prior: 0.5 });
+        score.hosts.insert("web-01".into(), "exposed".into());
+        let fusion = Fusion::new(score).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let book = "name: block-brute-force\nmode: dry_run\nmatch:\n  rules: [qsc-auth-failures-burst]\n\
+                    actions:\n  - action: block_ip\n    ttl_s: 60\n";
+        let (responder, _dispatcher) = Responder::new(ResponderParts {
+            config: RespondConfig::default(),
+            playbooks: Playbooks::parse_all(&[("t.yml".into(), book.into())]).unwrap(),
+            store: store.clone(),
+            nodes: nodes.clone(),
+            links: AgentLinks::default(),
+            cortex_addr: None,
+            key_rotation: None,
+        })
+        .unwrap();
+        let mut pipeline = Pipeline::new(engine, fusion, nodes, store.clone(), metrics)
+            .unwrap()
+            .with_responder(responder);
+        pipeline.process(batch(Source::Alpha, 1..=5));
+        let actions = store.actions(&ActionQuery::default()).unwrap();
+        assert_eq!(actions.len(), 1, "{actions:#?}");
+        assert_eq!(actions[0].status, ActionStatus::WouldRun);
+        assert_eq!(
+            actions[0].action,
+            Some(qsc_event::Action::BlockIp {
+                addr: IpAddr::from([203, 0, 113, 7]),
+                ttl_s: 60
+            })
+        );
     }
 
     #[test]

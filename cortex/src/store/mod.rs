@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use qsc_event::{Event, EventError, Source};
 
 use crate::decide::NodeStateRecord;
+use crate::respond::{ActionRecord, ActionStatus};
 use crate::score::{Incident, IncidentStatus, Severity};
 
 pub use config::{RetentionConfig, StoreBackend, StoreConfig};
@@ -67,6 +68,28 @@ impl Default for IncidentQuery {
             host: None,
             status: None,
             min_severity: None,
+            limit: 1000,
+        }
+    }
+}
+
+/// Which response actions to list, most recently updated first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActionQuery {
+    pub host: Option<String>,
+    pub status: Option<ActionStatus>,
+    /// Only actions something will still happen to: held, dispatched, or awaiting a rollback.
+    pub active_only: bool,
+    /// Capped at [`MAX_QUERY_LIMIT`].
+    pub limit: usize,
+}
+
+impl Default for ActionQuery {
+    fn default() -> Self {
+        ActionQuery {
+            host: None,
+            status: None,
+            active_only: false,
             limit: 1000,
         }
     }
@@ -168,6 +191,11 @@ pub trait Store: Send + Sync {
     fn put_node_state(&self, record: &NodeStateRecord) -> Result<(), StoreError>;
     fn node_state(&self, host: &str) -> Result<Option<NodeStateRecord>, StoreError>;
     fn node_states(&self) -> Result<Vec<NodeStateRecord>, StoreError>;
+    /// Inserts or replaces a response action by id; returns once it is durable.
+    fn put_action(&self, record: &ActionRecord) -> Result<(), StoreError>;
+    fn action(&self, id: &str) -> Result<Option<ActionRecord>, StoreError>;
+    /// Response actions, most recently updated first.
+    fn actions(&self, query: &ActionQuery) -> Result<Vec<ActionRecord>, StoreError>;
     /// Deletes events by age, then the oldest ones until under the size budget.
     fn apply_retention(
         &self,

@@ -20,10 +20,11 @@ use super::cipher::{PayloadCipher, RowKey, random_nonces};
 use super::key_file::{KEY_LEN, read_key_file};
 use super::writer::{IncidentRow, SealedRow, Write, Writer};
 use super::{
-    EventQuery, IncidentQuery, MAX_QUERY_LIMIT, PendingWrite, RetentionPolicy, RetentionReport,
-    Store, StoreError,
+    ActionQuery, EventQuery, IncidentQuery, MAX_QUERY_LIMIT, PendingWrite, RetentionPolicy,
+    RetentionReport, Store, StoreError,
 };
 use crate::decide::NodeStateRecord;
+use crate::respond::ActionRecord;
 use crate::score::{Incident, Severity};
 
 /// Version 2 keys events by `(host, agent, seq)`; version 1 keyed them by `(host, seq)`.
@@ -65,6 +66,15 @@ CREATE TABLE IF NOT EXISTS node_states (
     host TEXT PRIMARY KEY,
     body TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS actions (
+    id         TEXT PRIMARY KEY,
+    host       TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    active     INTEGER NOT NULL,
+    updated_ns INTEGER NOT NULL,
+    body       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS actions_by_updated ON actions (updated_ns);
 ";
 
 /// Bytes counted for one event row: its text and blob columns plus 24 for its three integers.
@@ -354,6 +364,63 @@ impl Store for SqliteStore {
             records.push(from_json("node_states", &host, &body)?);
         }
         Ok(records)
+    }
+
+    fn put_action(&self, record: &ActionRecord) -> Result<(), StoreError> {
+        let body = to_json("actions", &record.id, record)?;
+        // Response actions are rare: written directly, not through the event writer's groups.
+        self.lock().execute(
+            "INSERT OR REPLACE INTO actions (id, host, status, active, updated_ns, body) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                record.id,
+                record.host,
+                record.status.as_str(),
+                !record.is_final(),
+                clamp_i64(record.updated_ns),
+                body
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn action(&self, id: &str) -> Result<Option<ActionRecord>, StoreError> {
+        let conn = self.lock();
+        let body: Option<String> = conn
+            .query_row("SELECT body FROM actions WHERE id = ?1", [id], |row| {
+                row.get(0)
+            })
+            .optional()?;
+        body.map(|b| from_json("actions", id, &b)).transpose()
+    }
+
+    fn actions(&self, query: &ActionQuery) -> Result<Vec<ActionRecord>, StoreError> {
+        let mut sql = String::from("SELECT id, body FROM actions WHERE 1 = 1");
+        let mut values: Vec<Value> = Vec::new();
+        if let Some(host) = &query.host {
+            sql.push_str(" AND host = ?");
+            values.push(Value::Text(host.clone()));
+        }
+        if let Some(status) = query.status {
+            sql.push_str(" AND status = ?");
+            values.push(Value::Text(status.as_str().to_owned()));
+        }
+        if query.active_only {
+            sql.push_str(" AND active = 1");
+        }
+        sql.push_str(" ORDER BY updated_ns DESC, id LIMIT ?");
+        values.push(Value::Integer(query.limit.min(MAX_QUERY_LIMIT) as i64));
+        let conn = self.lock();
+        let mut statement = conn.prepare(&sql)?;
+        let rows = statement.query_map(params_from_iter(values), |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })?;
+        let mut actions = Vec::new();
+        for row in rows {
+            let (id, body) = row?;
+            actions.push(from_json("actions", &id, &body)?);
+        }
+        Ok(actions)
     }
 
     fn apply_retention(

@@ -1,0 +1,561 @@
+//! The key lifecycle in the running cortex: live sessions by key, rotation over the live
+//! session, and closing the session of a key that is no longer admitted.
+//!
+//! * Access: the channel allow-list and the ingest bindings are rebuilt from the agents file and
+//!   the key records whenever either changes (the records are polled every [`KEYS_POLL`]);
+//!   sessions of keys no longer admitted (revoked, retired) are closed at once, and their next
+//!   message would be refused anyway (their binding is gone).
+//! * Rotation ([`AgentDirectory::request_rotation`]): the cortex sends the agent's live session
+//!   an `ActionRequest` with `rotate_keys`; the agent's `ActionReport` carries the new public
+//!   key. The cortex enrolls it (GENERATED → DISTRIBUTED → ACTIVE), moves the old key to
+//!   ROTATING (emergency: REVOKED) and closes the session. The agent reconnects with the new key,
+//!   which retires the old one, and gets `key-rotated <key>` so it drops its retired key file.
+//!   Events the old session had not acknowledged are re-sent on the new one and de-duplicated.
+//! * Requests from `cortex keys rotate` wait in the records file until the agent is connected;
+//!   with `[keys] max_key_age_s` set, an ACTIVE key older than that is rotated (scheduled).
+//!
+//! Rotation commands use ids from [`ROTATION_COMMAND_IDS`] up, so their answers never match a
+//! response action's numeric id.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use qsc_channel::delivery::{AgentIdentity, CommandSender, CommandStatus, SessionCloser};
+use qsc_channel::keys::PublicKeyBytes;
+use qsc_channel::uplink::rotation::key_rotated_command;
+use qsc_event::{Action, ActionOutcome, ActionReport, ActionRequest, Source, now_ns};
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::AgentDirectory;
+use super::agents::AgentsFile;
+use crate::audit::{AuditEntry, AuditKind, AuditSink};
+use crate::keys::{
+    Cause, KeyRecords, KeyStore, KeysError, RotationRequest, audit_events, source_name,
+};
+
+/// How often the running cortex looks at the key records file.
+pub const KEYS_POLL: Duration = Duration::from_millis(200);
+/// First command id of rotation commands (the upper half of the id space).
+pub const ROTATION_COMMAND_IDS: u64 = 1 << 63;
+/// A scheduled rotation that did not happen (agent away, failed) is retried after this.
+const SCHEDULED_RETRY: Duration = Duration::from_secs(60);
+
+/// A connected agent session.
+struct LiveSession {
+    host_id: String,
+    key: PublicKeyBytes,
+    sender: CommandSender,
+    closer: SessionCloser,
+}
+
+/// A rotation sent to an agent and not answered yet.
+#[derive(Clone, Debug)]
+struct InFlight {
+    host_id: String,
+    source: Source,
+    old_key: PublicKeyBytes,
+    emergency: bool,
+    actor: String,
+    reason: String,
+}
+
+/// Registration of one session, returned by [`AgentDirectory::session_started`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionTicket(u64);
+
+/// Live sessions of one cortex.
+#[derive(Default)]
+pub(super) struct Sessions {
+    next: AtomicU64,
+    live: Mutex<HashMap<u64, LiveSession>>,
+}
+
+impl Sessions {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, LiveSession>> {
+        // Entries are inserted and removed whole, so a poisoned map is still consistent.
+        self.live
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Closes every session whose key fails `admitted`; returns how many.
+    fn close_unless(&self, admitted: impl Fn(&PublicKeyBytes) -> bool, reason: &str) -> usize {
+        let live = self.lock();
+        let mut closed = 0;
+        for session in live.values().filter(|s| !admitted(&s.key)) {
+            tracing::warn!(host_id = %session.host_id, key_id = %session.key.key_id(), reason, "closing agent session");
+            session.closer.close(reason);
+            closed += 1;
+        }
+        closed
+    }
+
+    fn sender_for(&self, key: &PublicKeyBytes) -> Option<CommandSender> {
+        self.lock()
+            .values()
+            .find(|s| s.key == *key)
+            .map(|s| s.sender.clone())
+    }
+}
+
+/// The key records of a running cortex, and what is in progress.
+pub struct KeyLifecycle {
+    store: KeyStore,
+    audit: Arc<dyn AuditSink>,
+    max_key_age: Option<Duration>,
+    in_flight: Mutex<HashMap<String, InFlight>>,
+    /// New keys whose agent has not been told yet that the cortex took them.
+    unconfirmed: Mutex<HashSet<PublicKeyBytes>>,
+    next_action: AtomicU64,
+    modified: Mutex<Option<SystemTime>>,
+    /// When each agent's key was last put up for scheduled rotation.
+    scheduled: Mutex<HashMap<(String, Source), Instant>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every update replaces whole entries, so a poisoned lock still holds a consistent value.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl KeyLifecycle {
+    /// `max_key_age`: rotate ACTIVE keys older than this (scheduled rotation); None: never.
+    pub fn new(store: KeyStore, audit: Arc<dyn AuditSink>, max_key_age: Option<Duration>) -> Self {
+        KeyLifecycle {
+            store,
+            audit,
+            max_key_age,
+            in_flight: Mutex::new(HashMap::new()),
+            unconfirmed: Mutex::new(HashSet::new()),
+            next_action: AtomicU64::new(1),
+            modified: Mutex::new(None),
+            scheduled: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn audit_events(&self, events: &[crate::keys::KeyEvent]) {
+        if let Err(error) = audit_events(self.audit.as_ref(), events) {
+            tracing::error!(%error, "could not audit key transitions");
+        }
+    }
+
+    /// Audits a rotation step that is not a state transition (requested, failed, abandoned).
+    fn audit_rotation(&self, actor: &str, body: serde_json::Value) {
+        let entry = AuditEntry {
+            kind: AuditKind::KeyEvent,
+            actor: actor.to_owned(),
+            body,
+        };
+        if let Err(error) = self.audit.record(entry) {
+            tracing::error!(%error, "could not audit a key rotation step");
+        }
+    }
+
+    /// Whether a scheduled rotation of this agent may be tried now (at most every
+    /// [`SCHEDULED_RETRY`] while its key stays due).
+    fn schedule_due(&self, host_id: &str, source: Source) -> bool {
+        let mut scheduled = lock(&self.scheduled);
+        let key = (host_id.to_owned(), source);
+        if scheduled
+            .get(&key)
+            .is_some_and(|at| at.elapsed() < SCHEDULED_RETRY)
+        {
+            return false;
+        }
+        scheduled.insert(key, Instant::now());
+        true
+    }
+
+    /// Whether the records file changed since the last look (and remembers the new time).
+    fn file_changed(&self) -> bool {
+        let modified = std::fs::metadata(self.store.path())
+            .and_then(|m| m.modified())
+            .ok();
+        let mut seen = lock(&self.modified);
+        let changed = *seen != modified;
+        *seen = modified;
+        changed
+    }
+}
+
+impl AgentDirectory {
+    /// Adds the key records: enrolled keys get records, and access follows their states.
+    pub fn with_lifecycle(mut self, lifecycle: KeyLifecycle) -> Result<Self, KeysError> {
+        self.lifecycle = Some(Arc::new(lifecycle));
+        let agents = self.agents_snapshot();
+        self.refresh_access(&agents)?;
+        Ok(self)
+    }
+
+    fn agents_snapshot(&self) -> AgentsFile {
+        super::read_lock(&self.agents).clone()
+    }
+
+    /// Rebuilds the allow-list and bindings (syncing the records with the agents file first)
+    /// and closes the sessions of keys no longer admitted.
+    pub(super) fn refresh_access(&self, agents: &AgentsFile) -> Result<(), KeysError> {
+        let Some(lifecycle) = &self.lifecycle else {
+            self.install_access(agents.allow_list(), agents.bindings());
+            return Ok(());
+        };
+        let cause = Cause::new("cortex", "agents file", now_ns());
+        let (events, records) = lifecycle
+            .store
+            .update(|records| Ok(records.sync(agents, &cause)))?;
+        lifecycle.audit_events(&events);
+        self.install_records(agents, &records);
+        Ok(())
+    }
+
+    fn install_records(&self, agents: &AgentsFile, records: &KeyRecords) {
+        let (allow_list, bindings) = records.access(agents);
+        self.install_access(allow_list, bindings);
+    }
+
+    fn install_access(
+        &self,
+        allow_list: qsc_channel::keys::AllowList,
+        bindings: HashMap<PublicKeyBytes, super::agents::Binding>,
+    ) {
+        *super::write_lock(&self.allow_list) = allow_list;
+        *super::write_lock(&self.bindings) = bindings;
+        let bindings = super::read_lock(&self.bindings);
+        self.sessions.close_unless(
+            |key| bindings.contains_key(key),
+            "its key is no longer admitted (revoked or retired)",
+        );
+    }
+
+    /// Registers a session that just passed the handshake. A key that replaced a rotating one
+    /// retires it, and its agent is told the cortex took the new key.
+    pub fn session_started(
+        &self,
+        identity: &AgentIdentity,
+        sender: CommandSender,
+        closer: SessionCloser,
+    ) -> SessionTicket {
+        let ticket = SessionTicket(self.sessions.next.fetch_add(1, Ordering::Relaxed));
+        self.sessions.lock().insert(
+            ticket.0,
+            LiveSession {
+                host_id: identity.host_id.clone(),
+                key: identity.public_key,
+                sender: sender.clone(),
+                closer,
+            },
+        );
+        if let Some(lifecycle) = &self.lifecycle {
+            self.confirm_rotation(lifecycle, identity, sender);
+        }
+        ticket
+    }
+
+    fn confirm_rotation(
+        &self,
+        lifecycle: &KeyLifecycle,
+        identity: &AgentIdentity,
+        sender: CommandSender,
+    ) {
+        let key = identity.public_key;
+        let cause = Cause::new("cortex", "the agent reconnected with its new key", now_ns());
+        match lifecycle
+            .store
+            .update(|records| records.confirm_rotation(&key, &cause))
+        {
+            Ok((Some(event), records)) => {
+                lifecycle.audit_events(&[event]);
+                self.install_records(&self.agents_snapshot(), &records);
+            }
+            Ok((None, _)) => {}
+            Err(error) => {
+                tracing::error!(%error, host_id = %identity.host_id, "retiring the rotated key")
+            }
+        }
+        if lock(&lifecycle.unconfirmed).remove(&key) {
+            let id = ROTATION_COMMAND_IDS | lifecycle.next_action.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                if sender.send(id, &key_rotated_command(&key)).await.is_err() {
+                    tracing::warn!(key_id = %key.key_id(), "session ended before the key confirmation");
+                }
+            });
+        }
+    }
+
+    /// The session of `ticket` ended; a rotation it had not answered is abandoned.
+    pub fn session_ended(&self, ticket: SessionTicket) {
+        let Some(session) = self.sessions.lock().remove(&ticket.0) else {
+            return;
+        };
+        let Some(lifecycle) = &self.lifecycle else {
+            return;
+        };
+        let abandoned: Vec<(String, InFlight)> = {
+            let mut in_flight = lock(&lifecycle.in_flight);
+            let ids: Vec<String> = in_flight
+                .iter()
+                .filter(|(_, f)| f.old_key == session.key)
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| in_flight.remove(&id).map(|f| (id, f)))
+                .collect()
+        };
+        for (action_id, flight) in abandoned {
+            tracing::error!(%action_id, host_id = %flight.host_id, "session ended before the agent answered its key rotation");
+            lifecycle.audit_rotation(
+                &flight.actor,
+                json!({"event": "rotation_abandoned", "action_id": action_id,
+                       "host_id": flight.host_id, "source": flight.source,
+                       "key_id": flight.old_key.key_id()}),
+            );
+        }
+    }
+
+    /// Asks the agent's live session to rotate its key; returns the action id. The answer is
+    /// handled by [`Self::rotation_answered`].
+    pub async fn request_rotation(
+        &self,
+        host_id: &str,
+        source: Source,
+        emergency: bool,
+        actor: &str,
+        reason: &str,
+    ) -> Result<String, KeysError> {
+        let lifecycle = self
+            .lifecycle
+            .as_ref()
+            .ok_or(KeysError::LifecycleDisabled)?;
+        let agent = || (host_id.to_owned(), source_name(source).to_owned());
+        let records = lifecycle.store.load()?;
+        let old_key = records
+            .active(host_id, source)
+            .ok_or_else(|| {
+                let (host_id, agent) = agent();
+                KeysError::NoActiveKey { host_id, agent }
+            })?
+            .key()?;
+        let sender = self.sessions.sender_for(&old_key).ok_or_else(|| {
+            let (host_id, agent) = agent();
+            KeysError::NotConnected { host_id, agent }
+        })?;
+        let number = lifecycle.next_action.fetch_add(1, Ordering::Relaxed);
+        let action_id = format!("rotate-keys-{host_id}-{}-{number}", source_name(source));
+        {
+            let mut in_flight = lock(&lifecycle.in_flight);
+            if in_flight.values().any(|f| f.old_key == old_key) {
+                let (host_id, agent) = agent();
+                return Err(KeysError::RotationInProgress { host_id, agent });
+            }
+            in_flight.insert(
+                action_id.clone(),
+                InFlight {
+                    host_id: host_id.to_owned(),
+                    source,
+                    old_key,
+                    emergency,
+                    actor: actor.to_owned(),
+                    reason: reason.to_owned(),
+                },
+            );
+        }
+        lifecycle.audit_rotation(
+            actor,
+            json!({"event": "rotation_requested", "action_id": action_id, "host_id": host_id,
+                   "source": source, "key_id": old_key.key_id(), "emergency": emergency,
+                   "reason": reason}),
+        );
+        let request = ActionRequest {
+            action_id: action_id.clone(),
+            action: Action::RotateKeys,
+        };
+        let body = serde_json::to_vec(&request).map_err(|source| KeysError::Parse {
+            path: lifecycle.store.path().to_owned(),
+            source,
+        })?;
+        if sender
+            .send(ROTATION_COMMAND_IDS | number, &body)
+            .await
+            .is_err()
+        {
+            lock(&lifecycle.in_flight).remove(&action_id);
+            return Err(KeysError::SessionEnded {
+                host_id: host_id.to_owned(),
+            });
+        }
+        tracing::info!(%action_id, emergency, "key rotation sent to the agent");
+        Ok(action_id)
+    }
+
+    /// A command result from `agent`: if it answers a rotation, apply it and return true.
+    pub fn rotation_answered(
+        &self,
+        agent: &AgentIdentity,
+        status: CommandStatus,
+        body: &[u8],
+    ) -> bool {
+        let Some(lifecycle) = &self.lifecycle else {
+            return false;
+        };
+        let Ok(report) = serde_json::from_slice::<ActionReport>(body) else {
+            return false;
+        };
+        let flight = {
+            let mut in_flight = lock(&lifecycle.in_flight);
+            match in_flight.get(&report.action_id) {
+                Some(f) if f.old_key == agent.public_key => in_flight.remove(&report.action_id),
+                _ => None,
+            }
+        };
+        let Some(flight) = flight else {
+            return false;
+        };
+        let new_key = report
+            .facts
+            .get("public_key")
+            .and_then(|v| v.as_str())
+            .and_then(|hex| PublicKeyBytes::from_hex(hex).ok());
+        match (report.outcome, new_key) {
+            (ActionOutcome::Done, Some(new_key)) => {
+                self.apply_rotation(lifecycle, &flight, &report, new_key);
+            }
+            _ => {
+                tracing::error!(action_id = %report.action_id, ?status, detail = %report.detail, "the agent did not rotate its key");
+                lifecycle.audit_rotation(
+                    &flight.actor,
+                    json!({"event": "rotation_failed", "action_id": report.action_id,
+                           "host_id": flight.host_id, "source": flight.source,
+                           "outcome": report.outcome, "detail": report.detail}),
+                );
+            }
+        }
+        true
+    }
+
+    fn apply_rotation(
+        &self,
+        lifecycle: &KeyLifecycle,
+        flight: &InFlight,
+        report: &ActionReport,
+        new_key: PublicKeyBytes,
+    ) {
+        let kind = if flight.emergency {
+            "emergency rotation"
+        } else {
+            "rotation"
+        };
+        let cause = Cause::new(
+            flight.actor.clone(),
+            format!("{kind} {}: {}", report.action_id, flight.reason),
+            now_ns(),
+        );
+        let applied = lifecycle.store.update(|records| {
+            records.apply_rotation(&flight.old_key, &new_key, flight.emergency, &cause)
+        });
+        match applied {
+            Ok((events, records)) => {
+                lifecycle.audit_events(&events);
+                lock(&lifecycle.unconfirmed).insert(new_key);
+                self.install_records(&self.agents_snapshot(), &records);
+                // The agent already uses the new key: end the old session so it reconnects.
+                let old_key = flight.old_key;
+                self.sessions
+                    .close_unless(|key| *key != old_key, "its key was rotated");
+                tracing::info!(host_id = %flight.host_id, old = %old_key.key_id(), new = %new_key.key_id(), done_mono_ns = report.done_mono_ns, "{kind} applied");
+            }
+            Err(error) => {
+                tracing::error!(%error, host_id = %flight.host_id, "could not record the rotated key");
+                lifecycle.audit_rotation(
+                    &flight.actor,
+                    json!({"event": "rotation_failed", "action_id": report.action_id,
+                           "host_id": flight.host_id, "source": flight.source,
+                           "detail": error.to_string()}),
+                );
+            }
+        }
+    }
+
+    /// One round of the key watcher: reload the records if they changed, send requested and
+    /// scheduled rotations to connected agents.
+    pub async fn tick_keys(&self) {
+        let Some(lifecycle) = &self.lifecycle else {
+            return;
+        };
+        if !lifecycle.file_changed() && lifecycle.max_key_age.is_none() {
+            return;
+        }
+        let records = match lifecycle.store.load() {
+            Ok(records) => records,
+            Err(error) => {
+                tracing::error!(%error, "key records are unreadable; keeping the previous access");
+                return;
+            }
+        };
+        self.install_records(&self.agents_snapshot(), &records);
+        for request in &records.requests {
+            self.send_requested(lifecycle, request).await;
+        }
+        if let Some(age) = lifecycle.max_key_age {
+            let cutoff = now_ns().saturating_sub(u64::try_from(age.as_nanos()).unwrap_or(u64::MAX));
+            for (host_id, source) in records.due_for_rotation(cutoff) {
+                if !lifecycle.schedule_due(&host_id, source) {
+                    continue;
+                }
+                let reason = format!("scheduled: key older than {}s", age.as_secs());
+                match self
+                    .request_rotation(&host_id, source, false, "cortex", &reason)
+                    .await
+                {
+                    Ok(_) | Err(KeysError::RotationInProgress { .. }) => {}
+                    Err(KeysError::NotConnected { .. }) => {
+                        // Try again as soon as the agent is back.
+                        lock(&lifecycle.scheduled).remove(&(host_id, source));
+                    }
+                    Err(error) => tracing::warn!(%error, %host_id, "scheduled key rotation"),
+                }
+            }
+        }
+    }
+
+    /// Sends one operator request; it leaves the file once sent, or once it can never be.
+    async fn send_requested(&self, lifecycle: &KeyLifecycle, request: &RotationRequest) {
+        let reason = "requested with `cortex keys rotate`";
+        let outcome = self
+            .request_rotation(
+                &request.host_id,
+                request.source,
+                request.emergency,
+                &request.actor,
+                reason,
+            )
+            .await;
+        match outcome {
+            Err(KeysError::NotConnected { .. } | KeysError::RotationInProgress { .. }) => return,
+            Err(error) => {
+                tracing::error!(%error, host_id = %request.host_id, "requested key rotation dropped")
+            }
+            Ok(_) => {}
+        }
+        let removed = lifecycle.store.update(|records| {
+            records.requests.retain(|r| r != request);
+            Ok(())
+        });
+        if let Err(error) = removed {
+            tracing::error!(%error, "could not remove a sent rotation request");
+        }
+    }
+
+    /// Runs [`Self::tick_keys`] every `interval` until shutdown.
+    pub async fn watch_keys(self, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                _ = shutdown.changed() => return,
+            }
+            self.tick_keys().await;
+        }
+    }
+}

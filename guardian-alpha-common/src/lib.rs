@@ -35,6 +35,8 @@ pub const LISTENERS_MAP: &str = "LISTENERS";
 pub const BLOCKED_V4_MAP: &str = "BLOCKED_V4";
 pub const BLOCKED_V6_MAP: &str = "BLOCKED_V6";
 pub const BLOCKED_EXEC_MAP: &str = "BLOCKED_EXEC";
+/// One-slot array: non-zero once any exec path is blocked (the execve hook skips work until).
+pub const EXEC_BLOCKING_MAP: &str = "EXEC_BLOCKING";
 /// Globals the loader sets.
 pub const AGENT_TGID_GLOBAL: &str = "AGENT_TGID";
 pub const LAYOUT_GLOBAL: &str = "LAYOUT";

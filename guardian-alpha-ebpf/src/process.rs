@@ -38,7 +38,9 @@ pub fn sched_process_exec(ctx: TracePointContext) {
     entry.submit(batched_submit_flags());
 }
 
-/// Copies argv (NUL-separated) from the new image's `mm->arg_start..arg_end`.
+/// Copies argv (NUL-separated) from the new image's `mm->arg_start..arg_end`. Only the bytes
+/// argv really has are read and written: every ring-buffer byte written is a cache line the
+/// exec pays for, and most argv are far shorter than `ARGS_CAPTURE`.
 #[inline(always)]
 fn read_args(layout: &guardian_alpha_common::KernelLayout, record: &mut ExecRecord) {
     record.args_len = 0;
@@ -52,17 +54,15 @@ fn read_args(layout: &guardian_alpha_common::KernelLayout, record: &mut ExecReco
         return;
     };
     let len = end.saturating_sub(start) as usize;
-    if len > ARGS_CAPTURE {
-        record.args_truncated = 1;
-    }
     let src = start as *const u8;
-    // Reading the whole buffer is one helper call the verifier accepts; argv is followed by the
-    // environment on the stack, so the read only fails at the very end of the mapping, where a
-    // read bounded by the real length is tried instead.
-    if unsafe { bpf_probe_read_user_buf(src, &mut record.args) }.is_ok() {
-        record.args_len = len.min(ARGS_CAPTURE) as u32;
+    if len >= ARGS_CAPTURE {
+        record.args_truncated = u32::from(len > ARGS_CAPTURE);
+        if unsafe { bpf_probe_read_user_buf(src, &mut record.args) }.is_ok() {
+            record.args_len = ARGS_CAPTURE as u32;
+        }
         return;
     }
+    // `len < ARGS_CAPTURE` here; the mask only shows the verifier the bound.
     let bounded = len & (ARGS_CAPTURE - 1);
     if unsafe { bpf_probe_read_user_buf(src, &mut record.args[..bounded]) }.is_ok() {
         record.args_len = bounded as u32;

@@ -20,7 +20,7 @@ use crate::{
     output::Output,
     proctable::ProcessTable,
     record,
-    sensor::{self, Sensor, SensorOptions},
+    sensor::{self, Sensor, SensorOptions, SharedSensor},
     users::UserNames,
 };
 
@@ -125,7 +125,12 @@ fn watched_prefixes(config: &Config) -> Vec<(String, guardian_alpha_common::Watc
 }
 
 impl Agent {
-    pub fn new(config: &Config, active_hooks: Vec<String>) -> anyhow::Result<Self> {
+    /// `commands` executes what the cortex sends over the uplink (when it is on).
+    pub fn new(
+        config: &Config,
+        active_hooks: Vec<String>,
+        commands: impl qsc_channel::delivery::CommandHandler,
+    ) -> anyhow::Result<Self> {
         let host_id = config.host_id();
         let proc_root = PathBuf::from("/proc");
         let mut table =
@@ -135,7 +140,7 @@ impl Agent {
         Ok(Agent {
             host_id,
             seq: 0,
-            output: Output::open(config)?,
+            output: Output::open_with(config, commands)?,
             enricher: Enricher::new(table),
             rwx: RwxTracker::default(),
             proc_root,
@@ -230,8 +235,9 @@ impl Agent {
         Ok(())
     }
 
-    fn report_loss(&mut self, sensor: &Sensor) -> anyhow::Result<()> {
-        for (kind, total) in sensor.lost_records()? {
+    fn report_loss(&mut self, sensor: &SharedSensor) -> anyhow::Result<()> {
+        let lost = lock(sensor)?.lost_records()?;
+        for (kind, total) in lost {
             let reported = &mut self.lost_reported[kind as usize];
             if total <= *reported {
                 continue;
@@ -292,14 +298,15 @@ impl Agent {
         self.emit(EventKind::HostMetrics(metrics), None)
     }
 
-    /// Runs until `shutdown` completes; the sensor is detached when it is dropped by the caller.
+    /// Runs until `shutdown` completes; the sensor is detached when its last holder (this
+    /// caller, or the response executor) drops it.
     pub async fn run(
         &mut self,
         config: &Config,
-        mut sensor: Sensor,
+        sensor: SharedSensor,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
-        let ring: RingBuf<MapData> = sensor.take_ring_buffer()?;
+        let ring: RingBuf<MapData> = lock(&sensor)?.take_ring_buffer()?;
         // SAFETY: the RingBuf owns its map fd, which stays open and unchanged for as long as the
         // AsyncFd (which owns the RingBuf) lives.
         let mut ring =
@@ -364,6 +371,12 @@ impl Agent {
             uptime_s: self.started.elapsed().as_secs_f64(),
         }
     }
+}
+
+fn lock(sensor: &SharedSensor) -> anyhow::Result<std::sync::MutexGuard<'_, Sensor>> {
+    sensor
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the sensor lock is poisoned"))
 }
 
 fn ticker(period: Duration) -> tokio::time::Interval {

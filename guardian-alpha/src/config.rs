@@ -36,6 +36,40 @@ pub struct Config {
     pub watch: Vec<WatchRule>,
     /// The uplink to the cortex (off unless `enabled`).
     pub cortex: qsc_channel::uplink::CortexSettings,
+    /// Response actions the cortex asks for, and the guardrails around them.
+    pub respond: RespondConfig,
+}
+
+/// `[respond]`: where quarantined files go and what no response action may touch.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RespondConfig {
+    /// Folder (created 0700) that receives quarantined files and their JSON sidecars.
+    pub quarantine_dir: PathBuf,
+    /// Executable or command names never killed, in addition to the built-in
+    /// `guardian-alpha`, `guardian-beta` and `cortex`.
+    pub protected_processes: Vec<String>,
+    /// Accounts never locked.
+    pub protected_users: Vec<String>,
+    /// Allow locking root and accounts with a uid below 1000.
+    pub allow_system_users: bool,
+    /// Addresses never blocked, in addition to the cortex's.
+    pub protected_addresses: Vec<std::net::IpAddr>,
+    /// The nftables command (isolation, and address blocking without the cgroup programs).
+    pub nft: PathBuf,
+}
+
+impl Default for RespondConfig {
+    fn default() -> Self {
+        RespondConfig {
+            quarantine_dir: "/var/lib/qsc/quarantine".into(),
+            protected_processes: Vec::new(),
+            protected_users: Vec::new(),
+            allow_system_users: false,
+            protected_addresses: Vec::new(),
+            nft: "nft".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -127,6 +161,7 @@ impl Default for Config {
                 rule("/etc/ld.so.preload", true, true),
             ],
             cortex: Default::default(),
+            respond: RespondConfig::default(),
         }
     }
 }
@@ -219,6 +254,15 @@ impl Config {
                     format!("`{}` is longer than 255 bytes", rule.prefix),
                 ));
             }
+        }
+        if !self.respond.quarantine_dir.is_absolute() {
+            return Err(invalid(
+                "respond.quarantine_dir",
+                format!(
+                    "`{}` is not an absolute path",
+                    self.respond.quarantine_dir.display()
+                ),
+            ));
         }
         if let Some(host) = &self.host_id
             && (host.is_empty() || host.len() > qsc_event::MAX_HOST_ID_LEN)

@@ -3,7 +3,8 @@
 //! `sensor` loads and attaches the kernel program; `record` decodes what it writes to the ring
 //! buffer; `enrich` turns records into qsc events with the `proctable`'s process context;
 //! `agent` runs the loop that also reports losses, samples `metrics`, follows the `authlog`
-//! and does `forensics` on memory maps.
+//! and does `forensics` on memory maps; `respond` executes the response actions the cortex
+//! sends.
 
 pub mod agent;
 pub mod authlog;
@@ -16,5 +17,6 @@ pub mod metrics;
 pub mod output;
 pub mod proctable;
 pub mod record;
+pub mod respond;
 pub mod sensor;
 pub mod users;

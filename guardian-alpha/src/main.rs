@@ -2,7 +2,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use guardian_alpha::{agent, config::Config};
+use guardian_alpha::{agent, config::Config, output::AGENT, respond};
+use qsc_channel::uplink::AgentCommands;
+use qsc_event::{ActionOutcome, ActionReport, ActionRequest};
 
 /// Guardian-Alpha: QSC's eBPF host agent. Captures process, file, privilege, memory and
 /// network activity with kernel tracepoints, enriches it with process context, and emits
@@ -25,6 +27,12 @@ enum Command {
     DefaultConfig,
     /// List the kernel hooks the agent attaches and whether each is required.
     Hooks,
+    /// Execute response actions on this host now, without the cortex, with the agent's
+    /// executor and guardrails: reads one ActionRequest JSON per line from stdin, prints one
+    /// ActionReport JSON line per request. Timed actions (ttl_s > 0) are rolled back at expiry;
+    /// at the end of input it waits for those. For operators (e.g. `{"action_id":"op-1",
+    /// "action":"release"}` when the cortex is unreachable) and for tests.
+    Respond(RespondArgs),
     /// Create this agent's channel key (a new 0600 file) and print its public key, which the
     /// cortex operator enrolls in the cortex's agent allow-list.
     Keygen {
@@ -58,6 +66,20 @@ struct RunArgs {
     /// uplink (keys and outbox come from there) and overrides its `address`.
     #[arg(long, value_name = "HOST:PORT")]
     cortex: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct RespondArgs {
+    /// TOML configuration file: `[respond]` and the `[cortex]` address are used.
+    #[arg(long, short, env = "QSC_ALPHA_CONFIG")]
+    config: Option<PathBuf>,
+    /// Load the kernel program so that block_ip uses its cgroup programs (blocks end with this
+    /// process); without it, blocks go through nftables.
+    #[arg(long)]
+    kernel: bool,
+    /// Load this kernel object instead of the embedded one (with --kernel).
+    #[arg(long)]
+    ebpf_object: Option<PathBuf>,
 }
 
 fn init_logging(json: bool) {
@@ -144,6 +166,7 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Respond(args) => respond(&args),
         Command::Run(args) => {
             let config = load_config(&args)?;
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -152,7 +175,14 @@ fn main() -> anyhow::Result<()> {
                 .context("cannot start the async runtime")?;
             runtime.block_on(async {
                 let sensor = agent::start_sensor(&config)?;
-                let mut agent = agent::Agent::new(&config, sensor.active_hooks.clone())?;
+                let hooks = sensor.active_hooks.clone();
+                let sensor = std::sync::Arc::new(std::sync::Mutex::new(sensor));
+                let responder = respond::Responder::new(&config, Some(sensor.clone()))?;
+                let commands = respond::ResponseHandler::new(
+                    responder,
+                    AgentCommands::new(AGENT, env!("CARGO_PKG_VERSION")),
+                );
+                let mut agent = agent::Agent::new(&config, hooks, commands)?;
                 agent.run(&config, sensor, shutdown_signal()).await?;
                 if let Some(path) = &args.stats_file {
                     let stats = serde_json::to_vec_pretty(&agent.stats())?;
@@ -164,4 +194,51 @@ fn main() -> anyhow::Result<()> {
             })
         }
     }
+}
+
+/// `guardian-alpha respond`: executes requests read from stdin, one report line each.
+fn respond(args: &RespondArgs) -> anyhow::Result<()> {
+    use std::io::{BufRead, Write};
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(object) = &args.ebpf_object {
+        config.sensor.ebpf_object = Some(object.clone());
+    }
+    let sensor = if args.kernel {
+        let sensor = agent::start_sensor(&config)?;
+        Some(std::sync::Arc::new(std::sync::Mutex::new(sensor)))
+    } else {
+        None
+    };
+    let responder = respond::Responder::new(&config, sensor)?;
+    let mut stdout = std::io::stdout().lock();
+    for line in std::io::stdin().lock().lines() {
+        let line = line.context("cannot read stdin")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let report = match serde_json::from_str::<ActionRequest>(&line) {
+            Ok(request) => responder.execute(&request),
+            Err(err) => ActionReport {
+                action_id: String::new(),
+                outcome: ActionOutcome::Failed,
+                detail: format!("not an action request: {err}"),
+                done_mono_ns: qsc_event::mono_now_ns(),
+                facts: Default::default(),
+            },
+        };
+        serde_json::to_writer(&mut stdout, &report)?;
+        stdout.write_all(b"\n")?;
+        stdout.flush()?;
+    }
+    if responder.pending_rollbacks() > 0 {
+        tracing::info!(
+            pending = responder.pending_rollbacks(),
+            "end of input: waiting for timed actions to expire"
+        );
+        responder.wait_rollbacks();
+    }
+    Ok(())
 }

@@ -14,6 +14,7 @@ use std::{
 
 use std::time::Duration;
 
+use qsc_channel::delivery::CommandHandler;
 use qsc_channel::uplink::{AgentCommands, Uplink, UplinkError};
 use qsc_event::{Event, EventKind, EventLoss, Source};
 
@@ -44,17 +45,20 @@ pub struct Output {
 }
 
 impl Output {
-    /// Opens what `config` asks for; the uplink connects in the background.
+    /// Opens what `config` asks for; the uplink connects in the background and answers only
+    /// the commands every agent knows (`ping`).
     pub fn open(config: &Config) -> Result<Self, OutputError> {
+        Self::open_with(config, AgentCommands::new(AGENT, env!("CARGO_PKG_VERSION")))
+    }
+
+    /// Like [`Output::open`], with `commands` executing what the cortex sends.
+    pub fn open_with(config: &Config, commands: impl CommandHandler) -> Result<Self, OutputError> {
         let local = match config.output.as_str() {
             NO_LOCAL_OUTPUT => None,
             target => Some(JsonLines::open(target)?),
         };
         let cortex = if config.cortex.enabled {
-            let uplink = Uplink::start(
-                config.cortex.resolve(AGENT)?,
-                AgentCommands::new(AGENT, env!("CARGO_PKG_VERSION")),
-            )?;
+            let uplink = Uplink::start(config.cortex.resolve(AGENT)?, commands)?;
             Some(CortexOutput {
                 uplink,
                 pending: Vec::new(),

@@ -3,7 +3,7 @@
 
 use std::{
     collections::HashMap,
-    hash::{DefaultHasher, Hash, Hasher},
+    hash::{BuildHasherDefault, DefaultHasher, Hash, Hasher},
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -21,7 +21,8 @@ pub struct ProcEntry {
     pub ppid: u32,
     pub comm: String,
     pub exe: Option<String>,
-    pub cmdline: Vec<String>,
+    /// Shared with the entries forked from this one until one of them execs.
+    pub cmdline: Arc<[String]>,
     pub container_id: Option<String>,
     pub guid: String,
 }
@@ -29,8 +30,35 @@ pub struct ProcEntry {
 pub struct ProcessTable {
     proc_root: PathBuf,
     host_salt: u64,
-    entries: HashMap<u32, Arc<ProcEntry>>,
+    entries: HashMap<u32, Arc<ProcEntry>, BuildHasherDefault<PidHasher>>,
     users: UserNames,
+}
+
+/// Hashes the table's pid keys with one multiplication: every event looks up its process and
+/// up to [`ANCESTRY_DEPTH`] ancestors, and pids are not attacker-chosen in a way SipHash's
+/// flooding resistance would matter for (the kernel allocates them).
+#[derive(Default)]
+pub struct PidHasher(u64);
+
+impl Hasher for PidHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u32(&mut self, pid: u32) {
+        self.write_u64(u64::from(pid));
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        // Fibonacci hashing: spreads consecutive pids over the high bits hashbrown uses.
+        self.0 = (self.0 ^ value).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
 }
 
 /// What the kernel said about the caller, for filling in what the table does not know yet.
@@ -54,7 +82,7 @@ impl ProcessTable {
         ProcessTable {
             proc_root: proc_root.into(),
             host_salt: hasher.finish(),
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             users,
         }
     }
@@ -108,7 +136,8 @@ impl ProcessTable {
                 .map(|p| p.display().to_string()),
             cmdline: std::fs::read(dir.join("cmdline"))
                 .map(|b| split_nul(&b))
-                .unwrap_or_default(),
+                .unwrap_or_default()
+                .into(),
             container_id: read_container_id(&dir),
             guid: self.guid(pid, start),
         })
@@ -152,7 +181,7 @@ impl ProcessTable {
             },
             comm: caller.comm.to_owned(),
             exe: Some(filename.to_owned()),
-            cmdline: argv.to_vec(),
+            cmdline: argv.into(),
             container_id: previous.container_id.clone(),
             guid: self.guid(caller.pid, caller.ktime_ns),
         };
@@ -180,7 +209,7 @@ impl ProcessTable {
             user: self.users.name(caller.uid),
             comm: caller.comm.to_owned(),
             exe: entry.exe.clone(),
-            cmdline: entry.cmdline.clone(),
+            cmdline: entry.cmdline.to_vec(),
             container_id: entry.container_id.clone(),
             cgroup_id: caller.cgroup_id,
             guid: entry.guid.clone(),
@@ -264,6 +293,17 @@ mod tests {
     }
 
     #[test]
+    fn pid_hasher_separates_neighbouring_pids() {
+        let hash = |pid: u32| {
+            let mut h = PidHasher::default();
+            pid.hash(&mut h);
+            h.finish()
+        };
+        assert_ne!(hash(1000), hash(1001));
+        assert_ne!(hash(1000) >> 57, hash(1001) >> 57, "high bits differ too");
+    }
+
+    #[test]
     fn finds_container_ids() {
         let id = "a".repeat(64);
         assert_eq!(
@@ -306,6 +346,11 @@ mod tests {
         let info = table.process_info(&child_caller);
         assert_eq!(info.exe.as_deref(), Some("/bin/sh"));
         assert_eq!(info.cmdline, ["sh", "-c"]);
+        assert_eq!(
+            table.get(child).map(|e| e.cmdline.len()),
+            Some(2),
+            "argv kept in the table"
+        );
         assert_eq!(info.ancestry.first().map(|a| a.pid), Some(me));
         assert_ne!(info.guid, table.get(me).unwrap().guid);
         table.on_exit(child);

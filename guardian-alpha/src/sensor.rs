@@ -5,12 +5,12 @@ use std::path::Path;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{CgroupAttachMode, CgroupSockAddr, TracePoint},
 };
 use guardian_alpha_common::{
     AGENT_TGID_GLOBAL, BLOCKED_EXEC_MAP, BLOCKED_V4_MAP, BLOCKED_V6_MAP, BlockedV4, BlockedV6,
-    EVENTS_MAP, KernelLayout, LAYOUT_GLOBAL, LOST_MAP, PATH_CAPTURE, RecordKind,
+    EVENTS_MAP, EXEC_BLOCKING_MAP, KernelLayout, LAYOUT_GLOBAL, LOST_MAP, PATH_CAPTURE, RecordKind,
     WAKEUP_BYTES_GLOBAL, WATCHED_PREFIXES_MAP, WatchFlags,
 };
 
@@ -113,6 +113,10 @@ const SOCK_ADDR_PROGRAMS: &[&str] = &[
     "block_sendmsg4",
     "block_sendmsg6",
 ];
+
+/// The sensor shared between the agent's loop and the response executor (which updates its
+/// block maps from the channel's thread).
+pub type SharedSensor = std::sync::Arc<std::sync::Mutex<Sensor>>;
 
 pub struct Sensor {
     ebpf: Ebpf,
@@ -245,6 +249,15 @@ impl Sensor {
         })
     }
 
+    /// True when the cgroup programs that enforce [`Sensor::block_ip`] are attached.
+    pub fn blocks_addresses(&self) -> bool {
+        SOCK_ADDR_PROGRAMS.iter().all(|p| {
+            self.active_hooks
+                .iter()
+                .any(|h| h.strip_prefix("cgroup/") == Some(*p))
+        })
+    }
+
     /// Refuses connects/sends to `ip` (until [`Sensor::unblock_ip`]).
     pub fn block_ip(&mut self, ip: std::net::IpAddr) -> Result<(), SensorError> {
         match ip {
@@ -289,7 +302,22 @@ impl Sensor {
             .map_err(|source| SensorError::Map {
                 map: "BLOCKED_EXEC",
                 source,
-            })
+            })?;
+        self.enable_exec_blocking()
+    }
+
+    /// Turns on the execve hook's path check (off while nothing is blocked, to keep exec cheap).
+    fn enable_exec_blocking(&mut self) -> Result<(), SensorError> {
+        let map_err = |source| SensorError::Map {
+            map: "EXEC_BLOCKING",
+            source,
+        };
+        let map = self
+            .ebpf
+            .map_mut(EXEC_BLOCKING_MAP)
+            .ok_or(SensorError::Missing("EXEC_BLOCKING map"))?;
+        let mut flag: Array<&mut MapData, u32> = Array::try_from(map).map_err(map_err)?;
+        flag.set(0, 1, 0).map_err(map_err)
     }
 
     fn hash_map<K: aya::Pod>(

@@ -5,10 +5,13 @@
 //! attached), guardian-alpha (every event decoded, enriched and serialised as JSON), bpftrace
 //! printing the same events, and bpftrace counting them in the kernel. Each round's wall time
 //! is divided by the same round's bare time (paired ratios); the medians are printed and
-//! written to target/bench/capture.json.
+//! written to target/bench/capture.json. The CPU seconds the workload itself used (user +
+//! system, its children included) are paired the same way: in-context hook cost shows there
+//! even when a busy machine makes wall times swing.
 //!
 //! Environment: QSC_BENCH_ROUNDS (default 3), QSC_BENCH_SCALE (default 1.0: 2,000,000 opens,
-//! 5,000 execs, 50,000 connects).
+//! 5,000 execs, 50,000 connects), QSC_BENCH_WORKLOADS (comma-separated workload names, default
+//! all; the summary keys of workloads not run are null).
 
 use std::{
     collections::BTreeMap,
@@ -60,10 +63,11 @@ struct Workload {
     print: &'static str,
 }
 
-/// Per workload and mode: wall seconds per round, plus what the agent reported.
+/// Per workload and mode: wall and workload CPU seconds per round, plus what the agent reported.
 #[derive(Default)]
 struct Results {
     wall: BTreeMap<(&'static str, Mode), Vec<f64>>,
+    cpu: BTreeMap<(&'static str, Mode), Vec<f64>>,
     received: BTreeMap<&'static str, u64>,
     lost: BTreeMap<&'static str, u64>,
     agent_cpu_s: BTreeMap<&'static str, f64>,
@@ -92,7 +96,7 @@ fn main() -> anyhow::Result<()> {
         "tracepoint:syscalls:sys_enter_openat /strncmp(str(args->filename), \"{prefix}\", {}) == 0/",
         prefix.len()
     );
-    let workloads = [
+    let all_workloads = [
         Workload {
             name: "openat_watched",
             actor_args: vec![
@@ -134,6 +138,7 @@ fn main() -> anyhow::Result<()> {
             print: "printf(\"%d %s %d %d\\n\", pid, comm, args->sport, args->dport);",
         },
     ];
+    let workloads = selected(all_workloads, std::env::var("QSC_BENCH_WORKLOADS").ok())?;
     let config = dir.path().join("alpha.toml");
     std::fs::write(
         &config,
@@ -148,22 +153,37 @@ fn main() -> anyhow::Result<()> {
             let mut modes = MODES;
             modes.rotate_left(round % MODES.len());
             for mode in modes {
-                let wall = run_one(workload, mode, &config, dir.path(), &mut results)
-                    .with_context(|| format!("{} under {}", workload.name, mode.name()))?;
+                let Timing { wall, cpu } =
+                    run_one(workload, mode, &config, dir.path(), &mut results)
+                        .with_context(|| format!("{} under {}", workload.name, mode.name()))?;
                 eprintln!(
-                    "round {round} {:<16} {:<15} {wall:8.3} s",
+                    "round {round} {:<16} {:<15} {wall:8.3} s  cpu {cpu:8.3} s",
                     workload.name,
                     mode.name()
                 );
-                results
-                    .wall
-                    .entry((workload.name, mode))
-                    .or_default()
-                    .push(wall);
+                let key = (workload.name, mode);
+                results.wall.entry(key).or_default().push(wall);
+                results.cpu.entry(key).or_default().push(cpu);
             }
         }
     }
     report(&workloads, &results, rounds)
+}
+
+/// The workloads named in `filter` (comma-separated), or all of them.
+fn selected(all: [Workload; 4], filter: Option<String>) -> anyhow::Result<Vec<Workload>> {
+    let Some(filter) = filter else {
+        return Ok(all.into());
+    };
+    let names: Vec<&str> = filter.split(',').map(str::trim).collect();
+    if let Some(unknown) = names.iter().find(|n| !all.iter().any(|w| w.name == **n)) {
+        let known: Vec<&str> = all.iter().map(|w| w.name).collect();
+        bail!("QSC_BENCH_WORKLOADS: unknown workload `{unknown}` (known: {known:?})");
+    }
+    Ok(all
+        .into_iter()
+        .filter(|w| names.contains(&w.name))
+        .collect())
 }
 
 fn env_or(name: &str, default: f64) -> f64 {
@@ -188,14 +208,40 @@ fn ensure_bpftrace() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_workload(workload: &Workload) -> anyhow::Result<f64> {
+/// One run of a workload: wall seconds, and CPU seconds of the workload and its children.
+struct Timing {
+    wall: f64,
+    cpu: f64,
+}
+
+fn run_workload(workload: &Workload) -> anyhow::Result<Timing> {
     let started = Instant::now();
-    let status = Command::new(ACTOR).args(&workload.actor_args).status()?;
+    let child = Command::new(ACTOR).args(&workload.actor_args).spawn()?;
+    let (status, usage) = wait_with_usage(child.id() as i32)?;
     let wall = started.elapsed().as_secs_f64();
-    if !status.success() {
-        bail!("workload {} failed: {status}", workload.name);
+    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        bail!("workload {} failed (wait status {status})", workload.name);
     }
-    Ok(wall)
+    Ok(Timing {
+        wall,
+        cpu: rusage_seconds(&usage),
+    })
+}
+
+/// Waits for child `pid`; its wait status and resource usage (reaped children included).
+fn wait_with_usage(pid: i32) -> anyhow::Result<(i32, libc::rusage)> {
+    let mut status = 0;
+    // SAFETY: our own child; wait4 fills a zeroed rusage.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::wait4(pid, &mut status, 0, &mut usage) } != pid {
+        bail!("wait4({pid}): {}", std::io::Error::last_os_error());
+    }
+    Ok((status, usage))
+}
+
+fn rusage_seconds(usage: &libc::rusage) -> f64 {
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 fn run_one(
@@ -204,14 +250,14 @@ fn run_one(
     config: &Path,
     dir: &Path,
     results: &mut Results,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Timing> {
     match mode {
         Mode::Bare => run_workload(workload),
         Mode::Qsc => {
             let stats_file = dir.join("stats.json");
             let mut agent = start_agent(config, &stats_file)?;
             let cpu_before = cpu_seconds(agent.id());
-            let wall = run_workload(workload)?;
+            let timing = run_workload(workload)?;
             let rss = rss_mb(agent.id());
             results.agent_rss_mb = results.agent_rss_mb.max(rss);
             let cpu_total = stop_and_cpu(&mut agent)?;
@@ -228,7 +274,7 @@ fn run_one(
             *results.received.entry(workload.name).or_default() += received;
             *results.lost.entry(workload.name).or_default() += lost;
             *results.agent_cpu_s.entry(workload.name).or_default() += cpu_total - cpu_before;
-            Ok(wall)
+            Ok(timing)
         }
         Mode::BpftracePrint | Mode::BpftraceCount => {
             let action = if mode == Mode::BpftracePrint {
@@ -259,7 +305,7 @@ fn run_one(
             wait_until(Duration::from_secs(60), || ready.exists())
                 .context("bpftrace did not start")?;
             let _ = std::fs::remove_file(&ready);
-            let wall = run_workload(workload)?;
+            let timing = run_workload(workload)?;
             // SAFETY: signalling our own child.
             unsafe { libc::kill(tracer.id() as i32, libc::SIGINT) };
             tracer.wait()?;
@@ -271,7 +317,7 @@ fn run_one(
                 *results.bpftrace_received.entry(workload.name).or_default() += lines;
             }
             let _ = std::fs::remove_file(&out);
-            Ok(wall)
+            Ok(timing)
         }
     }
 }
@@ -350,19 +396,13 @@ fn rss_mb(pid: u32) -> f64 {
 /// SIGINT, wait, and the child's total CPU seconds from wait4's rusage.
 fn stop_and_cpu(agent: &mut Child) -> anyhow::Result<f64> {
     let pid = agent.id() as i32;
-    // SAFETY: our own child; wait4 fills a zeroed rusage.
-    let (status, usage) = unsafe {
-        libc::kill(pid, libc::SIGINT);
-        let mut status = 0;
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::wait4(pid, &mut status, 0, &mut usage);
-        (status, usage)
-    };
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let (status, usage) = wait_with_usage(pid)?;
     if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
         bail!("guardian-alpha exited abnormally (status {status})");
     }
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    Ok(secs(usage.ru_utime) + secs(usage.ru_stime))
+    Ok(rusage_seconds(&usage))
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -372,9 +412,13 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// Median over rounds of wall(mode) / wall(bare) in the same round.
 fn paired_ratio(results: &Results, workload: &str, mode: Mode) -> f64 {
+    paired(&results.wall, workload, mode)
+}
+
+/// Median over rounds of `measure`(mode) / `measure`(bare) in the same round.
+fn paired(measure: &BTreeMap<(&'static str, Mode), Vec<f64>>, workload: &str, mode: Mode) -> f64 {
     let get = |m: Mode| {
-        results
-            .wall
+        measure
             .iter()
             .find(|((w, mm), _)| *w == workload && *mm == m)
             .map(|(_, v)| v.clone())
@@ -419,14 +463,23 @@ fn report(workloads: &[Workload], results: &Results, rounds: usize) -> anyhow::R
         let received = results.received.get(w.name).copied().unwrap_or(0) / rounds as u64;
         let lost = results.lost.get(w.name).copied().unwrap_or(0) / rounds as u64;
         let cpu = results.agent_cpu_s.get(w.name).copied().unwrap_or(0.0) / rounds as f64;
-        let ratios: Vec<f64> = [Mode::Qsc, Mode::BpftracePrint, Mode::BpftraceCount]
+        let traced = [Mode::Qsc, Mode::BpftracePrint, Mode::BpftraceCount];
+        let ratios: Vec<f64> = traced
             .iter()
             .map(|&m| paired_ratio(results, w.name, m))
+            .collect();
+        let cpu_ratios: Vec<f64> = traced
+            .iter()
+            .map(|&m| paired(&results.cpu, w.name, m))
             .collect();
         let events_per_s = received as f64 / qsc_wall;
         println!(
             "{:<17} {bare:>9.3} {:>9.3} {:>9.3} {:>9.3} {events_per_s:>12.0} {:>10} {received:>10} {lost:>7} {cpu:>8.2}s",
             w.name, ratios[0], ratios[1], ratios[2], w.generated
+        );
+        println!(
+            "{:<17} workload cpu × vs bare: qsc {:.3}, bt-print {:.3}, bt-count {:.3}",
+            "", cpu_ratios[0], cpu_ratios[1], cpu_ratios[2]
         );
         generated_total += w.generated;
         received_total += received;
@@ -439,6 +492,9 @@ fn report(workloads: &[Workload], results: &Results, rounds: usize) -> anyhow::R
                 "qsc_ratio": ratios[0],
                 "bpftrace_print_ratio": ratios[1],
                 "bpftrace_count_ratio": ratios[2],
+                "qsc_cpu_ratio": cpu_ratios[0],
+                "bpftrace_print_cpu_ratio": cpu_ratios[1],
+                "bpftrace_count_cpu_ratio": cpu_ratios[2],
                 "events_generated": w.generated,
                 "events_received": received,
                 "bpftrace_print_received": results.bpftrace_received.get(w.name).copied().unwrap_or(0) / rounds as u64,

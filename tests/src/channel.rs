@@ -40,6 +40,12 @@ impl CortexStub {
     /// Starts the receiver on `listen` (e.g. `127.0.0.1:0`); with `ping`, it sends `ping` to
     /// every agent that connects.
     pub fn start(dir: &Path, listen: &str, ping: bool) -> Self {
+        Self::start_sending(dir, listen, ping, &[])
+    }
+
+    /// Like [`CortexStub::start`], also sending each of `commands` (ids 2, 3, …) to every
+    /// agent that connects.
+    pub fn start_sending(dir: &Path, listen: &str, ping: bool, commands: &[String]) -> Self {
         let mut command = Command::new(crate::workspace_bin("qsc-test-cortex"));
         command
             .args(["--listen", listen, "--key"])
@@ -51,6 +57,9 @@ impl CortexStub {
             .stdout(Stdio::piped());
         if ping {
             command.arg("--ping");
+        }
+        for text in commands {
+            command.arg("--command").arg(text);
         }
         let mut child = command.spawn().expect("spawn qsc-test-cortex");
         let mut line = String::new();

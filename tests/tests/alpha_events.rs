@@ -86,6 +86,34 @@ fn exec_fork_and_exit_of_a_test_process() {
     agent.stop();
 }
 
+/// argv longer than the kernel's capture (512 bytes) arrives cut at exactly that many bytes.
+#[test]
+fn exec_with_argv_longer_than_the_capture_is_cut_at_its_end() {
+    if !root_or_skip("exec_with_argv_longer_than_the_capture_is_cut_at_its_end") {
+        return;
+    }
+    let (agent, _dir) = agent_watching_tempdir();
+    let long = format!("{}-{}", std::process::id(), "x".repeat(600));
+    let status = Command::new("/bin/sh")
+        .args(["-c", "exit 0", &long])
+        .status()
+        .expect("run sh");
+    assert!(status.success());
+    let exec = agent
+        .wait_for(|e| {
+            matches!(&e.kind, EventKind::ProcessExec(x)
+                if x.argv.get(3).is_some_and(|a| long.starts_with(a.as_str())))
+        })
+        .expect("exec event with the long argument");
+    let EventKind::ProcessExec(exec_kind) = &exec.kind else {
+        unreachable!()
+    };
+    // "/bin/sh\0-c\0exit 0\0" is 18 bytes: 494 of the 512 captured are left for the last one.
+    assert_eq!(exec_kind.argv[..3], ["/bin/sh", "-c", "exit 0"]);
+    assert_eq!(exec_kind.argv[3], long[..494]);
+    agent.stop();
+}
+
 #[test]
 fn file_operations_under_a_watched_prefix() {
     if !root_or_skip("file_operations_under_a_watched_prefix") {

@@ -3,7 +3,7 @@
 //! de-duplication, acks after a durable write, commands) and stores events in a plain file.
 //!
 //! ```text
-//! qsc-test-cortex --listen ADDR --key FILE --allow FILE --store DIR [--ping]
+//! qsc-test-cortex --listen ADDR --key FILE --allow FILE --store DIR [--ping] [--command TEXT]...
 //! ```
 //!
 //! * `--key`: the cortex secret key, created (0600) when missing.
@@ -12,6 +12,8 @@
 //!   resumes after the last complete line.
 //! * `DIR/commands.log`: `<host_id> TAB <id> TAB <status> TAB <result>` per command result.
 //! * `--ping`: sends the command `ping` (id 1) to every agent that connects.
+//! * `--command TEXT`: sends TEXT (e.g. an ActionRequest JSON) to every agent that connects,
+//!   after the ping; repeatable, ids 2, 3, … in order.
 //!
 //! Prints `LISTENING <addr> <cortex public key hex>` once ready.
 
@@ -35,14 +37,15 @@ struct Args {
     allow: PathBuf,
     store: PathBuf,
     ping: bool,
+    commands: Vec<String>,
 }
 
-const USAGE: &str =
-    "usage: qsc-test-cortex --listen ADDR --key FILE --allow FILE --store DIR [--ping]";
+const USAGE: &str = "usage: qsc-test-cortex --listen ADDR --key FILE --allow FILE --store DIR [--ping] [--command TEXT]...";
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut values: HashMap<String, String> = HashMap::new();
     let mut ping = false;
+    let mut commands = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "--ping" {
@@ -52,6 +55,10 @@ fn parse_args() -> anyhow::Result<Args> {
         let value = args
             .next()
             .with_context(|| format!("{flag} needs a value ({USAGE})"))?;
+        if flag == "--command" {
+            commands.push(value);
+            continue;
+        }
         values.insert(flag, value);
     }
     let mut take = |flag: &str| {
@@ -65,6 +72,7 @@ fn parse_args() -> anyhow::Result<Args> {
         allow: take("--allow")?.into(),
         store: take("--store")?.into(),
         ping,
+        commands,
     };
     if let Some(extra) = values.keys().next() {
         bail!("unknown argument {extra} ({USAGE})");
@@ -231,11 +239,24 @@ async fn main() -> anyhow::Result<()> {
         let config = config.clone();
         let mut sink = sink.clone();
         let ping = args.ping;
+        let commands = args.commands.clone();
         tokio::spawn(async move {
             let outcome = match delivery::accept(stream, &config, &mut sink).await {
                 Ok(session) => {
                     if ping && session.command_sender().send(1, b"ping").await.is_err() {
                         eprintln!("qsc-test-cortex: session from {peer} closed before the ping");
+                    }
+                    for (id, command) in (2..).zip(&commands) {
+                        if session
+                            .command_sender()
+                            .send(id, command.as_bytes())
+                            .await
+                            .is_err()
+                        {
+                            eprintln!(
+                                "qsc-test-cortex: session from {peer} closed before command {id}"
+                            );
+                        }
                     }
                     session.run(&mut sink).await
                 }

@@ -1,0 +1,652 @@
+//! Guardian-Alpha's response executor against the real kernel, driven through
+//! `guardian-alpha respond` (the agent's executor and guardrails, reading ActionRequest lines
+//! on stdin and answering ActionReport lines). Each test acts only on what it creates: its own
+//! process trees, a loopback listener, a network-namespace pair, a temporary user; Drop guards
+//! remove them even when an assertion fails. Root only; `cargo xtask test` makes them fail
+//! rather than skip when run as root.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{TcpListener, TcpStream},
+    os::unix::process::{CommandExt, ExitStatusExt},
+    path::Path,
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use qsc_event::{ActionOutcome, ActionReport};
+use qsc_tests::{channel::wait_until, root_or_skip, workspace_bin};
+
+/// A `guardian-alpha respond` process, optionally inside a network namespace.
+struct Executor {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    _config: tempfile::NamedTempFile,
+}
+
+impl Executor {
+    /// `netns`: run inside it (`ip netns exec`); `kernel`: load the sensor so blocks use the
+    /// kernel map.
+    fn start(config_toml: &str, netns: Option<&str>, kernel: bool) -> Self {
+        let mut config = tempfile::NamedTempFile::new().expect("temp config");
+        write!(config, "{config_toml}").expect("write config");
+        let alpha = workspace_bin("guardian-alpha");
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(alpha);
+                c
+            }
+            None => Command::new(alpha),
+        };
+        command.args(["respond", "--config"]).arg(config.path());
+        if kernel {
+            command.arg("--kernel");
+        }
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn guardian-alpha respond");
+        let stdin = child.stdin.take().expect("executor stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("executor stdout"));
+        Executor {
+            child,
+            stdin,
+            stdout,
+            _config: config,
+        }
+    }
+
+    /// Sends one request (JSON) and returns its report.
+    fn request(&mut self, json: &str) -> ActionReport {
+        writeln!(self.stdin, "{json}").expect("write request");
+        self.stdin.flush().expect("flush request");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read report");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad report {line:?}: {e}"))
+    }
+
+    /// Like [`Executor::request`], asserting the outcome.
+    fn expect(&mut self, json: &str, outcome: ActionOutcome) -> ActionReport {
+        let report = self.request(json);
+        assert_eq!(report.outcome, outcome, "{json}: {}", report.detail);
+        report
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A config whose quarantine folder is `dir` and whose cortex is `cortex` (host:port).
+fn config(dir: &Path, cortex: &str) -> String {
+    format!(
+        "[respond]\nquarantine_dir = \"{}\"\n[cortex]\naddress = \"{cortex}\"\n",
+        dir.join("quarantine").display()
+    )
+}
+
+/// Kills a test child by its pid when the test ends, however it ends.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn stat_field(pid: u32, index_after_comm: usize) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    rest.split_whitespace()
+        .nth(index_after_comm)
+        .map(str::to_owned)
+}
+
+/// Gone, or exited and waiting to be reaped.
+fn is_dead(pid: u32) -> bool {
+    stat_field(pid, 0).is_none_or(|state| state == "Z" || state == "X")
+}
+
+/// Every running descendant of `root`.
+fn descendants(root: u32) -> Vec<u32> {
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i].to_string();
+        for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if stat_field(pid, 1).as_deref() == Some(parent.as_str())
+                && !is_dead(pid)
+                && !tree.contains(&pid)
+            {
+                tree.push(pid);
+            }
+        }
+        i += 1;
+    }
+    tree.remove(0);
+    tree
+}
+
+fn pids_of(report: &ActionReport) -> Vec<u32> {
+    serde_json::from_value(report.facts["killed_pids"].clone()).expect("killed_pids")
+}
+
+#[test]
+fn kills_a_test_process_tree() {
+    if !root_or_skip("kills_a_test_process_tree") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut executor = Executor::start(&config(dir.path(), ""), None, false);
+    let mut tree = ChildGuard(
+        Command::new("/bin/sh")
+            .args([
+                "-c",
+                "/bin/sh -c 'sleep 300 & sleep 300 & wait' & sleep 300 & wait",
+            ])
+            .spawn()
+            .expect("spawn a process tree"),
+    );
+    let root = tree.0.id();
+    assert!(
+        wait_until(Duration::from_secs(10), || descendants(root).len() == 4),
+        "the tree has 4 descendants: {:?}",
+        descendants(root)
+    );
+    let members = descendants(root);
+    let ticks = stat_field(root, 19).expect("start time");
+    let report = executor.expect(
+        &format!(
+            r#"{{"action_id":"k1","action":"kill","pid":{root},"start_time_ticks":{ticks},"tree":true}}"#
+        ),
+        ActionOutcome::Done,
+    );
+    let killed = pids_of(&report);
+    assert_eq!(killed[0], root, "killed top-down, root first");
+    for pid in &members {
+        assert!(killed.contains(pid), "{pid} killed: {killed:?}");
+        assert!(is_dead(*pid), "{pid} is dead");
+    }
+    let status = tree.0.wait().expect("wait for the root");
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    // A pid pinned to another start time is not touched.
+    let mut other = ChildGuard(Command::new("sleep").arg("300").spawn().expect("sleep"));
+    let report = executor.request(&format!(
+        r#"{{"action_id":"k2","action":"kill","pid":{},"start_time_ticks":1}}"#,
+        other.0.id()
+    ));
+    assert_eq!(report.outcome, ActionOutcome::Failed, "{}", report.detail);
+    assert_eq!(other.0.try_wait().expect("try_wait"), None, "still running");
+}
+
+#[test]
+fn guardrails_refuse_init_the_agent_its_parents_and_the_cortex() {
+    if !root_or_skip("guardrails_refuse_init_the_agent_its_parents_and_the_cortex") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut executor = Executor::start(&config(dir.path(), "127.0.0.9:7443"), None, false);
+    let agent = executor.child.id();
+    let me = std::process::id();
+    for (pid, why) in [
+        (1, "pid 1"),
+        (agent, "this agent"),
+        (me, "parent of this agent"),
+    ] {
+        let report = executor.expect(
+            &format!(r#"{{"action_id":"g","action":"kill","pid":{pid},"tree":true}}"#),
+            ActionOutcome::Refused,
+        );
+        assert!(report.detail.contains(why), "{pid}: {}", report.detail);
+        assert!(report.done_mono_ns > 0);
+    }
+    let report = executor.expect(
+        r#"{"action_id":"g","action":"block_ip","addr":"127.0.0.9","ttl_s":5}"#,
+        ActionOutcome::Refused,
+    );
+    assert!(report.detail.contains("cortex"), "{}", report.detail);
+    let report = executor.expect(
+        r#"{"action_id":"g","action":"revoke_credential","user":"root"}"#,
+        ActionOutcome::Refused,
+    );
+    assert!(report.detail.contains("uid 0"), "{}", report.detail);
+}
+
+/// Blocks through the kernel map (the executor loads the sensor), then the executor's own
+/// TTL rolls the block back.
+#[test]
+fn block_ip_refuses_a_loopback_connect_until_the_ttl_expires() {
+    if !root_or_skip("block_ip_refuses_a_loopback_connect_until_the_ttl_expires") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listener = TcpListener::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    let port = listener.local_addr().expect("addr").port();
+    TcpStream::connect(("127.0.0.2", port)).expect("reachable before the block");
+    let mut executor = Executor::start(&config(dir.path(), "127.0.0.1:9"), None, true);
+    let report = executor.expect(
+        r#"{"action_id":"b1","action":"block_ip","addr":"127.0.0.2","ttl_s":2}"#,
+        ActionOutcome::Done,
+    );
+    let blocked_at = Instant::now();
+    assert_eq!(report.facts["mechanism"], "kernel");
+    let refused = TcpStream::connect(("127.0.0.2", port)).expect_err("blocked connect");
+    assert_eq!(refused.raw_os_error(), Some(libc::EPERM));
+    assert!(
+        wait_until(Duration::from_secs(10), || TcpStream::connect((
+            "127.0.0.2",
+            port
+        ))
+        .is_ok()),
+        "allowed again after the TTL"
+    );
+    assert!(blocked_at.elapsed() >= Duration::from_millis(1500));
+}
+
+/// A network-namespace "host" joined to the test's namespace by a veth pair; removed (with
+/// its nftables tables and the pair) when dropped.
+struct Netns {
+    name: String,
+    /// The test side's address, where the "cortex" and the peer services listen.
+    peer_ip: String,
+    /// A second test-side address, for blocking.
+    other_ip: String,
+}
+
+impl Netns {
+    /// `tag` names it; each concurrent test uses its own `subnet` (10.<subnet>.x.0/24).
+    fn create(tag: &str, subnet: u8) -> Self {
+        let id = std::process::id();
+        let name = format!("qsc-t-{tag}-{id}");
+        let outer = format!("qo{tag}{}", id % 100_000);
+        let inner = format!("qi{tag}{}", id % 100_000);
+        let net = format!("10.{subnet}.{}", id % 250);
+        let netns = Netns {
+            name: name.clone(),
+            peer_ip: format!("{net}.1"),
+            other_ip: format!("{net}.3"),
+        };
+        let host_ip = format!("{net}.2/24");
+        for args in [
+            vec!["netns", "add", &name],
+            vec![
+                "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+            ],
+            vec!["link", "set", &inner, "netns", &name],
+            vec![
+                "addr",
+                "add",
+                &format!("{}/24", netns.peer_ip),
+                "dev",
+                &outer,
+            ],
+            vec![
+                "addr",
+                "add",
+                &format!("{}/24", netns.other_ip),
+                "dev",
+                &outer,
+            ],
+            vec!["link", "set", &outer, "up"],
+            vec!["-n", &name, "addr", "add", &host_ip, "dev", &inner],
+            vec!["-n", &name, "link", "set", &inner, "up"],
+            vec!["-n", &name, "link", "set", "lo", "up"],
+        ] {
+            let status = Command::new("ip").args(&args).status().expect("run ip");
+            assert!(status.success(), "ip {args:?} failed");
+        }
+        netns
+    }
+
+    /// True when a TCP connect from inside the namespace to `ip:port` succeeds within 1 s.
+    fn can_connect(&self, ip: &str, port: u16) -> bool {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name, "timeout", "1", "bash", "-c"])
+            .arg(format!("exec 3<>/dev/tcp/{ip}/{port}"))
+            .stderr(Stdio::null())
+            .status()
+            .expect("run the probe")
+            .success()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes its veth end (and so the pair) and its tables.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn listen(ip: &str) -> (TcpListener, u16) {
+    let listener = TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("bind {ip}: {e}"));
+    let port = listener.local_addr().expect("addr").port();
+    (listener, port)
+}
+
+#[test]
+fn isolation_keeps_only_the_cortex_channel_until_release_or_ttl() {
+    if !root_or_skip("isolation_keeps_only_the_cortex_channel_until_release_or_ttl") {
+        return;
+    }
+    let netns = Netns::create("i", 201);
+    let (_cortex, cortex_port) = listen(&netns.peer_ip);
+    let (_service, service_port) = listen(&netns.peer_ip);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cortex = format!("{}:{cortex_port}", netns.peer_ip);
+    let mut executor = Executor::start(&config(dir.path(), &cortex), Some(&netns.name), false);
+    assert!(
+        netns.can_connect(&netns.peer_ip, service_port),
+        "peer reachable before"
+    );
+
+    let report = executor.expect(
+        r#"{"action_id":"i1","action":"isolate","ttl_s":0}"#,
+        ActionOutcome::Done,
+    );
+    assert_eq!(report.facts["table"], "inet qsc_isolate");
+    assert!(
+        netns.can_connect(&netns.peer_ip, cortex_port),
+        "cortex channel kept"
+    );
+    assert!(
+        !netns.can_connect(&netns.peer_ip, service_port),
+        "peer cut off"
+    );
+    // Isolating again is idempotent.
+    executor.expect(
+        r#"{"action_id":"i2","action":"isolate","ttl_s":0}"#,
+        ActionOutcome::Done,
+    );
+    assert!(!netns.can_connect(&netns.peer_ip, service_port));
+
+    executor.expect(
+        r#"{"action_id":"r1","action":"release"}"#,
+        ActionOutcome::Done,
+    );
+    assert!(netns.can_connect(&netns.peer_ip, service_port), "released");
+
+    // With a TTL the executor releases by itself.
+    executor.expect(
+        r#"{"action_id":"i3","action":"isolate","ttl_s":1}"#,
+        ActionOutcome::Done,
+    );
+    assert!(!netns.can_connect(&netns.peer_ip, service_port));
+    assert!(
+        wait_until(Duration::from_secs(10), || netns
+            .can_connect(&netns.peer_ip, service_port)),
+        "released at TTL expiry"
+    );
+}
+
+/// Without the kernel programs, blocks go through nftables (run inside a namespace so that
+/// nothing outside the test is affected).
+#[test]
+fn block_ip_falls_back_to_nftables() {
+    if !root_or_skip("block_ip_falls_back_to_nftables") {
+        return;
+    }
+    let netns = Netns::create("b", 202);
+    let (_listener, port) = listen(&netns.other_ip);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cortex = format!("{}:7443", netns.peer_ip);
+    let mut executor = Executor::start(&config(dir.path(), &cortex), Some(&netns.name), false);
+    assert!(netns.can_connect(&netns.other_ip, port));
+    let json = format!(
+        r#"{{"action_id":"n1","action":"block_ip","addr":"{}","ttl_s":1}}"#,
+        netns.other_ip
+    );
+    let report = executor.expect(&json, ActionOutcome::Done);
+    assert_eq!(report.facts["mechanism"], "nftables");
+    assert!(!netns.can_connect(&netns.other_ip, port), "blocked");
+    assert!(
+        wait_until(Duration::from_secs(10), || netns
+            .can_connect(&netns.other_ip, port)),
+        "unblocked at TTL expiry"
+    );
+    executor.expect(
+        &json.replace(r#""ttl_s":1"#, r#""ttl_s":0"#),
+        ActionOutcome::Done,
+    );
+    assert!(!netns.can_connect(&netns.other_ip, port));
+    executor.expect(
+        &format!(
+            r#"{{"action_id":"n2","action":"unblock_ip","addr":"{}"}}"#,
+            netns.other_ip
+        ),
+        ActionOutcome::Done,
+    );
+    assert!(netns.can_connect(&netns.other_ip, port), "unblocked");
+}
+
+/// A temporary local account; deleted when dropped.
+struct TestUser {
+    name: String,
+    uid: u32,
+    gid: u32,
+}
+
+impl TestUser {
+    fn create() -> Self {
+        let name = format!("qsc-t-{}", std::process::id());
+        let status = Command::new("useradd")
+            .args(["--no-create-home", "--shell", "/bin/sh", &name])
+            .status()
+            .expect("run useradd");
+        assert!(status.success(), "useradd {name}");
+        let mut user = TestUser {
+            uid: 0,
+            gid: 0,
+            name: name.clone(),
+        };
+        let passwd = std::fs::read_to_string("/etc/passwd").expect("read passwd");
+        let ids: Vec<u32> = passwd
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:x:")))
+            .map(|rest| {
+                rest.split(':')
+                    .take(2)
+                    .filter_map(|v| v.parse().ok())
+                    .collect()
+            })
+            .expect("passwd entry of the test user");
+        assert_eq!(ids.len(), 2, "uid and gid of {name}");
+        (user.uid, user.gid) = (ids[0], ids[1]);
+        user
+    }
+
+    fn shadow_password(&self) -> String {
+        let shadow = std::fs::read_to_string("/etc/shadow").expect("read shadow");
+        let prefix = format!("{}:", self.name);
+        shadow
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(':').next())
+            .expect("shadow entry")
+            .to_owned()
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").args(["-f", &self.name]).status();
+    }
+}
+
+#[test]
+fn revoke_locks_a_test_user_and_ends_its_processes_then_restore_unlocks() {
+    if !root_or_skip("revoke_locks_a_test_user_and_ends_its_processes_then_restore_unlocks") {
+        return;
+    }
+    let user = TestUser::create();
+    let hash = "$6$qsctest$0123456789abcdef";
+    let status = Command::new("usermod")
+        .args(["-p", hash, &user.name])
+        .status()
+        .expect("usermod -p");
+    assert!(status.success());
+    let mut session = ChildGuard(
+        Command::new("sleep")
+            .arg("300")
+            .uid(user.uid)
+            .gid(user.gid)
+            .spawn()
+            .expect("spawn a process as the test user"),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut executor = Executor::start(&config(dir.path(), ""), None, false);
+    // Once this is answered the executor is ready: the next latency is the action's own.
+    executor.expect(
+        r#"{"action_id":"c0","action":"kill","pid":1}"#,
+        ActionOutcome::Refused,
+    );
+    let sent = qsc_event::mono_now_ns();
+    let report = executor.expect(
+        &format!(
+            r#"{{"action_id":"c1","action":"revoke_credential","user":"{}"}}"#,
+            user.name
+        ),
+        ActionOutcome::Done,
+    );
+    eprintln!(
+        "revoke_credential: {:.2} ms from request to done (incl. the pipe)",
+        (report.done_mono_ns.saturating_sub(sent)) as f64 / 1e6
+    );
+    assert_eq!(user.shadow_password(), format!("!{hash}"));
+    assert!(pids_of(&report).contains(&session.0.id()));
+    let status = session.0.wait().expect("wait for the session");
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    // Idempotent: a second revoke leaves one '!'.
+    let again = format!(
+        r#"{{"action_id":"c2","action":"revoke_credential","user":"{}"}}"#,
+        user.name
+    );
+    executor.expect(&again, ActionOutcome::Done);
+    assert_eq!(user.shadow_password(), format!("!{hash}"));
+
+    executor.expect(
+        &format!(
+            r#"{{"action_id":"c3","action":"restore_credential","user":"{}"}}"#,
+            user.name
+        ),
+        ActionOutcome::Done,
+    );
+    assert_eq!(user.shadow_password(), hash);
+}
+
+#[test]
+fn quarantine_moves_a_test_file_across_filesystems() {
+    if !root_or_skip("quarantine_moves_a_test_file_across_filesystems") {
+        return;
+    }
+    // The file on /dev/shm (tmpfs), the quarantine folder under the temp dir: unless /tmp is
+    // on that same tmpfs, this is a cross-filesystem move.
+    let source_dir = tempfile::tempdir_in("/dev/shm").expect("tempdir in /dev/shm");
+    let file = source_dir.path().join("dropper");
+    std::fs::write(&file, b"payload").expect("write");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut executor = Executor::start(&config(dir.path(), ""), None, false);
+    let report = executor.expect(
+        &format!(
+            r#"{{"action_id":"q1","action":"quarantine","path":"{}"}}"#,
+            file.display()
+        ),
+        ActionOutcome::Done,
+    );
+    assert!(!file.exists());
+    let moved = report.facts["quarantined_path"].as_str().expect("path");
+    assert!(moved.starts_with(&dir.path().join("quarantine").display().to_string()));
+    assert_eq!(std::fs::read(moved).expect("read quarantined"), b"payload");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(moved).expect("stat").permissions().mode() & 0o7777;
+    assert_eq!(mode, 0);
+    assert_eq!(report.facts["blake3"].as_str().map(str::len), Some(64));
+}
+
+/// The whole path: the cortex (stub) sends ActionRequests over qsc-channel, the running agent
+/// executes them behind its guardrails and answers ActionReports.
+#[test]
+fn the_agent_executes_actions_sent_over_the_channel() {
+    if !root_or_skip("the_agent_executes_actions_sent_over_the_channel") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let keygen = Command::new(workspace_bin("guardian-alpha"))
+        .args(["keygen", "--out"])
+        .arg(d.join("agent.key"))
+        .output()
+        .expect("run keygen");
+    assert!(keygen.status.success(), "keygen: {keygen:?}");
+    let agent_key = String::from_utf8_lossy(&keygen.stdout).trim().to_owned();
+    // AlphaAgent runs with --host-id e2e-test.
+    qsc_tests::channel::enroll(d, "e2e-test", &agent_key);
+    let mut victim = ChildGuard(Command::new("sleep").arg("300").spawn().expect("sleep"));
+    let pid = victim.0.id();
+    let ticks = stat_field(pid, 19).expect("start time");
+    let requests = [
+        format!(
+            r#"{{"action_id":"e2e-kill","action":"kill","pid":{pid},"start_time_ticks":{ticks}}}"#
+        ),
+        r#"{"action_id":"e2e-init","action":"kill","pid":1}"#.to_owned(),
+    ];
+    let stub = qsc_tests::channel::CortexStub::start_sending(d, "127.0.0.1:0", false, &requests);
+    let config = format!(
+        "{}[cortex]\nenabled = true\naddress = \"{}\"\ncortex_public_key = \"{}\"\n\
+         key_file = \"{d}/agent.key\"\noutbox_dir = \"{d}/outbox\"\n\
+         [respond]\nquarantine_dir = \"{d}/quarantine\"\n",
+        qsc_tests::alpha::config_watching(d),
+        stub.addr,
+        stub.public_key,
+        d = d.display(),
+    );
+    let agent = qsc_tests::alpha::AlphaAgent::start(&config, &[]);
+    assert!(
+        wait_until(Duration::from_secs(20), || stub.command_results().len()
+            >= 2),
+        "no results: {:?}",
+        stub.command_results()
+    );
+    let status = victim.0.wait().expect("wait for the victim");
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    agent.stop();
+    let reports: Vec<(String, ActionReport)> = stub
+        .command_results()
+        .iter()
+        .map(|line| {
+            let fields: Vec<&str> = line.splitn(4, '\t').collect();
+            assert_eq!(fields.len(), 4, "{line}");
+            let report = serde_json::from_str(fields[3]).unwrap_or_else(|e| panic!("{line}: {e}"));
+            (fields[2].to_owned(), report)
+        })
+        .collect();
+    let (status, killed) = &reports[0];
+    assert_eq!(status, "Succeeded");
+    assert_eq!(
+        (killed.action_id.as_str(), killed.outcome),
+        ("e2e-kill", ActionOutcome::Done)
+    );
+    assert_eq!(pids_of(killed), [pid]);
+    let (status, refused) = &reports[1];
+    assert_eq!(status, "Refused");
+    assert_eq!(refused.outcome, ActionOutcome::Refused);
+    assert!(refused.done_mono_ns >= killed.done_mono_ns);
+}

@@ -1,8 +1,10 @@
 //! Project automation for QSC: `cargo xtask <command>`.
 
 mod bench;
+mod deploy;
 mod ebpf;
 mod fuzz;
+mod images;
 mod run;
 mod setup;
 mod shell;
@@ -37,6 +39,13 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Fuzz the channel's frame decoder and handshake parser for a bounded time (nightly).
     Fuzz(fuzz::FuzzArgs),
+    /// Container images of cortex, guardian-alpha, guardian-beta and the demo webhook receiver
+    /// from the release binaries (installs and starts the engine when missing).
+    Images(images::ImagesArgs),
+    /// Validate docker-compose.yml, the systemd units (deploy/systemd) and the Kubernetes
+    /// manifests (deploy/k8s, schema-checked), and that they grant the agents the same
+    /// privileges (also part of `cargo xtask test`).
+    DeployCheck,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,5 +56,7 @@ fn main() -> anyhow::Result<()> {
         Command::Test(args) => test::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Fuzz(args) => fuzz::run(&args),
+        Command::Images(args) => images::run(&args),
+        Command::DeployCheck => deploy::check(),
     }
 }

@@ -8,19 +8,33 @@ use anyhow::{Context, bail};
 use crate::shell::{self, is_root};
 
 #[derive(clap::Args, Default)]
-pub struct SetupArgs {}
+pub struct SetupArgs {
+    /// Also install the container engine (Debian's docker.io), docker-compose and debootstrap,
+    /// and start dockerd when no engine answers. Needed by `cargo xtask images` and the compose
+    /// test.
+    #[arg(long)]
+    pub containers: bool,
+}
 
 /// Debian packages for building the kernel program (see ../shared/ebpf-toolchain.md): a Rust
 /// toolchain with its own `core` source for `-Z build-std`, and LLVM 22 for bpf-linker.
 pub const EBPF_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src", "llvm-22-dev"];
+/// Debian packages the response actions and their tests use: nftables (isolation, address
+/// blocking without the cgroup programs), passwd (useradd/usermod/userdel for test accounts),
+/// iproute2 (`ip netns` for the isolation tests).
+pub const RESPONSE_PACKAGES: &[&str] = &["nftables", "passwd", "iproute2"];
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 pub const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 
-pub fn run(_args: &SetupArgs) -> anyhow::Result<()> {
+pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
     ensure_packages(EBPF_PACKAGES)?;
+    ensure_packages(RESPONSE_PACKAGES)?;
     ensure_bpf_linker()?;
     ensure_tracefs()?;
+    if args.containers {
+        crate::images::ensure_engine()?;
+    }
     eprintln!("setup: everything is in place");
     Ok(())
 }

@@ -1,12 +1,18 @@
 //! `cargo xtask test`: every check CI runs, in the order that fails fastest.
 
-use crate::{ebpf, setup, shell};
+use std::time::Instant;
+
+use crate::{deploy, ebpf, images, setup, shell};
 
 #[derive(clap::Args)]
 pub struct TestArgs {
     /// Skip fmt and clippy (run only the tests).
     #[arg(long)]
     pub no_lint: bool,
+    /// Skip the container steps (images and the compose end-to-end test); the deploy files are
+    /// still checked.
+    #[arg(long)]
+    pub no_containers: bool,
     /// Extra arguments for `cargo test` (e.g. a test name filter), after `--`.
     #[arg(last = true)]
     pub cargo_test_args: Vec<String>,
@@ -30,6 +36,11 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     }
     ebpf::build()?;
     setup::ensure_tracefs()?;
+    if shell::is_root() {
+        // The response tests need nft, useradd and ip netns, which a machine set up before
+        // they existed may lack.
+        setup::ensure_packages(setup::RESPONSE_PACKAGES)?;
+    }
     if !args.no_lint {
         shell::run(shell::cargo().args([
             "clippy",
@@ -47,10 +58,54 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     if !args.cargo_test_args.is_empty() {
         test.arg("--").args(&args.cargo_test_args);
     }
-    if shell::is_root() || std::env::var("CI").is_ok_and(|v| v == "true") {
+    let require_root = shell::is_root() || std::env::var("CI").is_ok_and(|v| v == "true");
+    if require_root {
         test.env(REQUIRE_ROOT_TESTS, "1");
     }
     shell::run(&mut test)?;
+    if require_root && !args.no_containers {
+        images::ensure_engine()?;
+    }
+    deploy::check()?;
+    if require_root && !args.no_containers {
+        compose_end_to_end()?;
+    } else {
+        eprintln!(
+            "xtask test: the compose end-to-end test did not run ({})",
+            if args.no_containers {
+                "--no-containers"
+            } else {
+                "needs root"
+            }
+        );
+    }
     eprintln!("xtask test: all checks passed in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+/// Builds the images (on a local debootstrap base: our machines reach no image registry) and
+/// runs tests/tests/compose.rs against them.
+fn compose_end_to_end() -> anyhow::Result<()> {
+    let started = Instant::now();
+    images::run(&images::ImagesArgs {
+        local_base: true,
+        rebuild_base: false,
+        base: None,
+        tag: "latest".into(),
+        no_build: false,
+    })?;
+    let built = started.elapsed();
+    shell::run(
+        shell::cargo()
+            .args(["test", "-p", "qsc-tests", "--test", "compose", "--"])
+            .args(["--ignored", "--nocapture"])
+            .env(REQUIRE_ROOT_TESTS, "1"),
+    )?;
+    eprintln!(
+        "xtask test: compose end-to-end step took {:.0?} (images {:.0?}, test {:.0?})",
+        started.elapsed(),
+        built,
+        started.elapsed() - built
+    );
     Ok(())
 }

@@ -1,0 +1,153 @@
+#!/bin/sh
+# qsc-init: the one-shot init of the compose stack (service `init`, cortex image, run as root).
+# Idempotent: creates what is missing and rewrites the configs, so running it again after an
+# upgrade or a change of the settings below is safe. Keys are made here, in the volumes, and
+# never baked into an image.
+#
+# Volumes it expects:
+#   /var/lib/qsc   the cortex's state (keys, agents file, store, audit chain, cortex.toml)
+#   /state/alpha   guardian-alpha's state (channel key, outbox, guardian-alpha.toml)
+#   /state/beta    guardian-beta's state (channel key, store key, baseline, heal copies, config)
+#   /state/demo    the demo tree guardian-beta heals (seeded with app.conf)
+# Settings (environment):
+#   QSC_HOST_ID          host id of this host's agents (required: letters, digits, . _ -)
+#   QSC_HOST_CLASS       its [score.host_classes] class (default standard)
+#   QSC_CHANNEL_LISTEN   cortex channel listener (default 127.0.0.1:7443)
+#   QSC_API_LISTEN       cortex HTTP API (default 127.0.0.1:7080)
+#   QSC_CORTEX_ADDRESS   where the agents reach the cortex (default: the channel listener,
+#                        0.0.0.0 replaced by 127.0.0.1)
+#   QSC_CORTEX_UID       uid the cortex runs as (default 10001, the image's user qsc)
+set -eu
+
+fail() {
+    echo "qsc-init: $*" >&2
+    exit 1
+}
+
+HOST_ID="${QSC_HOST_ID:-}"
+CLASS="${QSC_HOST_CLASS:-standard}"
+CHANNEL="${QSC_CHANNEL_LISTEN:-127.0.0.1:7443}"
+API="${QSC_API_LISTEN:-127.0.0.1:7080}"
+CORTEX_ADDRESS="${QSC_CORTEX_ADDRESS:-$(echo "$CHANNEL" | sed 's/^0\.0\.0\.0:/127.0.0.1:/')}"
+CORTEX_UID="${QSC_CORTEX_UID:-10001}"
+CORTEX=/var/lib/qsc
+ALPHA=/state/alpha
+BETA=/state/beta
+DEMO=/state/demo
+
+[ -n "$HOST_ID" ] || fail "QSC_HOST_ID is not set (the host id the agents report, e.g. web-01)"
+case "$HOST_ID" in
+    *[!A-Za-z0-9._-]*) fail "QSC_HOST_ID '$HOST_ID' may hold only letters, digits, '.', '_' and '-'" ;;
+esac
+for dir in "$CORTEX" "$ALPHA" "$BETA" "$DEMO"; do
+    [ -d "$dir" ] || fail "$dir is not mounted"
+done
+
+cortex() {
+    /usr/local/bin/cortex --config "$CORTEX/cortex.toml" "$@"
+}
+
+write_cortex_config() {
+    cat > "$CORTEX/cortex.toml" <<TOML
+# Written by qsc-init; every key is documented in config/cortex.example.toml.
+[listen]
+address = "$CHANNEL"
+[api]
+address = "$API"
+token_file = "$CORTEX/api.token"
+[agents]
+file = "$CORTEX/agents.toml"
+[keys]
+channel_key_file = "$CORTEX/channel.key"
+[store]
+path = "$CORTEX/cortex.db"
+master_key_file = "$CORTEX/master.key"
+[audit]
+path = "$CORTEX/audit.db"
+signing_key_file = "$CORTEX/audit-signing.key"
+[anomaly]
+models_dir = "$CORTEX/anomaly"
+TOML
+}
+
+# Prints an agent's public key, creating its channel key (0600) on first use.
+agent_key() {
+    dir="$1"
+    if [ ! -f "$dir/channel.key" ]; then
+        cortex keygen --out "$dir/channel.key" | sed -n 's/^public key: *//p' > "$dir/channel.pub"
+    fi
+    [ -s "$dir/channel.pub" ] || fail "$dir/channel.key exists without channel.pub: remove both to make a new key"
+    cat "$dir/channel.pub"
+}
+
+enroll() {
+    source="$1"
+    key="$2"
+    if ! cortex agents list | grep -q "$key"; then
+        cortex agents add --host-id "$HOST_ID" --source "$source" --class "$CLASS" --public-key "$key"
+    fi
+}
+
+uplink() {
+    cat <<TOML
+[cortex]
+enabled = true
+address = "$CORTEX_ADDRESS"
+cortex_public_key = "$CORTEX_PUBLIC"
+key_file = "/var/lib/qsc/channel.key"
+outbox_dir = "/var/lib/qsc/outbox"
+TOML
+}
+
+write_alpha_config() {
+    {
+        echo "# Written by qsc-init; see config/guardian-alpha.example.toml."
+        echo "host_id = \"$HOST_ID\""
+        echo "output = \"none\""
+        echo
+        uplink
+    } > "$ALPHA/guardian-alpha.toml"
+}
+
+write_beta_config() {
+    {
+        echo "# Written by qsc-init; see config/guardian-beta.example.toml. The host's /etc is"
+        echo "# mounted read-only at /host/etc; the demo tree is the only one healed (read-write)."
+        echo "host_id = \"$HOST_ID\""
+        echo "store = \"/var/lib/qsc/baseline.qsb\""
+        echo "key_file = \"/var/lib/qsc/store.key\""
+        echo "heal_dir = \"/var/lib/qsc/heal\""
+        echo
+        echo "[[tree]]"
+        echo "path = \"/host/etc\""
+        echo "exclude = [\"/host/etc/mtab\", \"/host/etc/ld.so.cache\"]"
+        echo
+        echo "[[tree]]"
+        echo "path = \"/srv/qsc-demo\""
+        echo "heal = true"
+        echo
+        echo "[watch]"
+        echo "full_check_interval_s = 300"
+        echo
+        uplink
+    } > "$BETA/guardian-beta.toml"
+}
+
+umask 077
+mkdir -p "$CORTEX/anomaly"
+write_cortex_config
+CORTEX_PUBLIC="$(cortex keygen | sed -n 's/^channel public key: *//p')"
+[ -n "$CORTEX_PUBLIC" ] || fail "cortex keygen printed no channel public key"
+enroll alpha "$(agent_key "$ALPHA")"
+enroll beta "$(agent_key "$BETA")"
+write_alpha_config
+write_beta_config
+if [ ! -f "$DEMO/app.conf" ]; then
+    umask 022
+    printf '# a protected demo config: edit me, guardian-beta puts it back\nlisten = 8080\n' > "$DEMO/app.conf"
+    umask 077
+fi
+cortex config check > /dev/null
+chown -R "$CORTEX_UID:$CORTEX_UID" "$CORTEX"
+chmod 0700 "$CORTEX" "$ALPHA" "$BETA"
+echo "qsc-init: host $HOST_ID enrolled (alpha and beta); cortex channel key $CORTEX_PUBLIC"

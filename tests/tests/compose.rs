@@ -1,0 +1,415 @@
+//! The docker compose stack end to end on the real container engine: `docker-compose.yml` comes
+//! up from the images `cargo xtask images` built, a real suspicious action on this host becomes
+//! an incident in the cortex API, the cortex container is stopped and started again while the
+//! agents keep working and no event is lost, and `down` leaves no container, network or volume
+//! of the stack behind.
+//!
+//! Ignored by plain `cargo test` (it needs the images); `cargo xtask test` builds them and runs
+//! it as root. By hand: `cargo xtask images --local-base`, then
+//! `cargo test -p qsc-tests --test compose -- --ignored --nocapture`.
+//! `QSC_COMPOSE` picks the Compose tool (e.g. "docker compose"), `QSC_TAG` the image tag.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use qsc_tests::{channel::wait_until, root_or_skip};
+use serde_json::Value;
+
+/// The host id the stack's agents report.
+const HOST_ID: &str = "qsc-compose-e2e";
+/// Where the cortex container keeps its config.
+const CORTEX_CONFIG: &str = "/var/lib/qsc/cortex.toml";
+
+#[test]
+#[ignore = "needs the QSC images: run by `cargo xtask test` (see the file's doc)"]
+fn compose_stack_detects_survives_a_cortex_restart_and_leaves_nothing_behind() {
+    if !root_or_skip("compose_stack_detects_survives_a_cortex_restart_and_leaves_nothing_behind") {
+        return;
+    }
+    let started = Instant::now();
+    let work = tempfile::Builder::new()
+        .prefix("qsc-compose-e2e-")
+        .tempdir_in("/tmp")
+        .expect("temp dir under /tmp");
+    let mut stack = Stack::up();
+    let incident = suspicious_action_becomes_an_incident(&stack, work.path());
+    eprintln!(
+        "incident: {} {} confidence {}",
+        incident["severity"], incident["title"], incident["confidence"]
+    );
+    cortex_restart_loses_no_event(&stack, work.path());
+    stack.down_and_check_nothing_is_left();
+    eprintln!("compose end-to-end test took {:.0?}", started.elapsed());
+}
+
+/// A binary of this host copied under `dir` as `name` (executable), so the test runs a
+/// program of its own making from a world-writable folder.
+fn copy_program(from: &str, dir: &Path, name: &str) -> PathBuf {
+    let to = dir.join(name);
+    std::fs::copy(from, &to).expect("copy a program");
+    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    to
+}
+
+/// `nc` (a copy of cat) started from /tmp reads /etc/shadow: three rules of the shipped set
+/// (shadow read, network tool, execution from a world-writable folder) fire together.
+fn suspicious_action_becomes_an_incident(stack: &Stack, work: &Path) -> Value {
+    let nc = copy_program("/bin/cat", work, "nc");
+    let status = Command::new(&nc)
+        .arg("/etc/shadow")
+        .stdout(Stdio::null())
+        .status()
+        .expect("run the copied cat");
+    assert!(status.success(), "{} /etc/shadow failed", nc.display());
+    let mut found = None;
+    let seen = wait_until(Duration::from_secs(90), || {
+        let incidents = stack.api(&format!("/api/incidents?host={HOST_ID}"));
+        found = incidents
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|incident| {
+                let rules = evidence_rules(incident);
+                rules
+                    .iter()
+                    .any(|r| r == "qsc-shadow-read")
+                    .then(|| incident.clone())
+            });
+        found.is_some()
+    });
+    assert!(
+        seen,
+        "no incident with qsc-shadow-read evidence for {HOST_ID}; incidents: {:#}\nlogs:\n{}",
+        stack.api(&format!("/api/incidents?host={HOST_ID}")),
+        stack.logs()
+    );
+    let incident = found.unwrap_or_default();
+    let rules = evidence_rules(&incident);
+    for rule in ["qsc-network-tool-exec", "qsc-exec-from-world-writable"] {
+        assert!(
+            rules.iter().any(|r| r == rule),
+            "{rule} missing: {incident:#}"
+        );
+    }
+    incident
+}
+
+fn evidence_rules(incident: &Value) -> Vec<String> {
+    incident["evidence"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["rule_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The cortex container is stopped; meanwhile guardian-alpha sees a marker program run and
+/// guardian-beta heals a tampered file, both spooling what they saw. After the cortex starts
+/// again every agent's stored sequence numbers are still gap-free, the old ones are all there,
+/// and the events from the outage arrived.
+fn cortex_restart_loses_no_event(stack: &Stack, work: &Path) {
+    tamper_demo_file(stack, "listen = 1111");
+    let before = wait_for_seqs(stack, |seqs| {
+        seqs.get("alpha").is_some_and(|s| !s.is_empty())
+            && seqs.get("beta").is_some_and(|s| !s.is_empty())
+    });
+    assert_gap_free(&before);
+
+    stack.compose(&["stop", "cortex"]);
+    let marker_name = format!("qsc-outage-marker-{}", std::process::id());
+    let marker = copy_program("/bin/true", work, &marker_name);
+    let status = Command::new(&marker).status().expect("run the marker");
+    assert!(status.success());
+    tamper_demo_file(stack, "listen = 2222");
+    std::thread::sleep(Duration::from_secs(3));
+    stack.compose(&["start", "cortex"]);
+    stack.wait_for_api();
+
+    let mut marker_stored = false;
+    let after = wait_for_seqs(stack, |seqs| {
+        marker_stored = marker_stored || stack.stored_events_mention(&marker_name);
+        let grew = ["alpha", "beta"].iter().all(|source| {
+            seqs.get(*source).and_then(|s| s.last()) > before.get(*source).and_then(|s| s.last())
+        });
+        if !(marker_stored && grew) {
+            eprintln!("waiting: marker stored {marker_stored}, every agent's seqs grew {grew}");
+        }
+        marker_stored && grew
+    });
+    assert_gap_free(&after);
+    for (source, old) in &before {
+        let new = after.get(source).map(Vec::as_slice).unwrap_or_default();
+        assert!(
+            old.iter().all(|seq| new.binary_search(seq).is_ok()),
+            "{source}: events stored before the restart are gone"
+        );
+        eprintln!(
+            "{source}: {} events before the cortex restart, {} after (seq {}..={})",
+            old.len(),
+            new.len(),
+            new.first().unwrap_or(&0),
+            new.last().unwrap_or(&0)
+        );
+    }
+}
+
+/// Appends a line to the demo config guardian-beta heals (from inside its container, where the
+/// tree is mounted read-write).
+fn tamper_demo_file(stack: &Stack, line: &str) {
+    stack.compose(&[
+        "exec",
+        "-T",
+        "guardian-beta",
+        "sh",
+        "-c",
+        &format!("echo '{line}' >> /srv/qsc-demo/app.conf"),
+    ]);
+}
+
+type Seqs = BTreeMap<String, Vec<u64>>;
+
+fn wait_for_seqs(stack: &Stack, mut ready: impl FnMut(&Seqs) -> bool) -> Seqs {
+    let mut seqs = Seqs::new();
+    let ok = wait_until(Duration::from_secs(90), || {
+        seqs = stack.stored_seqs();
+        ready(&seqs)
+    });
+    assert!(
+        ok,
+        "the stored events never reached the expected state: {:?}\nlogs:\n{}",
+        seqs.iter()
+            .map(|(s, v)| (s, v.len(), v.last()))
+            .collect::<Vec<_>>(),
+        stack.logs()
+    );
+    seqs
+}
+
+/// Each agent's stored seqs start at 0 or 1 and have neither gaps nor duplicates.
+fn assert_gap_free(seqs: &Seqs) {
+    for (source, list) in seqs {
+        let first = list.first().copied().unwrap_or(1);
+        assert!(first <= 1, "{source}: the first stored seq is {first}");
+        for pair in list.windows(2) {
+            assert_eq!(
+                pair[1],
+                pair[0] + 1,
+                "{source}: gap or duplicate after seq {}",
+                pair[0]
+            );
+        }
+    }
+}
+
+/// One compose project of the stack, on free loopback ports; taken down on drop.
+struct Stack {
+    project: String,
+    channel: String,
+    api: String,
+    token: String,
+    down: bool,
+}
+
+impl Stack {
+    fn up() -> Self {
+        let mut stack = Stack {
+            project: format!("qsc-e2e-{}", std::process::id()),
+            channel: format!("127.0.0.1:{}", free_port()),
+            api: format!("127.0.0.1:{}", free_port()),
+            token: String::new(),
+            down: false,
+        };
+        stack.compose(&["up", "-d"]);
+        stack.wait_for_api();
+        stack.token = stack
+            .compose(&["exec", "-T", "cortex", "cat", "/var/lib/qsc/api.token"])
+            .trim()
+            .to_owned();
+        stack
+    }
+
+    fn compose_command(&self) -> Command {
+        let tool = std::env::var("QSC_COMPOSE").unwrap_or_else(|_| {
+            let v1 = Command::new("docker-compose")
+                .arg("version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if v1 {
+                "docker-compose"
+            } else {
+                "docker compose"
+            }
+            .to_owned()
+        });
+        let mut words = tool.split_whitespace();
+        let mut cmd = Command::new(words.next().unwrap_or("docker-compose"));
+        cmd.args(words)
+            .arg("--project-name")
+            .arg(&self.project)
+            .arg("--file")
+            .arg(repo_root().join("docker-compose.yml"))
+            .env("QSC_HOST_ID", HOST_ID)
+            .env("QSC_CHANNEL_LISTEN", &self.channel)
+            .env("QSC_API_LISTEN", &self.api)
+            .env("DOCKER_BUILDKIT", "0");
+        cmd
+    }
+
+    /// Runs a compose command and returns its stdout; panics with its stderr on failure.
+    fn compose(&self, args: &[&str]) -> String {
+        let mut cmd = self.compose_command();
+        cmd.args(args);
+        let out = cmd.output().expect("run the Compose tool");
+        assert!(
+            out.status.success(),
+            "compose {args:?} failed: {}\nlogs:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            if args.first() == Some(&"logs") {
+                String::new()
+            } else {
+                self.logs()
+            }
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn logs(&self) -> String {
+        let mut cmd = self.compose_command();
+        cmd.args(["logs", "--no-color", "--tail", "40"]);
+        cmd.output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    fn wait_for_api(&self) {
+        let ok = wait_until(Duration::from_secs(90), || {
+            http_get(&self.api, "/health", None).is_some_and(|(status, _)| status == 200)
+        });
+        assert!(ok, "the cortex API never answered\nlogs:\n{}", self.logs());
+    }
+
+    fn api(&self, path: &str) -> Value {
+        let (status, body) = http_get(&self.api, path, Some(&self.token))
+            .unwrap_or_else(|| panic!("GET {path}: no answer from the cortex"));
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+
+    /// Every stored event of the test host, read with the cortex CLI inside its container.
+    fn stored_events(&self) -> String {
+        self.compose(&[
+            "exec",
+            "-T",
+            "cortex",
+            "cortex",
+            "--config",
+            CORTEX_CONFIG,
+            "events",
+            "search",
+            "--host",
+            HOST_ID,
+            "--limit",
+            "100000",
+        ])
+    }
+
+    fn stored_events_mention(&self, needle: &str) -> bool {
+        self.stored_events().contains(needle)
+    }
+
+    /// Stored seqs per agent (alpha, beta), sorted.
+    fn stored_seqs(&self) -> Seqs {
+        let text = self.stored_events();
+        let mut seqs = Seqs::new();
+        let mut lines = 0;
+        for line in text.lines() {
+            lines += 1;
+            let event: Value = serde_json::from_str(line).expect("an event per line");
+            let source = event["source"].as_str().unwrap_or_default();
+            if source == "alpha" || source == "beta" {
+                let seq = event["seq"].as_u64().expect("seq");
+                seqs.entry(source.to_owned()).or_default().push(seq);
+            }
+        }
+        assert!(
+            lines < 100_000,
+            "too many events to account for in one query"
+        );
+        for list in seqs.values_mut() {
+            list.sort_unstable();
+        }
+        seqs
+    }
+
+    fn down_and_check_nothing_is_left(&mut self) {
+        self.compose(&["down", "--volumes", "--remove-orphans", "--timeout", "30"]);
+        self.down = true;
+        let label = format!("label=com.docker.compose.project={}", self.project);
+        for what in [
+            &["ps", "--all", "--quiet", "--filter"][..],
+            &["volume", "ls", "--quiet", "--filter"][..],
+            &["network", "ls", "--quiet", "--filter"][..],
+        ] {
+            let out = Command::new("docker")
+                .args(what)
+                .arg(&label)
+                .output()
+                .expect("run docker");
+            assert!(out.status.success(), "docker {what:?} failed");
+            let left = String::from_utf8_lossy(&out.stdout);
+            assert!(left.trim().is_empty(), "left behind ({what:?}): {left}");
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if !self.down {
+            let mut cmd = self.compose_command();
+            cmd.args(["down", "--volumes", "--remove-orphans", "--timeout", "30"]);
+            if let Err(e) = cmd.status() {
+                eprintln!("cannot take the stack {} down: {e}", self.project);
+            }
+        }
+    }
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A plain HTTP/1.0 GET (so the answer is never chunked); `None` when nothing answers.
+fn http_get(addr: &str, path: &str, token: Option<&str>) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}

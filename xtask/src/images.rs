@@ -1,0 +1,428 @@
+//! `cargo xtask images`: the container images of cortex, guardian-alpha and guardian-beta (and
+//! the demo webhook receiver), built from the release binaries on this host: no cargo runs
+//! inside Docker. Also the container engine itself (`cargo xtask setup --containers`).
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+
+use crate::{ebpf, setup, shell};
+
+/// Debian packages of the container tooling: the engine, Compose 1.29, and debootstrap for a
+/// base image made locally.
+pub const CONTAINER_PACKAGES: &[&str] = &["docker.io", "docker-compose", "debootstrap"];
+/// The public base image the Dockerfiles default to.
+pub const DEFAULT_BASE: &str = "debian:bookworm-slim";
+/// The base `--local-base` makes with debootstrap and `docker import`.
+pub const LOCAL_BASE: &str = "qsc-base:bookworm";
+/// Where dockerd logs when this tool starts it (no systemd).
+const DOCKERD_LOG: &str = "/var/log/qsc-dockerd.log";
+
+/// One image: its repository name, its Dockerfile under deploy/docker/, and the release
+/// binaries it needs in the build context.
+pub struct Image {
+    pub name: &'static str,
+    pub dockerfile: &'static str,
+    pub binaries: &'static [&'static str],
+}
+
+/// Every image `cargo xtask images` builds.
+pub const IMAGES: &[Image] = &[
+    Image {
+        name: "qsc/cortex",
+        dockerfile: "cortex.Dockerfile",
+        binaries: &["cortex"],
+    },
+    Image {
+        name: "qsc/guardian-alpha",
+        dockerfile: "guardian-alpha.Dockerfile",
+        binaries: &["guardian-alpha"],
+    },
+    Image {
+        name: "qsc/guardian-beta",
+        dockerfile: "guardian-beta.Dockerfile",
+        binaries: &["guardian-beta"],
+    },
+    Image {
+        name: "qsc/webhook-demo",
+        dockerfile: "webhook-demo.Dockerfile",
+        binaries: &[],
+    },
+];
+
+#[derive(clap::Args)]
+pub struct ImagesArgs {
+    /// Make the base image locally (debootstrap of this host's Debian release from its apt
+    /// mirror, then `docker import` as qsc-base:bookworm), for machines with no image registry.
+    #[arg(long, conflicts_with = "base")]
+    pub local_base: bool,
+    /// Rebuild the local base even when qsc-base:bookworm exists (with --local-base).
+    #[arg(long, requires = "local_base")]
+    pub rebuild_base: bool,
+    /// The base image (a Debian bookworm or newer; default debian:bookworm-slim).
+    #[arg(long)]
+    pub base: Option<String>,
+    /// Tag of the built images.
+    #[arg(long, default_value = "latest")]
+    pub tag: String,
+    /// Use the release binaries already built (skip `cargo build --release`).
+    #[arg(long)]
+    pub no_build: bool,
+}
+
+pub fn run(args: &ImagesArgs) -> anyhow::Result<()> {
+    ensure_engine()?;
+    if !args.no_build {
+        build_release_binaries()?;
+    }
+    let base = if args.local_base {
+        ensure_local_base(args.rebuild_base)?;
+        LOCAL_BASE.to_owned()
+    } else {
+        args.base.clone().unwrap_or_else(|| DEFAULT_BASE.to_owned())
+    };
+    let context = stage_context()?;
+    for image in IMAGES {
+        build_image(image, &context, &base, &args.tag)?;
+    }
+    print_sizes(&args.tag)
+}
+
+/// The docker client: Debian's (the same release as its engine) when installed, else the first
+/// on PATH. The classic builder is requested explicitly: BuildKit is not installed with 20.10.
+pub fn docker() -> Command {
+    let program = if Path::new("/usr/bin/docker").exists() {
+        "/usr/bin/docker"
+    } else {
+        "docker"
+    };
+    let mut cmd = Command::new(program);
+    cmd.env("DOCKER_BUILDKIT", "0");
+    cmd
+}
+
+/// The Compose tool: `QSC_COMPOSE` (e.g. "docker compose") when set, else `docker-compose`
+/// (Debian's 1.29) when installed, else the `docker compose` v2 plugin.
+pub fn compose() -> Command {
+    if let Ok(custom) = std::env::var("QSC_COMPOSE") {
+        let mut words = custom.split_whitespace();
+        if let Some(program) = words.next() {
+            let mut cmd = Command::new(program);
+            cmd.args(words);
+            return cmd;
+        }
+    }
+    if shell::output(Command::new("docker-compose").arg("version")).is_some() {
+        Command::new("docker-compose")
+    } else {
+        let mut cmd = docker();
+        cmd.arg("compose");
+        cmd
+    }
+}
+
+/// True when a container engine answers the client.
+pub fn engine_answers() -> bool {
+    docker()
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Installs the container packages when missing and starts dockerd when no engine answers
+/// (idempotent: a running engine is left alone).
+pub fn ensure_engine() -> anyhow::Result<()> {
+    setup::ensure_packages(CONTAINER_PACKAGES)?;
+    if engine_answers() {
+        return Ok(());
+    }
+    if !shell::is_root() {
+        bail!("no container engine answers and starting dockerd needs root: run as root");
+    }
+    if Path::new("/run/systemd/system").is_dir() {
+        shell::run(Command::new("systemctl").args(["start", "docker"]))?;
+    } else {
+        start_dockerd()?;
+    }
+    wait_for_engine()
+}
+
+/// Starts dockerd in its own session, logging to [`DOCKERD_LOG`]; it outlives this process.
+fn start_dockerd() -> anyhow::Result<()> {
+    eprintln!("setup: starting dockerd (log in {DOCKERD_LOG})");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(DOCKERD_LOG)
+        .with_context(|| format!("cannot open {DOCKERD_LOG}"))?;
+    let mut cmd = Command::new("dockerd");
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe; the child leaves our session so that it survives us.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    cmd.spawn().context("cannot start dockerd")?;
+    Ok(())
+}
+
+fn wait_for_engine() -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if engine_answers() {
+            eprintln!("setup: the container engine is running");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    bail!("dockerd did not answer within a minute; see {DOCKERD_LOG}")
+}
+
+/// The kernel object, then the three release binaries (guardian-alpha embeds the object).
+fn build_release_binaries() -> anyhow::Result<()> {
+    ebpf::build()?;
+    shell::run(shell::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "cortex",
+        "-p",
+        "guardian-alpha",
+        "-p",
+        "guardian-beta",
+        "--bins",
+    ]))
+}
+
+/// The build context: `bin/` with the release binaries stripped of debug info, and the
+/// helper scripts of deploy/docker/. Dockerfiles read `${BIN_DIR}` (default `bin`).
+fn stage_context() -> anyhow::Result<PathBuf> {
+    let context = shell::target_dir().join("images").join("context");
+    let bin = context.join("bin");
+    std::fs::create_dir_all(&bin).with_context(|| format!("cannot create {}", bin.display()))?;
+    let release = shell::target_dir().join("release");
+    for name in IMAGES.iter().flat_map(|i| i.binaries.iter()) {
+        let from = release.join(name);
+        if !from.exists() {
+            bail!(
+                "{} is missing: build it with `cargo build --release --bins` (or drop --no-build)",
+                from.display()
+            );
+        }
+        let to = bin.join(name);
+        shell::run(
+            Command::new("objcopy")
+                .arg("--strip-debug")
+                .arg(&from)
+                .arg(&to),
+        )
+        .with_context(|| format!("cannot stage {}", from.display()))?;
+    }
+    let scripts = context.join("deploy").join("docker");
+    std::fs::create_dir_all(&scripts)?;
+    for entry in std::fs::read_dir(deploy_docker_dir())? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "sh" || e == "py") {
+            let to = scripts.join(path.file_name().unwrap_or_default());
+            std::fs::copy(&path, &to)
+                .with_context(|| format!("cannot copy {} into the context", path.display()))?;
+        }
+    }
+    Ok(context)
+}
+
+/// deploy/docker/ in the repository.
+pub fn deploy_docker_dir() -> PathBuf {
+    shell::root().join("deploy").join("docker")
+}
+
+fn build_image(image: &Image, context: &Path, base: &str, tag: &str) -> anyhow::Result<()> {
+    let reference = format!("{}:{tag}", image.name);
+    shell::run(
+        docker()
+            .args(["build", "--quiet", "--file"])
+            .arg(deploy_docker_dir().join(image.dockerfile))
+            .args(["--build-arg", &format!("BASE_IMAGE={base}")])
+            .args(["--tag", &reference])
+            .arg(context),
+    )
+    .with_context(|| format!("building {reference} failed"))
+}
+
+fn print_sizes(tag: &str) -> anyhow::Result<()> {
+    println!("{:<28} {:>10}", "image", "size");
+    for image in IMAGES {
+        let reference = format!("{}:{tag}", image.name);
+        let size = image_size(&reference)?;
+        println!("{reference:<28} {:>7.1} MB", size as f64 / 1e6);
+    }
+    Ok(())
+}
+
+/// An image's size in bytes, as `docker image ls` reports it.
+pub fn image_size(reference: &str) -> anyhow::Result<u64> {
+    let out =
+        shell::output(docker().args(["image", "inspect", "--format", "{{.Size}}", reference]))
+            .with_context(|| format!("image {reference} is not there"))?;
+    out.trim()
+        .parse()
+        .with_context(|| format!("docker printed no size for {reference}: {out:?}"))
+}
+
+/// Makes qsc-base:bookworm with debootstrap (minbase) from this host's apt mirror, unless it
+/// exists already.
+fn ensure_local_base(rebuild: bool) -> anyhow::Result<()> {
+    if !rebuild && shell::output(docker().args(["image", "inspect", LOCAL_BASE])).is_some() {
+        return Ok(());
+    }
+    let (suite, mirror) = debian_release_and_mirror()?;
+    let dir = shell::target_dir().join("images").join("rootfs");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clear {}", dir.display()))?;
+    }
+    eprintln!("images: debootstrap {suite} from {mirror} (about a minute)");
+    let outcome = debootstrap(&suite, &mirror, &dir).and_then(|()| import_base(&dir));
+    let cleanup = std::fs::remove_dir_all(&dir);
+    outcome?;
+    cleanup.with_context(|| format!("cannot remove {}", dir.display()))
+}
+
+fn debootstrap(suite: &str, mirror: &str, dir: &Path) -> anyhow::Result<()> {
+    shell::run(
+        Command::new("debootstrap")
+            .args(["--variant=minbase", suite])
+            .arg(dir)
+            .arg(mirror),
+    )?;
+    // What a container never needs: the downloaded packages, the package lists, documentation.
+    for sub in [
+        "var/cache/apt/archives",
+        "var/lib/apt/lists",
+        "usr/share/doc",
+        "usr/share/man",
+        "usr/share/info",
+    ] {
+        let path = dir.join(sub);
+        for entry in std::fs::read_dir(&path).with_context(|| format!("{}", path.display()))? {
+            let entry = entry?.path();
+            if entry.is_dir() && entry.file_name().is_some_and(|n| n != "partial") {
+                std::fs::remove_dir_all(&entry)?;
+            } else if entry.is_file() {
+                std::fs::remove_file(&entry)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn import_base(dir: &Path) -> anyhow::Result<()> {
+    eprintln!("images: importing {} as {LOCAL_BASE}", dir.display());
+    let mut tar = Command::new("tar")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "."])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot start tar")?;
+    let stdout = tar.stdout.take().context("tar has no stdout")?;
+    let import = docker()
+        .args(["import", "--change", "CMD [\"/bin/bash\"]", "-", LOCAL_BASE])
+        .stdin(stdout)
+        .stdout(Stdio::null())
+        .status()
+        .context("cannot run docker import")?;
+    let tar_status = tar.wait()?;
+    if !tar_status.success() || !import.success() {
+        bail!("importing the base failed (tar {tar_status}, docker import {import})");
+    }
+    Ok(())
+}
+
+/// This host's Debian suite (VERSION_CODENAME) and the first Debian URI of its apt sources.
+fn debian_release_and_mirror() -> anyhow::Result<(String, String)> {
+    let release =
+        std::fs::read_to_string("/etc/os-release").context("cannot read /etc/os-release")?;
+    let suite = release
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(|s| s.trim_matches('"').to_owned())
+        .filter(|s| !s.is_empty())
+        .context("/etc/os-release names no VERSION_CODENAME: --local-base needs a Debian host")?;
+    let mirror = apt_mirror()
+        .context("no Debian mirror found in /etc/apt/sources.list(.d): --local-base needs one")?;
+    Ok((suite, mirror))
+}
+
+fn apt_mirror() -> Option<String> {
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        let mut more: Vec<PathBuf> = dir.flatten().map(|e| e.path()).collect();
+        more.sort();
+        files.extend(more);
+    }
+    files
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .find_map(|text| mirror_in(&text))
+}
+
+/// The first URI of a Debian archive (not its security archive) in a sources file, in either
+/// the one-line (`deb URI suite …`) or the deb822 (`URIs: URI`) format.
+fn mirror_in(text: &str) -> Option<String> {
+    text.lines()
+        .map(str::trim)
+        .filter_map(|line| {
+            line.strip_prefix("URIs:")
+                .map(|rest| rest.split_whitespace().next())
+                .or_else(|| {
+                    line.strip_prefix("deb ")
+                        .map(|rest| rest.split_whitespace().find(|w| !w.starts_with('[')))
+                })
+                .flatten()
+        })
+        .find(|uri| uri.contains("debian") && !uri.contains("security"))
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirror_from_deb822_sources() {
+        let text = "Types: deb\nURIs: http://deb.debian.org/debian-security\nSuites: bookworm-security\n\n\
+                    Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm\n";
+        assert_eq!(
+            mirror_in(text).as_deref(),
+            Some("http://deb.debian.org/debian")
+        );
+    }
+
+    #[test]
+    fn mirror_from_one_line_sources() {
+        let text = "# comment\ndeb [arch=amd64] http://mirror.example/debian bookworm main\n";
+        assert_eq!(
+            mirror_in(text).as_deref(),
+            Some("http://mirror.example/debian")
+        );
+    }
+
+    #[test]
+    fn no_mirror_in_unrelated_sources() {
+        assert_eq!(
+            mirror_in("deb http://ppa.example/ubuntu jammy main\n"),
+            None
+        );
+    }
+}

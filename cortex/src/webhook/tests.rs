@@ -689,3 +689,64 @@ fn replayed_approvals_stay_refused_after_a_restart() {
         InboundError::Replayed(_)
     ));
 }
+
+#[test]
+fn the_observer_alerts_on_new_or_more_severe_incidents_and_once_per_action_report() {
+    use crate::respond::{ActionRecord, ResponseObserver};
+    use crate::score::Severity;
+
+    let receiver = TestReceiver::start(Vec::new());
+    let dir = tempfile::tempdir().unwrap();
+    let sender = WebhookSender::start(&config(
+        dir.path(),
+        vec![destination(
+            "soar",
+            &receiver.url("/hook"),
+            BodyFormat::Native,
+        )],
+    ))
+    .unwrap();
+    let observer = WebhookObserver::new(sender);
+    let mut incident = incident();
+    incident.severity = Severity::Medium;
+    observer.incident(&incident);
+    observer.incident(&incident);
+    incident.severity = Severity::Critical;
+    observer.incident(&incident);
+
+    let mut record: ActionRecord = serde_json::from_value(serde_json::json!({
+        "id": "act-1", "host": "web-1", "playbook": "contain", "mode": "autonomous",
+        "name": "kill", "status": "dispatched", "requested_ns": 1, "updated_ns": 1,
+        "action": {"action": "kill", "pid": 4242, "tree": true},
+    }))
+    .unwrap();
+    observer.action(&record);
+    record.status = crate::respond::ActionStatus::Done;
+    record.report = Some(qsc_event::ActionReport {
+        action_id: "act-1".into(),
+        outcome: qsc_event::ActionOutcome::Done,
+        detail: "killed 1 process".into(),
+        done_mono_ns: 7,
+        facts: serde_json::Map::new(),
+    });
+    observer.action(&record);
+    observer.action(&record);
+
+    wait_for("three alerts", || {
+        observer.sender().counters().snapshot().sent == 3
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let types: Vec<String> = receiver
+        .received()
+        .iter()
+        .map(|r| {
+            let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            body["type"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(
+        types,
+        ["qsc.incident", "qsc.incident", "qsc.action_result"],
+        "opened, escalated, one action result"
+    );
+}

@@ -5,6 +5,8 @@ use anyhow::bail;
 
 use crate::shell;
 
+mod response;
+
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// Which benchmark (see the table below).
@@ -62,12 +64,22 @@ const BENCHES: &[Bench] = &[
         package: "cortex",
         target: "anomaly",
     },
+    // Response actions end to end (kernel event → agent done) on the real stack, vs the seed
+    // budgets; implemented in xtask itself (bench/response.rs), not as a `cargo bench` target.
+    Bench {
+        name: "response",
+        package: "xtask",
+        target: "response",
+    },
 ];
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let Some(bench) = BENCHES.iter().find(|b| b.name == args.name) else {
         bail!("unknown benchmark `{}`", args.name);
     };
+    if args.name == "response" {
+        return response::run();
+    }
     let (package, bench) = (bench.package, bench.target);
     if args.name == "capture" {
         crate::ebpf::build()?;

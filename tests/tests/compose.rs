@@ -24,6 +24,9 @@ use serde_json::Value;
 
 /// The host id the stack's agents report.
 const HOST_ID: &str = "qsc-compose-e2e";
+/// How long a stage may take before the test fails: generous, because a shared 2-core machine
+/// can stall containers for many seconds (a slow pass costs nothing, a spurious failure does).
+const PATIENCE: Duration = Duration::from_secs(180);
 /// Where the cortex container keeps its config.
 const CORTEX_CONFIG: &str = "/var/lib/qsc/cortex.toml";
 
@@ -69,7 +72,7 @@ fn suspicious_action_becomes_an_incident(stack: &Stack, work: &Path) -> Value {
         .expect("run the copied cat");
     assert!(status.success(), "{} /etc/shadow failed", nc.display());
     let mut found = None;
-    let seen = wait_until(Duration::from_secs(90), || {
+    let seen = wait_until(PATIENCE, || {
         let incidents = stack.api(&format!("/api/incidents?host={HOST_ID}"));
         found = incidents
             .as_array()
@@ -177,7 +180,7 @@ type Seqs = BTreeMap<String, Vec<u64>>;
 
 fn wait_for_seqs(stack: &Stack, mut ready: impl FnMut(&Seqs) -> bool) -> Seqs {
     let mut seqs = Seqs::new();
-    let ok = wait_until(Duration::from_secs(90), || {
+    let ok = wait_until(PATIENCE, || {
         seqs = stack.stored_seqs();
         ready(&seqs)
     });
@@ -291,7 +294,7 @@ impl Stack {
     }
 
     fn wait_for_api(&self) {
-        let ok = wait_until(Duration::from_secs(90), || {
+        let ok = wait_until(PATIENCE, || {
             http_get(&self.api, "/health", None).is_some_and(|(status, _)| status == 200)
         });
         assert!(ok, "the cortex API never answered\nlogs:\n{}", self.logs());

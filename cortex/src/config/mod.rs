@@ -46,6 +46,7 @@ pub struct ListenConfig {
     pub require_hybrid: bool,
     pub handshake_timeout_ms: u64,
     pub max_frame_bytes: usize,
+    pub idle_timeout_s: u64,
 }
 
 /// `[ingest]`: what an event must satisfy to be accepted.
@@ -108,6 +109,7 @@ impl Default for ListenConfig {
             require_hybrid: true,
             handshake_timeout_ms: 5000,
             max_frame_bytes: 1 << 20,
+            idle_timeout_s: 30,
         }
     }
 }
@@ -290,6 +292,8 @@ impl ListenConfig {
     pub fn transport(&self) -> TransportConfig {
         TransportConfig {
             max_frame_len: self.max_frame_bytes,
+            idle_timeout: (self.idle_timeout_s > 0)
+                .then(|| Duration::from_secs(self.idle_timeout_s)),
             ..TransportConfig::default()
         }
     }
@@ -360,6 +364,17 @@ mod tests {
         let config: CortexConfig = toml::from_str(EXAMPLE).unwrap();
         assert_eq!(config, CortexConfig::default());
         assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn the_listen_idle_timeout_reaches_the_transport() {
+        let mut listen = ListenConfig::default();
+        assert_eq!(
+            listen.transport().idle_timeout,
+            Some(Duration::from_secs(30))
+        );
+        listen.idle_timeout_s = 0;
+        assert_eq!(listen.transport().idle_timeout, None);
     }
 
     #[test]

@@ -381,25 +381,16 @@ impl Responder {
     ) -> ActionRecord {
         let now = now_ns();
         let mut record = ActionRecord {
-            id: format!("act-{}", self.next_id()),
-            host: incident.host.clone(),
             incident_id: Some(incident.id.clone()),
-            playbook: playbook.name.clone(),
             mode,
-            name: spec.name().to_owned(),
-            action: None,
-            status: ActionStatus::Dispatched,
-            detail: String::new(),
-            requested_ns: now,
-            updated_ns: now,
-            expires_ns: None,
             trigger_mono_ns: target.trigger_mono_ns,
-            decisions: Vec::new(),
-            report: None,
-            latency_ns: None,
-            rollback_due_ns: None,
-            rolled_back_by: None,
-            rollback_of: None,
+            ..ActionRecord::fresh(
+                format!("act-{}", self.next_id()),
+                incident.host.clone(),
+                playbook.name.clone(),
+                spec.name().to_owned(),
+                now,
+            )
         };
         match spec.resolve(target) {
             Err(missing) => {
@@ -652,25 +643,19 @@ impl Responder {
             _ => return,
         };
         let now = now_ns();
+        let name = undo.name().to_owned();
         let rollback = ActionRecord {
-            id: format!("act-{}", self.next_id()),
-            playbook: "ttl".into(),
-            mode: Mode::Autonomous,
-            name: undo.name().to_owned(),
+            incident_id: original.incident_id.clone(),
             action: Some(undo),
-            status: ActionStatus::Dispatched,
             detail: format!("TTL of {} ran out", original.id),
-            requested_ns: now,
-            updated_ns: now,
-            expires_ns: None,
-            trigger_mono_ns: None,
-            decisions: Vec::new(),
-            report: None,
-            latency_ns: None,
-            rollback_due_ns: None,
-            rolled_back_by: None,
             rollback_of: Some(original.id.clone()),
-            ..original.clone()
+            ..ActionRecord::fresh(
+                format!("act-{}", self.next_id()),
+                original.host.clone(),
+                "ttl".into(),
+                name,
+                now,
+            )
         };
         original.rollback_due_ns = None;
         original.rolled_back_by = Some(rollback.id.clone());
@@ -838,27 +823,16 @@ impl Responder {
     }
 
     fn release_record(&self, host: &str, approvers: &str, reason: &str) -> ActionRecord {
-        let now = now_ns();
         ActionRecord {
-            id: format!("act-{}", self.next_id()),
-            host: host.to_owned(),
-            incident_id: None,
-            playbook: OPERATOR_PLAYBOOK.into(),
-            mode: Mode::Autonomous,
-            name: Action::Release.name().to_owned(),
             action: Some(Action::Release),
-            status: ActionStatus::Dispatched,
             detail: format!("released by {approvers}: {reason}"),
-            requested_ns: now,
-            updated_ns: now,
-            expires_ns: None,
-            trigger_mono_ns: None,
-            decisions: Vec::new(),
-            report: None,
-            latency_ns: None,
-            rollback_due_ns: None,
-            rolled_back_by: None,
-            rollback_of: None,
+            ..ActionRecord::fresh(
+                format!("act-{}", self.next_id()),
+                host.to_owned(),
+                OPERATOR_PLAYBOOK.into(),
+                Action::Release.name().to_owned(),
+                now_ns(),
+            )
         }
     }
 

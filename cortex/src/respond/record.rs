@@ -114,6 +114,32 @@ pub struct ActionRecord {
 }
 
 impl ActionRecord {
+    /// A new autonomous action on `host`, about to be dispatched, with no result yet; callers
+    /// set what differs (incident, mode, command, status, detail, trigger, rollback link).
+    pub fn fresh(id: String, host: String, playbook: String, name: String, now_ns: u64) -> Self {
+        ActionRecord {
+            id,
+            host,
+            incident_id: None,
+            playbook,
+            mode: Mode::Autonomous,
+            name,
+            action: None,
+            status: ActionStatus::Dispatched,
+            detail: String::new(),
+            requested_ns: now_ns,
+            updated_ns: now_ns,
+            expires_ns: None,
+            trigger_mono_ns: None,
+            decisions: Vec::new(),
+            report: None,
+            latency_ns: None,
+            rollback_due_ns: None,
+            rolled_back_by: None,
+            rollback_of: None,
+        }
+    }
+
     /// Whether nothing more will happen to it (a done action may still await its rollback).
     pub fn is_final(&self) -> bool {
         !matches!(self.status, ActionStatus::Held | ActionStatus::Dispatched)

@@ -141,6 +141,23 @@ impl SqliteStore {
         })
     }
 
+    /// The JSON `body` of the row with this `id` in `table` (one of our own table names).
+    fn body_by_id<T: serde::de::DeserializeOwned>(
+        &self,
+        table: &'static str,
+        id: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let conn = self.lock();
+        let body: Option<String> = conn
+            .query_row(
+                &format!("SELECT body FROM {table} WHERE id = ?1"),
+                [id],
+                |row| row.get(0),
+            )
+            .optional()?;
+        body.map(|b| from_json(table, id, &b)).transpose()
+    }
+
     fn lock(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves no partial write: SQLite rolls the open
         // transaction back when it is dropped.
@@ -291,13 +308,7 @@ impl Store for SqliteStore {
     }
 
     fn incident(&self, id: &str) -> Result<Option<Incident>, StoreError> {
-        let conn = self.lock();
-        let body: Option<String> = conn
-            .query_row("SELECT body FROM incidents WHERE id = ?1", [id], |row| {
-                row.get(0)
-            })
-            .optional()?;
-        body.map(|b| from_json("incidents", id, &b)).transpose()
+        self.body_by_id("incidents", id)
     }
 
     fn incidents(&self, query: &IncidentQuery) -> Result<Vec<Incident>, StoreError> {
@@ -385,13 +396,7 @@ impl Store for SqliteStore {
     }
 
     fn action(&self, id: &str) -> Result<Option<ActionRecord>, StoreError> {
-        let conn = self.lock();
-        let body: Option<String> = conn
-            .query_row("SELECT body FROM actions WHERE id = ?1", [id], |row| {
-                row.get(0)
-            })
-            .optional()?;
-        body.map(|b| from_json("actions", id, &b)).transpose()
+        self.body_by_id("actions", id)
     }
 
     fn actions(&self, query: &ActionQuery) -> Result<Vec<ActionRecord>, StoreError> {

@@ -90,6 +90,7 @@ pub fn start_sensor(config: &Config) -> anyhow::Result<Sensor> {
             .sensor
             .wakeup_bytes
             .min(u64::from(config.sensor.ring_buffer_bytes) / 4),
+        disabled: &config.sensor.disabled_hooks,
     })?;
     for ip in &config.enforce.blocked_ips {
         sensor.block_ip(*ip)?;
@@ -99,7 +100,11 @@ pub fn start_sensor(config: &Config) -> anyhow::Result<Sensor> {
     }
     sensor.set_watched_prefixes(&watched_prefixes(config))?;
     for (hook, reason) in &sensor.skipped_hooks {
-        tracing::warn!(%hook, %reason, "optional hook not attached");
+        if reason == sensor::DISABLED_BY_CONFIG {
+            tracing::info!(%hook, %reason, "hook not attached");
+        } else {
+            tracing::warn!(%hook, %reason, "optional hook not attached");
+        }
     }
     tracing::info!(hooks = sensor.active_hooks.len(), active = ?sensor.active_hooks, "sensor attached");
     Ok(sensor)
@@ -322,6 +327,7 @@ impl Agent {
         let mut drain_tick = ticker(Duration::from_millis(config.sensor.max_delay_ms));
         let mut sampler = Sampler::new(&self.proc_root);
         let mut auth_log = AuthLog::open(&config.metrics.auth_logs);
+        release_startup_memory();
         self.heartbeat()?;
         self.output.flush()?;
         tokio::pin!(shutdown);
@@ -370,6 +376,17 @@ impl Agent {
             decode_errors: self.decode_errors,
             uptime_s: self.started.elapsed().as_secs_f64(),
         }
+    }
+}
+
+/// Hands the heap that start-up used and freed (kernel BTF, the object, the /proc seed: over
+/// 10 MB) back to the kernel: glibc keeps freed memory below live allocations mapped, and it
+/// would count in the agent's resident size for as long as the agent runs.
+fn release_startup_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -89,6 +89,8 @@ pub struct SensorConfig {
     pub wakeup_bytes: u64,
     /// The longest a record waits in the ring buffer before the agent drains it anyway.
     pub max_delay_ms: u64,
+    /// Hook families not attached at all (their events are then never reported).
+    pub disabled_hooks: Vec<crate::sensor::HookFamily>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -175,6 +177,7 @@ impl Default for SensorConfig {
             tracefs: "/sys/kernel/tracing".into(),
             wakeup_bytes: 64 * 1024,
             max_delay_ms: 10,
+            disabled_hooks: Vec::new(),
         }
     }
 }
@@ -361,6 +364,28 @@ mod tests {
         assert!(matches!(
             Config::load(&path),
             Err(ConfigError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn hook_families_are_named_and_checked() {
+        use crate::sensor::HookFamily;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.toml");
+        std::fs::write(
+            &path,
+            "[sensor]\ndisabled_hooks = [\"file\", \"exec_blocking\"]\n",
+        )
+        .unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(
+            config.sensor.disabled_hooks,
+            [HookFamily::File, HookFamily::ExecBlocking]
+        );
+        std::fs::write(&path, "[sensor]\ndisabled_hooks = [\"files\"]\n").unwrap();
+        assert!(matches!(
+            Config::load(&path),
+            Err(ConfigError::Parse { .. })
         ));
     }
 

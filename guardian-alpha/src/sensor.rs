@@ -43,6 +43,8 @@ pub enum SensorError {
         hook: String,
         source: aya::programs::ProgramError,
     },
+    #[error("hook {0} is not attached (see [sensor] disabled_hooks), so this cannot be enforced")]
+    HookOff(&'static str),
     #[error("cannot mount tracefs at {path}: {source}")]
     Tracefs {
         path: String,
@@ -50,60 +52,90 @@ pub enum SensorError {
     },
 }
 
+/// A group of hooks that `[sensor] disabled_hooks` turns off together: to shed a family's
+/// in-kernel cost where its events are not wanted, or to measure what each family costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookFamily {
+    /// exec, exit and fork (`sched_process_exec`, `sched_process_exit`, `task_newtask`).
+    Process,
+    /// Signals sent to the agent (`signal_generate`).
+    Tamper,
+    /// TCP connect/accept/listen (`inet_sock_set_state`).
+    Network,
+    /// open/chmod/chown/unlink/rename on watched paths.
+    File,
+    /// setuid/setgid/capset, ptrace, module load, bpf(), memfd_create.
+    Privilege,
+    /// Writable+executable mmap/mprotect.
+    Memory,
+    /// The execve check that kills blocked executables (`blocked_exec`, kill-on-exec actions).
+    ExecBlocking,
+}
+
 /// One tracepoint program of the object and where it attaches.
 pub struct Hook {
     pub program: &'static str,
     pub category: &'static str,
+    pub family: HookFamily,
     /// Optional hooks may be missing on some kernels or architectures (e.g. `open` on arm64,
     /// `fchmodat2` before 6.6); the agent runs without them and says so.
     pub required: bool,
 }
 
-const fn hook(category: &'static str, program: &'static str, required: bool) -> Hook {
+const fn hook(
+    family: HookFamily,
+    category: &'static str,
+    program: &'static str,
+    required: bool,
+) -> Hook {
     Hook {
         program,
         category,
+        family,
         required,
     }
 }
 
+use HookFamily::{ExecBlocking, File, Memory, Network, Privilege, Process, Tamper};
+
 pub const HOOKS: &[Hook] = &[
-    hook("sched", "sched_process_exec", true),
-    hook("sched", "sched_process_exit", true),
-    hook("task", "task_newtask", true),
-    hook("signal", "signal_generate", true),
-    hook("sock", "inet_sock_set_state", true),
-    hook("syscalls", "sys_enter_open", false),
-    hook("syscalls", "sys_enter_openat", true),
-    hook("syscalls", "sys_enter_openat2", false),
-    hook("syscalls", "sys_enter_creat", false),
-    hook("syscalls", "sys_enter_chmod", false),
-    hook("syscalls", "sys_enter_fchmodat", true),
-    hook("syscalls", "sys_enter_fchmodat2", false),
-    hook("syscalls", "sys_enter_chown", false),
-    hook("syscalls", "sys_enter_lchown", false),
-    hook("syscalls", "sys_enter_fchownat", true),
-    hook("syscalls", "sys_enter_unlink", false),
-    hook("syscalls", "sys_enter_unlinkat", true),
-    hook("syscalls", "sys_enter_rename", false),
-    hook("syscalls", "sys_enter_renameat", false),
-    hook("syscalls", "sys_enter_renameat2", true),
-    hook("syscalls", "sys_enter_setuid", true),
-    hook("syscalls", "sys_enter_setgid", true),
-    hook("syscalls", "sys_enter_setreuid", true),
-    hook("syscalls", "sys_enter_setregid", true),
-    hook("syscalls", "sys_enter_setresuid", true),
-    hook("syscalls", "sys_enter_setresgid", true),
-    hook("syscalls", "sys_enter_capset", true),
-    hook("syscalls", "sys_enter_ptrace", true),
-    hook("syscalls", "sys_enter_init_module", false),
-    hook("syscalls", "sys_enter_finit_module", false),
-    hook("syscalls", "sys_enter_bpf", true),
-    hook("syscalls", "sys_enter_memfd_create", true),
-    hook("syscalls", "sys_enter_mmap", true),
-    hook("syscalls", "sys_enter_mprotect", true),
-    hook("syscalls", "sys_enter_execve", true),
-    hook("syscalls", "sys_enter_execveat", false),
+    hook(Process, "sched", "sched_process_exec", true),
+    hook(Process, "sched", "sched_process_exit", true),
+    hook(Process, "task", "task_newtask", true),
+    hook(Tamper, "signal", "signal_generate", true),
+    hook(Network, "sock", "inet_sock_set_state", true),
+    hook(File, "syscalls", "sys_enter_open", false),
+    hook(File, "syscalls", "sys_enter_openat", true),
+    hook(File, "syscalls", "sys_enter_openat2", false),
+    hook(File, "syscalls", "sys_enter_creat", false),
+    hook(File, "syscalls", "sys_enter_chmod", false),
+    hook(File, "syscalls", "sys_enter_fchmodat", true),
+    hook(File, "syscalls", "sys_enter_fchmodat2", false),
+    hook(File, "syscalls", "sys_enter_chown", false),
+    hook(File, "syscalls", "sys_enter_lchown", false),
+    hook(File, "syscalls", "sys_enter_fchownat", true),
+    hook(File, "syscalls", "sys_enter_unlink", false),
+    hook(File, "syscalls", "sys_enter_unlinkat", true),
+    hook(File, "syscalls", "sys_enter_rename", false),
+    hook(File, "syscalls", "sys_enter_renameat", false),
+    hook(File, "syscalls", "sys_enter_renameat2", true),
+    hook(Privilege, "syscalls", "sys_enter_setuid", true),
+    hook(Privilege, "syscalls", "sys_enter_setgid", true),
+    hook(Privilege, "syscalls", "sys_enter_setreuid", true),
+    hook(Privilege, "syscalls", "sys_enter_setregid", true),
+    hook(Privilege, "syscalls", "sys_enter_setresuid", true),
+    hook(Privilege, "syscalls", "sys_enter_setresgid", true),
+    hook(Privilege, "syscalls", "sys_enter_capset", true),
+    hook(Privilege, "syscalls", "sys_enter_ptrace", true),
+    hook(Privilege, "syscalls", "sys_enter_init_module", false),
+    hook(Privilege, "syscalls", "sys_enter_finit_module", false),
+    hook(Privilege, "syscalls", "sys_enter_bpf", true),
+    hook(Privilege, "syscalls", "sys_enter_memfd_create", true),
+    hook(Memory, "syscalls", "sys_enter_mmap", true),
+    hook(Memory, "syscalls", "sys_enter_mprotect", true),
+    hook(ExecBlocking, "syscalls", "sys_enter_execve", true),
+    hook(ExecBlocking, "syscalls", "sys_enter_execveat", false),
 ];
 
 /// cgroup programs that refuse connects/sends to blocked addresses, attached to the v2 root.
@@ -113,6 +145,9 @@ const SOCK_ADDR_PROGRAMS: &[&str] = &[
     "block_sendmsg4",
     "block_sendmsg6",
 ];
+
+/// The reason listed for hooks of a family that `[sensor] disabled_hooks` names.
+pub const DISABLED_BY_CONFIG: &str = "disabled by [sensor] disabled_hooks";
 
 /// The sensor shared between the agent's loop and the response executor (which updates its
 /// block maps from the channel's thread).
@@ -135,6 +170,8 @@ pub struct SensorOptions<'a> {
     pub enforce_cgroup: Option<&'a Path>,
     /// Bytes of waiting records below which a new record does not wake the agent.
     pub wakeup_bytes: u64,
+    /// Hook families left unattached.
+    pub disabled: &'a [HookFamily],
 }
 
 /// Reads the object from `path`, or returns the embedded one.
@@ -191,6 +228,10 @@ impl Sensor {
         let mut skipped_hooks = Vec::new();
         for hook in HOOKS {
             let id = format!("{}/{}", hook.category, hook.program);
+            if options.disabled.contains(&hook.family) {
+                skipped_hooks.push((id, DISABLED_BY_CONFIG.into()));
+                continue;
+            }
             match attach(&mut ebpf, hook) {
                 Ok(()) => active_hooks.push(id),
                 Err(source) if hook.required => {
@@ -296,6 +337,13 @@ impl Sensor {
 
     /// Kills any process that execs exactly `path` (as passed to execve) before it runs.
     pub fn block_exec(&mut self, path: &str) -> Result<(), SensorError> {
+        if !self
+            .active_hooks
+            .iter()
+            .any(|h| h == "syscalls/sys_enter_execve")
+        {
+            return Err(SensorError::HookOff("syscalls/sys_enter_execve"));
+        }
         let key = path_key(path);
         self.hash_map::<[u8; PATH_CAPTURE]>(BLOCKED_EXEC_MAP)?
             .insert(key, 1, 0)

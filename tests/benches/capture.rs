@@ -11,7 +11,10 @@
 //!
 //! Environment: QSC_BENCH_ROUNDS (default 3), QSC_BENCH_SCALE (default 1.0: 2,000,000 opens,
 //! 5,000 execs, 50,000 connects), QSC_BENCH_WORKLOADS (comma-separated workload names, default
-//! all; the summary keys of workloads not run are null).
+//! all; the summary keys of workloads not run are null), QSC_BENCH_QSC_VARIANTS (bisecting
+//! what the agent costs: `;`-separated lists of hook families to turn off, e.g.
+//! `file,privilege,memory;process`; each list is one more mode, interleaved with the others,
+//! whose ratios are printed and written under `variants`).
 
 use std::{
     collections::BTreeMap,
@@ -32,6 +35,8 @@ enum Mode {
     Qsc,
     BpftracePrint,
     BpftraceCount,
+    /// The agent with the hook families of `QSC_BENCH_QSC_VARIANTS` entry N turned off.
+    QscVariant(usize),
 }
 
 impl Mode {
@@ -41,6 +46,7 @@ impl Mode {
             Mode::Qsc => "qsc",
             Mode::BpftracePrint => "bpftrace_print",
             Mode::BpftraceCount => "bpftrace_count",
+            Mode::QscVariant(_) => "qsc_variant",
         }
     }
 }
@@ -51,6 +57,51 @@ const MODES: [Mode; 4] = [
     Mode::BpftracePrint,
     Mode::BpftraceCount,
 ];
+
+/// An agent configuration with some hook families off (one `QSC_BENCH_QSC_VARIANTS` entry).
+struct Variant {
+    /// The families turned off, as given (e.g. `file,memory`).
+    label: String,
+    config: PathBuf,
+}
+
+/// One variant per `;`-separated entry of `spec`, each written as `base` plus its
+/// `[sensor] disabled_hooks` (the agent rejects unknown family names at start).
+fn variants(spec: Option<String>, base: &str, dir: &Path) -> anyhow::Result<Vec<Variant>> {
+    let Some(spec) = spec else {
+        return Ok(Vec::new());
+    };
+    spec.split(';')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .enumerate()
+        .map(|(i, entry)| {
+            let families: Vec<String> = entry
+                .split(',')
+                .map(|f| format!("{:?}", f.trim()))
+                .collect();
+            let config = dir.join(format!("alpha-variant-{i}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "{base}[sensor]\ndisabled_hooks = [{}]\n",
+                    families.join(", ")
+                ),
+            )?;
+            Ok(Variant {
+                label: entry.to_owned(),
+                config,
+            })
+        })
+        .collect()
+}
+
+fn mode_label(mode: Mode, variants: &[Variant]) -> String {
+    match mode {
+        Mode::QscVariant(i) => format!("qsc without {}", variants[i].label),
+        _ => mode.name().to_owned(),
+    }
+}
 
 struct Workload {
     name: &'static str,
@@ -140,26 +191,36 @@ fn main() -> anyhow::Result<()> {
     ];
     let workloads = selected(all_workloads, std::env::var("QSC_BENCH_WORKLOADS").ok())?;
     let config = dir.path().join("alpha.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[metrics]\ninterval_s = 0\n[forensics]\nscan_interval_s = 0\n[[watch]]\nprefix = \"{prefix}\"\nreads = true\nmodifications = true\n"
-        ),
+    let base_config = format!(
+        "[metrics]\ninterval_s = 0\n[forensics]\nscan_interval_s = 0\n[[watch]]\nprefix = \"{prefix}\"\nreads = true\nmodifications = true\n"
+    );
+    std::fs::write(&config, &base_config)?;
+    let variants = variants(
+        std::env::var("QSC_BENCH_QSC_VARIANTS").ok(),
+        &base_config,
+        dir.path(),
     )?;
+    let all_modes: Vec<Mode> = MODES
+        .into_iter()
+        .chain((0..variants.len()).map(Mode::QscVariant))
+        .collect();
     let mut results = Results::default();
     for round in 0..rounds {
         for workload in &workloads {
             // Rotate the mode order each round so no mode always runs first.
-            let mut modes = MODES;
-            modes.rotate_left(round % MODES.len());
+            let mut modes = all_modes.clone();
+            modes.rotate_left(round % all_modes.len());
             for mode in modes {
+                let (label, mode_config) = match mode {
+                    Mode::QscVariant(i) => (mode_label(mode, &variants), &variants[i].config),
+                    _ => (mode.name().to_owned(), &config),
+                };
                 let Timing { wall, cpu } =
-                    run_one(workload, mode, &config, dir.path(), &mut results)
-                        .with_context(|| format!("{} under {}", workload.name, mode.name()))?;
+                    run_one(workload, mode, mode_config, dir.path(), &mut results)
+                        .with_context(|| format!("{} under {label}", workload.name))?;
                 eprintln!(
-                    "round {round} {:<16} {:<15} {wall:8.3} s  cpu {cpu:8.3} s",
+                    "round {round} {:<16} {label:<15} {wall:8.3} s  cpu {cpu:8.3} s",
                     workload.name,
-                    mode.name()
                 );
                 let key = (workload.name, mode);
                 results.wall.entry(key).or_default().push(wall);
@@ -167,7 +228,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
-    report(&workloads, &results, rounds)
+    report(&workloads, &results, rounds, &variants)
 }
 
 /// The workloads named in `filter` (comma-separated), or all of them.
@@ -253,6 +314,12 @@ fn run_one(
 ) -> anyhow::Result<Timing> {
     match mode {
         Mode::Bare => run_workload(workload),
+        Mode::QscVariant(_) => {
+            let mut agent = start_agent(config, &dir.join("variant-stats.json"))?;
+            let timing = run_workload(workload)?;
+            stop_and_cpu(&mut agent)?;
+            Ok(timing)
+        }
         Mode::Qsc => {
             let stats_file = dir.join("stats.json");
             let mut agent = start_agent(config, &stats_file)?;
@@ -428,7 +495,12 @@ fn paired(measure: &BTreeMap<(&'static str, Mode), Vec<f64>>, workload: &str, mo
     median(runs.iter().zip(&bare).map(|(r, b)| r / b).collect())
 }
 
-fn report(workloads: &[Workload], results: &Results, rounds: usize) -> anyhow::Result<()> {
+fn report(
+    workloads: &[Workload],
+    results: &Results,
+    rounds: usize,
+    variants: &[Variant],
+) -> anyhow::Result<()> {
     let mut per_workload = serde_json::Map::new();
     println!("\ncapture benchmark: {rounds} rounds, paired ratios vs bare (median)");
     println!(
@@ -481,6 +553,23 @@ fn report(workloads: &[Workload], results: &Results, rounds: usize) -> anyhow::R
             "{:<17} workload cpu × vs bare: qsc {:.3}, bt-print {:.3}, bt-count {:.3}",
             "", cpu_ratios[0], cpu_ratios[1], cpu_ratios[2]
         );
+        let mut variant_ratios = serde_json::Map::new();
+        for (i, variant) in variants.iter().enumerate() {
+            let mode = Mode::QscVariant(i);
+            let (wall, cpu) = (
+                paired(&results.wall, w.name, mode),
+                paired(&results.cpu, w.name, mode),
+            );
+            println!(
+                "{:<17} {}: wall × {wall:.3}, workload cpu × {cpu:.3}",
+                "",
+                mode_label(mode, variants)
+            );
+            variant_ratios.insert(
+                variant.label.clone(),
+                json!({ "wall_ratio": wall, "cpu_ratio": cpu }),
+            );
+        }
         generated_total += w.generated;
         received_total += received;
         drops_total += lost;
@@ -501,6 +590,7 @@ fn report(workloads: &[Workload], results: &Results, rounds: usize) -> anyhow::R
                 "drops": lost,
                 "events_per_s": events_per_s,
                 "agent_cpu_s": cpu,
+                "variants": variant_ratios,
             }),
         );
     }

@@ -3,9 +3,11 @@
 use aya_ebpf::{
     Global,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_probe_read_kernel,
-        generated::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_ns},
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel,
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_task,
+            bpf_ktime_get_ns,
+        },
     },
     macros::map,
     maps::{PerCpuArray, RingBuf},
@@ -144,7 +146,14 @@ pub fn fill_header(header: &mut Header, kind: RecordKind, op: u16) {
     header.gid = (uid_gid >> 32) as u32;
     header.pad = 0;
     header.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    header.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    // Straight into the record: the helper NUL-pads the whole buffer (and zeroes it on
+    // failure), where the safe wrapper zeroes a stack copy byte by byte and copies it again.
+    unsafe {
+        bpf_get_current_comm(
+            header.comm.as_mut_ptr() as *mut core::ffi::c_void,
+            header.comm.len() as u32,
+        )
+    };
 }
 
 /// Reserves a `T` in the ring buffer, counting the loss when it is full.

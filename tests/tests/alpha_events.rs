@@ -365,6 +365,52 @@ fn agent_does_not_report_itself() {
     );
 }
 
+/// `[sensor] disabled_hooks = ["file"]`: the file hooks are not attached (the heartbeat lists
+/// what is), a watched write goes unreported, and the other families still report.
+#[test]
+fn a_disabled_hook_family_is_not_attached_and_reports_nothing() {
+    if !root_or_skip("a_disabled_hook_family_is_not_attached_and_reports_nothing") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = format!(
+        "{}[sensor]\ndisabled_hooks = [\"file\"]\n",
+        config_watching(dir.path())
+    );
+    let agent = AlphaAgent::start(&config, &[]);
+    let path = dir.path().join("unseen.conf");
+    std::fs::write(&path, b"x").expect("write watched file");
+    let actor = run_actor(&["exec-loop", "1"]);
+    agent
+        .wait_for(|e| matches!(e.kind, EventKind::ProcessExec(_)) && pid_of(e) == Some(actor))
+        .expect("exec of the actor (process hooks stay on)");
+    let events = agent.stop();
+    let heartbeat = events
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::Heartbeat(h) => Some(h),
+            _ => None,
+        })
+        .expect("heartbeat");
+    assert!(
+        heartbeat.active_hooks.iter().all(|h| !h.contains("open")),
+        "file hooks attached: {:?}",
+        heartbeat.active_hooks
+    );
+    assert!(
+        heartbeat
+            .active_hooks
+            .contains(&"sched/sched_process_exec".to_owned())
+    );
+    let path_s = path.display().to_string();
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(&e.kind, EventKind::FileOpen(f) if f.path == path_s)),
+        "a disabled family reported an event"
+    );
+}
+
 /// A deliberately tiny ring buffer and a flood of watched opens: every record the kernel could
 /// not deliver is counted, so generated = received + reported lost, exactly.
 #[test]

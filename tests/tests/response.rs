@@ -196,6 +196,53 @@ fn kills_a_test_process_tree() {
     assert_eq!(other.0.try_wait().expect("try_wait"), None, "still running");
 }
 
+/// The agent's events carry each process's start time (from its process table), equal to
+/// `/proc`'s; a kill pinned to another start time is refused, the right one kills.
+#[test]
+fn exec_events_carry_the_start_time_that_pins_a_kill() {
+    if !root_or_skip("exec_events_carry_the_start_time_that_pins_a_kill") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent =
+        qsc_tests::alpha::AlphaAgent::start(&qsc_tests::alpha::config_watching(dir.path()), &[]);
+    let mut victim = ChildGuard(Command::new("sleep").arg("301").spawn().expect("sleep"));
+    let pid = victim.0.id();
+    let exec = agent
+        .wait_for(
+            |e| matches!(&e.kind, qsc_event::EventKind::ProcessExec(x) if x.process.pid == pid),
+        )
+        .expect("the victim's exec event");
+    let ticks: u64 = stat_field(pid, 19)
+        .and_then(|t| t.parse().ok())
+        .expect("start time");
+    assert_eq!(exec.process().and_then(|p| p.start_time_ticks), Some(ticks));
+    agent.stop();
+
+    let mut executor = Executor::start(&config(dir.path(), ""), None, false);
+    let stale = executor.request(&format!(
+        r#"{{"action_id":"p1","action":"kill","pid":{pid},"start_time_ticks":{}}}"#,
+        ticks + 1
+    ));
+    assert_eq!(stale.outcome, ActionOutcome::Failed, "{}", stale.detail);
+    assert!(
+        stale.detail.contains("start_time_ticks"),
+        "{}",
+        stale.detail
+    );
+    assert_eq!(
+        victim.0.try_wait().expect("try_wait"),
+        None,
+        "still running"
+    );
+    executor.expect(
+        &format!(r#"{{"action_id":"p2","action":"kill","pid":{pid},"start_time_ticks":{ticks}}}"#),
+        ActionOutcome::Done,
+    );
+    let status = victim.0.wait().expect("wait for the victim");
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+}
+
 #[test]
 fn guardrails_refuse_init_the_agent_its_parents_and_the_cortex() {
     if !root_or_skip("guardrails_refuse_init_the_agent_its_parents_and_the_cortex") {

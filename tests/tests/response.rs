@@ -697,3 +697,60 @@ fn the_agent_executes_actions_sent_over_the_channel() {
     assert_eq!(refused.outcome, ActionOutcome::Refused);
     assert!(refused.done_mono_ns >= killed.done_mono_ns);
 }
+
+/// The agent's own TTL safety net: a block the cortex (stub) asked for with a TTL is rolled back
+/// by the agent at expiry, and the rollback reaches the cortex as a `response_rollback` event.
+#[test]
+fn the_agent_reports_its_own_ttl_rollback_to_the_cortex() {
+    if !root_or_skip("the_agent_reports_its_own_ttl_rollback_to_the_cortex") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let keygen = Command::new(workspace_bin("guardian-alpha"))
+        .args(["keygen", "--out"])
+        .arg(d.join("agent.key"))
+        .output()
+        .expect("run keygen");
+    assert!(keygen.status.success(), "keygen: {keygen:?}");
+    let agent_key = String::from_utf8_lossy(&keygen.stdout).trim().to_owned();
+    qsc_tests::channel::enroll(d, "e2e-test", &agent_key);
+    let block = r#"{"action_id":"ttl-block","action":"block_ip","addr":"127.0.0.3","ttl_s":1}"#;
+    let stub =
+        qsc_tests::channel::CortexStub::start_sending(d, "127.0.0.1:0", false, &[block.into()]);
+    let config = format!(
+        "{}[cortex]\nenabled = true\naddress = \"{}\"\ncortex_public_key = \"{}\"\n\
+         key_file = \"{d}/agent.key\"\noutbox_dir = \"{d}/outbox\"\n\
+         [respond]\nquarantine_dir = \"{d}/quarantine\"\n",
+        qsc_tests::alpha::config_watching(d),
+        stub.addr,
+        stub.public_key,
+        d = d.display(),
+    );
+    let agent = qsc_tests::alpha::AlphaAgent::start(&config, &[]);
+    let rollback = || {
+        stub.stored("e2e-test").into_iter().find_map(|s| match s {
+            qsc_tests::channel::Stored::Event { event, .. } => match event.kind {
+                qsc_event::EventKind::ResponseRollback(r) => Some(r),
+                _ => None,
+            },
+            qsc_tests::channel::Stored::Lost { .. } => None,
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || rollback().is_some()),
+        "no response_rollback event stored; command results: {:?}",
+        stub.command_results()
+    );
+    agent.stop();
+    let report = rollback().expect("the rollback event");
+    assert_eq!(report.action, "unblock_ip");
+    assert_eq!(report.reason, "ttl_expired");
+    assert_eq!(report.addr, Some("127.0.0.3".parse().expect("ip")));
+    assert_eq!(report.outcome, ActionOutcome::Done, "{}", report.detail);
+    let results = stub.command_results();
+    assert!(
+        results.first().is_some_and(|r| r.contains("Succeeded")),
+        "the block itself: {results:?}"
+    );
+}

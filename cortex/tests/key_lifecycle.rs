@@ -92,7 +92,8 @@ fn state_of(deployment: &Deployment, key: &PublicKeyBytes) -> Option<String> {
 }
 
 /// The `key_transition` audit records: (key id, transition) in order.
-fn audited_transitions(deployment: &Deployment) -> Vec<(String, String)> {
+/// Actor and body of every key event in the audit chain.
+fn key_audit(deployment: &Deployment) -> Vec<(String, Value)> {
     let audit = AuditLog::open(
         &deployment.path("audit.db"),
         &deployment.path("audit.key"),
@@ -104,8 +105,14 @@ fn audited_transitions(deployment: &Deployment) -> Vec<(String, String)> {
         .expect("audit records")
         .into_iter()
         .filter(|r| r.kind == "key_event")
-        .filter_map(|r| {
-            let body: Value = serde_json::from_str(&r.body).ok()?;
+        .filter_map(|r| Some((r.actor, serde_json::from_str(&r.body).ok()?)))
+        .collect()
+}
+
+fn audited_transitions(deployment: &Deployment) -> Vec<(String, String)> {
+    key_audit(deployment)
+        .into_iter()
+        .filter_map(|(_, body)| {
             (body["event"] == "key_transition").then(|| {
                 (
                     body["key_id"].as_str().unwrap_or_default().to_owned(),
@@ -201,23 +208,12 @@ async fn revoke_closes_the_live_session_and_refuses_the_next_handshake() {
 
 /// The audit record of `key`'s revocation: its actor and reason.
 fn revocation_audit(deployment: &Deployment, key: &PublicKeyBytes) -> Option<(String, String)> {
-    let audit = AuditLog::open(
-        &deployment.path("audit.db"),
-        &deployment.path("audit.key"),
-        4,
-    )
-    .expect("open audit");
-    audit
-        .records(1, u64::MAX >> 1)
-        .expect("audit records")
-        .into_iter()
-        .find_map(|r| {
-            let body: Value = serde_json::from_str(&r.body).ok()?;
-            (body["transition"] == "revoke" && body["key_id"] == key.key_id().as_str()).then(|| {
-                let reason = body["reason"].as_str().unwrap_or_default().to_owned();
-                (r.actor, reason)
-            })
+    key_audit(deployment).into_iter().find_map(|(actor, body)| {
+        (body["transition"] == "revoke" && body["key_id"] == key.key_id().as_str()).then(|| {
+            let reason = body["reason"].as_str().unwrap_or_default().to_owned();
+            (actor, reason)
         })
+    })
 }
 
 /// With the cortex running, `cortex keys revoke` goes through `POST /api/keys/{host}/revoke`:

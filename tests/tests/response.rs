@@ -628,15 +628,12 @@ fn quarantine_moves_a_test_file_across_filesystems() {
     assert_eq!(report.facts["blake3"].as_str().map(str::len), Some(64));
 }
 
-/// The whole path: the cortex (stub) sends ActionRequests over qsc-channel, the running agent
-/// executes them behind its guardrails and answers ActionReports.
-#[test]
-fn the_agent_executes_actions_sent_over_the_channel() {
-    if !root_or_skip("the_agent_executes_actions_sent_over_the_channel") {
-        return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let d = dir.path();
+/// A running agent (host id `e2e-test`, files in `d`) enrolled at a channel stub that sends it
+/// each of `commands` once it connects.
+fn agent_with_stub(
+    d: &Path,
+    commands: &[String],
+) -> (qsc_tests::channel::CortexStub, qsc_tests::alpha::AlphaAgent) {
     let keygen = Command::new(workspace_bin("guardian-alpha"))
         .args(["keygen", "--out"])
         .arg(d.join("agent.key"))
@@ -646,16 +643,7 @@ fn the_agent_executes_actions_sent_over_the_channel() {
     let agent_key = String::from_utf8_lossy(&keygen.stdout).trim().to_owned();
     // AlphaAgent runs with --host-id e2e-test.
     qsc_tests::channel::enroll(d, "e2e-test", &agent_key);
-    let mut victim = ChildGuard(Command::new("sleep").arg("300").spawn().expect("sleep"));
-    let pid = victim.0.id();
-    let ticks = stat_field(pid, 19).expect("start time");
-    let requests = [
-        format!(
-            r#"{{"action_id":"e2e-kill","action":"kill","pid":{pid},"start_time_ticks":{ticks}}}"#
-        ),
-        r#"{"action_id":"e2e-init","action":"kill","pid":1}"#.to_owned(),
-    ];
-    let stub = qsc_tests::channel::CortexStub::start_sending(d, "127.0.0.1:0", false, &requests);
+    let stub = qsc_tests::channel::CortexStub::start_sending(d, "127.0.0.1:0", false, commands);
     let config = format!(
         "{}[cortex]\nenabled = true\naddress = \"{}\"\ncortex_public_key = \"{}\"\n\
          key_file = \"{d}/agent.key\"\noutbox_dir = \"{d}/outbox\"\n\
@@ -666,6 +654,28 @@ fn the_agent_executes_actions_sent_over_the_channel() {
         d = d.display(),
     );
     let agent = qsc_tests::alpha::AlphaAgent::start(&config, &[]);
+    (stub, agent)
+}
+
+/// The whole path: the cortex (stub) sends ActionRequests over qsc-channel, the running agent
+/// executes them behind its guardrails and answers ActionReports.
+#[test]
+fn the_agent_executes_actions_sent_over_the_channel() {
+    if !root_or_skip("the_agent_executes_actions_sent_over_the_channel") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let mut victim = ChildGuard(Command::new("sleep").arg("300").spawn().expect("sleep"));
+    let pid = victim.0.id();
+    let ticks = stat_field(pid, 19).expect("start time");
+    let requests = [
+        format!(
+            r#"{{"action_id":"e2e-kill","action":"kill","pid":{pid},"start_time_ticks":{ticks}}}"#
+        ),
+        r#"{"action_id":"e2e-init","action":"kill","pid":1}"#.to_owned(),
+    ];
+    let (stub, agent) = agent_with_stub(d, &requests);
     assert!(
         wait_until(Duration::from_secs(20), || stub.command_results().len()
             >= 2),
@@ -707,27 +717,8 @@ fn the_agent_reports_its_own_ttl_rollback_to_the_cortex() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let keygen = Command::new(workspace_bin("guardian-alpha"))
-        .args(["keygen", "--out"])
-        .arg(d.join("agent.key"))
-        .output()
-        .expect("run keygen");
-    assert!(keygen.status.success(), "keygen: {keygen:?}");
-    let agent_key = String::from_utf8_lossy(&keygen.stdout).trim().to_owned();
-    qsc_tests::channel::enroll(d, "e2e-test", &agent_key);
     let block = r#"{"action_id":"ttl-block","action":"block_ip","addr":"127.0.0.3","ttl_s":1}"#;
-    let stub =
-        qsc_tests::channel::CortexStub::start_sending(d, "127.0.0.1:0", false, &[block.into()]);
-    let config = format!(
-        "{}[cortex]\nenabled = true\naddress = \"{}\"\ncortex_public_key = \"{}\"\n\
-         key_file = \"{d}/agent.key\"\noutbox_dir = \"{d}/outbox\"\n\
-         [respond]\nquarantine_dir = \"{d}/quarantine\"\n",
-        qsc_tests::alpha::config_watching(d),
-        stub.addr,
-        stub.public_key,
-        d = d.display(),
-    );
-    let agent = qsc_tests::alpha::AlphaAgent::start(&config, &[]);
+    let (stub, agent) = agent_with_stub(d, &[block.into()]);
     let rollback = || {
         stub.stored("e2e-test").into_iter().find_map(|s| match s {
             qsc_tests::channel::Stored::Event { event, .. } => match event.kind {

@@ -210,7 +210,7 @@ async fn serve(config: CortexConfig) -> anyhow::Result<()> {
         shutdown_rx.clone(),
     ));
     let keys_task = tokio::spawn(directory.clone().watch_keys(KEYS_POLL, shutdown_rx.clone()));
-    let watch_task = tokio::spawn(directory.watch(
+    let watch_task = tokio::spawn(directory.clone().watch(
         Duration::from_secs(config.agents.reload_interval_s),
         audit.clone() as Arc<dyn AuditSink>,
         shutdown_rx.clone(),
@@ -232,6 +232,7 @@ async fn serve(config: CortexConfig) -> anyhow::Result<()> {
             .as_ref()
             .map(|o| o.sender().counters().clone()),
         inbound: webhooks.inbound,
+        keys: Some(directory),
     };
     let mut api_shutdown = shutdown_rx.clone();
     let api_task = tokio::spawn(async move {

@@ -92,7 +92,8 @@ fn state_of(deployment: &Deployment, key: &PublicKeyBytes) -> Option<String> {
 }
 
 /// The `key_transition` audit records: (key id, transition) in order.
-fn audited_transitions(deployment: &Deployment) -> Vec<(String, String)> {
+/// Actor and body of every key event in the audit chain.
+fn key_audit(deployment: &Deployment) -> Vec<(String, Value)> {
     let audit = AuditLog::open(
         &deployment.path("audit.db"),
         &deployment.path("audit.key"),
@@ -104,8 +105,14 @@ fn audited_transitions(deployment: &Deployment) -> Vec<(String, String)> {
         .expect("audit records")
         .into_iter()
         .filter(|r| r.kind == "key_event")
-        .filter_map(|r| {
-            let body: Value = serde_json::from_str(&r.body).ok()?;
+        .filter_map(|r| Some((r.actor, serde_json::from_str(&r.body).ok()?)))
+        .collect()
+}
+
+fn audited_transitions(deployment: &Deployment) -> Vec<(String, String)> {
+    key_audit(deployment)
+        .into_iter()
+        .filter_map(|(_, body)| {
             (body["event"] == "key_transition").then(|| {
                 (
                     body["key_id"].as_str().unwrap_or_default().to_owned(),
@@ -195,6 +202,86 @@ async fn revoke_closes_the_live_session_and_refuses_the_next_handshake() {
         transitions_of(&deployment, &old.public()),
         ["generate", "distribute", "activate", "revoke"]
     );
+    agent.stop().await;
+    cortex.stop();
+}
+
+/// The audit record of `key`'s revocation: its actor and reason.
+fn revocation_audit(deployment: &Deployment, key: &PublicKeyBytes) -> Option<(String, String)> {
+    key_audit(deployment).into_iter().find_map(|(actor, body)| {
+        (body["transition"] == "revoke" && body["key_id"] == key.key_id().as_str()).then(|| {
+            let reason = body["reason"].as_str().unwrap_or_default().to_owned();
+            (actor, reason)
+        })
+    })
+}
+
+/// With the cortex running, `cortex keys revoke` goes through `POST /api/keys/{host}/revoke`:
+/// the running cortex revokes, audits and closes the live session itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_through_the_running_cortex_closes_the_session_at_once() {
+    let deployment = Deployment::new(0);
+    let keypair = deployment.enroll("web-02", "alpha");
+    let public = keypair.public();
+    let cortex = deployment.serve();
+    let agent = Agent::start(
+        &deployment.path("outbox"),
+        &cortex.channel,
+        deployment.cortex_key(),
+        keypair,
+    );
+    agent.send(&[heartbeat(1)]);
+    agent.wait_acked(WAIT).await;
+    assert_eq!(cortex.metric("cortex_agent_sessions"), 1.0);
+
+    let revoke = |body: &str| {
+        common::http(
+            &cortex.api,
+            "POST",
+            "/api/keys/web-02/revoke",
+            Some(&cortex.token),
+            Some(body),
+        )
+    };
+    let (status, text) = revoke(r#"{"operator":""}"#);
+    assert_eq!(status, 400, "{text}");
+    let (status, text) = revoke(r#"{"operator":"carol","agent":"beta"}"#);
+    assert_eq!(status, 404, "no beta key to revoke: {text}");
+    assert_eq!(cortex.metric("cortex_agent_sessions"), 1.0);
+
+    // The CLI finds the running cortex's API (the config names its real port now).
+    let config = std::fs::read_to_string(&deployment.config).expect("read config");
+    let config = config.replace(
+        "[api]\naddress = \"127.0.0.1:0\"",
+        &format!("[api]\naddress = \"{}\"", cortex.api),
+    );
+    std::fs::write(&deployment.config, config).expect("write config");
+    let revoked = deployment.cli_ok(&[
+        "keys",
+        "revoke",
+        "web-02",
+        "--agent",
+        "alpha",
+        "--operator",
+        "carol",
+    ]);
+    assert!(
+        revoked.contains(&format!("revoked web-02 alpha key {}", public.key_id())),
+        "{revoked}"
+    );
+    eventually(Duration::from_secs(2), || {
+        (cortex.metric("cortex_agent_sessions") == 0.0).then_some(())
+    })
+    .await;
+    let (actor, reason) = revocation_audit(&deployment, &public).expect("revocation audited");
+    assert_eq!(actor, "operator:carol");
+    assert!(
+        reason.contains("POST /api/keys"),
+        "revoked by the cortex: {reason}"
+    );
+    assert_eq!(state_of(&deployment, &public).as_deref(), Some("revoked"));
+    let (status, text) = revoke(r#"{"operator":"carol"}"#);
+    assert_eq!(status, 404, "nothing left to revoke: {text}");
     agent.stop().await;
     cortex.stop();
 }

@@ -42,6 +42,8 @@ pub struct Agent {
     last_activity: crate::enrich::ActivityCounters,
     /// Events emitted, by kind, for the shutdown summary.
     emitted: std::collections::BTreeMap<&'static str, u64>,
+    /// Rollbacks the response executor ran by itself, to be sent as events.
+    rollback_reports: Option<tokio::sync::mpsc::Receiver<qsc_event::ResponseRollback>>,
 }
 
 /// What the agent did, written at shutdown with `--stats-file` (benchmarks and operators).
@@ -156,7 +158,17 @@ impl Agent {
             auth_failures: 0,
             last_activity: Default::default(),
             emitted: Default::default(),
+            rollback_reports: None,
         })
+    }
+
+    /// Emits each rollback report received on `reports` as a `response_rollback` event.
+    pub fn with_rollback_reports(
+        mut self,
+        reports: tokio::sync::mpsc::Receiver<qsc_event::ResponseRollback>,
+    ) -> Self {
+        self.rollback_reports = Some(reports);
+        self
     }
 
     fn emit(&mut self, kind: EventKind, mono_ns: Option<u64>) -> anyhow::Result<()> {
@@ -330,10 +342,14 @@ impl Agent {
         release_startup_memory();
         self.heartbeat()?;
         self.output.flush()?;
+        let mut rollback_reports = self.rollback_reports.take();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                Some(report) = next_report(&mut rollback_reports) => {
+                    self.emit(EventKind::ResponseRollback(report), None)?;
+                }
                 guard = ring.readable_mut() => {
                     let mut guard = guard?;
                     self.drain(guard.get_inner_mut())?;
@@ -394,6 +410,16 @@ fn lock(sensor: &SharedSensor) -> anyhow::Result<std::sync::MutexGuard<'_, Senso
     sensor
         .lock()
         .map_err(|_| anyhow::anyhow!("the sensor lock is poisoned"))
+}
+
+/// The next rollback report; pending forever without a receiver (or once it is closed).
+async fn next_report(
+    reports: &mut Option<tokio::sync::mpsc::Receiver<qsc_event::ResponseRollback>>,
+) -> Option<qsc_event::ResponseRollback> {
+    match reports {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn ticker(period: Duration) -> tokio::time::Interval {

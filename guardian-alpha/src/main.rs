@@ -177,12 +177,15 @@ fn main() -> anyhow::Result<()> {
                 let sensor = agent::start_sensor(&config)?;
                 let hooks = sensor.active_hooks.clone();
                 let sensor = std::sync::Arc::new(std::sync::Mutex::new(sensor));
-                let responder = respond::Responder::new(&config, Some(sensor.clone()))?;
+                let (reports, report_rx) = respond::ttl::RollbackReports::channel();
+                let responder = respond::Responder::new(&config, Some(sensor.clone()))?
+                    .with_reports(reports);
                 let commands = respond::ResponseHandler::new(
                     responder,
                     AgentCommands::new(AGENT, env!("CARGO_PKG_VERSION")),
                 );
-                let mut agent = agent::Agent::new(&config, hooks, commands)?;
+                let mut agent = agent::Agent::new(&config, hooks, commands)?
+                    .with_rollback_reports(report_rx);
                 agent.run(&config, sensor, shutdown_signal()).await?;
                 if let Some(path) = &args.stats_file {
                     let stats = serde_json::to_vec_pretty(&agent.stats())?;

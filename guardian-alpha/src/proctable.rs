@@ -25,11 +25,14 @@ pub struct ProcEntry {
     pub cmdline: Arc<[String]>,
     pub container_id: Option<String>,
     pub guid: String,
+    /// Field 22 of `/proc/PID/stat`: start time in clock ticks since boot (None when unknown).
+    pub start_time_ticks: Option<u64>,
 }
 
 pub struct ProcessTable {
     proc_root: PathBuf,
     host_salt: u64,
+    clock: TickClock,
     entries: HashMap<u32, Arc<ProcEntry>, BuildHasherDefault<PidHasher>>,
     users: UserNames,
 }
@@ -82,6 +85,7 @@ impl ProcessTable {
         ProcessTable {
             proc_root: proc_root.into(),
             host_salt: hasher.finish(),
+            clock: TickClock::new(),
             entries: HashMap::default(),
             users,
         }
@@ -140,6 +144,18 @@ impl ProcessTable {
                 .into(),
             container_id: read_container_id(&dir),
             guid: self.guid(pid, start),
+            start_time_ticks: Some(start),
+        })
+    }
+
+    /// The start time of a child forked at `fork_ktime_ns`: from the event's time when that
+    /// is unambiguous, else from `/proc` (None when the child is already gone).
+    fn child_start_ticks(&self, child_pid: u32, fork_ktime_ns: u64) -> Option<u64> {
+        self.clock.fork_ticks(fork_ktime_ns).or_else(|| {
+            let stat =
+                std::fs::read_to_string(self.proc_root.join(child_pid.to_string()).join("stat"))
+                    .ok()?;
+            parse_stat(&stat).map(|(_, _, start)| start)
         })
     }
 
@@ -165,6 +181,7 @@ impl ProcessTable {
             pid: child_pid,
             ppid: parent.pid,
             guid: self.guid(child_pid, parent.ktime_ns),
+            start_time_ticks: self.child_start_ticks(child_pid, parent.ktime_ns),
             ..(*parent_entry).clone()
         };
         self.entries.insert(child_pid, Arc::new(child));
@@ -184,6 +201,8 @@ impl ProcessTable {
             cmdline: argv.into(),
             container_id: previous.container_id.clone(),
             guid: self.guid(caller.pid, caller.ktime_ns),
+            // exec keeps the process, and so its start time.
+            start_time_ticks: previous.start_time_ticks,
         };
         self.entries.insert(caller.pid, Arc::new(entry));
     }
@@ -213,6 +232,7 @@ impl ProcessTable {
             container_id: entry.container_id.clone(),
             cgroup_id: caller.cgroup_id,
             guid: entry.guid.clone(),
+            start_time_ticks: entry.start_time_ticks,
             ancestry: self.ancestry(ppid),
         }
     }
@@ -236,6 +256,62 @@ impl ProcessTable {
         }
         chain
     }
+}
+
+/// The kernel stamps a new task's start time (`start_boottime`) before the fork event's
+/// hook runs; the hook's time is at most this much later (beyond it, `/proc` decides).
+const FORK_SLACK_NS: u64 = 1_000_000;
+
+/// Turns kernel event times (`CLOCK_MONOTONIC` ns) into `/proc` start times (clock ticks of
+/// `CLOCK_BOOTTIME`, which also counts suspended time).
+#[derive(Clone, Copy, Debug)]
+struct TickClock {
+    ns_per_tick: u64,
+}
+
+impl TickClock {
+    fn new() -> Self {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        let ns_per_tick = u64::try_from(hz)
+            .ok()
+            .filter(|hz| *hz > 0)
+            .map_or(10_000_000, |hz| 1_000_000_000 / hz);
+        TickClock { ns_per_tick }
+    }
+
+    /// The start tick of a task forked by a hook that ran at `ktime_ns`, when every start time
+    /// up to [`FORK_SLACK_NS`] earlier falls in the same tick.
+    fn fork_ticks(&self, ktime_ns: u64) -> Option<u64> {
+        let boot_ns = ktime_ns.checked_add(boot_offset_ns()?)?;
+        ticks_if_unambiguous(boot_ns, FORK_SLACK_NS, self.ns_per_tick)
+    }
+}
+
+/// The tick of `boot_ns` when `[boot_ns - slack, boot_ns]` lies within one tick.
+fn ticks_if_unambiguous(boot_ns: u64, slack: u64, ns_per_tick: u64) -> Option<u64> {
+    let late = boot_ns / ns_per_tick;
+    let early = boot_ns.saturating_sub(slack) / ns_per_tick;
+    (late == early).then_some(late)
+}
+
+/// `CLOCK_BOOTTIME` − `CLOCK_MONOTONIC` now (the time spent suspended).
+fn boot_offset_ns() -> Option<u64> {
+    let monotonic = clock_ns(libc::CLOCK_MONOTONIC)?;
+    let boot = clock_ns(libc::CLOCK_BOOTTIME)?;
+    boot.checked_sub(monotonic)
+}
+
+fn clock_ns(clock: libc::clockid_t) -> Option<u64> {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the struct it is given.
+    if unsafe { libc::clock_gettime(clock, &mut now) } != 0 {
+        return None;
+    }
+    Some(u64::try_from(now.tv_sec).ok()? * 1_000_000_000 + u64::try_from(now.tv_nsec).ok()?)
 }
 
 /// comm, ppid and start time (clock ticks since boot) from `/proc/PID/stat`. The comm is in
@@ -292,6 +368,66 @@ mod tests {
         assert!(parse_stat("garbage").is_none());
     }
 
+    /// This test process as the caller of an event at `ktime_ns`.
+    fn own_caller(ktime_ns: u64) -> Caller<'static> {
+        let me = std::process::id();
+        Caller {
+            pid: me,
+            tid: me,
+            ppid: 0,
+            uid: 0,
+            gid: 0,
+            cgroup_id: 0,
+            comm: "tester",
+            ktime_ns,
+        }
+    }
+
+    #[test]
+    fn fork_ticks_only_when_the_slack_stays_in_one_tick() {
+        let tick = 10_000_000;
+        assert_eq!(ticks_if_unambiguous(55_000_000, 1_000_000, tick), Some(5));
+        assert_eq!(ticks_if_unambiguous(50_500_000, 1_000_000, tick), None);
+        assert_eq!(ticks_if_unambiguous(51_000_000, 1_000_000, tick), Some(5));
+        assert_eq!(ticks_if_unambiguous(500, 1_000_000, tick), Some(0));
+    }
+
+    #[test]
+    fn start_times_come_from_proc_and_from_fork_events() {
+        let mut table = ProcessTable::new("/proc", "test-host", UserNames::default());
+        table.seed();
+        let me = std::process::id();
+        let stat = std::fs::read_to_string(format!("/proc/{me}/stat")).unwrap();
+        let (_, _, start) = parse_stat(&stat).unwrap();
+        assert_eq!(table.get(me).unwrap().start_time_ticks, Some(start));
+        let caller = own_caller(0);
+        assert_eq!(table.process_info(&caller).start_time_ticks, Some(start));
+        // A fork in the middle of a tick, of a child /proc does not know: from the event.
+        let tick = table.clock.ns_per_tick;
+        let offset = boot_offset_ns().unwrap();
+        let mid_tick = |n: u64| (n * tick + tick / 2).saturating_sub(offset);
+        let child = u32::MAX - 9;
+        let fork = |ktime_ns| Caller { ktime_ns, ..caller };
+        table.on_fork(&fork(mid_tick(1_000_000)), child);
+        assert_eq!(table.get(child).unwrap().start_time_ticks, Some(1_000_000));
+        // Just past a tick boundary the event cannot tell, and /proc has no such child.
+        let boundary = (1_000_000 * tick + FORK_SLACK_NS / 2).saturating_sub(offset);
+        table.on_fork(&fork(boundary), child);
+        assert_eq!(table.get(child).unwrap().start_time_ticks, None);
+        // exec keeps the start time.
+        table.on_fork(&fork(mid_tick(7_000)), child);
+        let child_caller = Caller {
+            pid: child,
+            ppid: me,
+            ..caller
+        };
+        table.on_exec(&child_caller, "/bin/true", &[]);
+        assert_eq!(
+            table.process_info(&child_caller).start_time_ticks,
+            Some(7_000)
+        );
+    }
+
     #[test]
     fn pid_hasher_separates_neighbouring_pids() {
         let hash = |pid: u32| {
@@ -323,16 +459,7 @@ mod tests {
         assert!(table.seed() > 0);
         let me = std::process::id();
         assert!(table.get(me).is_some(), "own process seeded");
-        let caller = Caller {
-            pid: me,
-            tid: me,
-            ppid: 0,
-            uid: 0,
-            gid: 0,
-            cgroup_id: 0,
-            comm: "tester",
-            ktime_ns: 1,
-        };
+        let caller = own_caller(1);
         let child = u32::MAX - 7;
         table.on_fork(&caller, child);
         let child_caller = Caller {

@@ -1,7 +1,7 @@
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
-use crate::{OcsfClass, ProcessInfo};
+use crate::{ActionOutcome, OcsfClass, ProcessInfo};
 
 /// Every kind of event QSC knows, tagged in JSON by `"kind"`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -53,6 +53,8 @@ pub enum EventKind {
     HostMetrics(HostMetrics),
     // Enforcement done by the kernel on the agent's behalf (guardian-alpha).
     Enforcement(Enforcement),
+    // A timed response action the agent rolled back by itself (guardian-alpha).
+    ResponseRollback(ResponseRollback),
     // Agent health (any agent).
     EventLoss(EventLoss),
     Heartbeat(Heartbeat),
@@ -348,6 +350,23 @@ pub struct Heartbeat {
     pub active_hooks: Vec<String>,
 }
 
+/// The agent's own safety net ran: a timed block or isolation reached its TTL and the agent
+/// rolled it back by itself (whether or not the cortex was reachable to ask for it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResponseRollback {
+    /// The rollback that ran: `unblock_ip` or `release`.
+    pub action: String,
+    /// Why it ran: `ttl_expired`.
+    pub reason: String,
+    /// The address unblocked (`unblock_ip`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<IpAddr>,
+    /// `done` when the host is back in its state before the action, else `failed`.
+    pub outcome: ActionOutcome,
+    /// What was done, or why it failed.
+    pub detail: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TamperAttempt {
     /// What was attempted: signal, ptrace, config_change, …
@@ -402,6 +421,7 @@ impl EventKind {
             HealFailed(_) => "heal_failed",
             HostMetrics(_) => "host_metrics",
             Enforcement(_) => "enforcement",
+            ResponseRollback(_) => "response_rollback",
             EventLoss(_) => "event_loss",
             Heartbeat(_) => "heartbeat",
             TamperAttempt(_) => "tamper_attempt",
@@ -434,7 +454,9 @@ impl EventKind {
             AuthFailure(_) | AuthSuccess(_) => OcsfClass::Authentication,
             CertExpiring(_) | CertExpired(_) | CertNotYetValid(_) | CertRevoked(_)
             | CertInvalid(_) => OcsfClass::DetectionFinding,
-            HostMetrics(_) | EventLoss(_) | Heartbeat(_) => OcsfClass::DeviceInventoryInfo,
+            HostMetrics(_) | EventLoss(_) | Heartbeat(_) | ResponseRollback(_) => {
+                OcsfClass::DeviceInventoryInfo
+            }
         }
     }
 
@@ -528,6 +550,7 @@ tagged_decoders! {
     "heal_failed" => HealFailed(Heal),
     "host_metrics" => HostMetrics(HostMetrics),
     "enforcement" => Enforcement(Enforcement),
+    "response_rollback" => ResponseRollback(ResponseRollback),
     "event_loss" => EventLoss(EventLoss),
     "heartbeat" => Heartbeat(Heartbeat),
     "tamper_attempt" => TamperAttempt(TamperAttempt),

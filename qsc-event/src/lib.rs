@@ -179,6 +179,24 @@ mod tests {
     }
 
     #[test]
+    fn process_start_time_is_optional_and_round_trips() {
+        let mut event = exec_event();
+        let old = event.to_json();
+        assert!(
+            !old.contains("start_time_ticks"),
+            "absent when unknown: {old}"
+        );
+        assert_eq!(Event::from_json(old.as_bytes()).unwrap(), event);
+        if let EventKind::ProcessExec(exec) = &mut event.kind {
+            exec.process.start_time_ticks = Some(123_456);
+        }
+        let json = event.to_json();
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["process"]["start_time_ticks"], 123_456);
+        assert_eq!(Event::from_json(json.as_bytes()).unwrap(), event);
+    }
+
+    #[test]
     fn name_matches_serde_tag() {
         let event = exec_event();
         let value: serde_json::Value = serde_json::to_value(&event).unwrap();
@@ -279,7 +297,7 @@ mod tests {
 
     #[test]
     fn every_fast_tag_is_a_serde_tag() {
-        assert_eq!(EventKind::TAGGED_DECODERS.len(), 40);
+        assert_eq!(EventKind::TAGGED_DECODERS.len(), 41);
         for tag in EventKind::TAGGED_DECODERS {
             let text = format!(r#"{{"kind":"{tag}"}}"#);
             if let Err(error) = serde_json::from_str::<EventKind>(&text) {

@@ -22,6 +22,11 @@ pub struct ProcessInfo {
     pub container_id: Option<String>,
     #[serde(default)]
     pub cgroup_id: u64,
+    /// When the process started, in clock ticks since boot (field 22 of `/proc/PID/stat`):
+    /// with `pid` it names this process, so an action on it never hits a recycled pid. Absent
+    /// when the agent could not tell (and in events written before the field existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time_ticks: Option<u64>,
     /// Stable identity of this process incarnation (host, pid and start time hashed), unique
     /// even when the kernel reuses the pid.
     #[serde(default)]

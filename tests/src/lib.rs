@@ -1,8 +1,11 @@
 //! Helpers for the end-to-end tests: finding the built binaries, deciding whether root-only
-//! tests run, driving a real guardian-alpha process, and the channel receiver (`channel`).
+//! tests run, driving a real guardian-alpha process, the channel receiver (`channel`), and the
+//! real cortex + agent stack around a network-namespace host (`netns`, `stack`).
 
 pub mod alpha;
 pub mod channel;
+pub mod netns;
+pub mod stack;
 
 use std::path::PathBuf;
 

@@ -196,6 +196,53 @@ fn kills_a_test_process_tree() {
     assert_eq!(other.0.try_wait().expect("try_wait"), None, "still running");
 }
 
+/// The agent's events carry each process's start time (from its process table), equal to
+/// `/proc`'s; a kill pinned to another start time is refused, the right one kills.
+#[test]
+fn exec_events_carry_the_start_time_that_pins_a_kill() {
+    if !root_or_skip("exec_events_carry_the_start_time_that_pins_a_kill") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent =
+        qsc_tests::alpha::AlphaAgent::start(&qsc_tests::alpha::config_watching(dir.path()), &[]);
+    let mut victim = ChildGuard(Command::new("sleep").arg("301").spawn().expect("sleep"));
+    let pid = victim.0.id();
+    let exec = agent
+        .wait_for(
+            |e| matches!(&e.kind, qsc_event::EventKind::ProcessExec(x) if x.process.pid == pid),
+        )
+        .expect("the victim's exec event");
+    let ticks: u64 = stat_field(pid, 19)
+        .and_then(|t| t.parse().ok())
+        .expect("start time");
+    assert_eq!(exec.process().and_then(|p| p.start_time_ticks), Some(ticks));
+    agent.stop();
+
+    let mut executor = Executor::start(&config(dir.path(), ""), None, false);
+    let stale = executor.request(&format!(
+        r#"{{"action_id":"p1","action":"kill","pid":{pid},"start_time_ticks":{}}}"#,
+        ticks + 1
+    ));
+    assert_eq!(stale.outcome, ActionOutcome::Failed, "{}", stale.detail);
+    assert!(
+        stale.detail.contains("start_time_ticks"),
+        "{}",
+        stale.detail
+    );
+    assert_eq!(
+        victim.0.try_wait().expect("try_wait"),
+        None,
+        "still running"
+    );
+    executor.expect(
+        &format!(r#"{{"action_id":"p2","action":"kill","pid":{pid},"start_time_ticks":{ticks}}}"#),
+        ActionOutcome::Done,
+    );
+    let status = victim.0.wait().expect("wait for the victim");
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+}
+
 #[test]
 fn guardrails_refuse_init_the_agent_its_parents_and_the_cortex() {
     if !root_or_skip("guardrails_refuse_init_the_agent_its_parents_and_the_cortex") {
@@ -581,15 +628,12 @@ fn quarantine_moves_a_test_file_across_filesystems() {
     assert_eq!(report.facts["blake3"].as_str().map(str::len), Some(64));
 }
 
-/// The whole path: the cortex (stub) sends ActionRequests over qsc-channel, the running agent
-/// executes them behind its guardrails and answers ActionReports.
-#[test]
-fn the_agent_executes_actions_sent_over_the_channel() {
-    if !root_or_skip("the_agent_executes_actions_sent_over_the_channel") {
-        return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let d = dir.path();
+/// A running agent (host id `e2e-test`, files in `d`) enrolled at a channel stub that sends it
+/// each of `commands` once it connects.
+fn agent_with_stub(
+    d: &Path,
+    commands: &[String],
+) -> (qsc_tests::channel::CortexStub, qsc_tests::alpha::AlphaAgent) {
     let keygen = Command::new(workspace_bin("guardian-alpha"))
         .args(["keygen", "--out"])
         .arg(d.join("agent.key"))
@@ -599,16 +643,7 @@ fn the_agent_executes_actions_sent_over_the_channel() {
     let agent_key = String::from_utf8_lossy(&keygen.stdout).trim().to_owned();
     // AlphaAgent runs with --host-id e2e-test.
     qsc_tests::channel::enroll(d, "e2e-test", &agent_key);
-    let mut victim = ChildGuard(Command::new("sleep").arg("300").spawn().expect("sleep"));
-    let pid = victim.0.id();
-    let ticks = stat_field(pid, 19).expect("start time");
-    let requests = [
-        format!(
-            r#"{{"action_id":"e2e-kill","action":"kill","pid":{pid},"start_time_ticks":{ticks}}}"#
-        ),
-        r#"{"action_id":"e2e-init","action":"kill","pid":1}"#.to_owned(),
-    ];
-    let stub = qsc_tests::channel::CortexStub::start_sending(d, "127.0.0.1:0", false, &requests);
+    let stub = qsc_tests::channel::CortexStub::start_sending(d, "127.0.0.1:0", false, commands);
     let config = format!(
         "{}[cortex]\nenabled = true\naddress = \"{}\"\ncortex_public_key = \"{}\"\n\
          key_file = \"{d}/agent.key\"\noutbox_dir = \"{d}/outbox\"\n\
@@ -619,6 +654,28 @@ fn the_agent_executes_actions_sent_over_the_channel() {
         d = d.display(),
     );
     let agent = qsc_tests::alpha::AlphaAgent::start(&config, &[]);
+    (stub, agent)
+}
+
+/// The whole path: the cortex (stub) sends ActionRequests over qsc-channel, the running agent
+/// executes them behind its guardrails and answers ActionReports.
+#[test]
+fn the_agent_executes_actions_sent_over_the_channel() {
+    if !root_or_skip("the_agent_executes_actions_sent_over_the_channel") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let mut victim = ChildGuard(Command::new("sleep").arg("300").spawn().expect("sleep"));
+    let pid = victim.0.id();
+    let ticks = stat_field(pid, 19).expect("start time");
+    let requests = [
+        format!(
+            r#"{{"action_id":"e2e-kill","action":"kill","pid":{pid},"start_time_ticks":{ticks}}}"#
+        ),
+        r#"{"action_id":"e2e-init","action":"kill","pid":1}"#.to_owned(),
+    ];
+    let (stub, agent) = agent_with_stub(d, &requests);
     assert!(
         wait_until(Duration::from_secs(20), || stub.command_results().len()
             >= 2),
@@ -649,4 +706,42 @@ fn the_agent_executes_actions_sent_over_the_channel() {
     assert_eq!(status, "Refused");
     assert_eq!(refused.outcome, ActionOutcome::Refused);
     assert!(refused.done_mono_ns >= killed.done_mono_ns);
+}
+
+/// The agent's own TTL safety net: a block the cortex (stub) asked for with a TTL is rolled back
+/// by the agent at expiry, and the rollback reaches the cortex as a `response_rollback` event.
+#[test]
+fn the_agent_reports_its_own_ttl_rollback_to_the_cortex() {
+    if !root_or_skip("the_agent_reports_its_own_ttl_rollback_to_the_cortex") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let block = r#"{"action_id":"ttl-block","action":"block_ip","addr":"127.0.0.3","ttl_s":1}"#;
+    let (stub, agent) = agent_with_stub(d, &[block.into()]);
+    let rollback = || {
+        stub.stored("e2e-test").into_iter().find_map(|s| match s {
+            qsc_tests::channel::Stored::Event { event, .. } => match event.kind {
+                qsc_event::EventKind::ResponseRollback(r) => Some(r),
+                _ => None,
+            },
+            qsc_tests::channel::Stored::Lost { .. } => None,
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || rollback().is_some()),
+        "no response_rollback event stored; command results: {:?}",
+        stub.command_results()
+    );
+    agent.stop();
+    let report = rollback().expect("the rollback event");
+    assert_eq!(report.action, "unblock_ip");
+    assert_eq!(report.reason, "ttl_expired");
+    assert_eq!(report.addr, Some("127.0.0.3".parse().expect("ip")));
+    assert_eq!(report.outcome, ActionOutcome::Done, "{}", report.detail);
+    let results = stub.command_results();
+    assert!(
+        results.first().is_some_and(|r| r.contains("Succeeded")),
+        "the block itself: {results:?}"
+    );
 }

@@ -10,10 +10,12 @@ use serde_json::{Value, json};
 
 use super::{ApiState, ocsf};
 use crate::decide::DecideError;
+use crate::keys::{Cause, KeyEvent, KeyState, KeysError};
 use crate::respond::{ActionRecord, ActionStatus, ApprovalError, ReleaseError, ReleaseOutcome};
 use crate::score::{IncidentStatus, Severity};
 use crate::store::{ActionQuery, EventQuery, IncidentQuery, MAX_QUERY_LIMIT};
 use crate::webhook::{InboundError, InboundRequest};
+use qsc_event::{Source, now_ns};
 
 /// Results per page when the caller gives no `limit`.
 const DEFAULT_LIMIT: usize = 100;
@@ -173,6 +175,60 @@ pub async fn release(
             e
             @ (ReleaseError::InvalidOperator | ReleaseError::Decide(DecideError::InvalidOperator)),
         )) => error(StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    operator: String,
+    /// Only this agent's key (`alpha` or `beta`); default every agent of the host.
+    #[serde(default)]
+    agent: Option<Source>,
+}
+
+/// Revokes a host's agent keys in the running cortex: audited, live sessions closed at once.
+pub async fn revoke_keys(
+    State(state): State<ApiState>,
+    Path(host): Path<String>,
+    Json(request): Json<RevokeRequest>,
+) -> Response {
+    let Some(directory) = state.keys.clone() else {
+        return error(
+            StatusCode::CONFLICT,
+            "this cortex does not manage agent keys",
+        )
+        .into_response();
+    };
+    let operator = request.operator.trim().to_owned();
+    if operator.is_empty() || operator.chars().any(char::is_control) {
+        return error(StatusCode::BAD_REQUEST, "operator must be a non-empty name").into_response();
+    }
+    let outcome = tokio::task::spawn_blocking(move || {
+        let cause = Cause::new(
+            format!("operator:{operator}"),
+            "revoked through POST /api/keys/{host}/revoke",
+            now_ns(),
+        );
+        directory.revoke_keys(&host, request.agent, &cause)
+    })
+    .await;
+    match outcome {
+        Ok(Ok(events)) => {
+            let revoked: Vec<&KeyEvent> = events
+                .iter()
+                .filter(|e| e.to == KeyState::Revoked)
+                .collect();
+            Json(json!({ "revoked": revoked })).into_response()
+        }
+        Ok(Err(e @ KeysError::NothingToRevoke { .. })) => {
+            error(StatusCode::NOT_FOUND, e.to_string()).into_response()
+        }
+        Ok(Err(e @ KeysError::LifecycleDisabled)) => {
+            error(StatusCode::CONFLICT, e.to_string()).into_response()
+        }
         Ok(Err(e)) => internal(e),
         Err(e) => internal(e),
     }

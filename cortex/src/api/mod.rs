@@ -13,6 +13,7 @@
 //! | `GET /api/incidents?host=&status=&min_severity=&limit=` | incidents, newest first |
 //! | `GET /api/incidents/{id}` | one incident with its evidence, and as an OCSF Detection Finding |
 //! | `GET /api/events?host=&kind=&since=&until=&limit=` | stored events (decrypted), OCSF-shaped |
+//! | `POST /api/keys/{host}/revoke` | revoke the host's agent keys (`{"operator": "...", "agent": "alpha"}`, `agent` optional) in the running cortex: audited, their live sessions closed at once (`cortex keys revoke` calls it) |
 //! | `POST /webhook/approval` | a SOAR's signed approve/deny of a held action (Standard Webhooks signature with `[webhook] inbound_secret`, not the token) |
 
 mod handlers;
@@ -31,6 +32,7 @@ use axum::routing::{get, post};
 pub use token::{ApiToken, TokenError, read_secret};
 
 use crate::decide::NodeStates;
+use crate::ingest::AgentDirectory;
 use crate::metrics::Metrics;
 use crate::respond::Responder;
 use crate::store::Store;
@@ -49,6 +51,8 @@ pub struct ApiState {
     pub webhook_counters: Option<Arc<WebhookCounters>>,
     /// Verifies inbound approvals (refuses everything without an inbound secret).
     pub inbound: Arc<InboundVerifier>,
+    /// The agents and their key lifecycle, for revocations (none: answered 409).
+    pub keys: Option<AgentDirectory>,
 }
 
 /// The API's routes, with authentication on everything but `/health`.
@@ -64,6 +68,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/actions/{id}", get(handlers::action))
         .route("/api/actions/{id}/approve", post(handlers::approve))
         .route("/api/actions/{id}/deny", post(handlers::deny))
+        .route("/api/keys/{host}/revoke", post(handlers::revoke_keys))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/health", get(handlers::health))
@@ -155,6 +160,7 @@ mod tests {
                 None,
                 std::time::Duration::from_secs(300),
             )),
+            keys: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -243,6 +249,7 @@ mod tests {
                 None,
                 std::time::Duration::from_secs(300),
             )),
+            keys: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -343,6 +350,7 @@ mod tests {
             respond,
             webhook_counters: None,
             inbound: Arc::new(verifier),
+            keys: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -173,6 +173,7 @@ mod tests {
                 None,
                 std::time::Duration::from_secs(300),
             )),
+            keys: None,
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)

@@ -1,8 +1,10 @@
 //! `cortex keys list|revoke|rotate`: the agent key records ([keys] lifecycle_file).
 //!
 //! The CLI and a running cortex share the records file (changes under its lock). A revocation
-//! is applied and audited here; the running cortex sees it within a fraction of a second,
-//! refuses the key's handshakes and closes its session. A rotation needs the agent's live
+//! goes through the running cortex's API (`POST /api/keys/{host}/revoke`), which revokes,
+//! audits and closes the key's live session at once; when no cortex answers, it is applied and
+//! audited here, and a cortex started later (or one whose API is unreachable) picks it up from
+//! the file within a fraction of a second. A rotation needs the agent's live
 //! session, so the CLI files a request the running cortex sends as soon as the agent is
 //! connected.
 
@@ -22,6 +24,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::AgentSource;
+use super::client::ApiClient;
 
 #[derive(Debug, Subcommand)]
 pub enum KeysAction {
@@ -32,8 +35,9 @@ pub enum KeysAction {
         #[arg(long)]
         json: bool,
     },
-    /// Revoke a host's agent keys now: a running cortex refuses their handshakes and closes
-    /// their sessions within a fraction of a second.
+    /// Revoke a host's agent keys now: through the running cortex's API, which closes their
+    /// sessions at once and refuses their handshakes; in the key records file when no cortex
+    /// answers.
     Revoke {
         host: String,
         /// Only this agent's key (default: every agent of the host).
@@ -86,12 +90,16 @@ pub fn run(config: &CortexConfig, action: &KeysAction) -> anyhow::Result<ExitCod
     }
 }
 
-fn actor(operator: Option<&str>) -> String {
-    let name = operator
+/// Who asks: `--operator`, else $USER.
+fn operator_name(operator: Option<&str>) -> String {
+    operator
         .map(str::to_owned)
         .or_else(|| std::env::var("USER").ok())
-        .unwrap_or_else(|| "unknown".into());
-    format!("operator:{name}")
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn actor(operator: Option<&str>) -> String {
+    format!("operator:{}", operator_name(operator))
 }
 
 fn rfc3339(ns: u64) -> String {
@@ -151,6 +159,12 @@ fn revoke(
     agent: Option<AgentSource>,
     operator: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
+    if let Some(revoked) = revoke_through_api(config, host, agent, operator)? {
+        for event in revoked {
+            print_revoked(&event);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let audit = AuditLog::open(
         &config.audit.path,
         &config.audit.signing_key_file,
@@ -169,14 +183,56 @@ fn revoke(
     })?;
     audit_events(&audit, &events).context("auditing the revocation")?;
     for event in events.iter().filter(|e| e.to == KeyState::Revoked) {
-        println!(
-            "revoked {} {} key {}",
-            event.host_id,
-            source_name(event.source),
-            event.key_id
-        );
+        print_revoked(&KeyEventSummary {
+            host_id: event.host_id.clone(),
+            source: event.source,
+            key_id: event.key_id.clone(),
+        });
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the CLI prints of one revoked key.
+#[derive(Debug, serde::Deserialize)]
+struct KeyEventSummary {
+    host_id: String,
+    source: Source,
+    key_id: String,
+}
+
+fn print_revoked(event: &KeyEventSummary) {
+    println!(
+        "revoked {} {} key {}",
+        event.host_id,
+        source_name(event.source),
+        event.key_id
+    );
+}
+
+/// Revokes through the running cortex; `Ok(None)` when no cortex answers (not running, no
+/// token file), an error when it answered with a refusal.
+fn revoke_through_api(
+    config: &CortexConfig,
+    host: &str,
+    agent: Option<AgentSource>,
+    operator: Option<&str>,
+) -> anyhow::Result<Option<Vec<KeyEventSummary>>> {
+    let Ok(client) = ApiClient::from_config(config) else {
+        return Ok(None);
+    };
+    let body = serde_json::json!({
+        "operator": operator_name(operator),
+        "agent": agent.map(Source::from),
+    });
+    let Ok((status, answer)) = client.post(&format!("/api/keys/{host}/revoke"), &body) else {
+        return Ok(None);
+    };
+    if status != 200 {
+        bail!("the cortex refused the revocation ({status}): {answer}");
+    }
+    let revoked = serde_json::from_value(answer["revoked"].clone())
+        .context("the cortex's answer to the revocation")?;
+    Ok(Some(revoked))
 }
 
 fn rotate(

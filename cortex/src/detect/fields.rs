@@ -169,7 +169,7 @@ impl Category {
             HealDone(_) | HealFailed(_) => Category::Heal,
             HostMetrics(_) => Category::HostMetrics,
             EventLoss(_) | Heartbeat(_) | TamperAttempt(_) => Category::AgentHealth,
-            Enforcement(_) => Category::Enforcement,
+            Enforcement(_) | ResponseRollback(_) => Category::Enforcement,
         }
     }
 }

@@ -230,6 +230,29 @@ impl AgentDirectory {
         );
     }
 
+    /// Revokes `host_id`'s keys (one agent's with `source`) in the records, audits the
+    /// transitions and closes their live sessions at once (`POST /api/keys/{host}/revoke`).
+    pub fn revoke_keys(
+        &self,
+        host_id: &str,
+        source: Option<Source>,
+        cause: &Cause,
+    ) -> Result<Vec<crate::keys::KeyEvent>, KeysError> {
+        let lifecycle = self
+            .lifecycle
+            .as_ref()
+            .ok_or(KeysError::LifecycleDisabled)?;
+        let agents = self.agents_snapshot();
+        let (events, records) = lifecycle.store.update(|records| {
+            let mut events = records.sync(&agents, cause);
+            events.extend(records.revoke_host(host_id, source, cause)?);
+            Ok(events)
+        })?;
+        lifecycle.audit_events(&events);
+        self.install_records(&agents, &records);
+        Ok(events)
+    }
+
     /// Registers a session that just passed the handshake. A key that replaced a rotating one
     /// retires it, and its agent is told the cortex took the new key.
     pub fn session_started(

@@ -109,11 +109,15 @@ impl ActionSpec {
     pub fn resolve(&self, target: &Target) -> Result<Option<Action>, &'static str> {
         let action = match self {
             ActionSpec::Notify => return Ok(None),
-            ActionSpec::Kill { tree } => Action::Kill {
-                pid: target.process.as_ref().map(|p| p.pid).ok_or("process")?,
-                start_time_ticks: None,
-                tree: *tree,
-            },
+            ActionSpec::Kill { tree } => {
+                let process = target.process.as_ref().ok_or("process")?;
+                Action::Kill {
+                    pid: process.pid,
+                    // Pins the process the evidence saw: the agent refuses a recycled pid.
+                    start_time_ticks: process.start_time_ticks,
+                    tree: *tree,
+                }
+            }
             ActionSpec::Quarantine => Action::Quarantine {
                 path: target.path.clone().ok_or("file path")?,
             },
@@ -649,6 +653,7 @@ actions:
             pid: 4321,
             comm: "nc".into(),
             user: Some("www-data".into()),
+            start_time_ticks: Some(98_765),
             ..ProcessInfo::default()
         };
         let connect = event(
@@ -682,7 +687,7 @@ actions:
             ActionSpec::Kill { tree: true }.resolve(&target),
             Ok(Some(Action::Kill {
                 pid: 4321,
-                start_time_ticks: None,
+                start_time_ticks: Some(98_765),
                 tree: true
             }))
         );

@@ -44,7 +44,8 @@ impl SourceKind {
             | HealFailed(_) => SourceKind::Integrity,
             CertExpiring(_) | CertExpired(_) | CertNotYetValid(_) | CertRevoked(_)
             | CertInvalid(_) => SourceKind::Certificate,
-            HostMetrics(_) | EventLoss(_) | Heartbeat(_) | TamperAttempt(_) => SourceKind::Agent,
+            HostMetrics(_) | EventLoss(_) | Heartbeat(_) | TamperAttempt(_)
+            | ResponseRollback(_) => SourceKind::Agent,
             ProcessExec(_) | ProcessExit(_) | ProcessFork(_) | FileOpen(_) | FileChmod(_)
             | FileChown(_) | FileUnlink(_) | FileRename(_) | MemoryRwx(_) | PrivSetid(_)
             | PrivCapset(_) | PrivPtrace(_) | PrivModuleLoad(_) | PrivBpf(_)

@@ -26,7 +26,7 @@ use qsc_event::{Action, ActionOutcome, ActionReport, ActionRequest, mono_now_ns}
 use crate::{config::Config, sensor::SharedSensor};
 use block::IpBlocker;
 use guardrails::{Guardrails, Refusal};
-use ttl::{RollbackKey, RollbackScheduler};
+use ttl::{RollbackKey, RollbackReports, RollbackScheduler};
 
 pub use handler::ResponseHandler;
 
@@ -133,6 +133,8 @@ pub struct Responder {
     nft: PathBuf,
     blocker: Arc<Mutex<IpBlocker>>,
     rollbacks: RollbackScheduler,
+    /// Where rollbacks run at TTL expiry are reported.
+    reports: RollbackReports,
 }
 
 impl Responder {
@@ -159,7 +161,14 @@ impl Responder {
             nft,
             blocker: Arc::new(Mutex::new(blocker)),
             rollbacks: RollbackScheduler::start().map_err(RespondError::RollbackThread)?,
+            reports: RollbackReports::default(),
         })
+    }
+
+    /// Reports each rollback the TTL safety net runs to `reports` (the agent's event stream).
+    pub fn with_reports(mut self, reports: RollbackReports) -> Self {
+        self.reports = reports;
+        self
     }
 
     /// How many timed actions wait for their automatic rollback.
@@ -247,10 +256,14 @@ impl Responder {
         let key = RollbackKey::Block(guardrails::canonical(addr));
         if ttl_s > 0 {
             let shared = self.blocker.clone();
+            let reports = self.reports.clone();
             self.rollbacks.schedule(
                 key,
                 Duration::from_secs(ttl_s),
-                Box::new(move || unblock_at_expiry(&shared, addr)),
+                Box::new(move || {
+                    let result = unblock_at_expiry(&shared, addr);
+                    reports.ttl_expired(Action::UnblockIp { addr }, result);
+                }),
             );
         } else {
             self.rollbacks.cancel(key);
@@ -272,14 +285,11 @@ impl Responder {
         let done = isolate::isolate(&self.nft, &self.cortex_now())?;
         if ttl_s > 0 {
             let nft = self.nft.clone();
+            let reports = self.reports.clone();
             self.rollbacks.schedule(
                 RollbackKey::Isolation,
                 Duration::from_secs(ttl_s),
-                Box::new(move || {
-                    if let Err(err) = isolate::release(&nft) {
-                        tracing::error!(%err, "TTL expired but the isolation could not be released");
-                    }
-                }),
+                Box::new(move || reports.ttl_expired(Action::Release, isolate::release(&nft))),
             );
         } else {
             self.rollbacks.cancel(RollbackKey::Isolation);
@@ -288,12 +298,8 @@ impl Responder {
     }
 }
 
-fn unblock_at_expiry(blocker: &Mutex<IpBlocker>, addr: IpAddr) {
-    let result = match blocker.lock() {
-        Ok(mut blocker) => blocker.unblock(addr),
-        Err(_) => Err(RespondError::SensorPoisoned),
-    };
-    if let Err(err) = result {
-        tracing::error!(%addr, %err, "TTL expired but the address could not be unblocked");
-    }
+fn unblock_at_expiry(blocker: &Mutex<IpBlocker>, addr: IpAddr) -> Result<Done, RespondError> {
+    let mut blocker = blocker.lock().map_err(|_| RespondError::SensorPoisoned)?;
+    blocker.unblock(addr)?;
+    Ok(Done::new(format!("{addr} unblocked at TTL expiry")).fact("mechanism", blocker.mechanism()))
 }

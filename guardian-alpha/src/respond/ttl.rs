@@ -1,8 +1,10 @@
 //! The agent's own safety net for timed actions: a block or an isolation with `ttl_s > 0` is
 //! rolled back by the agent at expiry even if the cortex never sends the rollback. One thread
 //! waits for the earliest deadline; scheduling a key again replaces its rollback, and the
-//! explicit rollback (unblock, release) cancels it.
+//! explicit rollback (unblock, release) cancels it. Each rollback that runs is reported on the
+//! agent's event stream as a `response_rollback` event ([`RollbackReports`]).
 
+use qsc_event::{Action, ActionOutcome, ResponseRollback};
 use std::{
     collections::BTreeMap,
     net::IpAddr,
@@ -19,6 +21,63 @@ pub enum RollbackKey {
 }
 
 type Rollback = Box<dyn FnOnce() + Send>;
+
+/// How many rollback reports may wait for the agent's event loop.
+pub const REPORT_QUEUE: usize = 64;
+
+/// Where rollbacks the agent ran by itself are reported: the agent's event loop, which sends
+/// them to the cortex as `response_rollback` events. Without a receiver they are only logged.
+#[derive(Clone, Debug, Default)]
+pub struct RollbackReports(Option<tokio::sync::mpsc::Sender<ResponseRollback>>);
+
+impl RollbackReports {
+    /// Reports go to the returned receiver (bounded by [`REPORT_QUEUE`]).
+    pub fn channel() -> (Self, tokio::sync::mpsc::Receiver<ResponseRollback>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(REPORT_QUEUE);
+        (RollbackReports(Some(tx)), rx)
+    }
+
+    /// Reports that `action` (on `addr`, if any) ran at TTL expiry with `result`.
+    pub fn ttl_expired(&self, action: Action, result: Result<super::Done, super::RespondError>) {
+        let report = expiry_report(&action, result);
+        match report.outcome {
+            ActionOutcome::Done => {
+                tracing::info!(action = %report.action, detail = %report.detail, "TTL expired: rolled back")
+            }
+            _ => {
+                tracing::error!(action = %report.action, detail = %report.detail, "TTL expired but the rollback failed")
+            }
+        }
+        let Some(sender) = &self.0 else {
+            return;
+        };
+        if let Err(err) = sender.try_send(report) {
+            tracing::error!(%err, "rollback report not queued for the cortex (queue full or agent stopping)");
+        }
+    }
+}
+
+/// The `response_rollback` event for a rollback that ran at TTL expiry.
+fn expiry_report(
+    action: &Action,
+    result: Result<super::Done, super::RespondError>,
+) -> ResponseRollback {
+    let addr = match action {
+        Action::UnblockIp { addr } => Some(*addr),
+        _ => None,
+    };
+    let (outcome, detail) = match result {
+        Ok(done) => (ActionOutcome::Done, done.detail),
+        Err(err) => (ActionOutcome::Failed, err.to_string()),
+    };
+    ResponseRollback {
+        action: action.name().to_owned(),
+        reason: "ttl_expired".to_owned(),
+        addr,
+        outcome,
+        detail,
+    }
+}
 
 #[derive(Default)]
 struct State {
@@ -149,6 +208,34 @@ fn run(shared: &Shared) {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[test]
+    fn expiry_reports_reach_the_receiver() {
+        let (reports, mut rx) = RollbackReports::channel();
+        let addr: IpAddr = "127.0.0.2".parse().unwrap();
+        reports.ttl_expired(
+            Action::UnblockIp { addr },
+            Ok(super::super::Done::new("127.0.0.2 unblocked")),
+        );
+        reports.ttl_expired(
+            Action::Release,
+            Err(super::super::RespondError::NoCortexAddress),
+        );
+        let unblock = rx.try_recv().unwrap();
+        assert_eq!(
+            (unblock.action.as_str(), unblock.addr, unblock.outcome),
+            ("unblock_ip", Some(addr), ActionOutcome::Done)
+        );
+        assert_eq!(unblock.reason, "ttl_expired");
+        let release = rx.try_recv().unwrap();
+        assert_eq!(
+            (release.action.as_str(), release.addr, release.outcome),
+            ("release", None, ActionOutcome::Failed)
+        );
+        assert!(release.detail.contains("cortex"), "{}", release.detail);
+        // Without a receiver, only logged.
+        RollbackReports::default().ttl_expired(Action::Release, Ok(super::super::Done::new("x")));
+    }
 
     #[test]
     fn runs_at_deadline_replaces_and_cancels() {

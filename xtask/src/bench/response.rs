@@ -12,24 +12,22 @@
 
 use std::{
     collections::HashSet,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, bail};
+use qsc_tests::{
+    netns::{Netns, NetnsSpec},
+    stack::{Api, Layout, Stack, StackSpec},
+};
 use serde_json::{Value, json};
 
 use crate::{ebpf, shell};
 
 /// Iterations per action.
 const ITERATIONS: usize = 200;
-/// The bench's network namespace and veth pair (root side, namespace side).
-const NETNS: &str = "qsc-bench";
-const VETH_ROOT: &str = "qscb0";
-const VETH_NS: &str = "qscb1";
-const ROOT_ADDR: &str = "10.231.77.1";
-const NS_ADDR: &str = "10.231.77.2";
 const CHANNEL_PORT: u16 = 7543;
 const API: &str = "127.0.0.1:7581";
 const HOST_ID: &str = "qsc-bench-host";
@@ -110,61 +108,20 @@ pub fn run() -> anyhow::Result<()> {
         std::fs::remove_dir_all(&state)
             .with_context(|| format!("cannot remove {}", state.display()))?;
     }
-    let _net = Netns::create()?;
+    let net = Netns::create(NetnsSpec {
+        name: "qsc-bench".into(),
+        veth_outside: "qscb0".into(),
+        veth_inside: "qscb1".into(),
+        outside_ip: "10.231.77.1".into(),
+        inside_ip: "10.231.77.2".into(),
+    })?;
     let user = BenchUser::create()?;
-    let layout = Layout::write(&state, &bin)?;
-    let mut stack = Stack::start(&bin, &layout)?;
-    let outcome = measure_all(&layout, &mut stack, user.uid);
+    let layout = Layout::write(&state, &bin, stack_spec(), &net)?;
+    let mut stack = Stack::start(&bin, &layout, &net)?;
+    let outcome = measure_all(&layout.api(), &mut stack, user.uid);
     stack.stop();
     let results = outcome?;
     report(&results, &out_dir.join("response.json"))
-}
-
-/// The bench's network namespace and veth pair, removed on drop.
-struct Netns;
-
-impl Netns {
-    fn create() -> anyhow::Result<Self> {
-        // A leftover of an interrupted run goes first.
-        Self::remove();
-        let net = Netns;
-        ip(&["netns", "add", NETNS])?;
-        ip(&[
-            "link", "add", VETH_ROOT, "type", "veth", "peer", "name", VETH_NS, "netns", NETNS,
-        ])?;
-        ip(&["addr", "add", &format!("{ROOT_ADDR}/30"), "dev", VETH_ROOT])?;
-        ip(&["link", "set", VETH_ROOT, "up"])?;
-        let ns = |args: &[&str]| {
-            let mut all = vec!["netns", "exec", NETNS, "ip"];
-            all.extend_from_slice(args);
-            ip(&all)
-        };
-        ns(&["addr", "add", &format!("{NS_ADDR}/30"), "dev", VETH_NS])?;
-        ns(&["link", "set", VETH_NS, "up"])?;
-        ns(&["link", "set", "lo", "up"])?;
-        Ok(net)
-    }
-
-    fn remove() {
-        let _ = Command::new("ip")
-            .args(["link", "del", VETH_ROOT])
-            .stderr(Stdio::null())
-            .status();
-        let _ = Command::new("ip")
-            .args(["netns", "del", NETNS])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        Self::remove();
-    }
-}
-
-fn ip(args: &[&str]) -> anyhow::Result<()> {
-    shell::run(Command::new("ip").args(args))
 }
 
 /// The bench's unprivileged account (uid ≥ 1000, so the agent may lock it), removed on drop.
@@ -213,84 +170,18 @@ fn uid_of(user: &str) -> anyhow::Result<u32> {
         .with_context(|| format!("user {user} is not in /etc/passwd"))
 }
 
-/// Where the bench's configs, keys, rules, playbooks and logs go.
-struct Layout {
-    dir: PathBuf,
-    cortex_config: PathBuf,
-    alpha_config: PathBuf,
-    api_token: String,
-}
-
-impl Layout {
-    fn write(dir: &Path, bin: &Path) -> anyhow::Result<Self> {
-        for sub in [
-            "cortex",
-            "alpha",
-            "rules",
-            "playbooks",
-            "logs",
-            "quarantine",
-        ] {
-            std::fs::create_dir_all(dir.join(sub))?;
-        }
-        let layout = Layout {
-            dir: dir.to_path_buf(),
-            cortex_config: dir.join("cortex.toml"),
-            alpha_config: dir.join("guardian-alpha.toml"),
-            api_token: String::new(),
-        };
-        std::fs::write(&layout.cortex_config, cortex_config(dir))?;
-        write_rules_and_playbooks(dir)?;
-        let cortex_public = enroll(bin, &layout)?;
-        std::fs::write(&layout.alpha_config, alpha_config(dir, &cortex_public))?;
-        let api_token = std::fs::read_to_string(dir.join("cortex/api.token"))?
-            .trim()
-            .to_owned();
-        Ok(Layout {
-            api_token,
-            ..layout
-        })
-    }
-}
-
-/// The cortex config: bench rules and playbooks only, autonomous, rate limit raised, and priors
+/// The bench's stack: bench rules and playbooks only, autonomous, rate limit raised, priors
 /// that make each fresh remote address (not the host, which sees every iteration) the entity
-/// whose incident the playbook acts on.
-fn cortex_config(dir: &Path) -> String {
-    let d = dir.display();
+/// whose incident the playbook acts on; and an agent ring buffer that wakes the agent for
+/// every record (`wakeup_bytes = 0`): the bench's event rate is low, and batching would add up
+/// to `max_delay_ms` to every latency.
+fn stack_spec() -> StackSpec {
     let mut rule_lr = String::new();
+    let mut rules = Vec::new();
+    let mut playbooks = Vec::new();
     for case in CASES {
         rule_lr.push_str(&format!("\"bench-{}\" = 100.0\n", case.key));
-    }
-    format!(
-        "[listen]\naddress = \"{ROOT_ADDR}:{CHANNEL_PORT}\"\n\
-         [api]\naddress = \"{API}\"\ntoken_file = \"{d}/cortex/api.token\"\n\
-         [agents]\nfile = \"{d}/cortex/agents.toml\"\n\
-         [keys]\nchannel_key_file = \"{d}/cortex/channel.key\"\n\
-         [store]\npath = \"{d}/cortex/cortex.db\"\nmaster_key_file = \"{d}/cortex/master.key\"\n\
-         [audit]\npath = \"{d}/cortex/audit.db\"\nsigning_key_file = \"{d}/cortex/audit-signing.key\"\n\
-         [detect]\nshipped_rules = false\nrule_dirs = [\"{d}/rules\"]\n\
-         [respond]\nmode = \"autonomous\"\nshipped_playbooks = false\nplaybook_dirs = [\"{d}/playbooks\"]\n\
-         max_actions_per_minute = 10000\n\
-         [score]\ndefault_host_class = \"bench_remote\"\n\
-         [score.host_classes.standard]\nprior = 0.001\n\
-         [score.host_classes.critical]\nprior = 0.005\n\
-         [score.host_classes.bench_host]\nprior = 1e-12\n\
-         [score.host_classes.bench_remote]\nprior = 0.9\n\
-         [score.hosts]\n\"{HOST_ID}\" = \"bench_host\"\n\
-         [score.rule_lr]\n{rule_lr}"
-    )
-}
-
-fn write_rules_and_playbooks(dir: &Path) -> anyhow::Result<()> {
-    let mut rules = String::new();
-    let mut playbooks = String::new();
-    for (i, case) in CASES.iter().enumerate() {
-        if i > 0 {
-            rules.push_str("---\n");
-            playbooks.push_str("---\n");
-        }
-        rules.push_str(&format!(
+        rules.push(format!(
             "title: Bench {action} trigger\nid: bench-{key}\nstatus: test\n\
              logsource: {{product: linux, category: network_connection}}\n\
              detection:\n    selection:\n        Initiated: 'true'\n        DestinationIp|cidr: '127.78.{net}.0/24'\n    condition: selection\n\
@@ -299,207 +190,30 @@ fn write_rules_and_playbooks(dir: &Path) -> anyhow::Result<()> {
             key = case.key,
             net = case.net
         ));
-        playbooks.push_str(&format!(
+        playbooks.push(format!(
             "name: bench-{key}\nmode: autonomous\nmatch:\n  rules: [bench-{key}]\nactions:\n  - {pa}\n",
             key = case.key,
             pa = case.playbook_action
         ));
     }
-    std::fs::write(dir.join("rules/bench.yml"), rules)?;
-    std::fs::write(dir.join("playbooks/bench.yml"), playbooks)?;
-    Ok(())
-}
-
-/// The agent config: the uplink over the veth pair, and a ring buffer that wakes the agent for
-/// every record (`wakeup_bytes = 0`): the bench's event rate is low, and batching would add up
-/// to `max_delay_ms` to every latency.
-fn alpha_config(dir: &Path, cortex_public: &str) -> String {
-    let d = dir.display();
-    format!(
-        "host_id = \"{HOST_ID}\"\noutput = \"{d}/alpha-events.jsonl\"\n\
-         [sensor]\nwakeup_bytes = 0\nmax_delay_ms = 1\n\
-         [respond]\nquarantine_dir = \"{d}/quarantine\"\n\
-         [cortex]\nenabled = true\naddress = \"{ROOT_ADDR}:{CHANNEL_PORT}\"\ncortex_public_key = \"{cortex_public}\"\n\
-         key_file = \"{d}/alpha/channel.key\"\noutbox_dir = \"{d}/alpha/outbox\"\n"
-    )
-}
-
-/// Creates the cortex's keys and the agent's, and enrolls the agent; returns the cortex's
-/// channel public key.
-fn enroll(bin: &Path, layout: &Layout) -> anyhow::Result<String> {
-    let cortex = || {
-        let mut cmd = Command::new(bin.join("cortex"));
-        cmd.arg("--config").arg(&layout.cortex_config);
-        cmd
-    };
-    let out = output_of(cortex().arg("keygen"))?;
-    let cortex_public = out
-        .lines()
-        .find_map(|l| l.strip_prefix("channel public key:"))
-        .map(|k| k.trim().to_owned())
-        .context("cortex keygen did not print the channel public key")?;
-    let alpha_key = layout.dir.join("alpha/channel.key");
-    let out = output_of(
-        Command::new(bin.join("guardian-alpha"))
-            .arg("keygen")
-            .arg("--out")
-            .arg(&alpha_key),
-    )?;
-    let alpha_public = out
-        .lines()
-        .next()
-        .map(|l| l.trim().to_owned())
-        .context("guardian-alpha keygen printed nothing")?;
-    output_of(cortex().args([
-        "agents",
-        "add",
-        "--host-id",
-        HOST_ID,
-        "--source",
-        "alpha",
-        "--public-key",
-        &alpha_public,
-    ]))?;
-    Ok(cortex_public)
-}
-
-fn output_of(cmd: &mut Command) -> anyhow::Result<String> {
-    let line = shell::describe(cmd);
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run `{line}`"))?;
-    if !out.status.success() {
-        bail!(
-            "`{line}` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+    StackSpec {
+        host_id: HOST_ID.into(),
+        channel_port: CHANNEL_PORT,
+        api_addr: API.into(),
+        rules: rules.join("---\n"),
+        playbooks: playbooks.join("---\n"),
+        respond: "mode = \"autonomous\"\nmax_actions_per_minute = 10000\n".into(),
+        cortex_extra: format!(
+            "[score]\ndefault_host_class = \"bench_remote\"\n\
+             [score.host_classes.standard]\nprior = 0.001\n\
+             [score.host_classes.critical]\nprior = 0.005\n\
+             [score.host_classes.bench_host]\nprior = 1e-12\n\
+             [score.host_classes.bench_remote]\nprior = 0.9\n\
+             [score.hosts]\n\"{HOST_ID}\" = \"bench_host\"\n\
+             [score.rule_lr]\n{rule_lr}"
+        ),
+        alpha_extra: "[sensor]\nwakeup_bytes = 0\nmax_delay_ms = 1\n".into(),
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// The running cortex and agent.
-struct Stack {
-    children: Vec<(&'static str, Child)>,
-    logs: PathBuf,
-}
-
-impl Stack {
-    fn start(bin: &Path, layout: &Layout) -> anyhow::Result<Self> {
-        let logs = layout.dir.join("logs");
-        let mut stack = Stack {
-            children: Vec::new(),
-            logs: logs.clone(),
-        };
-        let cortex = spawn_logged(
-            Command::new(bin.join("cortex"))
-                .arg("--config")
-                .arg(&layout.cortex_config)
-                .arg("serve"),
-            &logs.join("cortex.log"),
-        )?;
-        stack.children.push(("cortex", cortex));
-        stack.wait_for_log("cortex", "LISTENING")?;
-        let alpha = spawn_logged(
-            Command::new("ip")
-                .args(["netns", "exec", NETNS])
-                .arg(bin.join("guardian-alpha"))
-                .args(["run", "--config"])
-                .arg(&layout.alpha_config),
-            &logs.join("guardian-alpha.log"),
-        )?;
-        stack.children.push(("guardian-alpha", alpha));
-        stack.wait_for_agent(layout)?;
-        Ok(stack)
-    }
-
-    fn wait_for_log(&mut self, name: &str, needle: &str) -> anyhow::Result<()> {
-        let log = self.logs.join(format!("{name}.log"));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if std::fs::read_to_string(&log).is_ok_and(|t| t.contains(needle)) {
-                return Ok(());
-            }
-            self.check_alive()?;
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        bail!(
-            "{name} was not ready within a minute; see {}",
-            log.display()
-        )
-    }
-
-    /// Waits until the agent's events reach the cortex (each probe runs a process it reports).
-    fn wait_for_agent(&mut self, layout: &Layout) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            self.check_alive()?;
-            Command::new("true").status()?;
-            let events = api_get(layout, &format!("/api/events?host={HOST_ID}&limit=1"))
-                .unwrap_or(Value::Null);
-            if events.as_array().is_some_and(|e| !e.is_empty()) {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        bail!(
-            "guardian-alpha's events did not reach the cortex within a minute; see {}",
-            self.logs.display()
-        )
-    }
-
-    fn check_alive(&mut self) -> anyhow::Result<()> {
-        for (name, child) in &mut self.children {
-            if let Some(status) = child.try_wait()? {
-                bail!(
-                    "{name} exited ({status}); see {}/{name}.log",
-                    self.logs.display()
-                );
-            }
-        }
-        Ok(())
-    }
-
-    /// SIGTERM to each program (the agent last started, first stopped), then SIGKILL after 10 s.
-    fn stop(&mut self) {
-        for (name, child) in self.children.iter_mut().rev() {
-            // SAFETY: signalling a child this bench started.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if matches!(child.try_wait(), Ok(None)) {
-                eprintln!("{name} did not stop in time: killing it");
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-    }
-}
-
-fn spawn_logged(cmd: &mut Command, log: &Path) -> anyhow::Result<Child> {
-    let file = std::fs::File::create(log)?;
-    cmd.stdin(Stdio::null())
-        .stdout(file.try_clone()?)
-        .stderr(file)
-        .spawn()
-        .with_context(|| format!("cannot start `{}`", shell::describe(cmd)))
-}
-
-fn api_get(layout: &Layout, path: &str) -> anyhow::Result<Value> {
-    Ok(ureq::get(&format!("http://{API}{path}"))
-        .set("Authorization", &format!("Bearer {}", layout.api_token))
-        .timeout(Duration::from_secs(5))
-        .call()?
-        .into_json()?)
-}
-
-fn api_post(layout: &Layout, path: &str, body: &Value) -> anyhow::Result<Value> {
-    Ok(ureq::post(&format!("http://{API}{path}"))
-        .set("Authorization", &format!("Bearer {}", layout.api_token))
-        .timeout(Duration::from_secs(5))
-        .send_json(body.clone())?
-        .into_json()?)
 }
 
 /// Latencies (ms) of one action, in iteration order.
@@ -510,10 +224,10 @@ struct Samples {
     unmeasured: Option<String>,
 }
 
-fn measure_all(layout: &Layout, stack: &mut Stack, uid: u32) -> anyhow::Result<Vec<Samples>> {
+fn measure_all(api: &Api, stack: &mut Stack, uid: u32) -> anyhow::Result<Vec<Samples>> {
     let mut seen = HashSet::new();
     // Actions already in the store (none expected) are not this bench's.
-    for record in actions(layout)? {
+    for record in api.actions(HOST_ID)? {
         seen.insert(record["id"].as_str().unwrap_or_default().to_owned());
     }
     let mut results = Vec::new();
@@ -522,7 +236,7 @@ fn measure_all(layout: &Layout, stack: &mut Stack, uid: u32) -> anyhow::Result<V
         let mut unmeasured = None;
         for i in 0..ITERATIONS {
             stack.check_alive()?;
-            match iteration(layout, case, i, uid, &mut seen)
+            match iteration(api, case, i, uid, &mut seen)
                 .with_context(|| format!("{} iteration {i}", case.action))?
             {
                 Ok(latency) => ms.push(latency),
@@ -542,15 +256,10 @@ fn measure_all(layout: &Layout, stack: &mut Stack, uid: u32) -> anyhow::Result<V
     Ok(results)
 }
 
-fn actions(layout: &Layout) -> anyhow::Result<Vec<Value>> {
-    let body = api_get(layout, &format!("/api/actions?host={HOST_ID}&limit=100"))?;
-    Ok(body.as_array().cloned().unwrap_or_default())
-}
-
 /// One trigger → action → rollback; returns the action's latency in ms, or why a completed
 /// action carries none.
 fn iteration(
-    layout: &Layout,
+    api: &Api,
     case: &Case,
     i: usize,
     uid: u32,
@@ -558,7 +267,8 @@ fn iteration(
 ) -> anyhow::Result<Result<f64, String>> {
     let addr = format!("127.78.{}.{}", case.net, i + 1);
     let mut child = trigger(case, &addr, uid)?;
-    let record = wait_for_action(layout, &format!("bench-{}", case.key), seen);
+    let playbook = format!("bench-{}", case.key);
+    let record = api.wait_for_action(HOST_ID, &playbook, seen, ACTION_TIMEOUT);
     // The child is either killed by the action or has already finished its connect.
     let _ = child.kill();
     let _ = child.wait();
@@ -569,7 +279,7 @@ fn iteration(
             record["id"], record["trigger_mono_ns"], record["report"]
         )));
     };
-    rollback(layout, case, seen)?;
+    rollback(api, case, seen)?;
     Ok(Ok(latency_ns as f64 / 1e6))
 }
 
@@ -595,49 +305,20 @@ fn trigger(case: &Case, addr: &str, uid: u32) -> anyhow::Result<Child> {
         .context("cannot start the trigger process")
 }
 
-/// Waits for a new action of `playbook` to finish; fails on any status but `done`.
-fn wait_for_action(
-    layout: &Layout,
-    playbook: &str,
-    seen: &mut HashSet<String>,
-) -> anyhow::Result<Value> {
-    let deadline = Instant::now() + ACTION_TIMEOUT;
-    while Instant::now() < deadline {
-        for record in actions(layout)? {
-            let id = record["id"].as_str().unwrap_or_default().to_owned();
-            if seen.contains(&id) || record["playbook"] != playbook {
-                continue;
-            }
-            match record["status"].as_str() {
-                Some("dispatched" | "held") => continue,
-                Some("done") => {
-                    seen.insert(id);
-                    return Ok(record);
-                }
-                _ => bail!(
-                    "action {id} ended {}: {}",
-                    record["status"],
-                    record["detail"]
-                ),
-            }
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    bail!("no `{playbook}` action completed within {ACTION_TIMEOUT:?}")
-}
-
 /// Undoes the iteration's action before the next one.
-fn rollback(layout: &Layout, case: &Case, seen: &mut HashSet<String>) -> anyhow::Result<()> {
+fn rollback(api: &Api, case: &Case, seen: &mut HashSet<String>) -> anyhow::Result<()> {
     match case.action {
         "isolate" => {
-            api_post(
-                layout,
+            api.post(
                 &format!("/api/nodes/{HOST_ID}/release"),
                 &json!({"operator": "respbench", "reason": "bench rollback"}),
             )?;
-            wait_for_action(layout, "operator", seen).map(drop)
+            api.wait_for_action(HOST_ID, "operator", seen, ACTION_TIMEOUT)
+                .map(drop)
         }
-        "block_ip" => wait_for_action(layout, "ttl", seen).map(drop),
+        "block_ip" => api
+            .wait_for_action(HOST_ID, "ttl", seen, ACTION_TIMEOUT)
+            .map(drop),
         "revoke_credential" => shell::run(Command::new("usermod").args(["-U", BENCH_USER])),
         _ => Ok(()),
     }

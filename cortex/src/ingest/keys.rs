@@ -298,7 +298,7 @@ impl AgentDirectory {
         let key = identity.public_key;
         // The agent may drop its retired key at once: the cortex recorded the new key before it
         // closed the old session, and this handshake proves the agent uses it. Telling it first
-        // completes the rotation without waiting for the records below.
+        // completes the rotation without waiting for the records.
         if lock(&lifecycle.unconfirmed).remove(&key) {
             let id = ROTATION_COMMAND_IDS | lifecycle.next_action.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
@@ -307,10 +307,22 @@ impl AgentDirectory {
                 }
             });
         }
+        // Retiring the replaced key writes the records file and the audit chain (fsyncs): off
+        // the session's start, so the session runs (and sends the confirmation) meanwhile.
+        let directory = self.clone();
+        let host_id = identity.host_id.clone();
+        tokio::task::spawn_blocking(move || directory.retire_replaced(&key, &host_id));
+    }
+
+    /// `key` is in use: the key it replaced (ROTATING) is RETIRED.
+    fn retire_replaced(&self, key: &PublicKeyBytes, host_id: &str) {
+        let Some(lifecycle) = &self.lifecycle else {
+            return;
+        };
         let cause = Cause::new("cortex", "the agent reconnected with its new key", now_ns());
         match lifecycle
             .store
-            .update(|records| records.confirm_rotation(&key, &cause))
+            .update(|records| records.confirm_rotation(key, &cause))
         {
             Ok((Some(event), records)) => {
                 lifecycle.audit_events(&[event]);
@@ -318,7 +330,7 @@ impl AgentDirectory {
             }
             Ok((None, _)) => {}
             Err(error) => {
-                tracing::error!(%error, host_id = %identity.host_id, "retiring the rotated key")
+                tracing::error!(%error, host_id, "retiring the rotated key")
             }
         }
     }

@@ -47,7 +47,7 @@ use cortex::store::{Store, open_store};
 use cortex::webhook::{InboundVerifier, WebhookObserver, WebhookSender};
 use qsc_channel::delivery::ServerConfig;
 use qsc_channel::keys::StaticKeypair;
-use qsc_event::{Source, now_ns};
+use qsc_event::{ActionReport, Source, now_ns};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -345,10 +345,10 @@ impl KeyRotation for LifecycleRotation {
         host: &'a str,
         actor: &'a str,
         reason: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = Result<ActionReport, String>> + Send + 'a>> {
         Box::pin(async move {
             self.0
-                .request_rotation(host, Source::Alpha, true, actor, reason)
+                .rotate_and_wait(host, Source::Alpha, true, actor, reason)
                 .await
                 .map_err(|error| error.to_string())
         })

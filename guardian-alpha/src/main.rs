@@ -228,6 +228,7 @@ fn respond(args: &RespondArgs) -> anyhow::Result<()> {
                 action_id: String::new(),
                 outcome: ActionOutcome::Failed,
                 detail: format!("not an action request: {err}"),
+                received_mono_ns: None,
                 done_mono_ns: qsc_event::mono_now_ns(),
                 facts: Default::default(),
             },

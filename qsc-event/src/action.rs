@@ -88,6 +88,10 @@ pub struct ActionReport {
     pub outcome: ActionOutcome,
     /// Human-readable result: what was done, or why not.
     pub detail: String,
+    /// Host `CLOCK_MONOTONIC` when the agent received the request (none from agents that do
+    /// not say): with `done_mono_ns`, how long the host took to act.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_mono_ns: Option<u64>,
     /// Host `CLOCK_MONOTONIC` when the action completed (or was refused).
     pub done_mono_ns: u64,
     /// Action-specific facts: the quarantined file's hash and new path, the killed pids,

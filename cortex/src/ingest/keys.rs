@@ -11,6 +11,9 @@
 //!   ROTATING (emergency: REVOKED) and closes the session. The agent reconnects with the new key,
 //!   which retires the old one, and gets `key-rotated <key>` so it drops its retired key file.
 //!   Events the old session had not acknowledged are re-sent on the new one and de-duplicated.
+//! * Completion: the agent answers `key-rotated` with the rotation's final `ActionReport`, whose
+//!   `done_mono_ns` is when it heard, on its new session, that the cortex took the new key.
+//!   [`AgentDirectory::rotate_and_wait`] (playbook `rotate_keys`) returns that report.
 //! * Requests from `cortex keys rotate` wait in the records file until the agent is connected;
 //!   with `[keys] max_key_age_s` set, an ACTIVE key older than that is rotated (scheduled).
 //!
@@ -27,7 +30,7 @@ use qsc_channel::keys::PublicKeyBytes;
 use qsc_channel::uplink::rotation::key_rotated_command;
 use qsc_event::{Action, ActionOutcome, ActionReport, ActionRequest, Source, now_ns};
 use serde_json::json;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use super::AgentDirectory;
 use super::agents::AgentsFile;
@@ -61,6 +64,9 @@ struct InFlight {
     actor: String,
     reason: String,
 }
+
+/// Where the outcome of a rotation goes once the agent completed it (or it failed).
+type Waiter = oneshot::Sender<Result<ActionReport, String>>;
 
 /// Registration of one session, returned by [`AgentDirectory::session_started`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,6 +115,9 @@ pub struct KeyLifecycle {
     in_flight: Mutex<HashMap<String, InFlight>>,
     /// New keys whose agent has not been told yet that the cortex took them.
     unconfirmed: Mutex<HashSet<PublicKeyBytes>>,
+    /// Callers of [`AgentDirectory::rotate_and_wait`], by rotation action id, with the host
+    /// whose agent alone may complete the rotation.
+    waiters: Mutex<HashMap<String, (String, Waiter)>>,
     next_action: AtomicU64,
     modified: Mutex<Option<SystemTime>>,
     /// When each agent's key was last put up for scheduled rotation.
@@ -131,6 +140,7 @@ impl KeyLifecycle {
             max_key_age,
             in_flight: Mutex::new(HashMap::new()),
             unconfirmed: Mutex::new(HashSet::new()),
+            waiters: Mutex::new(HashMap::new()),
             next_action: AtomicU64::new(1),
             modified: Mutex::new(None),
             scheduled: Mutex::new(HashMap::new()),
@@ -152,6 +162,31 @@ impl KeyLifecycle {
         };
         if let Err(error) = self.audit.record(entry) {
             tracing::error!(%error, "could not audit a key rotation step");
+        }
+    }
+
+    /// Hands the outcome of rotation `action_id` of `host_id` to its waiter, if it has one;
+    /// true if it had.
+    fn finish(
+        &self,
+        host_id: &str,
+        action_id: &str,
+        outcome: Result<ActionReport, String>,
+    ) -> bool {
+        let mut waiters = lock(&self.waiters);
+        let Some((host, _)) = waiters.get(action_id) else {
+            return false;
+        };
+        if host != host_id {
+            return false;
+        }
+        match waiters.remove(action_id) {
+            // A waiter that gave up (timed out) no longer listens; nothing is lost.
+            Some((_, waiter)) => {
+                let _ = waiter.send(outcome);
+                true
+            }
+            None => false,
         }
     }
 
@@ -284,20 +319,9 @@ impl AgentDirectory {
         sender: CommandSender,
     ) {
         let key = identity.public_key;
-        let cause = Cause::new("cortex", "the agent reconnected with its new key", now_ns());
-        match lifecycle
-            .store
-            .update(|records| records.confirm_rotation(&key, &cause))
-        {
-            Ok((Some(event), records)) => {
-                lifecycle.audit_events(&[event]);
-                self.install_records(&self.agents_snapshot(), &records);
-            }
-            Ok((None, _)) => {}
-            Err(error) => {
-                tracing::error!(%error, host_id = %identity.host_id, "retiring the rotated key")
-            }
-        }
+        // The agent may drop its retired key at once: the cortex recorded the new key before it
+        // closed the old session, and this handshake proves the agent uses it. Telling it first
+        // completes the rotation without waiting for the records.
         if lock(&lifecycle.unconfirmed).remove(&key) {
             let id = ROTATION_COMMAND_IDS | lifecycle.next_action.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
@@ -305,6 +329,32 @@ impl AgentDirectory {
                     tracing::warn!(key_id = %key.key_id(), "session ended before the key confirmation");
                 }
             });
+        }
+        // Retiring the replaced key writes the records file and the audit chain (fsyncs): off
+        // the session's start, so the session runs (and sends the confirmation) meanwhile.
+        let directory = self.clone();
+        let host_id = identity.host_id.clone();
+        tokio::task::spawn_blocking(move || directory.retire_replaced(&key, &host_id));
+    }
+
+    /// `key` is in use: the key it replaced (ROTATING) is RETIRED.
+    fn retire_replaced(&self, key: &PublicKeyBytes, host_id: &str) {
+        let Some(lifecycle) = &self.lifecycle else {
+            return;
+        };
+        let cause = Cause::new("cortex", "the agent reconnected with its new key", now_ns());
+        match lifecycle
+            .store
+            .update(|records| records.confirm_rotation(key, &cause))
+        {
+            Ok((Some(event), records)) => {
+                lifecycle.audit_events(&[event]);
+                self.install_records(&self.agents_snapshot(), &records);
+            }
+            Ok((None, _)) => {}
+            Err(error) => {
+                tracing::error!(%error, host_id, "retiring the rotated key")
+            }
         }
     }
 
@@ -329,6 +379,11 @@ impl AgentDirectory {
         };
         for (action_id, flight) in abandoned {
             tracing::error!(%action_id, host_id = %flight.host_id, "session ended before the agent answered its key rotation");
+            lifecycle.finish(
+                &flight.host_id,
+                &action_id,
+                Err("the agent's session ended before it answered the rotation".into()),
+            );
             lifecycle.audit_rotation(
                 &flight.actor,
                 json!({"event": "rotation_abandoned", "action_id": action_id,
@@ -347,6 +402,45 @@ impl AgentDirectory {
         emergency: bool,
         actor: &str,
         reason: &str,
+    ) -> Result<String, KeysError> {
+        self.send_rotation(host_id, source, emergency, actor, reason, None)
+            .await
+    }
+
+    /// [`Self::request_rotation`], then waits until the agent completed the rotation (its new
+    /// session is up and it heard that the cortex took the new key): the agent's final report.
+    /// The caller bounds the wait (a rotation whose new session never comes is never
+    /// answered); the waiter of a caller that gave up is dropped at the next rotation.
+    pub async fn rotate_and_wait(
+        &self,
+        host_id: &str,
+        source: Source,
+        emergency: bool,
+        actor: &str,
+        reason: &str,
+    ) -> Result<ActionReport, KeysError> {
+        let (waiter, outcome) = oneshot::channel();
+        let action_id = self
+            .send_rotation(host_id, source, emergency, actor, reason, Some(waiter))
+            .await?;
+        let failed = |detail: String| KeysError::RotationFailed {
+            host_id: host_id.to_owned(),
+            detail,
+        };
+        let report = outcome
+            .await
+            .map_err(|_| failed(format!("rotation {action_id} was dropped unanswered")))?;
+        report.map_err(failed)
+    }
+
+    async fn send_rotation(
+        &self,
+        host_id: &str,
+        source: Source,
+        emergency: bool,
+        actor: &str,
+        reason: &str,
+        waiter: Option<Waiter>,
     ) -> Result<String, KeysError> {
         let lifecycle = self
             .lifecycle
@@ -384,6 +478,12 @@ impl AgentDirectory {
                     reason: reason.to_owned(),
                 },
             );
+            if let Some(waiter) = waiter {
+                let mut waiters = lock(&lifecycle.waiters);
+                // Callers that gave up (their rotation never completed) are forgotten here.
+                waiters.retain(|_, (_, waiter)| !waiter.is_closed());
+                waiters.insert(action_id.clone(), (host_id.to_owned(), waiter));
+            }
         }
         lifecycle.audit_rotation(
             actor,
@@ -405,6 +505,7 @@ impl AgentDirectory {
             .is_err()
         {
             lock(&lifecycle.in_flight).remove(&action_id);
+            lock(&lifecycle.waiters).remove(&action_id);
             return Err(KeysError::SessionEnded {
                 host_id: host_id.to_owned(),
             });
@@ -413,7 +514,8 @@ impl AgentDirectory {
         Ok(action_id)
     }
 
-    /// A command result from `agent`: if it answers a rotation, apply it and return true.
+    /// A command result from `agent`: if it answers a rotation (the new key, or the final
+    /// report once the new session is up), apply it and return true.
     pub fn rotation_answered(
         &self,
         agent: &AgentIdentity,
@@ -434,7 +536,8 @@ impl AgentDirectory {
             }
         };
         let Some(flight) = flight else {
-            return false;
+            let action_id = report.action_id.clone();
+            return lifecycle.finish(&agent.host_id, &action_id, Ok(report));
         };
         let new_key = report
             .facts
@@ -447,6 +550,11 @@ impl AgentDirectory {
             }
             _ => {
                 tracing::error!(action_id = %report.action_id, ?status, detail = %report.detail, "the agent did not rotate its key");
+                lifecycle.finish(
+                    &flight.host_id,
+                    &report.action_id,
+                    Err(report.detail.clone()),
+                );
                 lifecycle.audit_rotation(
                     &flight.actor,
                     json!({"event": "rotation_failed", "action_id": report.action_id,
@@ -491,6 +599,7 @@ impl AgentDirectory {
             }
             Err(error) => {
                 tracing::error!(%error, host_id = %flight.host_id, "could not record the rotated key");
+                lifecycle.finish(&flight.host_id, &report.action_id, Err(error.to_string()));
                 lifecycle.audit_rotation(
                     &flight.actor,
                     json!({"event": "rotation_failed", "action_id": report.action_id,

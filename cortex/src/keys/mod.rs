@@ -60,6 +60,8 @@ pub enum KeysError {
     RotationInProgress { host_id: String, agent: String },
     #[error("sending the rotation command failed: the session of `{host_id}` has ended")]
     SessionEnded { host_id: String },
+    #[error("the key rotation of host `{host_id}` did not complete: {detail}")]
+    RotationFailed { host_id: String, detail: String },
     #[error("this cortex runs without key records ([keys] lifecycle_file)")]
     LifecycleDisabled,
     #[error("audit: {0}")]

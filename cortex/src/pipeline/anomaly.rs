@@ -140,8 +140,13 @@ impl Pipeline {
 
     /// Feeds the batch's samples to the baselines, folds the scores that are ready into the
     /// fusion (adding the incidents they open or raise to `touched`), and reports every touched
-    /// incident back to the baselines.
-    pub(super) fn anomaly_step(&mut self, events: &[Event], touched: &mut Vec<Incident>) {
+    /// incident back to the baselines. `arrived_mono_ns`: when the batch reached ingest.
+    pub(super) fn anomaly_step(
+        &mut self,
+        events: &[Event],
+        arrived_mono_ns: u64,
+        touched: &mut Vec<Incident>,
+    ) {
         let Some(stage) = self.anomaly.as_mut() else {
             return;
         };
@@ -150,8 +155,8 @@ impl Pipeline {
             let evidence = score.to_anomaly_score(self.fusion.config());
             match self.fusion.observe_anomaly(&evidence) {
                 Ok(Some(incident)) => {
+                    self.respond(&incident, None, arrived_mono_ns);
                     self.decide(&incident);
-                    self.respond(&incident, None);
                     touched.retain(|i| i.id != incident.id);
                     touched.push(incident);
                 }

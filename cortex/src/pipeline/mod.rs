@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
-use qsc_event::{Event, EventKind, Source, now_ns};
+use qsc_event::{Event, EventKind, Source, mono_now_ns, now_ns};
 use serde_json::json;
 
 use crate::audit::{AuditEntry, AuditKind, AuditSink};
@@ -51,6 +51,9 @@ pub struct Batch {
     pub events: Arc<[Event]>,
     /// When the batch reached ingest: the start of the decision latency.
     pub arrived: Instant,
+    /// `arrived` as this host's `CLOCK_MONOTONIC` (the clock of kernel event timestamps), for
+    /// the timelines of the actions the batch triggers.
+    pub arrived_mono_ns: u64,
     /// When the batch was queued for analysis: the start of the analysis latency.
     pub queued: Instant,
 }
@@ -58,11 +61,14 @@ pub struct Batch {
 impl Batch {
     /// Events `agent` of `host_id` delivered, arrived at ingest at `arrived`, queued now.
     pub fn new(host_id: &str, agent: Source, events: Arc<[Event]>, arrived: Instant) -> Self {
+        // `Instant` is CLOCK_MONOTONIC on Linux but opaque: step back from the clock's now.
+        let since = u64::try_from(arrived.elapsed().as_nanos()).unwrap_or(u64::MAX);
         Batch {
             host_id: host_id.to_owned(),
             agent,
             events,
             arrived,
+            arrived_mono_ns: mono_now_ns().saturating_sub(since),
             queued: Instant::now(),
         }
     }
@@ -226,8 +232,10 @@ impl Pipeline {
                 self.metrics.rule_hits.fetch_add(1, Ordering::Relaxed);
                 match self.fusion.observe_hit(&hits::score_hit(&hit, event)) {
                     Ok(Some(incident)) => {
+                        // Playbooks first: their actions go out before the node state's audit
+                        // and store writes (which they do not read).
+                        self.respond(&incident, Some(event), batch.arrived_mono_ns);
                         self.decide(&incident);
-                        self.respond(&incident, Some(event));
                         touched.retain(|i| i.id != incident.id);
                         touched.push(incident);
                     }
@@ -236,7 +244,7 @@ impl Pipeline {
                 }
             }
         }
-        self.anomaly_step(fresh, &mut touched);
+        self.anomaly_step(fresh, batch.arrived_mono_ns, &mut touched);
         // Every event of the batch is decided on now; persisting the incidents comes after.
         let count = batch.events.len() as u64;
         self.metrics
@@ -375,10 +383,11 @@ impl Pipeline {
         }
     }
 
-    /// Runs the playbooks on an incident; `trigger` is the event that updated it.
-    fn respond(&self, incident: &Incident, trigger: Option<&Event>) {
+    /// Runs the playbooks on an incident; `trigger` is the event that updated it (none for an
+    /// anomaly window), whose batch reached ingest at `arrived_mono_ns`.
+    fn respond(&self, incident: &Incident, trigger: Option<&Event>, arrived_mono_ns: u64) {
         if let Some(responder) = &self.responder {
-            responder.on_incident(incident, trigger);
+            responder.on_incident_at(incident, trigger, Some(arrived_mono_ns));
         }
     }
 

@@ -40,7 +40,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use qsc_channel::delivery::CommandStatus;
-use qsc_event::{Action, ActionOutcome, ActionReport, ActionRequest, Event, now_ns};
+use qsc_event::{Action, ActionOutcome, ActionReport, ActionRequest, Event, mono_now_ns, now_ns};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
@@ -49,7 +49,7 @@ pub use guard::{Cidr, Guardrails, Refusal};
 pub use links::{AgentLinks, LinkError, SessionTicket};
 pub use metrics::RespondMetrics;
 pub use playbook::{ActionSpec, Playbook, PlaybookError, Playbooks, Target};
-pub use record::{ActionRecord, ActionStatus, Decision};
+pub use record::{ActionRecord, ActionStatus, Decision, Timeline};
 
 use crate::audit::{AuditEntry, AuditError, AuditKind, AuditSink};
 use crate::decide::{Approval, DecideError, NodeStateRecord, NodeStates};
@@ -84,14 +84,16 @@ pub trait ResponseObserver: Send + Sync {
 /// new key (a rotation it does not know about would lock the agent out at its next handshake).
 /// Without one, playbook `rotate_keys` actions are refused.
 pub trait KeyRotation: Send + Sync {
-    /// Asks the host's guardian-alpha to rotate its key; the lifecycle's id for the rotation,
-    /// or why it could not be asked. The rotation's result is audited by the lifecycle.
+    /// Asks the host's guardian-alpha to rotate its key and waits until the rotation is
+    /// complete (new key written, the agent's new session up with it): the agent's final
+    /// report, or why the rotation could not be asked for or failed. The lifecycle audits the
+    /// rotation's steps itself.
     fn rotate<'a>(
         &'a self,
         host: &'a str,
         actor: &'a str,
         reason: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'a>>;
+    ) -> Pin<Box<dyn Future<Output = Result<ActionReport, String>> + Send + 'a>>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -333,6 +335,23 @@ impl Responder {
     /// The pipeline decided on an incident, `trigger` being the event that updated it. Runs
     /// every playbook that matches it for the first time; never waits for an agent.
     pub fn on_incident(&self, incident: &Incident, trigger: Option<&Event>) {
+        self.on_incident_at(incident, trigger, None);
+    }
+
+    /// [`Responder::on_incident`] for a trigger whose batch reached ingest at
+    /// `arrived_mono_ns` (this host's `CLOCK_MONOTONIC`), kept in the actions' timelines.
+    pub fn on_incident_at(
+        &self,
+        incident: &Incident,
+        trigger: Option<&Event>,
+        arrived_mono_ns: Option<u64>,
+    ) {
+        let timeline = Timeline {
+            trigger_emitted_ns: trigger.map(|event| event.time_ns),
+            arrived_mono_ns,
+            decided_mono_ns: Some(mono_now_ns()),
+            dispatched_mono_ns: None,
+        };
         for observer in self.observers() {
             observer.incident(incident);
         }
@@ -364,7 +383,8 @@ impl Responder {
                 "playbook fired"
             );
             for spec in &playbook.actions {
-                let record = self.request(playbook, mode, incident, spec, &target);
+                let mut record = self.request(playbook, mode, incident, spec, &target);
+                record.timeline = timeline.clone();
                 self.start(&mut state, record);
             }
         }
@@ -442,7 +462,12 @@ impl Responder {
         }
     }
 
-    /// Rate-limits, audits and queues an action for its agent.
+    /// Rate-limits and queues an action for its agent, then audits and persists it. The
+    /// request is queued before its audit record is durable, so the agent acts while the
+    /// cortex commits (two fsyncs that would otherwise delay every action); the state lock the
+    /// caller holds keeps the agent's result from being recorded before the dispatch. When the
+    /// audit chain refuses the dispatch record, the failure is logged and the result, when it
+    /// comes, is audited as usual.
     fn dispatch(&self, state: &mut State, mut record: ActionRecord, actor: &str) {
         let now = now_ns();
         record.updated_ns = now;
@@ -459,12 +484,7 @@ impl Responder {
             return;
         };
         record.status = ActionStatus::Dispatched;
-        if self
-            .commit(&record, "dispatched", actor, AuditKind::Action)
-            .is_err()
-        {
-            return;
-        }
+        record.timeline.dispatched_mono_ns = Some(mono_now_ns());
         let job = Job {
             action_id: record.id.clone(),
             host: record.host.clone(),
@@ -473,18 +493,19 @@ impl Responder {
                 action,
             },
         };
-        state.active.insert(record.id.clone(), record);
         if let Err(error) = self.queue.try_send(job) {
-            let reason = match error {
+            record.status = ActionStatus::Failed;
+            record.detail = match error {
                 mpsc::error::TrySendError::Full(_) => "the dispatch queue is full",
                 mpsc::error::TrySendError::Closed(_) => "the dispatcher has stopped",
-            };
-            if let Some(mut record) = state.active.remove(&error_id(&error)) {
-                record.status = ActionStatus::Failed;
-                record.detail = reason.into();
-                let _ = self.commit(&record, "result", "cortex", AuditKind::Action);
             }
+            .into();
+            let _ = self.commit(&record, "result", "cortex", AuditKind::Action);
+            return;
         }
+        // Logged by `commit`; the request is already on its way.
+        let _ = self.commit(&record, "dispatched", actor, AuditKind::Action);
+        state.active.insert(record.id.clone(), record);
     }
 
     /// Audits, persists, counts and publishes one change of an action. When the audit chain
@@ -668,6 +689,12 @@ impl Responder {
     /// The agent answered (or did not) for an action the dispatcher sent.
     /// `answer` is the agent's status and body, or why none came.
     pub fn on_answer(&self, action_id: &str, answer: Result<links::CommandAnswer, String>) {
+        let report = answer.and_then(|(status, body)| parse_report(action_id, status, &body));
+        self.on_report(action_id, report);
+    }
+
+    /// The agent's report for an action in flight, or why none came.
+    fn on_report(&self, action_id: &str, report: Result<ActionReport, String>) {
         let mut state = lock(&self.state);
         let Some(mut record) = state.active.remove(action_id) else {
             tracing::warn!(id = action_id, "answer for an action that is not in flight");
@@ -675,12 +702,12 @@ impl Responder {
         };
         let now = now_ns();
         record.updated_ns = now;
-        match answer.map(|(status, body)| parse_report(action_id, status, &body)) {
-            Err(detail) | Ok(Err(detail)) => {
+        match report {
+            Err(detail) => {
                 record.status = ActionStatus::Failed;
                 record.detail = detail;
             }
-            Ok(Ok(report)) => self.apply_report(&mut record, report, now),
+            Ok(report) => self.apply_report(&mut record, report, now),
         }
         if self
             .commit(&record, "result", "cortex", AuditKind::Action)
@@ -694,19 +721,6 @@ impl Responder {
         if record.rollback_due_ns.is_some() {
             state.active.insert(record.id.clone(), record);
         }
-    }
-
-    /// A `rotate_keys` action was handed to the key lifecycle as `rotation_id`.
-    fn on_handed_off(&self, action_id: &str, rotation_id: &str) {
-        let mut state = lock(&self.state);
-        let Some(mut record) = state.active.remove(action_id) else {
-            return;
-        };
-        record.status = ActionStatus::Done;
-        record.updated_ns = now_ns();
-        record.detail =
-            format!("handed to the key lifecycle as {rotation_id}; its result is audited there");
-        let _ = self.commit(&record, "result", "cortex", AuditKind::Action);
     }
 
     fn apply_report(&self, record: &mut ActionRecord, report: ActionReport, now: u64) {
@@ -868,15 +882,6 @@ impl Responder {
     }
 }
 
-/// The id of the job a failed `try_send` hands back.
-fn error_id(error: &mpsc::error::TrySendError<Job>) -> String {
-    match error {
-        mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job) => {
-            job.action_id.clone()
-        }
-    }
-}
-
 /// The agent's report, checked against the action it answers.
 fn parse_report(
     action_id: &str,
@@ -958,10 +963,23 @@ impl Dispatcher {
         {
             tokio::spawn(async move {
                 let reason = format!("response action {}", job.action_id);
-                let outcome = rotation.rotate(&job.host, "cortex", &reason).await;
-                let done = tokio::task::spawn_blocking(move || match outcome {
-                    Ok(rotation_id) => responder.on_handed_off(&job.action_id, &rotation_id),
-                    Err(error) => responder.on_answer(&job.action_id, Err(error)),
+                let rotated =
+                    tokio::time::timeout(timeout, rotation.rotate(&job.host, "cortex", &reason))
+                        .await;
+                let outcome = match rotated {
+                    Ok(Ok(report)) => Ok(ActionReport {
+                        action_id: job.action_id.clone(),
+                        detail: format!("{} ({})", report.detail, report.action_id),
+                        ..report
+                    }),
+                    Ok(Err(error)) => Err(error),
+                    Err(_) => Err(format!(
+                        "the key rotation did not complete within {} ms",
+                        timeout.as_millis()
+                    )),
+                };
+                let done = tokio::task::spawn_blocking(move || {
+                    responder.on_report(&job.action_id, outcome)
                 })
                 .await;
                 if let Err(error) = done {

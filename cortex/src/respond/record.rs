@@ -111,6 +111,29 @@ pub struct ActionRecord {
     /// For a rollback: the action it undoes.
     #[serde(default)]
     pub rollback_of: Option<String>,
+    /// When the action passed each stage of the cortex (for the latency breakdown).
+    #[serde(default)]
+    pub timeline: Timeline,
+}
+
+/// When an action passed each stage before it reached its agent. `*_mono_ns` are the cortex
+/// host's `CLOCK_MONOTONIC`: they compare with the agent's report and the triggering event's
+/// `mono_ns` only when the cortex and the agent share a host (a benchmark, a one-box install).
+/// The agent's own stages are in the report (`received_mono_ns`, `done_mono_ns`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timeline {
+    /// The triggering event's `time_ns`: the agent's wall clock when it emitted the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger_emitted_ns: Option<u64>,
+    /// When the event's batch reached ingest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arrived_mono_ns: Option<u64>,
+    /// When the playbook asked for the action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_mono_ns: Option<u64>,
+    /// When the action was handed to the dispatcher for the agent's session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatched_mono_ns: Option<u64>,
 }
 
 impl ActionRecord {
@@ -137,6 +160,7 @@ impl ActionRecord {
             rollback_due_ns: None,
             rolled_back_by: None,
             rollback_of: None,
+            timeline: Timeline::default(),
         }
     }
 

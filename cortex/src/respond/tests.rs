@@ -191,6 +191,7 @@ fn report(id: &str, outcome: ActionOutcome, done_mono_ns: u64) -> links::Command
         action_id: id.into(),
         outcome,
         detail: "ok".into(),
+        received_mono_ns: None,
         done_mono_ns,
         facts: serde_json::Map::new(),
     };
@@ -409,6 +410,28 @@ fn the_rate_limit_caps_actions_per_host() {
         std::iter::from_fn(|| h.dispatcher.jobs.try_recv().ok()).count(),
         2
     );
+}
+
+#[test]
+fn a_dispatched_action_carries_its_timeline_and_one_audit_record() {
+    let mut h = harness(config(Mode::Autonomous), &book("", KILL));
+    let trigger = connect(4321, "nc", "www-data", 1_000);
+    let arrived = mono_now_ns();
+    h.responder.on_incident_at(
+        &incident("inc-1", "qsc-reverse-shell"),
+        Some(&trigger),
+        Some(arrived),
+    );
+    let record = only(&h);
+    assert_eq!(record.status, ActionStatus::Dispatched);
+    let timeline = &record.timeline;
+    assert_eq!(timeline.trigger_emitted_ns, Some(trigger.time_ns));
+    assert_eq!(timeline.arrived_mono_ns, Some(arrived));
+    let decided = timeline.decided_mono_ns.expect("decision stamped");
+    let dispatched = timeline.dispatched_mono_ns.expect("dispatch stamped");
+    assert!(arrived <= decided && decided <= dispatched, "{timeline:?}");
+    assert_eq!(audit_events(&h), ["action:dispatched"]);
+    assert!(h.dispatcher.jobs.try_recv().is_ok());
 }
 
 #[test]
@@ -644,6 +667,7 @@ impl CommandHandler for FakeAgent {
             action_id: request.action_id.clone(),
             outcome: ActionOutcome::Done,
             detail: format!("{} done", request.action.name()),
+            received_mono_ns: None,
             done_mono_ns: mono_now_ns(),
             facts: serde_json::Map::new(),
         };
@@ -822,10 +846,17 @@ impl KeyRotation for FakeLifecycle {
         host: &'a str,
         _actor: &'a str,
         _reason: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = Result<ActionReport, String>> + Send + 'a>> {
         Box::pin(async move {
             lock(&self.0).push(host.to_owned());
-            Ok(format!("rotate-keys-{host}-alpha-1"))
+            Ok(ActionReport {
+                action_id: format!("rotate-keys-{host}-alpha-1"),
+                outcome: ActionOutcome::Done,
+                detail: "new session up".into(),
+                received_mono_ns: Some(1),
+                done_mono_ns: 2,
+                facts: serde_json::Map::new(),
+            })
         })
     }
 }
@@ -875,7 +906,7 @@ async fn rotate_keys_goes_through_the_key_lifecycle_or_is_refused() {
     }
     let _ = shutdown_tx.send(true);
     task.await.unwrap();
-    let done = done.expect("the rotation was handed off");
+    let done = done.expect("the rotation completed");
     assert!(
         done.detail.contains("rotate-keys-web-01-alpha-1"),
         "{}",

@@ -368,6 +368,7 @@ pub(crate) mod tests {
                 action_id: "act-7".into(),
                 outcome: ActionOutcome::Done,
                 detail: "blocked".into(),
+                received_mono_ns: None,
                 done_mono_ns: 5,
                 facts: serde_json::Map::new(),
             },

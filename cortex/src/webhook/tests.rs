@@ -726,6 +726,7 @@ fn the_observer_alerts_on_new_or_more_severe_incidents_and_once_per_action_repor
         action_id: "act-1".into(),
         outcome: qsc_event::ActionOutcome::Done,
         detail: "killed 1 process".into(),
+        received_mono_ns: None,
         done_mono_ns: 7,
         facts: serde_json::Map::new(),
     });

@@ -183,6 +183,7 @@ impl Responder {
 
     /// Runs one request and reports how it ended; never panics on a bad request.
     pub fn execute(&self, request: &ActionRequest) -> ActionReport {
+        let received_mono_ns = mono_now_ns();
         let result = self.run(&request.action);
         let done_mono_ns = mono_now_ns();
         let (outcome, detail, facts) = match result {
@@ -205,6 +206,7 @@ impl Responder {
             action_id: request.action_id.clone(),
             outcome,
             detail,
+            received_mono_ns: Some(received_mono_ns),
             done_mono_ns,
             facts,
         }

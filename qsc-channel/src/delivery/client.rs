@@ -143,7 +143,8 @@ pub struct OutboxHandle {
 }
 
 impl OutboxHandle {
-    /// Appends events durably (per the outbox fsync policy) and wakes the sender. Refuses the
+    /// Appends events durably (per the outbox fsync policy) and wakes the sender before the
+    /// `fdatasync`, which runs without the outbox lock. Refuses the
     /// whole batch if an event is larger than one transport message can carry.
     pub fn append_batch<E: AsRef<[u8]>>(&self, events: &[E]) -> Result<Vec<Appended>, ClientError> {
         let max = self.shared.limits.max_event;
@@ -153,8 +154,13 @@ impl OutboxHandle {
                 max,
             });
         }
-        let result = self.shared.outbox()?.append_batch(events)?;
+        // The sync runs without the outbox lock: the sender sends meanwhile, and the command
+        // reader (which acknowledges under that lock) is not held up by the disk.
+        let (result, sync) = self.shared.outbox()?.append_batch_unsynced(events)?;
         self.shared.appended.notify_one();
+        if let Some(sync) = sync {
+            sync.wait()?;
+        }
         Ok(result)
     }
 
@@ -210,12 +216,17 @@ impl Client {
         let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
         loop {
             let mut connected = false;
+            let key = self.config.keypair.public();
             match self.connect_and_stream(&handler, &mut connected).await {
                 Ok(()) => tracing::info!("cortex closed the connection"),
                 Err(e) => tracing::warn!(error = %e, "cortex connection failed"),
             }
             if connected {
                 backoff.reset();
+                if self.config.keypair.public() != key {
+                    // A key rotation: the cortex took the new key and ended the old session.
+                    continue;
+                }
             }
             tokio::time::sleep(backoff.next_delay()).await;
         }

@@ -20,7 +20,7 @@ pub use dedup::{Dedup, DedupError};
 pub use envelope::CommandStatus;
 pub use outbox::{
     Appended, DropCounters, FsyncPolicy, Outbox, OutboxConfig, OutboxError, OverflowPolicy,
-    ReadBatch,
+    PendingSync, ReadBatch,
 };
 pub use server::{
     AgentIdentity, CommandSender, EventSink, ServerConfig, ServerError, Session, SessionClosed,

@@ -13,6 +13,10 @@
 //! Durability (`fsync` policy): with [`FsyncPolicy::Always`] an append returns only after
 //! `fdatasync`, so events survive power loss; with [`FsyncPolicy::Never`] they survive a crash
 //! of the agent process (the kernel holds them) but not of the machine.
+//! [`Outbox::append_batch_unsynced`] hands that `fdatasync` to the caller as a [`PendingSync`],
+//! so it can run without the outbox's lock while the sender already reads and sends the events
+//! (a machine crash before the sync then loses no more than before: what was sent and stored by
+//! the cortex is there, and the outbox renumbers after the cortex's position on reconnect).
 //!
 //! Overflow: when an append would push the total size over `max_bytes`, [`OverflowPolicy`]
 //! decides. `drop_newest` refuses the new event (it gets no sequence number, so no gap);
@@ -92,6 +96,22 @@ pub struct DropCounters {
     pub dropped_oldest: u64,
     /// New events refused (`drop_newest`).
     pub dropped_newest: u64,
+}
+
+/// The `fdatasync` an append still owes ([`Outbox::append_batch_unsynced`]).
+#[must_use = "the appended events are durable only after `wait`"]
+pub struct PendingSync {
+    file: File,
+    path: PathBuf,
+}
+
+impl PendingSync {
+    /// Makes the appended events durable.
+    pub fn wait(self) -> Result<(), OutboxError> {
+        self.file
+            .sync_data()
+            .map_err(io_err("sync segment", &self.path))
+    }
 }
 
 /// The fate of one appended event.
@@ -340,6 +360,20 @@ impl Outbox {
         &mut self,
         events: &[E],
     ) -> Result<Vec<Appended>, OutboxError> {
+        let (appended, sync) = self.append_batch_unsynced(events)?;
+        if let Some(sync) = sync {
+            sync.wait()?;
+        }
+        Ok(appended)
+    }
+
+    /// [`Outbox::append_batch`] that leaves the final `fdatasync` (policy `always`) to the
+    /// caller, who may run it after releasing the outbox; segments closed during the append
+    /// are synced here.
+    pub fn append_batch_unsynced<E: AsRef<[u8]>>(
+        &mut self,
+        events: &[E],
+    ) -> Result<(Vec<Appended>, Option<PendingSync>), OutboxError> {
         let drops_before = self.drops;
         let mut results = Vec::with_capacity(events.len());
         self.write_buf.clear();
@@ -371,11 +405,28 @@ impl Outbox {
             self.total_bytes += record_len;
             results.push(Appended::Stored { seq });
         }
-        self.flush_writes()?;
+        let wrote = self.write_buffered()?;
         if self.drops != drops_before {
             write_drops(&self.config.dir, self.drops)?;
         }
-        Ok(results)
+        let sync = if wrote && self.config.fsync == FsyncPolicy::Always {
+            let path = self.active_path();
+            let file = self
+                .active
+                .try_clone()
+                .map_err(io_err("duplicate segment handle", &path))?;
+            Some(PendingSync { file, path })
+        } else {
+            None
+        };
+        Ok((results, sync))
+    }
+
+    fn active_path(&self) -> PathBuf {
+        self.segments
+            .back()
+            .map(|s| s.path.clone())
+            .unwrap_or_default()
     }
 
     fn active_segment_bytes(&self) -> u64 {
@@ -411,27 +462,29 @@ impl Outbox {
 
     /// Writes buffered records to the active segment (and fsyncs per policy).
     fn flush_writes(&mut self) -> Result<(), OutboxError> {
-        if self.write_buf.is_empty() {
-            return Ok(());
-        }
-        let path = self
-            .segments
-            .back()
-            .map(|s| s.path.clone())
-            .unwrap_or_default();
-        self.active
-            .write_all(&self.write_buf)
-            .map_err(io_err("append to segment", &path))?;
-        if self.config.fsync == FsyncPolicy::Always {
+        if self.write_buffered()? && self.config.fsync == FsyncPolicy::Always {
+            let path = self.active_path();
             self.active
                 .sync_data()
                 .map_err(io_err("sync segment", &path))?;
         }
+        Ok(())
+    }
+
+    /// Writes buffered records to the active segment, without syncing; false if none.
+    fn write_buffered(&mut self) -> Result<bool, OutboxError> {
+        if self.write_buf.is_empty() {
+            return Ok(false);
+        }
+        let path = self.active_path();
+        self.active
+            .write_all(&self.write_buf)
+            .map_err(io_err("append to segment", &path))?;
         if let Some(active) = self.segments.back_mut() {
             active.bytes += self.write_buf.len() as u64;
         }
         self.write_buf.clear();
-        Ok(())
+        Ok(true)
     }
 
     /// Starts a new, empty active segment at the next sequence number.
@@ -674,6 +727,29 @@ mod tests {
                 _ => Vec::new(),
             })
             .collect()
+    }
+
+    #[test]
+    fn an_unsynced_append_is_readable_at_once_and_owes_its_sync_only_when_always() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path(), 1 << 20, 1 << 16, OverflowPolicy::DropOldest);
+        cfg.fsync = FsyncPolicy::Always;
+        let mut outbox = Outbox::open(cfg.clone()).unwrap();
+        let (appended, sync) = outbox.append_batch_unsynced(&events(1..4)).unwrap();
+        assert_eq!(appended.len(), 3);
+        assert_eq!(flatten(&read_all(&mut outbox, 1)), events(1..4));
+        sync.expect("policy always owes a sync").wait().unwrap();
+        let (_, none) = outbox
+            .append_batch_unsynced(&Vec::<Vec<u8>>::new())
+            .unwrap();
+        assert!(none.is_none(), "nothing written, nothing to sync");
+        drop(outbox);
+
+        cfg.fsync = FsyncPolicy::Never;
+        let mut outbox = Outbox::open(cfg).unwrap();
+        let (appended, sync) = outbox.append_batch_unsynced(&events(4..6)).unwrap();
+        assert_eq!(appended[1], Appended::Stored { seq: 5 });
+        assert!(sync.is_none());
     }
 
     #[test]

@@ -7,8 +7,11 @@
 //!    [`KeySlot`] and answers an [`ActionReport`] whose `facts.public_key` is the new key.
 //! 3. The cortex enrolls the new key and closes the session; the client reconnects with the new
 //!    key and re-sends whatever the cortex had not acknowledged (de-duplicated there).
-//! 4. Once the agent is back with the new key the cortex sends `key-rotated <public key>` and
-//!    the agent deletes `<file>.retired`.
+//! 4. Once the agent is back with the new key the cortex sends `key-rotated <public key>`; the
+//!    agent answers the rotation's final [`ActionReport`] (done: new key written, new session
+//!    up, the cortex took the key) and deletes `<file>.retired`.
+//!
+//! The client reconnects at once, without backoff, when the session ends after its key changed.
 
 use std::path::PathBuf;
 
@@ -85,6 +88,7 @@ pub fn plain_report(action_id: &str, outcome: ActionOutcome, detail: String) -> 
         action_id: action_id.to_owned(),
         outcome,
         detail,
+        received_mono_ns: None,
         done_mono_ns: mono_now_ns(),
         facts: serde_json::Map::new(),
     }
@@ -113,7 +117,8 @@ impl KeyRotation {
         if let Some(last) = self.last.as_ref().filter(|r| r.action_id == action_id) {
             return last.clone();
         }
-        let report = match StaticKeypair::rotate_file(&self.key_file) {
+        let received = mono_now_ns();
+        let mut report = match StaticKeypair::rotate_file(&self.key_file) {
             Ok(keypair) => {
                 let public = keypair.public();
                 let previous = self.slot.replace(keypair);
@@ -145,27 +150,47 @@ impl KeyRotation {
                 plain_report(action_id, ActionOutcome::Failed, error.to_string())
             }
         };
+        report.received_mono_ns = Some(received);
         self.last = Some(report.clone());
         report
     }
 
-    /// The cortex confirmed `public_key`: drop the retired key file if it is the key in use.
+    /// The cortex confirmed `public_key` on the new session: the rotation is complete. Drops
+    /// the retired key file if `public_key` is the key in use, and answers the rotation's final
+    /// report (or, when this run did not rotate, what it did).
     pub fn confirm(&mut self, public_key: &PublicKeyBytes) -> (CommandStatus, Vec<u8>) {
+        let done_mono_ns = mono_now_ns();
         if self.slot.public() != *public_key {
             return (
                 CommandStatus::Refused,
                 format!("{} is not the key in use", public_key.key_id()).into_bytes(),
             );
         }
-        match StaticKeypair::discard_retired(&self.key_file) {
-            Ok(existed) => {
-                tracing::info!(key_id = %public_key.key_id(), existed, "retired key file removed");
-                (
-                    CommandStatus::Succeeded,
-                    format!("retired key removed: {existed}").into_bytes(),
-                )
+        let removed = StaticKeypair::discard_retired(&self.key_file);
+        let rotated = self
+            .last
+            .as_ref()
+            .filter(|r| r.facts.get("public_key") == Some(&public_key.to_hex().into()));
+        match (removed, rotated) {
+            (Ok(existed), Some(rotated)) => {
+                tracing::info!(key_id = %public_key.key_id(), existed, "key rotation complete; retired key file removed");
+                let mut facts = rotated.facts.clone();
+                facts.insert("key_written_mono_ns".into(), rotated.done_mono_ns.into());
+                report_result(&ActionReport {
+                    detail: format!(
+                        "new key {} in use on a new session; retired key removed: {existed}",
+                        public_key.key_id()
+                    ),
+                    done_mono_ns,
+                    facts,
+                    ..rotated.clone()
+                })
             }
-            Err(error) => (CommandStatus::Failed, error.to_string().into_bytes()),
+            (Ok(existed), None) => (
+                CommandStatus::Succeeded,
+                format!("retired key removed: {existed}").into_bytes(),
+            ),
+            (Err(error), _) => (CommandStatus::Failed, error.to_string().into_bytes()),
         }
     }
 }
@@ -250,10 +275,14 @@ mod tests {
             CommandStatus::Refused
         );
         assert!(retired.exists());
-        assert_eq!(
-            commands.execute(4, &key_rotated_command(&new)).0,
-            CommandStatus::Succeeded
-        );
+        let (status, done) = commands.execute(4, &key_rotated_command(&new));
+        assert_eq!(status, CommandStatus::Succeeded);
+        let done: ActionReport = serde_json::from_slice(&done).unwrap();
+        assert_eq!(done.action_id, "rot-1");
+        assert_eq!(done.outcome, ActionOutcome::Done);
+        assert_eq!(done.received_mono_ns, report.received_mono_ns);
+        assert!(done.done_mono_ns >= report.done_mono_ns);
+        assert_eq!(done.facts["key_written_mono_ns"], report.done_mono_ns);
         assert!(!retired.exists());
         assert_eq!(commands.execute(5, b"ping").1, b"inner");
     }

@@ -9,6 +9,12 @@
 //! a bench rule matches the connect, a bench playbook asks for the action, the agent acts, and
 //! the latency (agent's `done_mono_ns` − event's `mono_ns`) is read from `GET /api/actions`.
 //! Each iteration is rolled back before the next one. Results go to target/bench/response.json.
+//!
+//! Each latency is also split into its hops, from the action record's timeline (the cortex's
+//! stamps) and the agent's report; the cortex and the agent share this host, so their
+//! `CLOCK_MONOTONIC` stamps compare. The agent's emission of the event is its wall-clock
+//! `time_ns`, converted with this host's wall − monotonic offset. `QSC_BENCH_ITERATIONS`
+//! overrides the iterations per action (for a quick look; the reported figures use 200).
 
 use std::{
     collections::HashSet,
@@ -28,6 +34,33 @@ use crate::{ebpf, shell};
 
 /// Iterations per action.
 const ITERATIONS: usize = 200;
+/// The hops of an action's way from the kernel event to the completed action, in order.
+const HOPS: [(&str, &str); 6] = [
+    (
+        "kernel_to_agent",
+        "kernel event → agent emits it (ring buffer, decode, enrich)",
+    ),
+    (
+        "agent_to_cortex",
+        "agent emit → batch at cortex ingest (outbox, channel)",
+    ),
+    (
+        "arrival_to_decision",
+        "ingest → playbook fired (queue, rules, fusion, decide)",
+    ),
+    (
+        "decision_to_dispatch",
+        "playbook → queued for the agent (guardrails, rate limit)",
+    ),
+    (
+        "dispatch_to_agent",
+        "queued → agent received the request (session, channel)",
+    ),
+    (
+        "agent_execution",
+        "agent received → action done on the host",
+    ),
+];
 const CHANNEL_PORT: u16 = 7543;
 const API: &str = "127.0.0.1:7581";
 const HOST_ID: &str = "qsc-bench-host";
@@ -216,12 +249,33 @@ fn stack_spec() -> StackSpec {
     }
 }
 
-/// Latencies (ms) of one action, in iteration order.
+/// One completed action: its latency and the time spent in each of [`HOPS`] (ms; none when
+/// a stamp is missing).
+struct Sample {
+    ms: f64,
+    hops: [Option<f64>; HOPS.len()],
+    /// `rotate_keys`: received → new key written (the rest of the agent's hop is the reconnect).
+    key_written: Option<f64>,
+}
+
+/// The measured actions of one case, in iteration order.
 struct Samples {
     case: &'static Case,
-    ms: Vec<f64>,
+    samples: Vec<Sample>,
     /// Why the action could not be measured, when it could not.
     unmeasured: Option<String>,
+}
+
+/// Iterations per action: [`ITERATIONS`], or `QSC_BENCH_ITERATIONS`.
+fn iterations() -> anyhow::Result<usize> {
+    match std::env::var("QSC_BENCH_ITERATIONS") {
+        Ok(text) => text
+            .parse()
+            .ok()
+            .filter(|n| (1..=250).contains(n))
+            .with_context(|| format!("QSC_BENCH_ITERATIONS={text}: expected 1..=250")),
+        Err(_) => Ok(ITERATIONS),
+    }
 }
 
 fn measure_all(api: &Api, stack: &mut Stack, uid: u32) -> anyhow::Result<Vec<Samples>> {
@@ -230,26 +284,27 @@ fn measure_all(api: &Api, stack: &mut Stack, uid: u32) -> anyhow::Result<Vec<Sam
     for record in api.actions(HOST_ID)? {
         seen.insert(record["id"].as_str().unwrap_or_default().to_owned());
     }
+    let iterations = iterations()?;
     let mut results = Vec::new();
     for case in CASES {
-        let mut ms = Vec::with_capacity(ITERATIONS);
+        let mut samples = Vec::with_capacity(iterations);
         let mut unmeasured = None;
-        for i in 0..ITERATIONS {
+        for i in 0..iterations {
             stack.check_alive()?;
             match iteration(api, case, i, uid, &mut seen)
                 .with_context(|| format!("{} iteration {i}", case.action))?
             {
-                Ok(latency) => ms.push(latency),
+                Ok(sample) => samples.push(sample),
                 Err(reason) => {
                     unmeasured = Some(reason);
                     break;
                 }
             }
         }
-        eprintln!("{}: {} samples", case.action, ms.len());
+        eprintln!("{}: {} samples", case.action, samples.len());
         results.push(Samples {
             case,
-            ms,
+            samples,
             unmeasured,
         });
     }
@@ -264,7 +319,7 @@ fn iteration(
     i: usize,
     uid: u32,
     seen: &mut HashSet<String>,
-) -> anyhow::Result<Result<f64, String>> {
+) -> anyhow::Result<Result<Sample, String>> {
     let addr = format!("127.78.{}.{}", case.net, i + 1);
     let mut child = trigger(case, &addr, uid)?;
     let playbook = format!("bench-{}", case.key);
@@ -279,8 +334,51 @@ fn iteration(
             record["id"], record["trigger_mono_ns"], record["report"]
         )));
     };
+    let sample = sample(&record, latency_ns);
     rollback(api, case, seen)?;
-    Ok(Ok(latency_ns as f64 / 1e6))
+    Ok(Ok(sample))
+}
+
+/// This host's wall clock minus its monotonic clock (ns).
+fn wall_minus_mono_ns() -> i128 {
+    let read = |clock| {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec into the struct it is given.
+        unsafe { libc::clock_gettime(clock, &mut now) };
+        i128::from(now.tv_sec) * 1_000_000_000 + i128::from(now.tv_nsec)
+    };
+    read(libc::CLOCK_REALTIME) - read(libc::CLOCK_MONOTONIC)
+}
+
+/// The latency of a done action record and its hops, from its timeline and report.
+fn sample(record: &Value, latency_ns: u64) -> Sample {
+    let stamp = |value: &Value| value.as_u64().map(i128::from);
+    let timeline = &record["timeline"];
+    let report = &record["report"];
+    let emitted = stamp(&timeline["trigger_emitted_ns"]).map(|wall| wall - wall_minus_mono_ns());
+    let received = stamp(&report["received_mono_ns"]);
+    let stamps = [
+        stamp(&record["trigger_mono_ns"]),
+        emitted,
+        stamp(&timeline["arrived_mono_ns"]),
+        stamp(&timeline["decided_mono_ns"]),
+        stamp(&timeline["dispatched_mono_ns"]),
+        received,
+        stamp(&report["done_mono_ns"]),
+    ];
+    let ms = |from: Option<i128>, to: Option<i128>| Some((to? - from?) as f64 / 1e6);
+    let mut hops = [None; HOPS.len()];
+    for (hop, pair) in hops.iter_mut().zip(stamps.windows(2)) {
+        *hop = ms(pair[0], pair[1]);
+    }
+    Sample {
+        ms: latency_ns as f64 / 1e6,
+        hops,
+        key_written: ms(received, stamp(&report["facts"]["key_written_mono_ns"])),
+    }
 }
 
 /// A child running as the bench user that connects to `addr` (nothing listens there) and, for
@@ -333,6 +431,49 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// p50 and p99 (nearest rank) of some values, sorted here.
+fn p50_p99(mut values: Vec<f64>) -> (f64, f64) {
+    values.sort_by(f64::total_cmp);
+    (percentile(&values, 50.0), percentile(&values, 99.0))
+}
+
+/// Prints and records where one action's time went: p50/p99 of each hop.
+fn breakdown(samples: &Samples, json: &mut serde_json::Map<String, Value>) {
+    if samples.samples.is_empty() {
+        return;
+    }
+    println!("\n{} — per hop (ms):", samples.case.action);
+    println!("  {:<22} {:>9} {:>9}  what", "hop", "p50", "p99");
+    let mut hops = serde_json::Map::new();
+    let mut row = |name: &str, what: &str, values: Vec<f64>| {
+        if values.is_empty() {
+            return;
+        }
+        let (p50, p99) = p50_p99(values);
+        println!("  {name:<22} {p50:>9.3} {p99:>9.3}  {what}");
+        hops.insert(name.into(), json!({"p50_ms": p50, "p99_ms": p99}));
+    };
+    for (index, (name, what)) in HOPS.iter().enumerate() {
+        let values = samples
+            .samples
+            .iter()
+            .filter_map(|s| s.hops[index])
+            .collect();
+        row(name, what, values);
+    }
+    let written = samples
+        .samples
+        .iter()
+        .filter_map(|s| s.key_written)
+        .collect();
+    row(
+        "of_which_key_written",
+        "agent received → new key on disk (the rest: reconnect with it)",
+        written,
+    );
+    json.insert(format!("{}_hops", samples.case.key), Value::Object(hops));
+}
+
 fn report(results: &[Samples], out: &Path) -> anyhow::Result<()> {
     let mut json = serde_json::Map::new();
     println!(
@@ -341,7 +482,7 @@ fn report(results: &[Samples], out: &Path) -> anyhow::Result<()> {
     );
     for Samples {
         case,
-        ms,
+        samples,
         unmeasured,
     } in results
     {
@@ -349,7 +490,7 @@ fn report(results: &[Samples], out: &Path) -> anyhow::Result<()> {
             println!("{:<18} not measured: {reason}", case.action);
             json.insert(format!("{}_error", case.key), json!(reason));
         }
-        let mut sorted = ms.clone();
+        let mut sorted: Vec<f64> = samples.iter().map(|s| s.ms).collect();
         sorted.sort_by(f64::total_cmp);
         let (p50, p99) = (percentile(&sorted, 50.0), percentile(&sorted, 99.0));
         let max = sorted.last().copied().unwrap_or(f64::NAN);
@@ -369,6 +510,9 @@ fn report(results: &[Samples], out: &Path) -> anyhow::Result<()> {
         if let Some(budget) = case.budget_ms {
             json.insert(format!("{}_budget_ms", case.key), json!(budget));
         }
+    }
+    for samples in results {
+        breakdown(samples, &mut json);
     }
     json.insert(
         "agent_ring_buffer".into(),

@@ -86,7 +86,8 @@ pub fn run(config: &CortexConfig, action: &KeysAction) -> anyhow::Result<ExitCod
     }
 }
 
-fn actor(operator: Option<&str>) -> String {
+/// `operator:<name>`: the given operator, else the login user.
+pub(super) fn actor(operator: Option<&str>) -> String {
     let name = operator
         .map(str::to_owned)
         .or_else(|| std::env::var("USER").ok())

@@ -202,41 +202,48 @@ async fn replay(deployment: &Deployment, cortex: &common::Cortex) -> Agent {
 }
 
 async fn text(browser: &Client, css: &str) -> String {
-    browser
-        .find(Locator::Css(css))
+    element(browser, css)
         .await
-        .unwrap_or_else(|e| panic!("no element {css}: {e}"))
         .text()
         .await
         .expect("element text")
 }
 
+async fn element(browser: &Client, css: &str) -> fantoccini::elements::Element {
+    browser
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no element {css}: {e}"))
+}
+
+async fn click(browser: &Client, css: &str) {
+    element(browser, css)
+        .await
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("click {css}: {e}"));
+}
+
+async fn open(browser: &Client, base: &str, path: &str) {
+    browser
+        .goto(&format!("{base}{path}"))
+        .await
+        .unwrap_or_else(|e| panic!("open {path}: {e}"));
+}
+
 async fn log_in(browser: &Client, base: &str, (name, password): (&str, &str)) {
-    browser
-        .goto(&format!("{base}/console/login"))
+    open(browser, base, "/console/login").await;
+    element(browser, "#name")
         .await
-        .expect("login page");
-    browser
-        .find(Locator::Css("#name"))
-        .await
-        .expect("name field")
         .send_keys(name)
         .await
         .expect("type name");
-    browser
-        .find(Locator::Css("#password"))
+    element(browser, "#password")
         .await
-        .expect("password field")
         .send_keys(password)
         .await
         .expect("type password");
-    browser
-        .find(Locator::Css("#login"))
-        .await
-        .expect("login button")
-        .click()
-        .await
-        .expect("submit login");
+    click(browser, "#login").await;
     let url = browser.current_url().await.expect("url");
     assert_eq!(
         url.path(),
@@ -302,10 +309,7 @@ async fn an_operator_triages_the_seed_incident_and_approves_its_held_action_in_c
     );
     screenshot(&browser, "console-fleet.png").await;
 
-    browser
-        .goto(&format!("{base}/console/incidents"))
-        .await
-        .expect("incidents");
+    open(&browser, &base, "/console/incidents").await;
     browser
         .find(Locator::LinkText("credential stuffing + exfiltration"))
         .await
@@ -336,39 +340,33 @@ async fn an_operator_triages_the_seed_incident_and_approves_its_held_action_in_c
         let lr: f64 = ratio.text().await.expect("lr").parse().expect("lr number");
         assert!(lr > 1.0, "evidence raises the odds: {lr}");
     }
-    browser
-        .find(Locator::Css("svg.chart path.line"))
-        .await
-        .expect("the confidence chart is drawn");
+    element(&browser, "svg.chart path.line").await;
     let timeline = text(&browser, "#timeline").await;
-    assert!(
-        timeline.contains("auth_failure") || timeline.contains("auth"),
-        "{timeline}"
-    );
+    for kind in [
+        "auth_failure",
+        "auth_success",
+        "net_volume",
+        "backup_corrupt",
+    ] {
+        assert!(
+            timeline.contains(kind),
+            "{kind} in the timeline: {timeline}"
+        );
+    }
     screenshot(&browser, "console-incident.png").await;
 
-    browser
-        .goto(&format!("{base}/console/actions"))
-        .await
-        .expect("actions");
-    browser
-        .find(Locator::Css(&format!(
-            "tr[data-action='{held}'] button.approve"
-        )))
-        .await
-        .expect("an approve button on the held action")
-        .click()
-        .await
-        .expect("approve");
+    open(&browser, &base, "/console/actions").await;
+    click(
+        &browser,
+        &format!("tr[data-action='{held}'] button.approve"),
+    )
+    .await;
     eventually(WAIT, || {
         let action = cortex.get_json(&format!("/api/actions/{held}"));
         (action["status"] == "done").then_some(())
     })
     .await;
-    browser
-        .goto(&format!("{base}/console/actions"))
-        .await
-        .expect("actions again");
+    open(&browser, &base, "/console/actions").await;
     assert_eq!(
         cortex.metric("cortex_actions_total{action=\"isolate\",status=\"done\"}"),
         1.0
@@ -379,10 +377,7 @@ async fn an_operator_triages_the_seed_incident_and_approves_its_held_action_in_c
         "{row}"
     );
     screenshot(&browser, "console-actions.png").await;
-    browser
-        .goto(&format!("{base}/console/audit?q=approved"))
-        .await
-        .expect("audit");
+    open(&browser, &base, "/console/audit?q=approved").await;
     assert!(text(&browser, "#chain-status").await.contains("intact"));
     let audit = text(&browser, "#audit").await;
     assert!(
@@ -393,29 +388,18 @@ async fn an_operator_triages_the_seed_incident_and_approves_its_held_action_in_c
     // A forged form without the session's CSRF token changes nothing.
     let refused = forge(
         &browser,
-        &format!("/console/nodes/web-01/release"),
+        "/console/nodes/web-01/release",
         json!({"reason": "forged"}),
     )
     .await;
     assert!(refused.contains("CSRF"), "{refused}");
 
     // A viewer sees everything, cannot approve even with a valid token.
-    browser
-        .goto(&format!("{base}/console/"))
-        .await
-        .expect("fleet");
-    browser
-        .find(Locator::Css("form.logout button"))
-        .await
-        .expect("logout")
-        .click()
-        .await
-        .expect("log out");
+    open(&browser, &base, "/console/").await;
+    click(&browser, "form.logout button").await;
     log_in(&browser, &base, VIEWER).await;
-    let csrf = browser
-        .find(Locator::Css("form.logout input[name=csrf]"))
+    let csrf = element(&browser, "form.logout input[name=csrf]")
         .await
-        .expect("csrf field")
         .attr("value")
         .await
         .expect("csrf")

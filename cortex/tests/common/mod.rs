@@ -254,7 +254,7 @@ impl Agent {
         cortex_addr: &str,
         cortex_key: PublicKeyBytes,
         keypair: StaticKeypair,
-        handler: impl CommandHandler + Send + 'static,
+        handler: impl CommandHandler + 'static,
     ) -> Agent {
         let outbox = Outbox::open(OutboxConfig::new(outbox_dir)).expect("open outbox");
         let mut config = ClientConfig::new(cortex_addr, cortex_key, keypair);

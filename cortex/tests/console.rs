@@ -283,6 +283,30 @@ async fn forge(browser: &Client, action: &str, fields: Value) -> String {
     }
 }
 
+/// Reads `/console/stream` with the session cookie until a `change` event (or a minute).
+fn sse_change(api: String, session: String) -> std::thread::JoinHandle<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = std::net::TcpStream::connect(&api).expect("connect console");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET /console/stream HTTP/1.1\r\nHost: {api}\r\nCookie: qsc_session={session}\r\n\r\n"
+    )
+    .expect("request stream");
+    let mut lines = BufReader::new(stream);
+    let mut ready = String::new();
+    while !ready.contains(": ready") {
+        lines.read_line(&mut ready).expect("stream is ready");
+    }
+    std::thread::spawn(move || {
+        let mut seen = String::new();
+        while !seen.contains("event: change") && lines.read_line(&mut seen).is_ok_and(|n| n > 0) {}
+        seen
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_triages_the_seed_incident_and_approves_its_held_action_in_chromium() {
     if !browser_or_skip() {
@@ -416,6 +440,33 @@ async fn an_operator_triages_the_seed_incident_and_approves_its_held_action_in_c
         "ISOLATED",
         "nothing released by the refused forms"
     );
+
+    // The operator releases the isolated host; a live-update stream reports the change.
+    click(&browser, "form.logout button").await;
+    log_in(&browser, &base, OPERATOR).await;
+    let session = browser
+        .get_named_cookie("qsc_session")
+        .await
+        .expect("session cookie");
+    let stream = sse_change(cortex.api.clone(), session.value().to_owned());
+    open(&browser, &base, "/console/actions").await;
+    element(&browser, "#isolated input[name=reason]")
+        .await
+        .send_keys("reimaged and checked")
+        .await
+        .expect("type reason");
+    click(&browser, "#isolated button").await;
+    eventually(WAIT, || {
+        (cortex.get_json("/api/nodes")[0]["state"] == "NOMINAL").then_some(())
+    })
+    .await;
+    let seen = tokio::task::spawn_blocking(move || stream.join())
+        .await
+        .expect("join")
+        .expect("stream thread");
+    assert!(seen.contains("event: change"), "{seen}");
+    open(&browser, &base, "/console/audit?q=released").await;
+    assert!(text(&browser, "#audit").await.contains("operator:alice"));
 
     browser.close().await.expect("close browser");
     alpha.stop().await;

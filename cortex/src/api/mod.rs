@@ -14,6 +14,9 @@
 //! | `GET /api/incidents/{id}` | one incident with its evidence, and as an OCSF Detection Finding |
 //! | `GET /api/events?host=&kind=&since=&until=&limit=` | stored events (decrypted), OCSF-shaped |
 //! | `POST /webhook/approval` | a SOAR's signed approve/deny of a held action (Standard Webhooks signature with `[webhook] inbound_secret`, not the token) |
+//!
+//! `cortex serve` merges in the web console's routes (`/console/…`, session cookies instead of
+//! the token; see [`crate::console`]) unless `[console] address` gives it a port of its own.
 
 mod handlers;
 pub mod ocsf;

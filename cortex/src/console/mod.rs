@@ -147,3 +147,135 @@ pub fn router(state: ConsoleState) -> Router {
         .route("/console/static/console.js", get(handlers::js))
         .with_state(state)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::NodeStates;
+    use crate::respond::{Playbooks, RespondConfig, ResponderParts};
+    use crate::store::SqliteStore;
+    use std::io::{Read, Write};
+    use std::sync::Mutex;
+
+    /// One HTTP/1.1 request; the status line's code and the whole response text.
+    async fn request(addr: std::net::SocketAddr, raw: String) -> (u16, String) {
+        tokio::task::spawn_blocking(move || {
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            stream.write_all(raw.as_bytes()).unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).unwrap();
+            (response[9..12].parse().unwrap(), response)
+        })
+        .await
+        .unwrap()
+    }
+
+    fn form(path: &str, cookie: &str, body: &str) -> String {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {cookie}\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    fn get(path: &str, cookie: &str) -> String {
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {cookie}\r\n\r\n")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn login_sessions_and_csrf_without_a_browser() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open_with_key(&dir.path().join("c.db"), &[1; 32]).unwrap());
+        let seed = zeroize::Zeroizing::new([2u8; 32]);
+        let audit = Arc::new(AuditLog::open_with_key(&dir.path().join("a.db"), &seed, 8).unwrap());
+        let nodes = Arc::new(Mutex::new(NodeStates::new(audit.clone(), Vec::new())));
+        let (respond, _dispatcher) = Responder::new(ResponderParts {
+            config: RespondConfig::default(),
+            playbooks: Playbooks::default(),
+            store: store.clone(),
+            nodes,
+            links: AgentLinks::default(),
+            cortex_addr: None,
+            key_rotation: None,
+        })
+        .unwrap();
+        let config = ConsoleConfig {
+            users_file: dir.path().join("users.toml"),
+            ..ConsoleConfig::default()
+        };
+        let mut users = UsersFile::default();
+        users
+            .add("olga", Role::Operator, "olga's long password")
+            .unwrap();
+        users.save(&config.users_file).unwrap();
+        let state = ConsoleState::new(
+            &config,
+            ConsoleParts {
+                store,
+                respond,
+                audit,
+                links: AgentLinks::default(),
+                agents_file: dir.path().join("agents.toml"),
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router(state)).await });
+
+        let (status, text) = request(addr, get("/console/", "")).await;
+        assert_eq!(status, 303, "no session: to the login page: {text}");
+        let wrong = "name=olga&password=not+her+password";
+        let (status, _) = request(addr, form("/console/login", "", wrong)).await;
+        assert_eq!(status, 401);
+        let right = "name=olga&password=olga%27s+long+password";
+        let (status, text) = request(addr, form("/console/login", "", right)).await;
+        assert_eq!(status, 303, "{text}");
+        let cookie_line = text
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+            .unwrap();
+        assert!(cookie_line.contains("HttpOnly") && cookie_line.contains("SameSite=Strict"));
+        assert!(cookie_line.contains("; Secure"));
+        let cookie = cookie_line
+            .split_once(':')
+            .unwrap()
+            .1
+            .split(';')
+            .next()
+            .unwrap()
+            .trim()
+            .to_owned();
+        let (status, page) = request(addr, get("/console/actions", &cookie)).await;
+        assert_eq!(status, 200, "{page}");
+        assert!(page.contains("content-security-policy"), "{page}");
+        let (status, _) = request(
+            addr,
+            form("/console/nodes/web-01/release", &cookie, "reason=x"),
+        )
+        .await;
+        assert_eq!(status, 403, "no CSRF token");
+        let (status, _) = request(
+            addr,
+            form("/console/nodes/web-01/release", &cookie, "csrf=00&reason=x"),
+        )
+        .await;
+        assert_eq!(status, 403, "a wrong CSRF token");
+        let csrf = page
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap();
+        let body = format!("csrf={csrf}&reason=x");
+        let (status, text) =
+            request(addr, form("/console/nodes/web-01/release", &cookie, &body)).await;
+        assert_eq!(
+            status, 409,
+            "past the CSRF check, web-01 is not isolated: {text}"
+        );
+        let (status, _) = request(addr, form("/console/logout", &cookie, &body)).await;
+        assert_eq!(status, 303);
+        let (status, _) = request(addr, get("/console/actions", &cookie)).await;
+        assert_eq!(status, 303, "the session ended");
+    }
+}

@@ -273,13 +273,27 @@ fn fleet_rows(state: &ConsoleState, now: u64) -> Result<Vec<HostRow>, ConsoleErr
     Ok(rows.into_values().collect())
 }
 
-/// Last seen, agent versions, event loss and integrity status from the host's recent events.
+/// The event kinds the fleet page reads: agent health and integrity reports.
+const HEALTH_KINDS: &[&str] = &[
+    "heartbeat",
+    "event_loss",
+    "integrity_file_changed",
+    "integrity_file_added",
+    "integrity_file_removed",
+    "integrity_baseline_tampered",
+    "backup_corrupt",
+    "backup_missing",
+    "backup_unexpected",
+];
+
+/// Last seen (newest heartbeat or report), agent versions, event loss and integrity status
+/// from the host's recent health and integrity events.
 fn health_from_events(state: &ConsoleState, row: &mut HostRow, now: u64) -> Result<(), StoreError> {
     let events = state.store.query_events(&EventQuery {
         host: Some(row.host.clone()),
         since_ns: Some(now.saturating_sub(FLEET_WINDOW_NS)),
         until_ns: None,
-        kinds: Vec::new(),
+        kinds: HEALTH_KINDS.iter().map(|k| (*k).to_owned()).collect(),
         limit: 20_000,
     })?;
     row.last_seen_ns = events.last().map(|e| e.time_ns);

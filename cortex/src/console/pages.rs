@@ -23,7 +23,7 @@ pub struct HostRow {
     pub agents: Vec<String>,
     pub node: Option<NodeStateRecord>,
     pub connected: bool,
-    /// Newest event time seen in the recent window.
+    /// Newest heartbeat or health/integrity report in the recent window.
     pub last_seen_ns: Option<u64>,
     /// `source version` from the newest heartbeat of each agent.
     pub versions: BTreeMap<String, String>,

@@ -210,25 +210,56 @@ async fn text(browser: &Client, css: &str) -> String {
 }
 
 async fn element(browser: &Client, css: &str) -> fantoccini::elements::Element {
-    browser
-        .find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("no element {css}: {e}"))
+    match browser.find(Locator::Css(css)).await {
+        Ok(element) => element,
+        Err(e) => {
+            let url = browser.current_url().await.map(|u| u.to_string());
+            let page = browser.source().await.unwrap_or_default();
+            panic!("no element {css} at {url:?}: {e}\n{page}")
+        }
+    }
 }
 
+/// Navigations Chromium may abort: other tests on this machine add and remove network
+/// interfaces and addresses (network namespaces, loopback aliases), and Chromium then drops
+/// what was in flight with ERR_NETWORK_CHANGED. Such a navigation is retried.
+const NAVIGATION_TRIES: usize = 5;
+
+async fn network_changed(browser: &Client) -> bool {
+    browser
+        .source()
+        .await
+        .is_ok_and(|page| page.contains("ERR_NETWORK_CHANGED"))
+}
+
+/// Clicks `css` (a link or a form button) and waits for the page it leads to.
 async fn click(browser: &Client, css: &str) {
-    element(browser, css)
-        .await
-        .click()
-        .await
-        .unwrap_or_else(|e| panic!("click {css}: {e}"));
+    for _ in 0..NAVIGATION_TRIES {
+        element(browser, css)
+            .await
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("click {css}: {e}"));
+        if !network_changed(browser).await {
+            return;
+        }
+        browser.back().await.expect("back after a network change");
+    }
+    panic!("click {css}: Chromium kept reporting a network change");
 }
 
 async fn open(browser: &Client, base: &str, path: &str) {
-    browser
-        .goto(&format!("{base}{path}"))
-        .await
-        .unwrap_or_else(|e| panic!("open {path}: {e}"));
+    for _ in 0..NAVIGATION_TRIES {
+        browser
+            .goto(&format!("{base}{path}"))
+            .await
+            .unwrap_or_else(|e| panic!("open {path}: {e}"));
+        if !network_changed(browser).await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    panic!("open {path}: Chromium kept reporting a network change");
 }
 
 async fn log_in(browser: &Client, base: &str, (name, password): (&str, &str)) {
@@ -263,24 +294,30 @@ async fn screenshot(browser: &Client, name: &str) {
 
 /// Submits a hand-made form (as a hostile page would) and returns the page's message.
 async fn forge(browser: &Client, action: &str, fields: Value) -> String {
-    browser
-        .execute(
-            "const f = document.createElement('form'); f.method = 'post'; f.action = arguments[0];\
-             for (const [k, v] of Object.entries(arguments[1])) {\
-               const i = document.createElement('input'); i.name = k; i.value = v; f.appendChild(i); }\
-             document.body.appendChild(f); f.submit();",
-            vec![json!(action), fields],
-        )
-        .await
-        .expect("forge form");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(element) = browser.find(Locator::Css("#message")).await {
-            return element.text().await.expect("message");
+    for _ in 0..NAVIGATION_TRIES {
+        browser
+            .execute(
+                "const f = document.createElement('form'); f.method = 'post'; f.action = arguments[0];\
+                 for (const [k, v] of Object.entries(arguments[1])) {\
+                   const i = document.createElement('input'); i.name = k; i.value = v; f.appendChild(i); }\
+                 document.body.appendChild(f); f.submit();",
+                vec![json!(action), fields.clone()],
+            )
+            .await
+            .expect("forge form");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(element) = browser.find(Locator::Css("#message")).await {
+                return element.text().await.expect("message");
+            }
+            if network_changed(browser).await {
+                browser.back().await.expect("back after a network change");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(Instant::now() < deadline, "no answer page for {action}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    panic!("no answer page for the forged form to {action}");
 }
 
 /// Reads `/console/stream` with the session cookie until a `change` event (or a minute).
@@ -334,13 +371,15 @@ async fn an_operator_triages_the_seed_incident_and_approves_its_held_action_in_c
     screenshot(&browser, "console-fleet.png").await;
 
     open(&browser, &base, "/console/incidents").await;
-    browser
+    let link = browser
         .find(Locator::LinkText("credential stuffing + exfiltration"))
         .await
         .expect("the seed incident is listed")
-        .click()
+        .attr("href")
         .await
-        .expect("open the incident");
+        .expect("link target")
+        .expect("href");
+    open(&browser, &base, &link).await;
     assert_eq!(text(&browser, "#severity").await, "CRITICAL");
     let posterior: f64 = text(&browser, "#posterior")
         .await
@@ -380,6 +419,7 @@ async fn an_operator_triages_the_seed_incident_and_approves_its_held_action_in_c
     screenshot(&browser, "console-incident.png").await;
 
     open(&browser, &base, "/console/actions").await;
+    screenshot(&browser, "console-actions.png").await;
     click(
         &browser,
         &format!("tr[data-action='{held}'] button.approve"),
@@ -400,7 +440,6 @@ async fn an_operator_triages_the_seed_incident_and_approves_its_held_action_in_c
         row.contains("done") && row.contains("alice approved"),
         "{row}"
     );
-    screenshot(&browser, "console-actions.png").await;
     open(&browser, &base, "/console/audit?q=approved").await;
     assert!(text(&browser, "#chain-status").await.contains("intact"));
     let audit = text(&browser, "#audit").await;

@@ -376,7 +376,7 @@ pub fn actions(session: &Session, view: &ActionsView<'_>) -> Markup {
                     tr data-action=(action.id) {
                         td { (action.id) } td { (action.name) } td { (action.host) }
                         td.status { (action.status.as_str()) }
-                        td { (action.detail) @if let Some(report) = &action.report { br; small { (report.detail) } } }
+                        td { (action.detail) @if let Some(report) = action.report.as_ref().filter(|r| r.detail != action.detail) { br; small { (report.detail) } } }
                         td { @for decision in &action.decisions {
                             (decision.operator) (if decision.approve { " approved" } else { " denied" }) br; } }
                         td { (rollback_text(action, view.now_ns)) }

@@ -4,6 +4,7 @@ pub mod anomaly;
 pub mod api;
 pub mod audit;
 pub mod config;
+pub mod console;
 pub mod decide;
 pub mod detect;
 pub mod ingest;

@@ -17,6 +17,7 @@
 //! webhook: incidents and action results ──signed, retried, dead-lettered──▶ SOAR destinations
 //! api (axum): health, metrics, nodes, incidents, events, release, actions (approve/deny),
 //!             POST /webhook/approval (a SOAR's signed approve/deny)
+//! console (axum, /console/): fleet, incidents, held actions, audit — users with roles, CSRF
 //! ```
 
 mod cli;
@@ -32,6 +33,7 @@ use clap::Parser;
 use cortex::api::{self, ApiState, ApiToken};
 use cortex::audit::{AuditEntry, AuditKind, AuditLog, AuditSink};
 use cortex::config::CortexConfig;
+use cortex::console::{self, ConsoleParts, ConsoleState};
 use cortex::decide::NodeStates;
 use cortex::ingest::agents::AgentsFile;
 use cortex::ingest::keys::{KEYS_POLL, KeyLifecycle};
@@ -179,7 +181,7 @@ async fn serve(config: CortexConfig) -> anyhow::Result<()> {
         metrics.clone(),
         sender,
     )
-    .with_links(links);
+    .with_links(links.clone());
     let server_config = ServerConfig {
         keypair,
         allow_list: directory.allow_list(),
@@ -234,14 +236,32 @@ async fn serve(config: CortexConfig) -> anyhow::Result<()> {
         inbound: webhooks.inbound,
         keys: Some(directory),
     };
-    let mut api_shutdown = shutdown_rx.clone();
-    let api_task = tokio::spawn(async move {
-        axum::serve(api_listener, api::router(api_state))
-            .with_graceful_shutdown(async move {
-                let _ = api_shutdown.changed().await;
-            })
+    let console_state = ConsoleState::new(
+        &config.console,
+        ConsoleParts {
+            store: store.clone(),
+            respond: api_state.respond.clone(),
+            audit: audit.clone(),
+            links,
+            agents_file: config.agents.file.clone(),
+        },
+    );
+    let mut api_router = api::router(api_state);
+    let mut console_task = None;
+    if config.console.enabled && config.console.address.is_empty() {
+        api_router = api_router.merge(console::router(console_state));
+    } else if config.console.enabled {
+        let listener = TcpListener::bind(&config.console.address)
             .await
-    });
+            .with_context(|| format!("binding [console] address {}", config.console.address))?;
+        tracing::info!(console_addr = %listener.local_addr()?, "console listening");
+        console_task = Some(tokio::spawn(serve_http(
+            listener,
+            console::router(console_state),
+            shutdown_rx.clone(),
+        )));
+    }
+    let api_task = tokio::spawn(serve_http(api_listener, api_router, shutdown_rx.clone()));
     tracing::info!(%channel_addr, %api_addr, "cortex is running");
     println!("LISTENING channel={channel_addr} api={api_addr}");
 
@@ -254,6 +274,9 @@ async fn serve(config: CortexConfig) -> anyhow::Result<()> {
     retention_task.await.context("retention task")?;
     dispatch_task.await.context("respond dispatcher task")?;
     api_task.await.context("api task")??;
+    if let Some(task) = console_task {
+        task.await.context("console task")??;
+    }
     // Every ingest session is gone, so the queue's senders are too: the worker drains and ends.
     tokio::task::spawn_blocking(move || worker.join())
         .await
@@ -353,6 +376,19 @@ impl KeyRotation for LifecycleRotation {
                 .map_err(|error| error.to_string())
         })
     }
+}
+
+/// Serves HTTP on `listener` until shutdown.
+async fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.changed().await;
+        })
+        .await
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

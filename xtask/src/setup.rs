@@ -23,6 +23,9 @@ pub const EBPF_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src", "
 /// blocking without the cgroup programs), passwd (useradd/usermod/userdel for test accounts),
 /// iproute2 (`ip netns` for the isolation tests).
 pub const RESPONSE_PACKAGES: &[&str] = &["nftables", "passwd", "iproute2"];
+/// Debian packages the console's browser test drives: headless Chromium and its WebDriver
+/// server (installed for `cargo xtask test` only; the cortex itself needs no browser).
+pub const BROWSER_PACKAGES: &[&str] = &["chromium", "chromium-driver"];
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 pub const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 pub const TRACEFS: &str = "/sys/kernel/tracing";

@@ -15,6 +15,9 @@
 //! | `GET /api/events?host=&kind=&since=&until=&limit=` | stored events (decrypted), OCSF-shaped |
 //! | `POST /api/keys/{host}/revoke` | revoke the host's agent keys (`{"operator": "...", "agent": "alpha"}`, `agent` optional) in the running cortex: audited, their live sessions closed at once (`cortex keys revoke` calls it) |
 //! | `POST /webhook/approval` | a SOAR's signed approve/deny of a held action (Standard Webhooks signature with `[webhook] inbound_secret`, not the token) |
+//!
+//! `cortex serve` merges in the web console's routes (`/console/…`, session cookies instead of
+//! the token; see [`crate::console`]) unless `[console] address` gives it a port of its own.
 
 mod handlers;
 pub mod ocsf;

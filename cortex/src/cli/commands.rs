@@ -51,6 +51,7 @@ pub fn run_tool(cli: &Cli) -> anyhow::Result<ExitCode> {
         } => baseline::show(&load_config(&cli.config)?, host, *json),
         Command::Actions { action } => actions::run(&load_config(&cli.config)?, action),
         Command::Keys { action } => super::keys::run(&load_config(&cli.config)?, action),
+        Command::Users { action } => super::users::run(&load_config(&cli.config)?, action),
     }
 }
 

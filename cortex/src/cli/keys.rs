@@ -98,7 +98,8 @@ fn operator_name(operator: Option<&str>) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn actor(operator: Option<&str>) -> String {
+/// `operator:<name>`: the given operator, else the login user.
+pub(super) fn actor(operator: Option<&str>) -> String {
     format!("operator:{}", operator_name(operator))
 }
 

@@ -5,6 +5,7 @@ mod baseline;
 mod client;
 mod commands;
 mod keys;
+mod users;
 mod when;
 
 use std::path::PathBuf;
@@ -124,6 +125,11 @@ pub enum Command {
     Keys {
         #[command(subcommand)]
         action: keys::KeysAction,
+    },
+    /// Web console accounts ([console] users_file): add, list, remove, with a role.
+    Users {
+        #[command(subcommand)]
+        action: users::UsersAction,
     },
 }
 

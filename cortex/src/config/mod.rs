@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::anomaly::{AnomalyConfig, AnomalyError};
 use crate::audit::{AuditConfig, AuditError};
+use crate::console::{ConsoleConfig, ConsoleConfigError};
 use crate::respond::{RespondConfig, RespondConfigError};
 use crate::score::ScoreConfig;
 use crate::score::config::ScoreConfigError;
@@ -36,6 +37,7 @@ pub struct CortexConfig {
     pub anomaly: AnomalyConfig,
     pub respond: RespondConfig,
     pub webhook: WebhookConfig,
+    pub console: ConsoleConfig,
 }
 
 /// `[listen]`: the agent channel.
@@ -198,6 +200,9 @@ pub enum ConfigError {
     Anomaly(#[from] AnomalyError),
     #[error("[webhook] {0}")]
     Webhook(#[from] WebhookConfigError),
+    /// The console error names its own `[console]` key.
+    #[error(transparent)]
+    Console(#[from] ConsoleConfigError),
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -247,6 +252,7 @@ impl CortexConfig {
         self.anomaly.validate()?;
         self.respond.validate()?;
         self.webhook.validate()?;
+        self.console.validate()?;
         Ok(())
     }
 

@@ -245,6 +245,17 @@ impl Agent {
         cortex_key: PublicKeyBytes,
         keypair: StaticKeypair,
     ) -> Agent {
+        Self::start_with(outbox_dir, cortex_addr, cortex_key, keypair, NoCommands)
+    }
+
+    /// [`Agent::start`] with `handler` answering the cortex's commands.
+    pub fn start_with(
+        outbox_dir: &Path,
+        cortex_addr: &str,
+        cortex_key: PublicKeyBytes,
+        keypair: StaticKeypair,
+        handler: impl CommandHandler + 'static,
+    ) -> Agent {
         let outbox = Outbox::open(OutboxConfig::new(outbox_dir)).expect("open outbox");
         let mut config = ClientConfig::new(cortex_addr, cortex_key, keypair);
         config.backoff_initial = Duration::from_millis(50);
@@ -252,7 +263,7 @@ impl Agent {
         let client = Client::new(config, outbox);
         let handle = client.handle();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(client.run_until(NoCommands, async {
+        let task = tokio::spawn(client.run_until(handler, async {
             let _ = stopped.await;
         }));
         Agent {

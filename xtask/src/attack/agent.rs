@@ -15,8 +15,8 @@ pub const AGENT_TAMPER: Scenario = Scenario {
     description: "signalling and tracing the stack's guardian-alpha",
     expect: Expect {
         rules: &["qsc-agent-tamper", "qsc-ptrace-attach"],
-        min_severity: Severity::Low,
-        confidence: (0.01, 1.0),
+        min_severity: Severity::Critical,
+        confidence: (0.99, 1.0),
         action: Some("rotate_keys"),
     },
     perform: |stack, _| {

@@ -14,7 +14,7 @@ pub const SHADOW_READ: Scenario = Scenario {
     expect: Expect {
         rules: &["qsc-shadow-read", "qsc-exec-from-world-writable"],
         min_severity: Severity::Low,
-        confidence: (0.01, 1.0),
+        confidence: (0.2, 0.6),
         action: None,
     },
     perform: |_, cleanup| {
@@ -31,8 +31,8 @@ pub const CRON_PERSISTENCE: Scenario = Scenario {
     description: "a cron table dropped in /etc/cron.d",
     expect: Expect {
         rules: &["qsc-cron-persistence"],
-        min_severity: Severity::Low,
-        confidence: (0.001, 1.0),
+        min_severity: Severity::High,
+        confidence: (0.9, 1.0),
         action: None,
     },
     perform: |_, cleanup| {
@@ -54,8 +54,8 @@ pub const AUTHORIZED_KEYS: Scenario = Scenario {
     description: "an SSH key planted in a test account's ~/.ssh/authorized_keys",
     expect: Expect {
         rules: &["qsc-authorized-keys-write"],
-        min_severity: Severity::Low,
-        confidence: (0.01, 1.0),
+        min_severity: Severity::High,
+        confidence: (0.9, 1.0),
         action: None,
     },
     perform: |_, cleanup| {
@@ -80,8 +80,8 @@ pub const CONFIG_TAMPER: Scenario = Scenario {
     description: "a watched config edited and auto-healed by guardian-beta",
     expect: Expect {
         rules: &["qsc-heal-done"],
-        min_severity: Severity::Low,
-        confidence: (0.001, 1.0),
+        min_severity: Severity::High,
+        confidence: (0.9, 1.0),
         action: None,
     },
     perform: tamper_demo_config,

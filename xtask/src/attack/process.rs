@@ -27,9 +27,9 @@ pub const SETUID_DROP: Scenario = Scenario {
             "qsc-exec-from-world-writable",
             "qsc-setid-to-root",
         ],
-        min_severity: Severity::Low,
-        confidence: (0.01, 1.0),
-        action: None,
+        min_severity: Severity::Critical,
+        confidence: (0.99, 1.0),
+        action: Some("quarantine"),
     },
     perform: setuid_drop,
     patience: Duration::from_secs(20),
@@ -72,8 +72,8 @@ pub const PTRACE_ATTACH: Scenario = Scenario {
     description: "ptrace attach to another process",
     expect: Expect {
         rules: &["qsc-ptrace-attach"],
-        min_severity: Severity::Low,
-        confidence: (0.01, 1.0),
+        min_severity: Severity::High,
+        confidence: (0.9, 1.0),
         action: None,
     },
     perform: |stack, cleanup| {
@@ -95,8 +95,8 @@ pub const MEMFD_EXEC: Scenario = Scenario {
     description: "fileless execution: a program run from memfd_create memory",
     expect: Expect {
         rules: &["qsc-memfd-exec", "qsc-memfd-create"],
-        min_severity: Severity::Low,
-        confidence: (0.01, 1.0),
+        min_severity: Severity::High,
+        confidence: (0.9, 1.0),
         action: Some("kill"),
     },
     perform: |stack, cleanup| {
@@ -113,8 +113,8 @@ pub const RWX_MEMORY: Scenario = Scenario {
     description: "writable and executable memory mapped in a process",
     expect: Expect {
         rules: &["qsc-rwx-memory"],
-        min_severity: Severity::Low,
-        confidence: (0.001, 1.0),
+        min_severity: Severity::High,
+        confidence: (0.9, 1.0),
         action: None,
     },
     perform: |stack, _| output_of(Command::new(actor(stack)).args(["mmap-rwx", "1000"])).map(drop),
@@ -132,8 +132,8 @@ pub const REVERSE_SHELL: Scenario = Scenario {
     description: "reverse shell: connect out, then exec a shell with its fds on the socket",
     expect: Expect {
         rules: &["qsc-reverse-shell"],
-        min_severity: Severity::Low,
-        confidence: (0.01, 1.0),
+        min_severity: Severity::Critical,
+        confidence: (0.99, 1.0),
         action: Some("kill"),
     },
     perform: reverse_shell,

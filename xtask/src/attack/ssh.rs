@@ -20,8 +20,8 @@ pub const CREDENTIAL_STUFFING: Scenario = Scenario {
     description: "six wrong passwords against a real sshd on 127.0.0.1, then a login and a 50 MB transfer",
     expect: Expect {
         rules: &["qsc-auth-failures-burst", "qsc-login-after-failures"],
-        min_severity: Severity::Low,
-        confidence: (0.01, 1.0),
+        min_severity: Severity::Critical,
+        confidence: (0.99, 1.0),
         action: Some("revoke_credential"),
     },
     perform: credential_stuffing,

@@ -40,6 +40,8 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         // The response tests need nft, useradd and ip netns, which a machine set up before
         // they existed may lack.
         setup::ensure_packages(setup::RESPONSE_PACKAGES)?;
+        // tests/tests/attacks.rs runs a real sshd and uses sshpass and openssl.
+        setup::ensure_attack_packages()?;
     }
     if !args.no_lint {
         shell::run(shell::cargo().args([

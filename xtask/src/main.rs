@@ -1,6 +1,8 @@
 //! Project automation for QSC: `cargo xtask <command>`.
 
+mod attack;
 mod bench;
+mod coverage;
 mod deploy;
 mod ebpf;
 mod fuzz;
@@ -35,6 +37,13 @@ enum Command {
     /// Everything CI checks: fmt, clippy -D warnings, unit tests, and the root-only real-kernel
     /// end-to-end tests (which fail instead of skipping when run as root or with CI=true).
     Test(test::TestArgs),
+    /// Safe, self-cleaning attack behaviours (ATT&CK-tagged) against a stack of their own
+    /// (cortex in dry-run, free ports, temporary state); checks each scenario's expected
+    /// detection, severity, confidence and playbook action. `--list` shows them.
+    Attack(attack::AttackArgs),
+    /// Runs every attack scenario and prints the ATT&CK coverage table (technique, scenario,
+    /// detected, rule ids, severity, time to detect); `--markdown` for the README.
+    Coverage(coverage::CoverageArgs),
     /// Benchmarks; each writes target/bench/NAME.json.
     Bench(bench::BenchArgs),
     /// Fuzz the channel's frame decoder and handshake parser for a bounded time (nightly).
@@ -54,6 +63,8 @@ fn main() -> anyhow::Result<()> {
         Command::BuildEbpf => ebpf::build().map(|path| println!("{}", path.display())),
         Command::Run(args) => run::run(&args),
         Command::Test(args) => test::run(&args),
+        Command::Attack(args) => attack::run(&args),
+        Command::Coverage(args) => coverage::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Fuzz(args) => fuzz::run(&args),
         Command::Images(args) => images::run(&args),

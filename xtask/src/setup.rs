@@ -23,6 +23,11 @@ pub const EBPF_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src", "
 /// blocking without the cgroup programs), passwd (useradd/usermod/userdel for test accounts),
 /// iproute2 (`ip netns` for the isolation tests).
 pub const RESPONSE_PACKAGES: &[&str] = &["nftables", "passwd", "iproute2"];
+/// Debian packages the attack scenarios use (`cargo xtask attack`): a real sshd for the
+/// credential-stuffing scenario (started only by the scenario, on 127.0.0.1; the package's own
+/// service is never enabled or started), sshpass to type passwords into ssh, openssl for the
+/// scenario's test CA, util-linux's setpriv.
+pub const ATTACK_PACKAGES: &[&str] = &["openssh-server", "openssh-client", "sshpass", "openssl"];
 /// Debian packages the console's browser test drives: headless Chromium and its WebDriver
 /// server (installed for `cargo xtask test` only; the cortex itself needs no browser).
 pub const BROWSER_PACKAGES: &[&str] = &["chromium", "chromium-driver"];
@@ -33,6 +38,7 @@ pub const TRACEFS: &str = "/sys/kernel/tracing";
 pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
     ensure_packages(EBPF_PACKAGES)?;
     ensure_packages(RESPONSE_PACKAGES)?;
+    ensure_attack_packages()?;
     ensure_bpf_linker()?;
     ensure_tracefs()?;
     if args.containers {
@@ -96,6 +102,42 @@ pub fn ensure_packages(packages: &[&str]) -> anyhow::Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+/// Installs [`ATTACK_PACKAGES`] without letting openssh-server's install start or enable the
+/// host's ssh service: Debian's maintainer scripts ask /usr/sbin/policy-rc.d, which answers
+/// "forbidden" (101) while the install runs, and a systemd unit that got enabled anyway is
+/// disabled again.
+pub fn ensure_attack_packages() -> anyhow::Result<()> {
+    if missing_packages(ATTACK_PACKAGES).is_empty() {
+        return Ok(());
+    }
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let placed = is_root() && !policy.exists();
+    if placed {
+        std::fs::write(
+            policy,
+            "#!/bin/sh\n# placed by cargo xtask setup during its install\nexit 101\n",
+        )?;
+        std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    }
+    let installed = ensure_packages(ATTACK_PACKAGES);
+    if placed {
+        std::fs::remove_file(policy)?;
+    }
+    installed?;
+    // `systemctl disable` also works without a running systemd (it only removes the links).
+    let running = Path::new("/run/systemd/system").is_dir();
+    shell::output(
+        Command::new("systemctl")
+            .arg("disable")
+            .args(running.then_some("--now"))
+            .args(["ssh.service", "ssh.socket"]),
+    );
+    if Path::new("/etc/init.d/ssh").exists() {
+        shell::output(Command::new("update-rc.d").args(["ssh", "disable"]));
+    }
+    Ok(())
 }
 
 pub fn bpf_linker() -> std::path::PathBuf {

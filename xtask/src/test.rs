@@ -42,6 +42,8 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         setup::ensure_packages(setup::RESPONSE_PACKAGES)?;
         // The console test drives headless Chromium through chromedriver.
         setup::ensure_packages(setup::BROWSER_PACKAGES)?;
+        // tests/tests/attacks.rs runs a real sshd and uses sshpass and openssl.
+        setup::ensure_attack_packages()?;
     }
     if !args.no_lint {
         shell::run(shell::cargo().args([

@@ -139,6 +139,29 @@ fn main() {
                 "mprotect",
             );
         },
+        // Fileless execution: copy PROGRAM into a memfd and execve it from there.
+        "memfd-exec" => unsafe {
+            use std::os::fd::{FromRawFd, IntoRawFd};
+            let program = arg(&args, 1, "program");
+            let bytes =
+                std::fs::read(&program).unwrap_or_else(|e| fail(format!("read {program}: {e}")));
+            let fd = libc::memfd_create(c"qscatk-payload".as_ptr(), 0);
+            check(fd as i64, "memfd_create");
+            let mut file = std::fs::File::from_raw_fd(fd);
+            file.write_all(&bytes)
+                .unwrap_or_else(|e| fail(format!("write memfd: {e}")));
+            let path = CString::new(format!("/proc/self/fd/{}", file.into_raw_fd()))
+                .unwrap_or_else(|_| fail("fd path has a NUL".into()));
+            let argv = [path.as_ptr(), std::ptr::null()];
+            let envp = [std::ptr::null()];
+            libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            fail(format!("execve memfd: {}", std::io::Error::last_os_error()));
+        },
+        // Run as a setuid-root copy by another account: become root for real.
+        "setuid-root" => unsafe {
+            check(libc::setresgid(0, 0, 0) as i64, "setresgid");
+            check(libc::setresuid(0, 0, 0) as i64, "setresuid");
+        },
         // bpf(BPF_MAP_CREATE) with an empty attribute: rejected, but the call is traced.
         "bpf" => unsafe {
             let attr = [0u8; 128];

@@ -1,0 +1,236 @@
+//! `cargo xtask attack [NAME|all]`: safe, self-cleaning attack behaviours on this host, each
+//! tagged with its ATT&CK technique, run against a QSC stack; per scenario the expected rule
+//! ids, minimum severity, confidence range and playbook action are checked against what the
+//! cortex reports (`/api/incidents`, `/api/actions`).
+//!
+//! Scenarios act only on what they create: test accounts named `qscatk*`, files under the
+//! stack's state folder, `/var/tmp/qscatk-*`, `/etc/cron.d/qscatk-*`, their own child
+//! processes, a TEST-NET address on the loopback interface, and the stack's own agent. A
+//! [`Cleanup`] removes them when the scenario ends, also when it fails.
+
+mod agent;
+mod cleanup;
+mod files;
+mod integrity;
+mod observe;
+mod process;
+mod ssh;
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::bail;
+
+use crate::run::{
+    self,
+    stack::{Stack, StackOptions},
+};
+pub use cleanup::Cleanup;
+pub use observe::{Outcome, Severity, table};
+
+#[derive(clap::Args)]
+pub struct AttackArgs {
+    /// Scenarios to run: `all` or names (repeatable).
+    #[arg(default_value = "all", value_name = "NAME|all")]
+    pub names: Vec<String>,
+    /// List the scenarios with their ATT&CK techniques and expectations, and exit.
+    #[arg(long)]
+    pub list: bool,
+    /// Write the outcomes as JSON to this file (read by tests/tests/attacks.rs).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// The stack's state folder (default: a new temporary folder, removed afterwards).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Use the binaries in this folder as they are, without setup and builds (for tests that
+    /// already built them).
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+}
+
+/// What a scenario must lead to when the scenarios run as `all`, in [`SCENARIOS`] order: the
+/// host's incident accumulates the evidence of the scenarios before, as it would during a real
+/// intrusion, so a scenario run alone can stay below these (on a quiet host a single ptrace
+/// attach is evidence, not yet an incident).
+pub struct Expect {
+    /// Rule ids that must all appear as evidence after the behaviour.
+    pub rules: &'static [&'static str],
+    /// The least severity of the incident holding that evidence.
+    pub min_severity: Severity,
+    /// The range the incident's confidence must fall in.
+    pub confidence: (f64, f64),
+    /// The action a playbook must request for the incident (in dry-run: `would_run`).
+    pub action: Option<&'static str>,
+}
+
+/// One attack behaviour.
+pub struct Scenario {
+    pub name: &'static str,
+    /// ATT&CK technique id, e.g. `T1003.008`.
+    pub technique: &'static str,
+    pub description: &'static str,
+    pub expect: Expect,
+    /// Performs the behaviour; everything it creates is registered in the cleanup.
+    pub perform: fn(&mut Stack, &mut Cleanup) -> anyhow::Result<()>,
+    /// How long the detection may take (auth logs are read every 2 s; heals after a debounce).
+    pub patience: Duration,
+}
+
+/// Every scenario, in the order `all` runs them.
+pub const SCENARIOS: &[Scenario] = &[
+    files::SHADOW_READ,
+    process::SETUID_DROP,
+    process::PTRACE_ATTACH,
+    process::MEMFD_EXEC,
+    process::RWX_MEMORY,
+    process::REVERSE_SHELL,
+    files::CRON_PERSISTENCE,
+    files::AUTHORIZED_KEYS,
+    files::CONFIG_TAMPER,
+    integrity::BACKUP_TAMPER,
+    integrity::CERT_EXPIRING,
+    integrity::CERT_REVOKED,
+    agent::AGENT_TAMPER,
+    ssh::CREDENTIAL_STUFFING,
+];
+
+/// The scenarios `names` selects (`all` selects every one).
+pub fn select(names: &[String]) -> anyhow::Result<Vec<&'static Scenario>> {
+    if names.iter().any(|n| n == "all") {
+        return Ok(SCENARIOS.iter().collect());
+    }
+    names
+        .iter()
+        .map(|name| {
+            SCENARIOS.iter().find(|s| s.name == name).ok_or_else(|| {
+                let known: Vec<&str> = SCENARIOS.iter().map(|s| s.name).collect();
+                anyhow::anyhow!("no scenario `{name}`; known: all, {}", known.join(", "))
+            })
+        })
+        .collect()
+}
+
+pub fn run(args: &AttackArgs) -> anyhow::Result<()> {
+    if args.list {
+        print_list();
+        return Ok(());
+    }
+    let scenarios = select(&args.names)?;
+    if scenarios.len() < SCENARIOS.len() {
+        eprintln!(
+            "note: the expectations assume the full sequence (`all`); alone, a scenario's evidence \
+             may stay below an incident's LOW threshold"
+        );
+    }
+    let outcomes = run_on_own_stack(&scenarios, args.state_dir.clone(), args.bin_dir.clone())?;
+    print!("{}", table(&outcomes, false));
+    if let Some(path) = &args.report {
+        std::fs::write(path, serde_json::to_vec_pretty(&outcomes)?)?;
+    }
+    let failed: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| !o.passed())
+        .map(|o| o.scenario.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "scenarios not meeting their expectations: {}",
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn print_list() {
+    for s in SCENARIOS {
+        println!(
+            "{:<22} {:<10} {}\n{:34}expects {} (≥ {}, confidence {:.2}–{:.2}){}",
+            s.name,
+            s.technique,
+            s.description,
+            "",
+            s.expect.rules.join(" + "),
+            s.expect.min_severity,
+            s.expect.confidence.0,
+            s.expect.confidence.1,
+            s.expect
+                .action
+                .map(|a| format!(", action {a}"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+/// Starts a stack of its own (cortex in dry-run, free ports, a temporary state folder unless
+/// one is given), runs `scenarios` on it and returns their outcomes.
+pub fn run_on_own_stack(
+    scenarios: &[&'static Scenario],
+    state_dir: Option<PathBuf>,
+    bin_dir: Option<PathBuf>,
+) -> anyhow::Result<Vec<Outcome>> {
+    let bin = match bin_dir {
+        Some(dir) => dir,
+        None => run::prepare()?,
+    };
+    let temp = TempState::new(state_dir)?;
+    let mut options = StackOptions::on_free_ports(bin, temp.path.clone())?;
+    options.respond_mode = Some("dry_run");
+    let mut stack = Stack::start(&options)?;
+    run_with_view(&mut stack, scenarios, &mut |_| {})
+}
+
+/// Runs `scenarios` one after the other on `stack`, calling `view` while waiting for each
+/// detection (the live view of `cargo xtask run`).
+pub fn run_with_view(
+    stack: &mut Stack,
+    scenarios: &[&'static Scenario],
+    view: &mut dyn FnMut(&Stack),
+) -> anyhow::Result<Vec<Outcome>> {
+    let mut outcomes = Vec::new();
+    for scenario in scenarios {
+        eprintln!(
+            "\n== attack {} ({}): {}",
+            scenario.name, scenario.technique, scenario.description
+        );
+        let outcome = observe::run_scenario(stack, scenario, view);
+        eprintln!("== {}", outcome.summary());
+        outcomes.push(outcome);
+        stack.check_running()?;
+    }
+    Ok(outcomes)
+}
+
+/// The stack's state folder: a given one, or a temporary one removed at the end.
+struct TempState {
+    path: PathBuf,
+    remove: bool,
+}
+
+impl TempState {
+    fn new(given: Option<PathBuf>) -> anyhow::Result<Self> {
+        Ok(match given {
+            Some(path) => TempState {
+                path,
+                remove: false,
+            },
+            None => {
+                let path =
+                    std::env::temp_dir().join(format!("qscatk-stack-{}", std::process::id()));
+                std::fs::create_dir_all(&path)?;
+                TempState { path, remove: true }
+            }
+        })
+    }
+}
+
+impl Drop for TempState {
+    fn drop(&mut self) {
+        if self.remove {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// The test actor binary next to the stack's binaries.
+fn actor(stack: &Stack) -> PathBuf {
+    stack.bin.join("qsc-test-actor")
+}

@@ -9,6 +9,7 @@
 //! ignored, which makes delivery exactly-once.
 
 pub mod cipher;
+mod codec;
 pub mod config;
 pub mod key_file;
 pub mod sqlite;

@@ -16,16 +16,20 @@ use qsc_event::{Event, Source};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
-use super::cipher::{PayloadCipher, RowKey, random_nonces};
+use super::cipher::PayloadCipher;
+use super::codec::{
+    StoredRow, agent_name, clamp_i64, from_json, key_check_opens, new_key_check, open_event,
+    seal_batch, severity_rank, to_i64, to_json,
+};
 use super::key_file::{KEY_LEN, read_key_file};
-use super::writer::{IncidentRow, SealedRow, Write, Writer};
+use super::writer::{IncidentRow, Write, Writer};
 use super::{
     ActionQuery, EventQuery, IncidentQuery, MAX_QUERY_LIMIT, PendingWrite, RetentionPolicy,
     RetentionReport, Store, StoreError,
 };
 use crate::decide::NodeStateRecord;
 use crate::respond::ActionRecord;
-use crate::score::{Incident, Severity};
+use crate::score::Incident;
 
 /// Version 2 keys events by `(host, agent, seq)`; version 1 keyed them by `(host, seq)`.
 const SCHEMA_VERSION: i64 = 2;
@@ -81,36 +85,11 @@ CREATE INDEX IF NOT EXISTS actions_by_updated ON actions (updated_ns);
 const EVENT_BYTES_SQL: &str =
     "length(host) + length(agent) + length(kind) + length(nonce) + length(payload) + 24";
 
-const KEY_CHECK_ROW: RowKey<'static> = RowKey {
-    host_id: "qsc-store-key-check",
-    agent: Source::Cortex,
-    seq: 0,
-};
-const KEY_CHECK_PLAINTEXT: &[u8] = b"qsc store key check v1";
-
 pub struct SqliteStore {
     /// Reads and retention; writes of events, incidents and node states go to `writer`.
     conn: Mutex<Connection>,
     writer: Writer,
     cipher: PayloadCipher,
-}
-
-/// The `agent` column value of a source.
-fn agent_name(agent: Source) -> &'static str {
-    match agent {
-        Source::Alpha => "alpha",
-        Source::Beta => "beta",
-        Source::Cortex => "cortex",
-    }
-}
-
-fn agent_from_name(name: &str) -> Option<Source> {
-    match name {
-        "alpha" => Some(Source::Alpha),
-        "beta" => Some(Source::Beta),
-        "cortex" => Some(Source::Cortex),
-        _ => None,
-    }
 }
 
 impl SqliteStore {
@@ -205,23 +184,14 @@ fn check_master_key(
         )
         .optional()?;
     match stored {
-        Some(value) => {
-            let (nonce, ciphertext) = value.split_at(value.len().min(super::cipher::NONCE_LEN));
-            match cipher.open(&KEY_CHECK_ROW, nonce, ciphertext) {
-                Ok(plaintext) if plaintext == KEY_CHECK_PLAINTEXT => Ok(()),
-                _ => Err(StoreError::WrongMasterKey {
-                    path: PathBuf::from(path),
-                }),
-            }
-        }
+        Some(value) if key_check_opens(cipher, &value) => Ok(()),
+        Some(_) => Err(StoreError::WrongMasterKey {
+            path: PathBuf::from(path),
+        }),
         None => {
-            let nonce = random_nonces(1)?.remove(0);
-            let sealed = cipher.seal(&KEY_CHECK_ROW, nonce, KEY_CHECK_PLAINTEXT)?;
-            let mut value = sealed.nonce.to_vec();
-            value.extend_from_slice(&sealed.ciphertext);
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('key_check', ?1)",
-                [value],
+                [new_key_check(cipher)?],
             )?;
             Ok(())
         }
@@ -235,7 +205,7 @@ impl Store for SqliteStore {
         agent: Source,
         events: &[Event],
     ) -> Result<PendingWrite, StoreError> {
-        let rows = self.seal_batch(host_id, agent, events)?;
+        let rows = seal_batch(&self.cipher, host_id, agent, events)?;
         let answer = self.writer.submit(Write::Events {
             host_id: host_id.to_owned(),
             agent: agent_name(agent),
@@ -290,7 +260,7 @@ impl Store for SqliteStore {
         })?;
         let mut events = Vec::new();
         for row in rows {
-            events.push(self.open_event(row?)?);
+            events.push(open_event(&self.cipher, row?)?);
         }
         Ok(events)
     }
@@ -464,103 +434,6 @@ impl Store for SqliteStore {
     }
 }
 
-/// One stored event row as read back.
-struct StoredRow {
-    host_id: String,
-    agent: String,
-    seq: i64,
-    nonce: Vec<u8>,
-    payload: Vec<u8>,
-}
-
-impl SqliteStore {
-    /// Validates and encrypts a whole batch before it goes to the writer.
-    fn seal_batch(
-        &self,
-        host_id: &str,
-        agent: Source,
-        events: &[Event],
-    ) -> Result<Vec<SealedRow>, StoreError> {
-        let nonces = random_nonces(events.len())?;
-        let mut plaintext = Vec::new();
-        events
-            .iter()
-            .zip(nonces)
-            .map(|(event, nonce)| {
-                check_event(host_id, agent, event)?;
-                plaintext.clear();
-                serde_json::to_writer(&mut plaintext, event).map_err(|e| {
-                    StoreError::CorruptRow {
-                        table: "events",
-                        key: format!("{host_id}/{}/{}", agent_name(agent), event.seq),
-                        reason: format!("cannot encode: {e}"),
-                    }
-                })?;
-                let row = RowKey {
-                    host_id,
-                    agent,
-                    seq: event.seq,
-                };
-                let sealed = self.cipher.seal(&row, nonce, &plaintext)?;
-                Ok(SealedRow {
-                    seq: to_i64("seq", event.seq)?,
-                    time_ns: to_i64("time_ns", event.time_ns)?,
-                    kind: event.kind.name(),
-                    nonce: sealed.nonce,
-                    payload: sealed.ciphertext,
-                })
-            })
-            .collect()
-    }
-
-    fn open_event(&self, row: StoredRow) -> Result<Event, StoreError> {
-        let corrupt = |reason: &str| StoreError::CorruptRow {
-            table: "events",
-            key: format!("{}/{}/{}", row.host_id, row.agent, row.seq),
-            reason: reason.to_owned(),
-        };
-        let seq = u64::try_from(row.seq).map_err(|_| corrupt("negative seq"))?;
-        let agent = agent_from_name(&row.agent).ok_or_else(|| corrupt("unknown agent"))?;
-        let key = RowKey {
-            host_id: &row.host_id,
-            agent,
-            seq,
-        };
-        let plaintext = self.cipher.open(&key, &row.nonce, &row.payload)?;
-        Event::from_json(&plaintext).map_err(|source| StoreError::Decode {
-            host_id: row.host_id,
-            seq,
-            source,
-        })
-    }
-}
-
-/// An event may be stored for `agent` of `host_id` if it is valid, names that host, and was
-/// made by that agent or by the cortex in place of one of its deliveries.
-fn check_event(host_id: &str, agent: Source, event: &Event) -> Result<(), StoreError> {
-    event
-        .validate()
-        .map_err(|source| StoreError::InvalidEvent {
-            seq: event.seq,
-            source,
-        })?;
-    if event.host_id != host_id {
-        return Err(StoreError::HostMismatch {
-            expected: host_id.to_owned(),
-            found: event.host_id.clone(),
-            seq: event.seq,
-        });
-    }
-    if event.source != agent && event.source != Source::Cortex {
-        return Err(StoreError::AgentMismatch {
-            expected: agent,
-            found: event.source,
-            seq: event.seq,
-        });
-    }
-    Ok(())
-}
-
 /// Deletes the oldest events until the stored bytes fit `max_bytes`; returns how many.
 fn delete_oldest_over_budget(conn: &Connection, max_bytes: i64) -> Result<u64, StoreError> {
     let total: i64 = conn.query_row(
@@ -590,47 +463,6 @@ fn delete_oldest_over_budget(conn: &Connection, max_bytes: i64) -> Result<u64, S
         delete.execute([rowid])?;
     }
     Ok(doomed.len() as u64)
-}
-
-fn severity_rank(severity: Severity) -> i64 {
-    match severity {
-        Severity::Low => 1,
-        Severity::Medium => 2,
-        Severity::High => 3,
-        Severity::Critical => 4,
-    }
-}
-
-fn to_json<T: serde::Serialize>(
-    table: &'static str,
-    key: &str,
-    value: &T,
-) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|e| StoreError::CorruptRow {
-        table,
-        key: key.to_owned(),
-        reason: format!("cannot encode: {e}"),
-    })
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(
-    table: &'static str,
-    key: &str,
-    body: &str,
-) -> Result<T, StoreError> {
-    serde_json::from_str(body).map_err(|e| StoreError::CorruptRow {
-        table,
-        key: key.to_owned(),
-        reason: e.to_string(),
-    })
-}
-
-fn to_i64(field: &'static str, value: u64) -> Result<i64, StoreError> {
-    i64::try_from(value).map_err(|_| StoreError::ValueTooLarge { field, value })
-}
-
-fn clamp_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

@@ -40,6 +40,8 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         // The response tests need nft, useradd and ip netns, which a machine set up before
         // they existed may lack.
         setup::ensure_packages(setup::RESPONSE_PACKAGES)?;
+        // The scale-out tests (PostgreSQL store, NATS bus) need both servers on loopback.
+        setup::ensure_scale_services()?;
     }
     if !args.no_lint {
         shell::run(shell::cargo().args([

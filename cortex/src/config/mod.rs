@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::anomaly::{AnomalyConfig, AnomalyError};
 use crate::audit::{AuditConfig, AuditError};
+use crate::bus::{BusConfig, BusConfigError};
 use crate::respond::{RespondConfig, RespondConfigError};
 use crate::score::ScoreConfig;
 use crate::score::config::ScoreConfigError;
@@ -36,6 +37,7 @@ pub struct CortexConfig {
     pub anomaly: AnomalyConfig,
     pub respond: RespondConfig,
     pub webhook: WebhookConfig,
+    pub bus: BusConfig,
 }
 
 /// `[listen]`: the agent channel.
@@ -198,6 +200,8 @@ pub enum ConfigError {
     Anomaly(#[from] AnomalyError),
     #[error("[webhook] {0}")]
     Webhook(#[from] WebhookConfigError),
+    #[error("[bus] {0}")]
+    Bus(#[from] BusConfigError),
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -242,6 +246,7 @@ impl CortexConfig {
             }
         }
         self.store.validate()?;
+        self.bus.validate()?;
         self.score.validate()?;
         self.audit.validate()?;
         self.anomaly.validate()?;

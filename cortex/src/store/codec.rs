@@ -35,7 +35,7 @@ pub(super) fn key_check_opens(cipher: &PayloadCipher, value: &[u8]) -> bool {
 }
 
 /// The `agent` column value of a source.
-pub(super) fn agent_name(agent: Source) -> &'static str {
+pub(crate) fn agent_name(agent: Source) -> &'static str {
     match agent {
         Source::Alpha => "alpha",
         Source::Beta => "beta",

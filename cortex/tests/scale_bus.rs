@@ -139,6 +139,12 @@ async fn every_event_is_stored_and_detected_once_when_a_worker_stops_mid_stream(
     overlapping.events.push(event("db-01", 4 * PER_BATCH + 1));
     overlapping.events.rotate_right(1);
     gateway.publish(&overlapping).await.unwrap();
+    // A batch that can never be stored (its event names another host) is dropped, not retried.
+    let mut poison = batch("web-01", 0);
+    poison.events[0].host_id = "db-01".into();
+    poison.events.truncate(1);
+    poison.events[0].seq = 999_999;
+    gateway.publish(&poison).await.unwrap();
 
     let detected = Arc::new(Counting::default());
     let (stop_first, first_stopped) = watch::channel(false);

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, consumer::PullConsumer, stream};
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, stream};
 use futures_util::StreamExt;
 use qsc_event::Event;
 use tokio::sync::watch;
@@ -167,17 +167,45 @@ impl Worker {
                 reason: e.to_string(),
             })?;
             let stream_seq = message.info().map_or(0, |info| info.stream_sequence);
-            let batch: BusBatch =
-                serde_json::from_slice(&message.payload).map_err(|e| BusError::Decode {
-                    stream_seq,
-                    reason: e.to_string(),
-                })?;
-            self.store_and_detect(batch, detection.clone()).await?;
-            message.ack().await.map_err(|e| BusError::Ack {
+            let ack = match self
+                .handle(stream_seq, &message.payload, detection.clone())
+                .await
+            {
+                Ok(()) => AckKind::Ack,
+                // A message no worker can ever store would come back forever: refuse it for good.
+                Err(
+                    error @ (BusError::Decode { .. }
+                    | BusError::Store(
+                        StoreError::InvalidEvent { .. }
+                        | StoreError::HostMismatch { .. }
+                        | StoreError::AgentMismatch { .. }
+                        | StoreError::ValueTooLarge { .. },
+                    )),
+                ) => {
+                    tracing::error!(%error, stream_seq, "dropping a bus message that cannot be stored");
+                    AckKind::Term
+                }
+                Err(error) => return Err(error),
+            };
+            message.ack_with(ack).await.map_err(|e| BusError::Ack {
                 stream_seq,
                 reason: e.to_string(),
             })?;
         }
+    }
+
+    /// Decodes, stores and detects one message.
+    async fn handle(
+        &self,
+        stream_seq: u64,
+        payload: &[u8],
+        detection: Arc<dyn Detection>,
+    ) -> Result<(), BusError> {
+        let batch: BusBatch = serde_json::from_slice(payload).map_err(|e| BusError::Decode {
+            stream_seq,
+            reason: e.to_string(),
+        })?;
+        self.store_and_detect(batch, detection).await.map(|_| ())
     }
 
     async fn store_and_detect(

@@ -3,6 +3,7 @@
 pub mod anomaly;
 pub mod api;
 pub mod audit;
+pub mod bus;
 pub mod config;
 pub mod console;
 pub mod decide;

@@ -14,6 +14,11 @@ pub struct SetupArgs {
     /// test.
     #[arg(long)]
     pub containers: bool,
+    /// Also install Debian's nats-server and postgresql and start them on loopback for the
+    /// scale-out cortex (NATS JetStream on 127.0.0.1:4233, PostgreSQL on 127.0.0.1:5432 with
+    /// role and database `qsc`), each only when it is not already answering.
+    #[arg(long)]
+    pub scale: bool,
 }
 
 /// Debian packages for building the kernel program (see ../shared/ebpf-toolchain.md): a Rust
@@ -43,6 +48,9 @@ pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
     ensure_tracefs()?;
     if args.containers {
         crate::images::ensure_engine()?;
+    }
+    if args.scale {
+        ensure_scale_services()?;
     }
     eprintln!("setup: everything is in place");
     Ok(())
@@ -187,4 +195,127 @@ pub fn ensure_tracefs() -> anyhow::Result<()> {
     }
     eprintln!("setup: mounting tracefs at {TRACEFS}");
     shell::run(Command::new("mount").args(["-t", "tracefs", "tracefs", TRACEFS]))
+}
+
+/// Debian packages of the scale-out stack: the event bus and the shared store.
+pub const SCALE_PACKAGES: &[&str] = &["nats-server", "postgresql"];
+/// Where the loopback NATS server of `setup --scale` listens (not 4222, so that a NATS the
+/// machine runs for something else is left alone).
+pub const SCALE_NATS_ADDR: &str = "127.0.0.1:4233";
+/// Where Debian's default PostgreSQL cluster listens.
+pub const SCALE_PG_ADDR: &str = "127.0.0.1:5432";
+/// JetStream's storage and the server's log.
+pub const SCALE_STATE_DIR: &str = "/var/lib/qsc-scale";
+/// The loopback-only test credentials `setup --scale` creates (role, password and database).
+pub const SCALE_PG_ROLE: &str = "qsc";
+
+/// Installs and starts NATS (with JetStream) and PostgreSQL on loopback, with the `qsc` role
+/// and database; does nothing for what already answers.
+pub fn ensure_scale_services() -> anyhow::Result<()> {
+    ensure_packages(SCALE_PACKAGES)?;
+    if !is_root() {
+        bail!("starting nats-server and PostgreSQL for the scale-out tests needs root");
+    }
+    ensure_nats()?;
+    ensure_postgres()?;
+    eprintln!("setup: NATS JetStream on {SCALE_NATS_ADDR}, PostgreSQL on {SCALE_PG_ADDR}");
+    Ok(())
+}
+
+fn answers(addr: &str) -> bool {
+    addr.parse::<std::net::SocketAddr>().is_ok_and(|addr| {
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(500)).is_ok()
+    })
+}
+
+/// Waits up to 20 s for `addr` to accept connections.
+fn wait_until_answering(addr: &str, what: &str) -> anyhow::Result<()> {
+    for _ in 0..80 {
+        if answers(addr) {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    bail!("{what} did not start listening on {addr} within 20 s")
+}
+
+/// Starts a detached nats-server with JetStream, bound to loopback only.
+fn ensure_nats() -> anyhow::Result<()> {
+    if answers(SCALE_NATS_ADDR) {
+        return Ok(());
+    }
+    let dir = Path::new(SCALE_STATE_DIR);
+    std::fs::create_dir_all(dir.join("jetstream"))
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let (host, port) = SCALE_NATS_ADDR
+        .split_once(':')
+        .context("SCALE_NATS_ADDR has no port")?;
+    let mut command = Command::new("nats-server");
+    command
+        .args(["--jetstream", "--addr", host, "--port", port, "--store_dir"])
+        .arg(dir.join("jetstream"))
+        .arg("--log")
+        .arg(dir.join("nats-server.log"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // Its own process group: a Ctrl-C of the calling xtask does not stop the shared server.
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    eprintln!("+ {}", shell::describe(&command));
+    command.spawn().context("cannot start nats-server")?;
+    wait_until_answering(SCALE_NATS_ADDR, "nats-server")
+}
+
+/// Starts Debian's PostgreSQL cluster (creating one if the package made none) and creates the
+/// `qsc` role and database.
+fn ensure_postgres() -> anyhow::Result<()> {
+    if !answers(SCALE_PG_ADDR) {
+        let clusters =
+            shell::output(Command::new("pg_lsclusters").arg("--no-header")).unwrap_or_default();
+        let Some(version) = clusters.split_whitespace().next().map(str::to_owned) else {
+            bail!(
+                "no PostgreSQL cluster exists; create one with `pg_createcluster <version> main`"
+            );
+        };
+        let cluster = clusters
+            .split_whitespace()
+            .nth(1)
+            .context("pg_lsclusters printed no cluster name")?
+            .to_owned();
+        shell::run(Command::new("pg_ctlcluster").args([&version, &cluster, "start"]))?;
+        wait_until_answering(SCALE_PG_ADDR, "PostgreSQL")?;
+    }
+    let role = SCALE_PG_ROLE;
+    psql(&format!(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN \
+         CREATE ROLE {role} LOGIN PASSWORD '{role}'; END IF; END $$;"
+    ))?;
+    let exists = shell::output(&mut psql_command(&format!(
+        "SELECT 1 FROM pg_database WHERE datname = '{role}'"
+    )))
+    .is_some_and(|out| out.trim() == "1");
+    if !exists {
+        psql(&format!("CREATE DATABASE {role} OWNER {role}"))?;
+    }
+    Ok(())
+}
+
+fn psql_command(sql: &str) -> Command {
+    let mut command = Command::new("runuser");
+    command.args([
+        "-u",
+        "postgres",
+        "--",
+        "psql",
+        "-qtAX",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-c",
+        sql,
+    ]);
+    command
+}
+
+fn psql(sql: &str) -> anyhow::Result<()> {
+    shell::run(&mut psql_command(sql))
 }

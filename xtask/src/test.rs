@@ -44,6 +44,8 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         setup::ensure_packages(setup::BROWSER_PACKAGES)?;
         // tests/tests/attacks.rs runs a real sshd and uses sshpass and openssl.
         setup::ensure_attack_packages()?;
+        // The scale-out tests (PostgreSQL store, NATS bus) need both servers on loopback.
+        setup::ensure_scale_services()?;
     }
     if !args.no_lint {
         shell::run(shell::cargo().args([

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use crate::anomaly::{AnomalyConfig, AnomalyError};
 use crate::audit::{AuditConfig, AuditError};
 use crate::console::{ConsoleConfig, ConsoleConfigError};
+use crate::bus::{BusConfig, BusConfigError};
 use crate::respond::{RespondConfig, RespondConfigError};
 use crate::score::ScoreConfig;
 use crate::score::config::ScoreConfigError;
@@ -38,6 +39,7 @@ pub struct CortexConfig {
     pub respond: RespondConfig,
     pub webhook: WebhookConfig,
     pub console: ConsoleConfig,
+    pub bus: BusConfig,
 }
 
 /// `[listen]`: the agent channel.
@@ -203,6 +205,8 @@ pub enum ConfigError {
     /// The console error names its own `[console]` key.
     #[error(transparent)]
     Console(#[from] ConsoleConfigError),
+    #[error("[bus] {0}")]
+    Bus(#[from] BusConfigError),
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -247,6 +251,7 @@ impl CortexConfig {
             }
         }
         self.store.validate()?;
+        self.bus.validate()?;
         self.score.validate()?;
         self.audit.validate()?;
         self.anomaly.validate()?;

@@ -11,6 +11,8 @@ use super::RetentionPolicy;
 pub enum StoreBackend {
     /// Embedded SQLite (WAL, synchronous=FULL): the single-machine default.
     Sqlite,
+    /// PostgreSQL (`[store.postgres]`): shared by several cortex replicas.
+    Postgres,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -22,6 +24,29 @@ pub struct StoreConfig {
     /// 32-byte master key (raw or hex), mode 0600, from which the payload key is derived.
     pub master_key_file: PathBuf,
     pub retention: RetentionConfig,
+    pub postgres: PostgresConfig,
+}
+
+/// `[store.postgres]`: where the PostgreSQL backend connects.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// A libpq connection string or `postgresql://` URL.
+    pub url: String,
+    /// A file holding the role's password; empty means none (or the one in `url`).
+    pub password_file: PathBuf,
+    /// The schema of the tables, created if missing.
+    pub schema: String,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            url: "host=127.0.0.1 port=5432 user=qsc dbname=qsc".into(),
+            password_file: PathBuf::new(),
+            schema: "qsc".into(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -43,6 +68,11 @@ pub enum StoreConfigError {
     AgeTooLarge(u64),
     #[error("store.{key} must not be empty")]
     EmptyPath { key: &'static str },
+    #[error(
+        "store.postgres.schema = {0:?} is not a plain SQL name (letters, digits and _, \
+         not starting with a digit, at most 63 bytes)"
+    )]
+    SchemaName(String),
 }
 
 impl Default for StoreConfig {
@@ -52,6 +82,7 @@ impl Default for StoreConfig {
             path: PathBuf::from("/var/lib/qsc/cortex.db"),
             master_key_file: PathBuf::from("/etc/qsc/master.key"),
             retention: RetentionConfig::default(),
+            postgres: PostgresConfig::default(),
         }
     }
 }
@@ -82,8 +113,27 @@ impl StoreConfig {
         if self.retention.max_age_days > 36_500 {
             return Err(StoreConfigError::AgeTooLarge(self.retention.max_age_days));
         }
+        if self.backend == StoreBackend::Postgres {
+            if self.postgres.url.is_empty() {
+                return Err(StoreConfigError::EmptyPath {
+                    key: "postgres.url",
+                });
+            }
+            if !is_sql_name(&self.postgres.schema) {
+                return Err(StoreConfigError::SchemaName(self.postgres.schema.clone()));
+            }
+        }
         Ok(())
     }
+}
+
+/// A name that can be put into SQL unquoted: ASCII letters, digits and `_`, not starting with
+/// a digit, at most 63 bytes (PostgreSQL's identifier limit).
+pub fn is_sql_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 impl RetentionConfig {
@@ -119,5 +169,27 @@ mod tests {
         assert_eq!(config.retention.policy(), RetentionPolicy::default());
         config.retention.interval_s = 0;
         assert_eq!(config.validate(), Err(StoreConfigError::ZeroInterval));
+    }
+
+    #[test]
+    fn a_postgres_schema_must_be_a_plain_name() {
+        let mut config = StoreConfig {
+            backend: StoreBackend::Postgres,
+            ..Default::default()
+        };
+        assert_eq!(config.validate(), Ok(()));
+        for bad in [
+            "",
+            "1qsc",
+            "qsc; DROP TABLE events",
+            "q\"sc",
+            &"x".repeat(64),
+        ] {
+            config.postgres.schema = bad.to_owned();
+            assert!(
+                matches!(config.validate(), Err(StoreConfigError::SchemaName(_))),
+                "{bad}"
+            );
+        }
     }
 }

@@ -9,8 +9,12 @@
 //! ignored, which makes delivery exactly-once.
 
 pub mod cipher;
+pub(crate) mod codec;
 pub mod config;
+#[cfg(test)]
+mod conformance;
 pub mod key_file;
+pub mod postgres;
 pub mod sqlite;
 mod writer;
 
@@ -23,6 +27,7 @@ use crate::respond::{ActionRecord, ActionStatus};
 use crate::score::{Incident, IncidentStatus, Severity};
 
 pub use config::{RetentionConfig, StoreBackend, StoreConfig};
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// Most events one query returns, whatever the caller asks for.
@@ -211,6 +216,10 @@ pub fn open_store(config: &StoreConfig) -> Result<Box<dyn Store>, StoreError> {
             &config.path,
             &config.master_key_file,
         )?)),
+        StoreBackend::Postgres => Ok(Box::new(PostgresStore::open(
+            &config.postgres,
+            &config.master_key_file,
+        )?)),
     }
 }
 
@@ -270,6 +279,21 @@ pub enum StoreError {
         key: String,
         reason: String,
     },
+    #[error("cannot connect to PostgreSQL: {source}")]
+    PostgresConnect { source: tokio_postgres::Error },
+    #[error("PostgreSQL error: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("cannot read the PostgreSQL password file {path}: {source}")]
+    PostgresPassword {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("PostgreSQL schema name {0:?} is not a plain SQL name")]
+    PostgresSchema(String),
+    #[error(
+        "the master key does not open the store in PostgreSQL schema {0}: it was created with another key"
+    )]
+    PostgresWrongMasterKey(String),
     #[error("{field} = {value} does not fit SQLite's signed 64-bit integers")]
     ValueTooLarge { field: &'static str, value: u64 },
 }

@@ -16,16 +16,20 @@ use qsc_event::{Event, Source};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
-use super::cipher::{PayloadCipher, RowKey, random_nonces};
+use super::cipher::PayloadCipher;
+use super::codec::{
+    StoredRow, agent_name, clamp_i64, from_json, key_check_opens, new_key_check, open_event,
+    seal_batch, severity_rank, to_i64, to_json,
+};
 use super::key_file::{KEY_LEN, read_key_file};
-use super::writer::{IncidentRow, SealedRow, Write, Writer};
+use super::writer::{IncidentRow, Write, Writer};
 use super::{
     ActionQuery, EventQuery, IncidentQuery, MAX_QUERY_LIMIT, PendingWrite, RetentionPolicy,
     RetentionReport, Store, StoreError,
 };
 use crate::decide::NodeStateRecord;
 use crate::respond::ActionRecord;
-use crate::score::{Incident, Severity};
+use crate::score::Incident;
 
 /// Version 2 keys events by `(host, agent, seq)`; version 1 keyed them by `(host, seq)`.
 const SCHEMA_VERSION: i64 = 2;
@@ -81,36 +85,11 @@ CREATE INDEX IF NOT EXISTS actions_by_updated ON actions (updated_ns);
 const EVENT_BYTES_SQL: &str =
     "length(host) + length(agent) + length(kind) + length(nonce) + length(payload) + 24";
 
-const KEY_CHECK_ROW: RowKey<'static> = RowKey {
-    host_id: "qsc-store-key-check",
-    agent: Source::Cortex,
-    seq: 0,
-};
-const KEY_CHECK_PLAINTEXT: &[u8] = b"qsc store key check v1";
-
 pub struct SqliteStore {
     /// Reads and retention; writes of events, incidents and node states go to `writer`.
     conn: Mutex<Connection>,
     writer: Writer,
     cipher: PayloadCipher,
-}
-
-/// The `agent` column value of a source.
-fn agent_name(agent: Source) -> &'static str {
-    match agent {
-        Source::Alpha => "alpha",
-        Source::Beta => "beta",
-        Source::Cortex => "cortex",
-    }
-}
-
-fn agent_from_name(name: &str) -> Option<Source> {
-    match name {
-        "alpha" => Some(Source::Alpha),
-        "beta" => Some(Source::Beta),
-        "cortex" => Some(Source::Cortex),
-        _ => None,
-    }
 }
 
 impl SqliteStore {
@@ -205,23 +184,14 @@ fn check_master_key(
         )
         .optional()?;
     match stored {
-        Some(value) => {
-            let (nonce, ciphertext) = value.split_at(value.len().min(super::cipher::NONCE_LEN));
-            match cipher.open(&KEY_CHECK_ROW, nonce, ciphertext) {
-                Ok(plaintext) if plaintext == KEY_CHECK_PLAINTEXT => Ok(()),
-                _ => Err(StoreError::WrongMasterKey {
-                    path: PathBuf::from(path),
-                }),
-            }
-        }
+        Some(value) if key_check_opens(cipher, &value) => Ok(()),
+        Some(_) => Err(StoreError::WrongMasterKey {
+            path: PathBuf::from(path),
+        }),
         None => {
-            let nonce = random_nonces(1)?.remove(0);
-            let sealed = cipher.seal(&KEY_CHECK_ROW, nonce, KEY_CHECK_PLAINTEXT)?;
-            let mut value = sealed.nonce.to_vec();
-            value.extend_from_slice(&sealed.ciphertext);
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('key_check', ?1)",
-                [value],
+                [new_key_check(cipher)?],
             )?;
             Ok(())
         }
@@ -235,7 +205,7 @@ impl Store for SqliteStore {
         agent: Source,
         events: &[Event],
     ) -> Result<PendingWrite, StoreError> {
-        let rows = self.seal_batch(host_id, agent, events)?;
+        let rows = seal_batch(&self.cipher, host_id, agent, events)?;
         let answer = self.writer.submit(Write::Events {
             host_id: host_id.to_owned(),
             agent: agent_name(agent),
@@ -290,7 +260,7 @@ impl Store for SqliteStore {
         })?;
         let mut events = Vec::new();
         for row in rows {
-            events.push(self.open_event(row?)?);
+            events.push(open_event(&self.cipher, row?)?);
         }
         Ok(events)
     }
@@ -464,103 +434,6 @@ impl Store for SqliteStore {
     }
 }
 
-/// One stored event row as read back.
-struct StoredRow {
-    host_id: String,
-    agent: String,
-    seq: i64,
-    nonce: Vec<u8>,
-    payload: Vec<u8>,
-}
-
-impl SqliteStore {
-    /// Validates and encrypts a whole batch before it goes to the writer.
-    fn seal_batch(
-        &self,
-        host_id: &str,
-        agent: Source,
-        events: &[Event],
-    ) -> Result<Vec<SealedRow>, StoreError> {
-        let nonces = random_nonces(events.len())?;
-        let mut plaintext = Vec::new();
-        events
-            .iter()
-            .zip(nonces)
-            .map(|(event, nonce)| {
-                check_event(host_id, agent, event)?;
-                plaintext.clear();
-                serde_json::to_writer(&mut plaintext, event).map_err(|e| {
-                    StoreError::CorruptRow {
-                        table: "events",
-                        key: format!("{host_id}/{}/{}", agent_name(agent), event.seq),
-                        reason: format!("cannot encode: {e}"),
-                    }
-                })?;
-                let row = RowKey {
-                    host_id,
-                    agent,
-                    seq: event.seq,
-                };
-                let sealed = self.cipher.seal(&row, nonce, &plaintext)?;
-                Ok(SealedRow {
-                    seq: to_i64("seq", event.seq)?,
-                    time_ns: to_i64("time_ns", event.time_ns)?,
-                    kind: event.kind.name(),
-                    nonce: sealed.nonce,
-                    payload: sealed.ciphertext,
-                })
-            })
-            .collect()
-    }
-
-    fn open_event(&self, row: StoredRow) -> Result<Event, StoreError> {
-        let corrupt = |reason: &str| StoreError::CorruptRow {
-            table: "events",
-            key: format!("{}/{}/{}", row.host_id, row.agent, row.seq),
-            reason: reason.to_owned(),
-        };
-        let seq = u64::try_from(row.seq).map_err(|_| corrupt("negative seq"))?;
-        let agent = agent_from_name(&row.agent).ok_or_else(|| corrupt("unknown agent"))?;
-        let key = RowKey {
-            host_id: &row.host_id,
-            agent,
-            seq,
-        };
-        let plaintext = self.cipher.open(&key, &row.nonce, &row.payload)?;
-        Event::from_json(&plaintext).map_err(|source| StoreError::Decode {
-            host_id: row.host_id,
-            seq,
-            source,
-        })
-    }
-}
-
-/// An event may be stored for `agent` of `host_id` if it is valid, names that host, and was
-/// made by that agent or by the cortex in place of one of its deliveries.
-fn check_event(host_id: &str, agent: Source, event: &Event) -> Result<(), StoreError> {
-    event
-        .validate()
-        .map_err(|source| StoreError::InvalidEvent {
-            seq: event.seq,
-            source,
-        })?;
-    if event.host_id != host_id {
-        return Err(StoreError::HostMismatch {
-            expected: host_id.to_owned(),
-            found: event.host_id.clone(),
-            seq: event.seq,
-        });
-    }
-    if event.source != agent && event.source != Source::Cortex {
-        return Err(StoreError::AgentMismatch {
-            expected: agent,
-            found: event.source,
-            seq: event.seq,
-        });
-    }
-    Ok(())
-}
-
 /// Deletes the oldest events until the stored bytes fit `max_bytes`; returns how many.
 fn delete_oldest_over_budget(conn: &Connection, max_bytes: i64) -> Result<u64, StoreError> {
     let total: i64 = conn.query_row(
@@ -592,237 +465,42 @@ fn delete_oldest_over_budget(conn: &Connection, max_bytes: i64) -> Result<u64, S
     Ok(doomed.len() as u64)
 }
 
-fn severity_rank(severity: Severity) -> i64 {
-    match severity {
-        Severity::Low => 1,
-        Severity::Medium => 2,
-        Severity::High => 3,
-        Severity::Critical => 4,
-    }
-}
-
-fn to_json<T: serde::Serialize>(
-    table: &'static str,
-    key: &str,
-    value: &T,
-) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|e| StoreError::CorruptRow {
-        table,
-        key: key.to_owned(),
-        reason: format!("cannot encode: {e}"),
-    })
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(
-    table: &'static str,
-    key: &str,
-    body: &str,
-) -> Result<T, StoreError> {
-    serde_json::from_str(body).map_err(|e| StoreError::CorruptRow {
-        table,
-        key: key.to_owned(),
-        reason: e.to_string(),
-    })
-}
-
-fn to_i64(field: &'static str, value: u64) -> Result<i64, StoreError> {
-    i64::try_from(value).map_err(|_| StoreError::ValueTooLarge { field, value })
-}
-
-fn clamp_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use std::fs;
     use std::os::unix::fs::PermissionsExt;
 
-    use qsc_event::{AuthAttempt, EventKind, ProcessExec, ProcessInfo, Source};
+    use qsc_event::Source;
 
     use super::*;
-    use crate::decide::NodeState;
-    use crate::score::{EntityKey, IncidentStatus};
+    use crate::store::conformance::{self, Backend, KEY, SECRET, exec};
 
-    const KEY: [u8; 32] = [3u8; 32];
-    const SECRET: &str = "hunter2-secret-token";
-
-    fn exec(host: &str, seq: u64, time_ns: u64) -> Event {
-        let mut event = Event::new(
-            host,
-            Source::Alpha,
-            seq,
-            EventKind::ProcessExec(ProcessExec {
-                process: ProcessInfo {
-                    pid: 100,
-                    comm: "curl".into(),
-                    cmdline: vec!["curl".into(), "-H".into(), SECRET.into()],
-                    ..Default::default()
-                },
-                filename: "/usr/bin/curl".into(),
-                argv: vec!["curl".into()],
-            }),
-        );
-        event.time_ns = time_ns;
-        event
+    /// A store file in a temporary folder, reopened by each `open`.
+    struct SqliteBackend {
+        dir: tempfile::TempDir,
     }
 
-    fn auth(host: &str, seq: u64, time_ns: u64) -> Event {
-        let mut event = Event::new(
-            host,
-            Source::Alpha,
-            seq,
-            EventKind::AuthFailure(AuthAttempt {
-                user: "deploy".into(),
-                remote_ip: None,
-                service: "sshd".into(),
-                detail: None,
-            }),
-        );
-        event.time_ns = time_ns;
-        event
+    impl SqliteBackend {
+        fn new() -> Option<Self> {
+            Some(SqliteBackend {
+                dir: tempfile::tempdir().unwrap(),
+            })
+        }
     }
+
+    impl Backend for SqliteBackend {
+        fn open(&self) -> Box<dyn Store> {
+            Box::new(SqliteStore::open_with_key(&self.dir.path().join("cortex.db"), &KEY).unwrap())
+        }
+    }
+
+    conformance::conformance_tests!(SqliteBackend::new());
 
     fn store() -> (tempfile::TempDir, PathBuf, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cortex.db");
         let store = SqliteStore::open_with_key(&path, &KEY).unwrap();
         (dir, path, store)
-    }
-
-    fn seqs(events: &[Event]) -> Vec<u64> {
-        events.iter().map(|e| e.seq).collect()
-    }
-
-    #[test]
-    fn events_round_trip_and_redelivery_is_idempotent() {
-        let (_dir, _path, store) = store();
-        let batch: Vec<Event> = (1..=5).map(|s| exec("web-01", s, s * 10)).collect();
-        let first = store
-            .append_events("web-01", Source::Alpha, &batch)
-            .unwrap();
-        assert_eq!(first.inserted, 5);
-        assert!(first.duplicates.is_empty());
-        let again = store
-            .append_events(
-                "web-01",
-                Source::Alpha,
-                &[batch[3].clone(), exec("web-01", 6, 60)],
-            )
-            .unwrap();
-        assert_eq!(again.inserted, 1);
-        assert_eq!(again.duplicates, vec![4]);
-        assert_eq!(store.highest_seq("web-01", Source::Alpha).unwrap(), Some(6));
-        assert_eq!(store.highest_seq("web-02", Source::Alpha).unwrap(), None);
-        let stored = store.query_events(&EventQuery::default()).unwrap();
-        assert_eq!(stored.len(), 6);
-        assert_eq!(stored[0], batch[0]);
-    }
-
-    fn beta_exec(host: &str, seq: u64, time_ns: u64) -> Event {
-        let mut event = exec(host, seq, time_ns);
-        event.source = Source::Beta;
-        event
-    }
-
-    #[test]
-    fn the_two_agents_of_a_host_have_their_own_sequences() {
-        let (_dir, _path, store) = store();
-        let alpha: Vec<Event> = (1..=3).map(|s| exec("web-01", s, s)).collect();
-        let beta: Vec<Event> = (1..=2).map(|s| beta_exec("web-01", s, s + 10)).collect();
-        assert_eq!(
-            store
-                .append_events("web-01", Source::Alpha, &alpha)
-                .unwrap()
-                .inserted,
-            3
-        );
-        assert_eq!(
-            store
-                .append_events("web-01", Source::Beta, &beta)
-                .unwrap()
-                .inserted,
-            2
-        );
-        let again = store
-            .append_events("web-01", Source::Beta, &beta[1..])
-            .unwrap();
-        assert_eq!(again.duplicates, vec![2]);
-        assert_eq!(store.highest_seq("web-01", Source::Alpha).unwrap(), Some(3));
-        assert_eq!(store.highest_seq("web-01", Source::Beta).unwrap(), Some(2));
-        let stored = store.query_events(&EventQuery::default()).unwrap();
-        let keys: Vec<(Source, u64)> = stored.iter().map(|e| (e.source, e.seq)).collect();
-        assert_eq!(
-            keys,
-            vec![
-                (Source::Alpha, 1),
-                (Source::Alpha, 2),
-                (Source::Alpha, 3),
-                (Source::Beta, 1),
-                (Source::Beta, 2)
-            ]
-        );
-    }
-
-    #[test]
-    fn cortex_made_events_may_stand_in_for_an_agent_but_other_agents_may_not() {
-        let (_dir, _path, store) = store();
-        let mut finding = auth("web-01", 1, 1);
-        finding.source = Source::Cortex;
-        store
-            .append_events("web-01", Source::Beta, &[finding])
-            .unwrap();
-        assert_eq!(store.highest_seq("web-01", Source::Beta).unwrap(), Some(1));
-        assert!(matches!(
-            store.append_events("web-01", Source::Beta, &[exec("web-01", 2, 2)]),
-            Err(StoreError::AgentMismatch {
-                expected: Source::Beta,
-                found: Source::Alpha,
-                seq: 2
-            })
-        ));
-    }
-
-    #[test]
-    fn concurrent_appends_are_all_durable_and_in_order_per_agent() {
-        let (_dir, path, store) = store();
-        let store = std::sync::Arc::new(store);
-        let writers: Vec<_> = (0..4)
-            .map(|w| {
-                let store = store.clone();
-                std::thread::spawn(move || {
-                    let host = format!("host-{w}");
-                    let pending: Vec<PendingWrite> = (0..20u64)
-                        .map(|b| {
-                            let batch: Vec<Event> =
-                                (1..=10).map(|i| exec(&host, b * 10 + i, i)).collect();
-                            store.submit_events(&host, Source::Alpha, &batch).unwrap()
-                        })
-                        .collect();
-                    for append in pending {
-                        assert_eq!(append.wait().unwrap().inserted, 10);
-                    }
-                })
-            })
-            .collect();
-        for writer in writers {
-            writer.join().unwrap();
-        }
-        drop(store);
-        let reopened = SqliteStore::open_with_key(&path, &KEY).unwrap();
-        for w in 0..4 {
-            let host = format!("host-{w}");
-            assert_eq!(
-                reopened.highest_seq(&host, Source::Alpha).unwrap(),
-                Some(200)
-            );
-            let query = EventQuery {
-                host: Some(host),
-                limit: MAX_QUERY_LIMIT,
-                ..Default::default()
-            };
-            assert_eq!(reopened.query_events(&query).unwrap().len(), 200);
-        }
     }
 
     #[test]
@@ -835,33 +513,6 @@ mod tests {
         let error = SqliteStore::open_with_key(&path, &KEY).err().unwrap();
         assert!(matches!(error, StoreError::ObsoleteSchema { found: 1, .. }));
         assert!(error.to_string().contains("move it aside"), "{error}");
-    }
-
-    #[test]
-    fn a_bad_batch_stores_nothing() {
-        let (_dir, _path, store) = store();
-        let mixed = vec![exec("web-01", 1, 1), exec("web-02", 2, 2)];
-        assert!(matches!(
-            store.append_events("web-01", Source::Alpha, &mixed),
-            Err(StoreError::HostMismatch { seq: 2, .. })
-        ));
-        let invalid = vec![exec("web-01", 1, 1), exec("web-01", 0, 2)];
-        assert!(matches!(
-            store.append_events("web-01", Source::Alpha, &invalid),
-            Err(StoreError::InvalidEvent { seq: 0, .. })
-        ));
-        let huge = vec![exec("web-01", u64::MAX, 1)];
-        assert!(matches!(
-            store.append_events("web-01", Source::Alpha, &huge),
-            Err(StoreError::ValueTooLarge { field: "seq", .. })
-        ));
-        assert!(
-            store
-                .query_events(&EventQuery::default())
-                .unwrap()
-                .is_empty()
-        );
-        assert_eq!(store.highest_seq("web-01", Source::Alpha).unwrap(), None);
     }
 
     #[test]
@@ -938,148 +589,5 @@ mod tests {
         ));
         fs::set_permissions(&key_path, fs::Permissions::from_mode(0o600)).unwrap();
         assert!(SqliteStore::open(&db, &key_path).is_ok());
-    }
-
-    #[test]
-    fn queries_filter_by_host_time_and_kind() {
-        let (_dir, _path, store) = store();
-        store
-            .append_events(
-                "web-01",
-                Source::Alpha,
-                &[
-                    exec("web-01", 1, 100),
-                    auth("web-01", 2, 200),
-                    exec("web-01", 3, 300),
-                ],
-            )
-            .unwrap();
-        store
-            .append_events("db-01", Source::Alpha, &[auth("db-01", 1, 150)])
-            .unwrap();
-        let by_host = EventQuery {
-            host: Some("web-01".into()),
-            ..Default::default()
-        };
-        assert_eq!(seqs(&store.query_events(&by_host).unwrap()), vec![1, 2, 3]);
-        let window = EventQuery {
-            since_ns: Some(150),
-            until_ns: Some(300),
-            ..Default::default()
-        };
-        let hosts: Vec<String> = store
-            .query_events(&window)
-            .unwrap()
-            .into_iter()
-            .map(|e| format!("{}/{}", e.host_id, e.seq))
-            .collect();
-        assert_eq!(hosts, vec!["db-01/1", "web-01/2"]);
-        let kinds = EventQuery {
-            kinds: vec!["auth_failure".into()],
-            limit: 1,
-            ..Default::default()
-        };
-        let first_auth = store.query_events(&kinds).unwrap();
-        assert_eq!(first_auth.len(), 1);
-        assert_eq!(first_auth[0].host_id, "db-01");
-    }
-
-    fn incident(id: &str, host: &str, severity: Severity, updated_ns: u64) -> Incident {
-        Incident {
-            id: id.into(),
-            host: host.into(),
-            entity: EntityKey::Host { host: host.into() },
-            title: "credential stuffing + exfiltration".into(),
-            severity,
-            confidence: 0.99,
-            prior: 0.001,
-            log_odds: 4.6,
-            attack_techniques: vec!["T1110".into()],
-            status: IncidentStatus::Open,
-            opened_ns: 1,
-            updated_ns,
-            evidence: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn incidents_and_node_states_persist() {
-        let (_dir, path, store) = store();
-        store
-            .put_incident(&incident("inc-1", "web-01", Severity::Critical, 10))
-            .unwrap();
-        store
-            .put_incident(&incident("inc-2", "web-02", Severity::Low, 20))
-            .unwrap();
-        let mut resolved = incident("inc-1", "web-01", Severity::Critical, 30);
-        resolved.status = IncidentStatus::Resolved;
-        store.put_incident(&resolved).unwrap();
-        let record = NodeStateRecord {
-            host: "web-01".into(),
-            state: NodeState::Critical,
-            since_ns: 30,
-            reason: "incident inc-1".into(),
-            actor: "cortex".into(),
-            incident_id: Some("inc-1".into()),
-            audit_seq: 7,
-        };
-        store.put_node_state(&record).unwrap();
-        drop(store);
-
-        let store = SqliteStore::open_with_key(&path, &KEY).unwrap();
-        assert_eq!(store.incident("inc-1").unwrap(), Some(resolved));
-        assert_eq!(store.incident("inc-9").unwrap(), None);
-        let all = store.incidents(&IncidentQuery::default()).unwrap();
-        assert_eq!(
-            all.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
-            vec!["inc-1", "inc-2"]
-        );
-        let open_high = IncidentQuery {
-            status: Some(IncidentStatus::Open),
-            min_severity: Some(Severity::High),
-            ..Default::default()
-        };
-        assert!(store.incidents(&open_high).unwrap().is_empty());
-        assert_eq!(store.node_state("web-01").unwrap(), Some(record.clone()));
-        assert_eq!(store.node_states().unwrap(), vec![record]);
-    }
-
-    #[test]
-    fn retention_deletes_by_age_then_oldest_by_size() {
-        let (_dir, _path, store) = store();
-        let second = 1_000_000_000u64;
-        let now = 10_000 * second;
-        let batch: Vec<Event> = (1..=10)
-            .map(|s| exec("web-01", s, now - (11 - s) * 100 * second))
-            .collect();
-        store
-            .append_events("web-01", Source::Alpha, &batch)
-            .unwrap();
-        // Events 1..=3 are older than 750 s.
-        let by_age = RetentionPolicy {
-            max_age_s: Some(750),
-            max_bytes: None,
-        };
-        let report = store.apply_retention(&by_age, now).unwrap();
-        assert_eq!(report.deleted_by_age, 3);
-        assert_eq!(report.remaining_events, 7);
-        let per_event = report.remaining_bytes / 7;
-
-        let by_size = RetentionPolicy {
-            max_age_s: None,
-            max_bytes: Some(per_event * 4 + per_event / 2),
-        };
-        let report = store.apply_retention(&by_size, now).unwrap();
-        assert_eq!(report.deleted_by_size, 3);
-        assert!(report.remaining_bytes <= per_event * 4 + per_event / 2);
-        let left = store.query_events(&EventQuery::default()).unwrap();
-        assert_eq!(seqs(&left), vec![7, 8, 9, 10]);
-        // De-duplication state outlives the events.
-        assert_eq!(
-            store.highest_seq("web-01", Source::Alpha).unwrap(),
-            Some(10)
-        );
-        let unchanged = store.apply_retention(&by_size, now).unwrap();
-        assert_eq!(unchanged.deleted_by_size, 0);
     }
 }

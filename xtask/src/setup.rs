@@ -23,11 +23,15 @@ pub const EBPF_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src", "
 /// blocking without the cgroup programs), passwd (useradd/usermod/userdel for test accounts),
 /// iproute2 (`ip netns` for the isolation tests).
 pub const RESPONSE_PACKAGES: &[&str] = &["nftables", "passwd", "iproute2"];
+/// Debian packages the userspace build needs besides Rust: a C compiler (ring, SQLite), and make
+/// and perl for OpenSSL, which the `openssl` crate builds from source for qsc-channel's AEAD.
+pub const BUILD_PACKAGES: &[&str] = &["gcc", "make", "perl"];
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 pub const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 
 pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
+    ensure_packages(BUILD_PACKAGES)?;
     ensure_packages(EBPF_PACKAGES)?;
     ensure_packages(RESPONSE_PACKAGES)?;
     ensure_bpf_linker()?;

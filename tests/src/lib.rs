@@ -1,5 +1,6 @@
 //! Helpers for the end-to-end tests: finding the built binaries, deciding whether root-only
-//! tests run, driving a real guardian-alpha process, and the channel receiver (`channel`).
+//! tests run, driving a real guardian-alpha process, and a real `cortex serve` deployment
+//! (`channel`).
 
 pub mod alpha;
 pub mod channel;

@@ -22,14 +22,21 @@ pub const TAG_LEN: usize = 16;
 /// Largest input one OpenSSL update call takes (its length is a C `int`).
 const MAX_INPUT: usize = i32::MAX as usize;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AeadError {
     #[error("ChaCha20-Poly1305 authentication failed (wrong key, nonce or tampered data)")]
     Authentication,
     #[error("{len} bytes exceed what one ChaCha20-Poly1305 call takes ({MAX_INPUT})")]
     TooLong { len: usize },
+    /// OpenSSL's error queue, as text (its error type is not comparable).
     #[error("OpenSSL's ChaCha20-Poly1305 failed: {0}")]
-    Library(#[from] openssl::error::ErrorStack),
+    Library(String),
+}
+
+impl From<openssl::error::ErrorStack> for AeadError {
+    fn from(errors: openssl::error::ErrorStack) -> Self {
+        AeadError::Library(errors.to_string())
+    }
 }
 
 /// One ChaCha20-Poly1305 key, ready to seal and open.
@@ -42,9 +49,9 @@ impl ChaChaPoly {
     pub fn new(key: &[u8; KEY_LEN]) -> Result<Self, AeadError> {
         let cipher = Cipher::chacha20_poly1305();
         let mut seal = CipherCtx::new()?;
-        seal.encrypt_init(Some(cipher), Some(key), None)?;
+        seal.encrypt_init(Some(cipher), Some(key.as_slice()), None)?;
         let mut open = CipherCtx::new()?;
-        open.decrypt_init(Some(cipher), Some(key), None)?;
+        open.decrypt_init(Some(cipher), Some(key.as_slice()), None)?;
         Ok(ChaChaPoly { seal, open })
     }
 
@@ -57,12 +64,13 @@ impl ChaChaPoly {
     ) -> Result<[u8; TAG_LEN], AeadError> {
         check_len(in_out.len().max(ad.len()))?;
         let ctx = &mut self.seal;
-        ctx.encrypt_init(None, None, Some(nonce))?;
+        ctx.encrypt_init(None, None, Some(nonce.as_slice()))?;
         if !ad.is_empty() {
             ctx.cipher_update(ad, None)?;
         }
-        if !in_out.is_empty() {
-            ctx.cipher_update_inplace(in_out, in_out.len())?;
+        let len = in_out.len();
+        if len > 0 {
+            ctx.cipher_update_inplace(in_out, len)?;
         }
         ctx.cipher_final(&mut [])?;
         let mut tag = [0u8; TAG_LEN];
@@ -85,7 +93,7 @@ impl ChaChaPoly {
         check_len(body_len.max(ad.len()))?;
         let (body, tag) = in_out.split_at_mut(body_len);
         let ctx = &mut self.open;
-        ctx.decrypt_init(None, None, Some(nonce))?;
+        ctx.decrypt_init(None, None, Some(nonce.as_slice()))?;
         ctx.set_tag(tag)?;
         if !ad.is_empty() {
             ctx.cipher_update(ad, None)?;

@@ -24,7 +24,8 @@ pub struct CortexDeployment {
 }
 
 impl CortexDeployment {
-    /// Writes the config into `dir` and creates every key with `cortex keygen`.
+    /// Writes the config into `dir` (created if missing) and creates every key with
+    /// `cortex keygen`.
     pub fn create(dir: &Path) -> Self {
         Self::create_with(dir, "")
     }
@@ -32,6 +33,7 @@ impl CortexDeployment {
     /// Like [`Self::create`], with `extra_config` (TOML tables the generated config does not
     /// have: `[detect]`, `[respond]`, `[score]`, …) appended.
     pub fn create_with(dir: &Path, extra_config: &str) -> Self {
+        std::fs::create_dir_all(dir).expect("create the cortex folder");
         let deployment = CortexDeployment {
             dir: dir.to_path_buf(),
             config: dir.join("cortex.toml"),

@@ -582,7 +582,8 @@ fn quarantine_moves_a_test_file_across_filesystems() {
 }
 
 /// The cortex's rule and playbook of the whole-path test: any exec whose command line carries
-/// the marker is killed, autonomously.
+/// the marker is killed, autonomously (the test runs as root, so `[respond.allow] users` is
+/// emptied of its default `root`).
 const MARKER: &str = "314159";
 const KILL_RULE: &str = "title: E2E kill trigger\nid: e2e-kill\nstatus: test\n\
     logsource: {product: linux, category: process_creation}\n\
@@ -613,6 +614,7 @@ fn the_agent_executes_actions_sent_over_the_channel() {
             "[detect]\nshipped_rules = false\nrule_dirs = [\"{d}/rules\"]\n\
              [respond]\nmode = \"autonomous\"\nshipped_playbooks = false\n\
              playbook_dirs = [\"{d}/playbooks\"]\n\
+             [respond.allow]\nusers = []\n\
              [score.rule_lr]\n\"e2e-kill\" = 1000.0\n",
             d = d.display()
         ),

@@ -57,6 +57,7 @@ impl CommandHandler for Obedient {
             outcome: ActionOutcome::Done,
             detail: "test agent: done".into(),
             done_mono_ns: mono_now_ns(),
+            received_mono_ns: None,
             facts: serde_json::Map::new(),
         };
         let body = serde_json::to_vec(&report).unwrap_or_default();

@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use qsc_channel::aead::ChaChaPoly;
 use qsc_channel::delivery::envelope::{AgentMessage, EventsEncoder};
 use qsc_channel::handshake;
 use qsc_channel::keys::{AgentEntry, AllowList, StaticKeypair};
@@ -141,19 +142,26 @@ async fn stream_secure(
     });
     let start = Instant::now();
     let payload = vec![0xa5u8; size];
-    let mut encoder = EventsEncoder::new();
     let mut sent = 0;
     while sent < total {
-        encoder.start(sent as u64 + 1);
         let n = per_frame.min(total - sent);
-        for _ in 0..n {
-            encoder.push(&payload);
-        }
-        writer.send(encoder.finish()).await.unwrap();
+        writer
+            .send_with(|buf| push_events(buf, sent as u64 + 1, &payload, n))
+            .await
+            .unwrap();
         sent += n;
     }
     receiver.await.unwrap();
     start.elapsed()
+}
+
+/// Appends an Events message of `n` copies of `payload` to `buf`.
+fn push_events(buf: &mut Vec<u8>, first_seq: u64, payload: &[u8], n: usize) {
+    let mut encoder = EventsEncoder::start(buf, first_seq);
+    for _ in 0..n {
+        encoder.push(payload);
+    }
+    encoder.finish();
 }
 
 /// The same envelopes with only a u32 length prefix over plain TCP.
@@ -174,19 +182,15 @@ async fn stream_plain(cortex: &Handle, size: usize, total: usize, per_frame: usi
     });
     let start = Instant::now();
     let payload = vec![0xa5u8; size];
-    let mut encoder = EventsEncoder::new();
     let mut frame = Vec::new();
     let mut sent = 0;
     while sent < total {
-        encoder.start(sent as u64 + 1);
         let n = per_frame.min(total - sent);
-        for _ in 0..n {
-            encoder.push(&payload);
-        }
-        let message = encoder.finish();
         frame.clear();
-        frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
-        frame.extend_from_slice(message);
+        frame.extend_from_slice(&[0; 4]);
+        push_events(&mut frame, sent as u64 + 1, &payload, n);
+        let len = (frame.len() - 4) as u32;
+        frame[..4].copy_from_slice(&len.to_be_bytes());
         writer.write_all(&frame).await.unwrap();
         sent += n;
     }
@@ -194,38 +198,83 @@ async fn stream_plain(cortex: &Handle, size: usize, total: usize, per_frame: usi
     start.elapsed()
 }
 
-/// Single-thread ChaCha20-Poly1305 sealing speed of the transport cipher, no I/O: the ceiling
-/// for bulk throughput on this machine.
-async fn aead_seal_mb_per_s(keys: &Keys) -> f64 {
-    let (mut client, mut server) = tcp_pair().await;
-    let cortex_key = keys.cortex.public();
-    let (agent_side, _) = tokio::join!(
-        handshake::initiate(
-            &mut client,
-            HandshakeMode::Classic,
-            &keys.agent,
-            &cortex_key,
-            &[]
-        ),
-        handshake::respond(
-            &mut server,
-            &keys.cortex,
-            false,
-            |key| keys.allow.authorize(key).cloned(),
-            |_| 0u64.to_be_bytes().to_vec(),
-        )
+/// CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    cpu_clock(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+/// CPU time of the whole process (agent and cortex runtimes together).
+fn process_cpu() -> Duration {
+    cpu_clock(libc::CLOCK_PROCESS_CPUTIME_ID)
+}
+
+fn cpu_clock(clock: libc::clockid_t) -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a valid out-pointer.
+    let status = unsafe { libc::clock_gettime(clock, &mut ts) };
+    assert_eq!(status, 0, "clock_gettime failed");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+const AEAD_CHUNK: usize = 512 * 1024;
+const AEAD_ITERATIONS: usize = 100;
+
+/// CPU ms per MB to seal and then open `AEAD_CHUNK` bytes in place, single thread, no I/O:
+/// the transport's ChaCha20-Poly1305 (OpenSSL) and, as the baseline it replaced, ring's.
+fn aead_seal_open_cpu_ms_per_mb() -> (f64, f64) {
+    let key = [0x42u8; 32];
+    let ad = [7u8; 12];
+    let mut buf = vec![0x5au8; AEAD_CHUNK + 16];
+    let mut ours = ChaChaPoly::new(&key).unwrap();
+    let ours_ms = cpu_ms_per_mb(|i| {
+        let nonce = nonce(i);
+        let tag = ours
+            .seal_in_place(&nonce, &ad, &mut buf[..AEAD_CHUNK])
+            .unwrap();
+        buf[AEAD_CHUNK..].copy_from_slice(&tag);
+        ours.open_in_place(&nonce, &ad, &mut buf).unwrap();
+    });
+    let ring_key = ring::aead::LessSafeKey::new(
+        ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &key).unwrap(),
     );
-    let mut cipher = agent_side.unwrap().0.send;
-    let chunk = 512 * 1024;
-    let iterations = 200;
-    let mut buf = Vec::with_capacity(chunk + 16);
-    let start = Instant::now();
-    for _ in 0..iterations {
-        buf.clear();
-        buf.resize(chunk, 0x5a);
-        cipher.encrypt_with_ad(&[], &mut buf).unwrap();
+    let ring_ms = cpu_ms_per_mb(|i| {
+        let seal_nonce = ring::aead::Nonce::assume_unique_for_key(nonce(i));
+        let tag = ring_key
+            .seal_in_place_separate_tag(
+                seal_nonce,
+                ring::aead::Aad::from(&ad),
+                &mut buf[..AEAD_CHUNK],
+            )
+            .unwrap();
+        buf[AEAD_CHUNK..].copy_from_slice(tag.as_ref());
+        let open_nonce = ring::aead::Nonce::assume_unique_for_key(nonce(i));
+        ring_key
+            .open_in_place(open_nonce, ring::aead::Aad::from(&ad), &mut buf)
+            .unwrap();
+    });
+    (ours_ms, ring_ms)
+}
+
+fn nonce(i: usize) -> [u8; 12] {
+    let mut nonce = [0u8; 12];
+    nonce[4..].copy_from_slice(&(i as u64).to_le_bytes());
+    nonce
+}
+
+/// Runs `round` AEAD_ITERATIONS times (after a few warm-up calls); CPU ms per MB of chunk.
+fn cpu_ms_per_mb(mut round: impl FnMut(usize)) -> f64 {
+    for i in 0..5 {
+        round(i);
     }
-    mb_per_s(iterations, chunk, start.elapsed())
+    let start = thread_cpu();
+    for i in 0..AEAD_ITERATIONS {
+        round(i + 5);
+    }
+    let cpu = thread_cpu() - start;
+    cpu.as_secs_f64() * 1e3 / ((AEAD_ITERATIONS * AEAD_CHUNK) as f64 / 1e6)
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -245,7 +294,21 @@ struct Samples {
     small_plain_eps: Vec<f64>,
     bulk_secure_mbps: Vec<f64>,
     bulk_plain_mbps: Vec<f64>,
-    aead_mbps: Vec<f64>,
+    bulk_secure_cpu_ms_per_mb: Vec<f64>,
+    bulk_plain_cpu_ms_per_mb: Vec<f64>,
+    aead_ms_per_mb: Vec<f64>,
+    ring_aead_ms_per_mb: Vec<f64>,
+}
+
+/// Runs `stream` and returns its wall time and the process CPU ms per MB of events it moved.
+async fn cpu_and_wall(
+    stream: impl std::future::Future<Output = Duration>,
+    bytes: usize,
+) -> (Duration, f64) {
+    let cpu = process_cpu();
+    let wall = stream.await;
+    let cpu = process_cpu() - cpu;
+    (wall, cpu.as_secs_f64() * 1e3 / (bytes as f64 / 1e6))
 }
 
 async fn run(cortex: Handle) -> Samples {
@@ -288,19 +351,26 @@ async fn run(cortex: Handle) -> Samples {
             SMALL_EVENTS_PER_ROUND as f64 / plain.as_secs_f64(),
             SMALL_EVENTS_PER_ROUND as f64 / secure.as_secs_f64(),
         );
-        let bulk_plain = stream_plain(
-            &cortex,
-            LARGE_EVENT,
-            LARGE_EVENTS_PER_ROUND,
-            LARGE_PER_FRAME,
+        let bulk_bytes = LARGE_EVENTS_PER_ROUND * LARGE_EVENT;
+        let (bulk_plain, plain_cpu) = cpu_and_wall(
+            stream_plain(
+                &cortex,
+                LARGE_EVENT,
+                LARGE_EVENTS_PER_ROUND,
+                LARGE_PER_FRAME,
+            ),
+            bulk_bytes,
         )
         .await;
-        let bulk_secure = stream_secure(
-            &keys,
-            &cortex,
-            LARGE_EVENT,
-            LARGE_EVENTS_PER_ROUND,
-            LARGE_PER_FRAME,
+        let (bulk_secure, secure_cpu) = cpu_and_wall(
+            stream_secure(
+                &keys,
+                &cortex,
+                LARGE_EVENT,
+                LARGE_EVENTS_PER_ROUND,
+                LARGE_PER_FRAME,
+            ),
+            bulk_bytes,
         )
         .await;
         let (plain_mbps, secure_mbps) = (
@@ -309,11 +379,16 @@ async fn run(cortex: Handle) -> Samples {
         );
         println!(
             "round {round}: small {secure_eps:>10.0} ev/s vs plain {plain_eps:>10.0} (ratio {:.2}) | \
-             bulk {secure_mbps:>7.0} MB/s vs plain {plain_mbps:>7.0} (ratio {:.2})",
+             bulk {secure_mbps:>7.0} MB/s vs plain {plain_mbps:>7.0} (ratio {:.2}), \
+             CPU {secure_cpu:.3} vs {plain_cpu:.3} ms/MB",
             secure_eps / plain_eps,
             secure_mbps / plain_mbps,
         );
-        s.aead_mbps.push(aead_seal_mb_per_s(&keys).await);
+        let (aead_ms, ring_ms) = aead_seal_open_cpu_ms_per_mb();
+        s.aead_ms_per_mb.push(aead_ms);
+        s.ring_aead_ms_per_mb.push(ring_ms);
+        s.bulk_secure_cpu_ms_per_mb.push(secure_cpu);
+        s.bulk_plain_cpu_ms_per_mb.push(plain_cpu);
         s.small_secure_eps.push(secure_eps);
         s.small_plain_eps.push(plain_eps);
         s.bulk_secure_mbps.push(secure_mbps);
@@ -351,7 +426,12 @@ fn main() {
         "plain_tcp_small_events_per_s": median(&mut s.small_plain_eps),
         "bulk_mb_per_s": median(&mut s.bulk_secure_mbps),
         "plain_tcp_mb_per_s": median(&mut s.bulk_plain_mbps),
-        "aead_seal_only_mb_per_s": median(&mut s.aead_mbps),
+        "bulk_cpu_ms_per_mb": median(&mut s.bulk_secure_cpu_ms_per_mb),
+        "plain_tcp_cpu_ms_per_mb": median(&mut s.bulk_plain_cpu_ms_per_mb),
+        "bulk_cpu_means": "process CPU time (agent + cortex threads) per MB of events",
+        "aead_seal_open_cpu_ms_per_mb": median(&mut s.aead_ms_per_mb),
+        "ring_aead_seal_open_cpu_ms_per_mb": median(&mut s.ring_aead_ms_per_mb),
+        "aead_means": "one thread seals then opens 512 KiB in place; OpenSSL (used) vs ring (baseline)",
         "handshake_ms_hybrid": median(&mut s.hs_hybrid_ms),
         "handshake_ms_classic": median(&mut s.hs_classic_ms),
         "small_ratio_vs_plain_per_round": small_ratio,

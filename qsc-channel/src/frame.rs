@@ -99,11 +99,11 @@ pub fn split_frame(frame: &[u8]) -> RawFrame<'_> {
     }
 }
 
-/// Writes the header for a frame whose ciphertext (tag included) is `ciphertext_len` bytes.
-pub fn encode_header(counter: u64, ciphertext_len: usize, out: &mut Vec<u8>) {
+/// The header of a frame whose ciphertext (tag included) is `ciphertext_len` bytes.
+pub fn encode_header(counter: u64, ciphertext_len: usize, out: &mut [u8; HEADER_LEN]) {
     let len = (COUNTER_LEN + ciphertext_len) as u32;
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(&counter.to_be_bytes());
+    out[..LENGTH_PREFIX_LEN].copy_from_slice(&len.to_be_bytes());
+    out[LENGTH_PREFIX_LEN..].copy_from_slice(&counter.to_be_bytes());
 }
 
 #[cfg(test)]
@@ -112,8 +112,9 @@ mod tests {
 
     #[test]
     fn decode_needs_whole_frame() {
-        let mut buf = Vec::new();
-        encode_header(7, 20, &mut buf);
+        let mut header = [0u8; HEADER_LEN];
+        encode_header(7, 20, &mut header);
+        let mut buf = header.to_vec();
         buf.extend_from_slice(&[0xaa; 20]);
         for cut in 0..buf.len() {
             assert_eq!(decode(&buf[..cut], 1024), Ok(None));

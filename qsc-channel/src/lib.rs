@@ -1,5 +1,6 @@
 //! The encrypted agent-to-cortex transport of QSC.
 //!
+//! * [`aead`]: ChaCha20-Poly1305 from OpenSSL (AVX-512), used by the Noise cipher states.
 //! * [`config`]: the TOML settings (`config/channel.example.toml`), validated at start-up.
 //! * [`keys`]: static X25519 identities, 0600 key files, lifecycle, the cortex allow-list.
 //! * [`noise`]: Noise IK (rev 34, `25519_ChaChaPoly_BLAKE2s`) with an ML-KEM-1024 hybrid.
@@ -10,6 +11,7 @@
 //! * [`uplink`]: the agent side in one type (outbox, client task, event numbering, commands)
 //!   and the agents' `[cortex]` settings.
 
+pub mod aead;
 pub mod config;
 pub mod delivery;
 pub mod frame;

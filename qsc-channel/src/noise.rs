@@ -33,16 +33,14 @@
 //! A mismatch in mode or in the prologue (which binds the QSC protocol version, see
 //! [`crate::handshake`]) makes the first `DecryptAndHash` fail.
 
-use std::mem::MaybeUninit;
-
 use blake2::{Blake2s256, Digest};
 use ml_kem::kem::{Decapsulate, Encapsulate};
 use ml_kem::{EncodedSizeUser, KemCore, MlKem1024};
 use rand_core::OsRng;
-use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::{Zeroize, Zeroizing};
 
+use crate::aead::{AeadError, ChaChaPoly};
 use crate::keys::{PublicKeyBytes, StaticKeypair};
 
 pub const PROTOCOL_CLASSIC: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
@@ -103,45 +101,15 @@ pub enum NoiseError {
     Kem,
     #[error("nonce space exhausted; the session must be re-established")]
     NonceExhausted,
-    #[error("the ChaCha20-Poly1305 implementation refused a 32-byte key")]
-    AeadKey,
-}
-
-/// A ChaCha20-Poly1305 key schedule from `ring` (BoringSSL's assembly; on this project's
-/// machines it seals about 1.8 times as many bytes per CPU second as the RustCrypto crate's
-/// AVX2 code), kept in one heap place and wiped when dropped, since `ring` does not zeroize
-/// its keys itself.
-struct AeadKey(Box<MaybeUninit<LessSafeKey>>);
-
-impl AeadKey {
-    /// `None` only if `ring` refused the key, which it does only for a wrong length.
-    fn new(key: &[u8; 32]) -> Option<Self> {
-        let unbound = UnboundKey::new(&CHACHA20_POLY1305, key).ok()?;
-        Some(AeadKey(Box::new(MaybeUninit::new(LessSafeKey::new(
-            unbound,
-        )))))
-    }
-
-    fn get(&self) -> &LessSafeKey {
-        // SAFETY: initialised in `new`; only `drop` de-initialises it.
-        unsafe { self.0.assume_init_ref() }
-    }
-}
-
-impl Drop for AeadKey {
-    fn drop(&mut self) {
-        // SAFETY: initialised in `new` and never used again after this drop.
-        unsafe { self.0.assume_init_drop() };
-        // The bytes are now dead storage that any pattern may overwrite.
-        self.0.as_mut().zeroize();
-    }
+    #[error(transparent)]
+    Aead(AeadError),
 }
 
 /// Noise CipherState: a ChaCha20-Poly1305 key and a 64-bit counter nonce.
 pub struct CipherState {
     key: Option<Zeroizing<[u8; 32]>>,
-    /// Set whenever `key` is (unless `ring` refused the key, see [`NoiseError::AeadKey`]).
-    aead: Option<AeadKey>,
+    /// `key` loaded into OpenSSL, made on first use after each new key.
+    aead: Option<ChaChaPoly>,
     n: u64,
 }
 
@@ -154,10 +122,11 @@ impl std::fmt::Debug for CipherState {
     }
 }
 
-fn chacha_nonce(n: u64) -> Nonce {
+/// Noise's ChaChaPoly nonce: 32 zero bits, then `n` little-endian.
+fn chacha_nonce(n: u64) -> [u8; 12] {
     let mut nonce = [0u8; 12];
     nonce[4..].copy_from_slice(&n.to_le_bytes());
-    Nonce::assume_unique_for_key(nonce)
+    nonce
 }
 
 impl CipherState {
@@ -176,18 +145,20 @@ impl CipherState {
     }
 
     fn initialize_key(&mut self, key: [u8; 32]) {
-        self.aead = AeadKey::new(&key);
+        self.aead = None;
         self.key = Some(Zeroizing::new(key));
         self.n = 0;
     }
 
     /// The key schedule if a key is set; `Ok(None)` means "no key yet" (plaintext per spec).
-    fn aead(&self) -> Result<Option<&LessSafeKey>, NoiseError> {
-        match (&self.key, &self.aead) {
-            (None, _) => Ok(None),
-            (Some(_), Some(aead)) => Ok(Some(aead.get())),
-            (Some(_), None) => Err(NoiseError::AeadKey),
+    fn aead(&mut self) -> Result<Option<&mut ChaChaPoly>, NoiseError> {
+        let Some(key) = &self.key else {
+            return Ok(None);
+        };
+        if self.aead.is_none() {
+            self.aead = Some(ChaChaPoly::new(key).map_err(NoiseError::Aead)?);
         }
+        Ok(self.aead.as_mut())
     }
 
     pub fn has_key(&self) -> bool {
@@ -226,11 +197,11 @@ impl CipherState {
             return Ok(());
         }
         let nonce = chacha_nonce(self.next_nonce()?);
-        let aead = self.aead()?.ok_or(NoiseError::AeadKey)?;
+        let aead = self.aead()?.ok_or(NoiseError::DecryptFailed)?;
         let tag = aead
-            .seal_in_place_separate_tag(nonce, Aad::from(ad), &mut buf[start..])
-            .map_err(|_| NoiseError::DecryptFailed)?;
-        buf.extend_from_slice(tag.as_ref());
+            .seal_in_place(&nonce, ad, &mut buf[start..])
+            .map_err(NoiseError::Aead)?;
+        buf.extend_from_slice(&tag);
         Ok(())
     }
 
@@ -248,16 +219,19 @@ impl CipherState {
         ad: &[u8],
         buf: &mut [u8],
     ) -> Result<usize, NoiseError> {
+        let n = self.n;
         let Some(aead) = self.aead()? else {
             return Ok(buf.len());
         };
-        if self.n == u64::MAX {
+        if n == u64::MAX {
             return Err(NoiseError::NonceExhausted);
         }
-        let body_len = aead
-            .open_in_place(chacha_nonce(self.n), Aad::from(ad), buf)
-            .map_err(|_| NoiseError::DecryptFailed)?
-            .len();
+        let body_len =
+            aead.open_in_place(&chacha_nonce(n), ad, buf)
+                .map_err(|error| match error {
+                    AeadError::Authentication => NoiseError::DecryptFailed,
+                    other => NoiseError::Aead(other),
+                })?;
         self.n += 1;
         Ok(body_len)
     }
@@ -267,13 +241,8 @@ impl CipherState {
         let aead = self.aead()?.ok_or(NoiseError::DecryptFailed)?;
         let mut block = Zeroizing::new([0u8; 32]);
         // Encrypting 32 zero bytes; the tag is discarded per the spec.
-        aead.seal_in_place_separate_tag(
-            chacha_nonce(u64::MAX),
-            Aad::from(&[]),
-            block.as_mut_slice(),
-        )
-        .map(|_discarded_tag| ())
-        .map_err(|_| NoiseError::DecryptFailed)?;
+        aead.seal_in_place(&chacha_nonce(u64::MAX), &[], block.as_mut_slice())
+            .map_err(NoiseError::Aead)?;
         let n = self.n;
         self.initialize_key(*block);
         self.n = n;

@@ -22,6 +22,9 @@ use tokio::time::Instant;
 use crate::frame::{
     self, FrameError, FrameKind, HARD_MAX_FRAME_LEN, HEADER_LEN, LENGTH_PREFIX_LEN,
 };
+
+/// Where a message starts in a frame: after the header and the kind byte.
+const PLAINTEXT_START: usize = HEADER_LEN + 1;
 use crate::noise::{CipherState, NoiseError};
 
 /// Limits and rekey policy of one session.
@@ -117,25 +120,35 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Sends a [`FrameKind::Heartbeat`] frame (rekeying first if due, like [`Self::send`]).
     pub async fn heartbeat(&mut self) -> Result<(), TransportError> {
         self.rekey_if_due().await?;
-        self.write_frame(FrameKind::Heartbeat, &[]).await
+        self.write_frame(FrameKind::Heartbeat).await
     }
 
     /// Encrypts `message` into one frame and writes it, rekeying first if the policy says so.
     pub async fn send(&mut self, message: &[u8]) -> Result<(), TransportError> {
-        let max = self.config.max_message_len();
-        if message.len() > max {
-            return Err(TransportError::MessageTooLarge {
-                len: message.len(),
-                max,
-            });
-        }
+        self.send_with(|buf| buf.extend_from_slice(message)).await
+    }
+
+    /// Like [`Self::send`], but `build` appends the message to the writer's own frame buffer,
+    /// where it is sealed in place: a large message (an events batch) is written once by its
+    /// encoder and never copied again before the socket.
+    pub async fn send_with(
+        &mut self,
+        build: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), TransportError> {
         self.rekey_if_due().await?;
-        self.write_frame(FrameKind::Data, message).await
+        self.start_frame(FrameKind::Data);
+        build(&mut self.buf);
+        let len = self.buf.len() - PLAINTEXT_START;
+        let max = self.config.max_message_len();
+        if len > max {
+            return Err(TransportError::MessageTooLarge { len, max });
+        }
+        self.seal_and_write().await
     }
 
     async fn rekey_if_due(&mut self) -> Result<(), TransportError> {
         if self.rekey_due() {
-            self.write_frame(FrameKind::Rekey, &[]).await?;
+            self.write_frame(FrameKind::Rekey).await?;
             self.cipher.rekey()?;
             self.frames_since_rekey = 0;
             self.last_rekey = Instant::now();
@@ -148,15 +161,29 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             || self.last_rekey.elapsed() >= self.config.rekey_after
     }
 
-    async fn write_frame(&mut self, kind: FrameKind, body: &[u8]) -> Result<(), TransportError> {
-        let counter = self.cipher.nonce();
-        let plaintext_len = 1 + body.len();
+    /// Writes a frame of `kind` with an empty body.
+    async fn write_frame(&mut self, kind: FrameKind) -> Result<(), TransportError> {
+        self.start_frame(kind);
+        self.seal_and_write().await
+    }
+
+    /// Empties the buffer down to room for the header and the kind byte.
+    fn start_frame(&mut self, kind: FrameKind) {
         self.buf.clear();
-        frame::encode_header(counter, plaintext_len + frame::TAG_LEN, &mut self.buf);
+        self.buf.resize(HEADER_LEN, 0);
         self.buf.push(kind as u8);
-        self.buf.extend_from_slice(body);
+    }
+
+    /// Fills in the header of the frame in `buf`, seals its plaintext in place and writes it.
+    async fn seal_and_write(&mut self) -> Result<(), TransportError> {
+        let counter = self.cipher.nonce();
         let mut header = [0u8; HEADER_LEN];
-        header.copy_from_slice(&self.buf[..HEADER_LEN]);
+        frame::encode_header(
+            counter,
+            self.buf.len() - HEADER_LEN + frame::TAG_LEN,
+            &mut header,
+        );
+        self.buf[..HEADER_LEN].copy_from_slice(&header);
         self.cipher
             .encrypt_tail_with_ad(&header, &mut self.buf, HEADER_LEN)?;
         self.io.write_all(&self.buf).await?;

@@ -1,125 +1,192 @@
-//! Driving `qsc-test-cortex` (the channel receiver standing in for the cortex) from tests:
-//! enrolling agents, starting and SIGKILLing it, and reading what it stored.
+//! Driving the real `cortex serve` from the end-to-end tests: a deployment in a test's temporary
+//! folder (config, keys made by `cortex keygen`, agents enrolled with `cortex agents add`),
+//! starting, SIGKILLing and restarting the service on the same address, and reading back what
+//! it stored (`cortex events search`) and its agent key records (`cortex keys list`).
 
-use std::{
-    io::{BufRead, BufReader},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
+use qsc_channel::keys::StaticKeypair;
 use qsc_event::Event;
+use serde_json::Value;
 
-/// What the receiver stored for one channel sequence number (or range).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Stored {
-    Event { seq: u64, event: Box<Event> },
-    Lost { first: u64, last: u64 },
-}
+/// The most events one `cortex events search` returns (the store's query limit).
+pub const MAX_EVENTS_READ: usize = 100_000;
 
-/// A running receiver; killed when dropped. Its files live in the directory it was given:
-/// `cortex.key`, `agents.toml` (written by [`enroll`]), `store/`.
-pub struct CortexStub {
-    child: Child,
+/// A cortex deployment in a folder the test owns: `cortex.toml` and everything it names.
+pub struct CortexDeployment {
     dir: PathBuf,
-    /// The address it listens on.
-    pub addr: String,
-    /// Its public key, hex, for the agents to pin.
-    pub public_key: String,
+    config: PathBuf,
+    /// Tables appended to the generated config (e.g. `[detect]`, `[respond]`, `[score]`).
+    extra_config: String,
 }
 
-/// Writes the receiver's allow-list with one agent.
-pub fn enroll(dir: &Path, host_id: &str, public_key_hex: &str) {
-    let text = format!(
-        "[[agents]]\nhost_id = \"{host_id}\"\npublic_key = \"{public_key_hex}\"\nclass = \"server\"\n"
-    );
-    std::fs::write(dir.join("agents.toml"), text).expect("write agents.toml");
-}
-
-impl CortexStub {
-    /// Starts the receiver on `listen` (e.g. `127.0.0.1:0`); with `ping`, it sends `ping` to
-    /// every agent that connects.
-    pub fn start(dir: &Path, listen: &str, ping: bool) -> Self {
-        Self::start_sending(dir, listen, ping, &[])
+impl CortexDeployment {
+    /// Writes the config into `dir` (created if missing) and creates every key with
+    /// `cortex keygen`.
+    pub fn create(dir: &Path) -> Self {
+        Self::create_with(dir, "")
     }
 
-    /// Like [`CortexStub::start`], also sending each of `commands` (ids 2, 3, …) to every
-    /// agent that connects.
-    pub fn start_sending(dir: &Path, listen: &str, ping: bool, commands: &[String]) -> Self {
-        let mut command = Command::new(crate::workspace_bin("qsc-test-cortex"));
-        command
-            .args(["--listen", listen, "--key"])
-            .arg(dir.join("cortex.key"))
-            .arg("--allow")
-            .arg(dir.join("agents.toml"))
-            .arg("--store")
-            .arg(dir.join("store"))
-            .stdout(Stdio::piped());
-        if ping {
-            command.arg("--ping");
-        }
-        for text in commands {
-            command.arg("--command").arg(text);
-        }
-        let mut child = command.spawn().expect("spawn qsc-test-cortex");
+    /// Like [`Self::create`], with `extra_config` (TOML tables the generated config does not
+    /// have: `[detect]`, `[respond]`, `[score]`, …) appended.
+    pub fn create_with(dir: &Path, extra_config: &str) -> Self {
+        std::fs::create_dir_all(dir).expect("create the cortex folder");
+        let deployment = CortexDeployment {
+            dir: dir.to_path_buf(),
+            config: dir.join("cortex.toml"),
+            extra_config: extra_config.to_owned(),
+        };
+        deployment.write_config("127.0.0.1:0", "127.0.0.1:0");
+        deployment.cli_ok(&["keygen"]);
+        deployment
+    }
+
+    /// The config, with the agent channel on `channel_addr` and the API on `api_addr`.
+    fn write_config(&self, channel_addr: &str, api_addr: &str) {
+        let p = |name: &str| self.dir.join(name).display().to_string();
+        let config = format!(
+            "[listen]\naddress = \"{channel_addr}\"\n\
+             [api]\naddress = \"{api_addr}\"\ntoken_file = \"{}\"\n\
+             [agents]\nfile = \"{}\"\nreload_interval_s = 1\n\
+             [keys]\nchannel_key_file = \"{}\"\n\
+             [store]\npath = \"{}\"\nmaster_key_file = \"{}\"\n\
+             [audit]\npath = \"{}\"\nsigning_key_file = \"{}\"\n\
+             [anomaly]\nmodels_dir = \"{}\"\n{}",
+            p("api.token"),
+            p("agents.toml"),
+            p("cortex-channel.key"),
+            p("cortex.db"),
+            p("master.key"),
+            p("audit.db"),
+            p("audit.key"),
+            p("anomaly"),
+            self.extra_config,
+        );
+        std::fs::write(&self.config, config).expect("write cortex.toml");
+    }
+
+    /// Runs a `cortex` tool command on this deployment.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(crate::workspace_bin("cortex"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .expect("run cortex")
+    }
+
+    /// Like [`Self::cli`], failing the test unless it succeeds; returns its stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let output = self.cli(args);
+        assert!(
+            output.status.success(),
+            "cortex {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// The cortex's channel public key, hex, for the agents to pin.
+    pub fn public_key(&self) -> String {
+        StaticKeypair::load(&self.dir.join("cortex-channel.key"))
+            .expect("cortex channel key")
+            .public()
+            .to_hex()
+    }
+
+    /// Enrolls an agent key for `host` as `source` (`alpha` or `beta`).
+    pub fn enroll(&self, host: &str, source: &str, public_key_hex: &str) {
+        self.cli_ok(&[
+            "agents",
+            "add",
+            "--host-id",
+            host,
+            "--source",
+            source,
+            "--public-key",
+            public_key_hex,
+        ]);
+    }
+
+    /// Starts `cortex serve` with its agent channel on `channel_addr` (`127.0.0.1:0` for any
+    /// port; a restart passes the address the first run got) and its API on any free port.
+    /// Then the config names the bound addresses, so the CLI's API commands reach the service.
+    pub fn serve(&self, channel_addr: &str) -> RunningCortex {
+        self.write_config(channel_addr, "127.0.0.1:0");
+        let mut child = Command::new(crate::workspace_bin("cortex"))
+            .arg("--config")
+            .arg(&self.config)
+            .arg("serve")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn cortex serve");
         let mut line = String::new();
         if let Some(stdout) = child.stdout.take() {
             BufReader::new(stdout)
                 .read_line(&mut line)
-                .expect("read receiver output");
+                .expect("read the LISTENING line");
         }
-        let mut words = line.split_whitespace();
-        let (Some("LISTENING"), Some(addr), Some(key)) = (words.next(), words.next(), words.next())
-        else {
-            panic!("unexpected receiver output {line:?}");
+        let bound = |key: &str| {
+            line.split_whitespace()
+                .find_map(|word| word.strip_prefix(key))
+                .unwrap_or_else(|| panic!("cortex serve printed {line:?}, not LISTENING {key}…"))
+                .to_owned()
         };
-        CortexStub {
-            addr: addr.to_string(),
-            public_key: key.to_string(),
-            dir: dir.to_path_buf(),
+        let (channel, api) = (bound("channel="), bound("api="));
+        self.write_config(&channel, &api);
+        RunningCortex {
+            addr: channel,
             child,
         }
     }
 
-    /// SIGKILLs the receiver (no chance to flush anything it has not made durable).
+    /// The events stored for `host`, oldest first, decrypted by `cortex events search`.
+    pub fn events(&self, host: &str) -> Vec<Event> {
+        let limit = MAX_EVENTS_READ.to_string();
+        self.cli_ok(&["events", "search", "--host", host, "--limit", &limit])
+            .lines()
+            .map(|line| Event::from_json(line.as_bytes()).expect("cortex printed a valid event"))
+            .collect()
+    }
+
+    /// `cortex actions list --json` for `host`: its response actions, most recent first.
+    pub fn actions(&self, host: &str) -> Vec<Value> {
+        let text = self.cli_ok(&["actions", "list", "--host", host, "--json"]);
+        let list: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("actions list: {e}: {text}"));
+        list.as_array().cloned().unwrap_or_default()
+    }
+
+    /// `cortex keys list --json`: one record per agent key.
+    pub fn keys(&self) -> Value {
+        let text = self.cli_ok(&["keys", "list", "--json"]);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("keys list: {e}: {text}"))
+    }
+}
+
+/// A running `cortex serve`; SIGKILLed when dropped.
+pub struct RunningCortex {
+    child: Child,
+    /// Where its agent channel listens.
+    pub addr: String,
+}
+
+impl RunningCortex {
+    /// SIGKILLs the service (no chance to flush anything it has not made durable).
     pub fn kill(&mut self) {
         // It may have exited already; then there is nothing to kill.
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-
-    /// Everything stored for `host_id`, in file order.
-    pub fn stored(&self, host_id: &str) -> Vec<Stored> {
-        let path = self.dir.join("store").join(format!("{host_id}.events"));
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        text.lines().map(parse_stored).collect()
-    }
-
-    /// Lines of `commands.log`: `host TAB id TAB status TAB result`.
-    pub fn command_results(&self) -> Vec<String> {
-        let text = std::fs::read_to_string(self.dir.join("store").join("commands.log"));
-        text.unwrap_or_default().lines().map(String::from).collect()
-    }
 }
 
-impl Drop for CortexStub {
+impl Drop for RunningCortex {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-fn parse_stored(line: &str) -> Stored {
-    let (seqs, body) = line.split_once('\t').expect("stored line has a tab");
-    if body == "LOST" {
-        let (first, last) = seqs.split_once('-').expect("lost range");
-        return Stored::Lost {
-            first: first.parse().expect("first seq"),
-            last: last.parse().expect("last seq"),
-        };
-    }
-    Stored::Event {
-        seq: seqs.parse().expect("seq"),
-        event: Box::new(Event::from_json(body.as_bytes()).expect("stored event is valid")),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Helpers for the end-to-end tests: finding the built binaries, deciding whether root-only
-//! tests run, driving a real guardian-alpha process, the channel receiver (`channel`), and the
-//! real cortex + agent stack around a network-namespace host (`netns`, `stack`).
+//! tests run, driving a real guardian-alpha process, a real `cortex serve` deployment
+//! (`channel`), and the real cortex + agent stack around a network-namespace host (`netns`,
+//! `stack`).
 
 pub mod alpha;
 pub mod channel;

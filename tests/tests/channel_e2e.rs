@@ -1,23 +1,34 @@
-//! Agents → cortex over the real channel. A real guardian-beta sends its findings through its
-//! `[cortex]` uplink to `qsc-test-cortex` (the qsc-channel receiver standing in for the cortex
-//! until `cortex serve` exists; it is a separate process that is SIGKILLed and restarted
-//! mid-way). The receiver must end up with every finding the agent reported, numbered
-//! gap-free, each event's `seq` equal to its channel sequence number, and a `ping` command
-//! must come back with the agent's version.
+//! Agents → cortex over the real channel, into the real `cortex serve` (a separate process that
+//! is SIGKILLed and restarted mid-way), read back from its encrypted store with `cortex events
+//! search`.
+//!
+//! * A real guardian-beta sends its findings through its `[cortex]` uplink: the cortex ends up
+//!   with every finding the agent reported, numbered gap-free by the channel, and a command
+//!   from the cortex (a key rotation) comes back with its result and takes effect.
+//! * An in-test agent streams 100,000 events while the cortex is SIGKILLed and restarted twice:
+//!   exactly those 100,000 events end up stored, each once and intact.
+//! * A real guardian-alpha's exec event arrives under its channel sequence number (root).
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use qsc_event::{Event, EventKind};
-use qsc_tests::channel::{CortexStub, Stored, enroll, wait_until};
+use qsc_channel::delivery::{
+    Appended, Client, ClientConfig, CommandHandler, CommandStatus, FsyncPolicy, Outbox,
+    OutboxConfig, OutboxHandle, OverflowPolicy,
+};
+use qsc_channel::keys::{PublicKeyBytes, StaticKeypair};
+use qsc_event::{Event, EventKind, Heartbeat, Source};
+use qsc_tests::channel::{CortexDeployment, MAX_EVENTS_READ, RunningCortex, wait_until};
 use qsc_tests::workspace_bin;
 
 const HOST: &str = "beta-e2e";
-const DELIVERY_TIMEOUT: Duration = Duration::from_secs(20);
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn keygen(binary: &str, out: &Path) -> String {
     let output = Command::new(workspace_bin(binary))
@@ -94,23 +105,82 @@ fn paths(events: &[Event]) -> BTreeSet<String> {
         .collect()
 }
 
-fn stored_events(stub: &CortexStub) -> Vec<(u64, Event)> {
-    stub.stored(HOST)
-        .into_iter()
-        .map(|s| match s {
-            Stored::Event { seq, event } => (seq, *event),
-            Stored::Lost { first, last } => panic!("receiver recorded a loss {first}-{last}"),
-        })
-        .collect()
+/// The events the cortex stored for `host`, in channel sequence order; each must come from
+/// `source` (a cortex finding in its place would mean the event was rejected or lost).
+fn stored_events(cortex: &CortexDeployment, host: &str, source: Source) -> Vec<Event> {
+    let mut events = cortex.events(host);
+    events.sort_by_key(|e| e.seq);
+    for event in &events {
+        assert_eq!(event.source, source, "stored as sent: {event:?}");
+        assert_eq!(event.host_id, host);
+    }
+    events
 }
 
-/// Runs `guardian-beta watch` until it reports `finding_path` and the receiver holds
-/// `expected` events; returns what the watcher wrote locally.
+fn assert_gap_free(events: &[Event]) {
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=events.len() as u64).collect::<Vec<_>>(),
+        "gap-free channel sequence numbers"
+    );
+}
+
+/// The public key of the agent key file at `path`, hex.
+fn key_of(path: &Path) -> String {
+    StaticKeypair::load(path)
+        .expect("agent key file")
+        .public()
+        .to_hex()
+}
+
+/// The lifecycle state the cortex records for `public_key`, if it knows the key.
+fn key_state(cortex: &CortexDeployment, public_key: &str) -> Option<String> {
+    let keys = cortex.keys();
+    keys["records"].as_array()?.iter().find_map(|record| {
+        (record["public_key"] == public_key)
+            .then(|| record["state"].as_str().unwrap_or_default().to_owned())
+    })
+}
+
+/// `cortex keys rotate` for a connected agent: the rotation command reaches the agent, its
+/// result (the new public key) comes back, the cortex activates the new key and retires the
+/// old one, and the agent, back with the new key, removes its retired key file.
+fn rotate_and_confirm(cortex: &CortexDeployment, host: &str, agent: &str, key_file: &Path) {
+    let old = key_of(key_file);
+    cortex.cli_ok(&[
+        "keys",
+        "rotate",
+        host,
+        "--agent",
+        agent,
+        "--operator",
+        "e2e",
+    ]);
+    let rotated = wait_until(DELIVERY_TIMEOUT, || {
+        let new = key_of(key_file);
+        new != old
+            && key_state(cortex, &new).as_deref() == Some("active")
+            && key_state(cortex, &old).as_deref() == Some("retired")
+    });
+    assert!(rotated, "key rotation did not complete: {}", cortex.keys());
+    let retired_file = qsc_channel::keys::retired_path(key_file);
+    assert!(
+        wait_until(DELIVERY_TIMEOUT, || !retired_file.exists()),
+        "the agent kept its retired key file {}",
+        retired_file.display()
+    );
+}
+
+/// Runs `guardian-beta watch` until it reports `finding_path`, the cortex holds `expected`
+/// events, and a key rotation went through the running agent; returns what the watcher wrote
+/// locally.
 fn watch_until_delivered(
     config: &Path,
-    stub: &CortexStub,
+    cortex: &CortexDeployment,
     finding_path: &Path,
     expected: usize,
+    key_file: &Path,
 ) -> Vec<Event> {
     let mut child = Command::new(workspace_bin("guardian-beta"))
         .arg("--config")
@@ -130,13 +200,14 @@ fn watch_until_delivered(
     // Keep draining its log so it never blocks on a full pipe.
     std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
     std::fs::write(finding_path, "created while watching").expect("write file");
-    let delivered = wait_until(DELIVERY_TIMEOUT, || stored_events(stub).len() >= expected);
-    let pinged = wait_until(DELIVERY_TIMEOUT, || !stub.command_results().is_empty());
+    let delivered = wait_until(DELIVERY_TIMEOUT, || cortex.events(HOST).len() >= expected);
+    if delivered {
+        rotate_and_confirm(cortex, HOST, "beta", key_file);
+    }
     // SIGKILL: the agent's outbox must not depend on a clean exit.
     child.kill().expect("kill watch");
     let output = child.wait_with_output().expect("watch output");
-    assert!(delivered, "receiver did not get {expected} events");
-    assert!(pinged, "no ping result reached the receiver");
+    assert!(delivered, "the cortex did not get {expected} events");
     local_events(&output.stdout)
 }
 
@@ -149,56 +220,50 @@ fn beta_findings_reach_the_cortex_gap_free_across_a_receiver_restart() {
     std::fs::write(d.join("tree/doomed"), "v1").expect("file");
 
     let agent_key = keygen("guardian-beta", &d.join("agent.key"));
-    enroll(d, HOST, &agent_key);
-    let mut stub = CortexStub::start(d, "127.0.0.1:0", false);
-    std::fs::write(d.join("cortex.pub"), format!("{}\n", stub.public_key)).expect("pin");
+    let cortex = CortexDeployment::create(&d.join("cortex"));
+    cortex.enroll(HOST, "beta", &agent_key);
+    let mut service = cortex.serve("127.0.0.1:0");
+    std::fs::write(d.join("cortex.pub"), format!("{}\n", cortex.public_key())).expect("pin");
     let config = d.join("beta.toml");
-    std::fs::write(&config, beta_config(d, &stub.addr)).expect("config");
+    std::fs::write(&config, beta_config(d, &service.addr)).expect("config");
 
     let init = beta(&config, &["baseline", "init"]);
     assert!(init.status.success(), "baseline init: {init:?}");
 
-    // Run 1: the receiver is up; findings are acknowledged before the command exits.
+    // Run 1: the cortex is up; findings are acknowledged (stored) before the command exits.
     std::fs::write(d.join("tree/kept"), "v2").expect("modify");
     std::fs::write(d.join("tree/new-1"), "x").expect("add");
     let run1 = beta(&config, &["baseline", "check"]);
     assert_eq!(run1.status.code(), Some(1), "findings expected: {run1:?}");
     let mut local = local_events(&run1.stdout);
     assert_eq!(
-        stored_events(&stub).len(),
+        stored_events(&cortex, HOST, Source::Beta).len(),
         local.len(),
         "run 1 fully delivered"
     );
 
-    // Run 2: the receiver is SIGKILLed; findings wait in the agent's outbox.
-    stub.kill();
+    // Run 2: the cortex is SIGKILLed; findings wait in the agent's outbox.
+    service.kill();
     std::fs::remove_file(d.join("tree/doomed")).expect("remove");
     std::fs::write(d.join("tree/new-2"), "y").expect("add");
     let run2 = beta(&config, &["baseline", "check"]);
     assert_eq!(run2.status.code(), Some(1), "findings expected: {run2:?}");
     local.extend(local_events(&run2.stdout));
 
-    // Run 3: the receiver restarts on the same address; the watcher delivers the backlog,
-    // its own finding, and answers the ping.
-    let addr = stub.addr.clone();
-    drop(stub);
-    let stub = CortexStub::start(d, &addr, true);
+    // Run 3: the cortex restarts on the same address; the watcher delivers the backlog and its
+    // own finding, and carries out a key rotation the cortex asks for.
+    let addr = service.addr.clone();
+    drop(service);
+    let _service = cortex.serve(&addr);
     let watched = d.join("tree/new-3");
     let expected = local.len() + 1;
-    local.extend(watch_until_delivered(&config, &stub, &watched, expected));
+    let key_file = d.join("agent.key");
+    local.extend(watch_until_delivered(
+        &config, &cortex, &watched, expected, &key_file,
+    ));
 
-    let stored = stored_events(&stub);
-    let seqs: Vec<u64> = stored.iter().map(|(seq, _)| *seq).collect();
-    assert_eq!(
-        seqs,
-        (1..=stored.len() as u64).collect::<Vec<_>>(),
-        "gap-free"
-    );
-    for (seq, event) in &stored {
-        assert_eq!(event.seq, *seq, "Event.seq is the channel sequence number");
-        assert_eq!(event.host_id, HOST);
-    }
-    let stored_events: Vec<Event> = stored.into_iter().map(|(_, e)| e).collect();
+    let stored_events = stored_events(&cortex, HOST, Source::Beta);
+    assert_gap_free(&stored_events);
     let local_seqs: Vec<u64> = local.iter().map(|e| e.seq).collect();
     let stored_seqs: Vec<u64> = stored_events.iter().map(|e| e.seq).collect();
     assert_eq!(
@@ -210,15 +275,6 @@ fn beta_findings_reach_the_cortex_gap_free_across_a_receiver_restart() {
         let path = d.join("tree").join(name).display().to_string();
         assert!(reported.contains(&path), "{path} missing from {reported:?}");
     }
-    let results = stub.command_results();
-    let expected_ping = format!(
-        "{HOST}\t1\tSucceeded\tguardian-beta {}",
-        env!("CARGO_PKG_VERSION")
-    );
-    assert!(
-        results.contains(&expected_ping),
-        "ping result {results:?}, expected {expected_ping:?}"
-    );
 }
 
 #[test]
@@ -252,14 +308,15 @@ fn alpha_exec_event_reaches_the_cortex_with_its_channel_seq() {
     let dir = tempfile::tempdir().expect("temp dir");
     let d = dir.path();
     let agent_key = keygen("guardian-alpha", &d.join("agent.key"));
-    enroll(d, ALPHA_HOST, &agent_key);
-    let stub = CortexStub::start(d, "127.0.0.1:0", true);
+    let cortex = CortexDeployment::create(&d.join("cortex"));
+    cortex.enroll(ALPHA_HOST, "alpha", &agent_key);
+    let service = cortex.serve("127.0.0.1:0");
     let config = format!(
         "{}\n[cortex]\nenabled = true\naddress = \"{}\"\ncortex_public_key = \"{}\"\n\
          key_file = \"{}/agent.key\"\noutbox_dir = \"{}/outbox\"\n",
         qsc_tests::alpha::config_watching(d),
-        stub.addr,
-        stub.public_key,
+        service.addr,
+        cortex.public_key(),
         d.display(),
         d.display()
     );
@@ -276,33 +333,172 @@ fn alpha_exec_event_reaches_the_cortex_with_its_channel_seq() {
         .wait_for(is_our_exec)
         .expect("exec event reported locally");
     let arrived = wait_until(DELIVERY_TIMEOUT, || {
-        stub.stored(ALPHA_HOST).iter().any(|s| match s {
-            Stored::Event { event, .. } => is_our_exec(event),
-            Stored::Lost { .. } => false,
-        })
+        cortex.events(ALPHA_HOST).iter().any(is_our_exec)
     });
-    assert!(arrived, "the exec event did not reach the receiver");
-    let pinged = wait_until(DELIVERY_TIMEOUT, || !stub.command_results().is_empty());
+    assert!(arrived, "the exec event did not reach the cortex");
+    rotate_and_confirm(&cortex, ALPHA_HOST, "alpha", &d.join("agent.key"));
     agent.stop();
 
-    let stored = stub.stored(ALPHA_HOST);
-    for (index, entry) in stored.iter().enumerate() {
-        let Stored::Event { seq, event } = entry else {
-            panic!("unexpected loss {entry:?}");
-        };
-        assert_eq!(*seq, index as u64 + 1, "gap-free");
-        assert_eq!(event.seq, *seq, "Event.seq is the channel sequence number");
-        if is_our_exec(event) {
-            assert_eq!(
-                event.seq, local.seq,
-                "local copy and cortex agree on the seq"
-            );
-        }
-    }
-    assert!(pinged, "no ping result");
-    let expected_ping = format!(
-        "{ALPHA_HOST}\t1\tSucceeded\tguardian-alpha {}",
-        env!("CARGO_PKG_VERSION")
+    let stored = stored_events(&cortex, ALPHA_HOST, Source::Alpha);
+    assert_gap_free(&stored);
+    let ours = stored
+        .iter()
+        .find(|e| is_our_exec(e))
+        .expect("exec event stored");
+    assert_eq!(
+        ours.seq, local.seq,
+        "local copy and cortex agree on the seq"
     );
-    assert!(stub.command_results().contains(&expected_ping));
+}
+
+const STREAM_HOST: &str = "stream-e2e";
+const STREAM_TOTAL: u64 = 100_000;
+
+struct NoCommands;
+
+impl CommandHandler for NoCommands {
+    fn execute(&mut self, _id: u64, _body: &[u8]) -> (CommandStatus, Vec<u8>) {
+        (CommandStatus::Refused, b"no commands in this test".to_vec())
+    }
+}
+
+/// The event the in-test agent sends as delivery seq `seq`: a heartbeat whose uptime is the seq,
+/// so each stored event shows it is the one sent under its number.
+fn stream_event(seq: u64) -> Vec<u8> {
+    Event::new(
+        STREAM_HOST,
+        Source::Beta,
+        seq,
+        EventKind::Heartbeat(Heartbeat {
+            version: "e2e".into(),
+            uptime_s: seq,
+            active_hooks: Vec::new(),
+        }),
+    )
+    .to_json()
+    .into_bytes()
+}
+
+/// An in-process agent (qsc-channel's client and outbox) with the cortex's address and key.
+fn start_stream_agent(
+    runtime: &tokio::runtime::Runtime,
+    outbox_dir: &Path,
+    addr: &str,
+    cortex_key: PublicKeyBytes,
+    agent: StaticKeypair,
+) -> (
+    OutboxHandle,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let outbox = Outbox::open(OutboxConfig {
+        fsync: FsyncPolicy::Never,
+        overflow: OverflowPolicy::DropNewest,
+        ..OutboxConfig::new(outbox_dir)
+    })
+    .expect("open outbox");
+    let mut config = ClientConfig::new(addr, cortex_key, agent);
+    config.backoff_initial = Duration::from_millis(20);
+    config.backoff_max = Duration::from_millis(200);
+    config.max_batch_events = 500;
+    let client = Client::new(config, outbox);
+    let handle = client.handle();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = runtime.spawn(client.run_until(NoCommands, async {
+        let _ = stop_rx.await;
+    }));
+    (handle, stop_tx, task)
+}
+
+/// Appends `STREAM_TOTAL` events in paced batches; `appended` counts them as they go in.
+fn produce(handle: OutboxHandle, appended: Arc<AtomicU64>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut next = 1u64;
+        while next <= STREAM_TOTAL {
+            let batch: Vec<Vec<u8>> = (next..(next + 1000).min(STREAM_TOTAL + 1))
+                .map(stream_event)
+                .collect();
+            for outcome in handle.append_batch(&batch).expect("append") {
+                assert_eq!(outcome, Appended::Stored { seq: next });
+                next += 1;
+            }
+            appended.store(next - 1, Ordering::Release);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    })
+}
+
+/// Events the cortex acknowledged (stored durably): appended minus still unacknowledged.
+fn acknowledged(handle: &OutboxHandle, appended: &AtomicU64) -> u64 {
+    let unacked = handle.unacked().expect("outbox");
+    appended.load(Ordering::Acquire).saturating_sub(unacked)
+}
+
+#[test]
+fn hundred_thousand_events_survive_two_cortex_kills() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cortex = CortexDeployment::create(&dir.path().join("cortex"));
+    let agent = StaticKeypair::generate();
+    cortex.enroll(STREAM_HOST, "beta", &agent.public().to_hex());
+    let mut service: RunningCortex = cortex.serve("127.0.0.1:0");
+    let addr = service.addr.clone();
+    let cortex_key = PublicKeyBytes::from_hex(&cortex.public_key()).expect("cortex key");
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (handle, stop, client) = start_stream_agent(
+        &runtime,
+        &dir.path().join("outbox"),
+        &addr,
+        cortex_key,
+        agent,
+    );
+    let appended = Arc::new(AtomicU64::new(0));
+    let producer = produce(handle.clone(), appended.clone());
+
+    let patience = Duration::from_secs(180);
+    for threshold in [25_000, 60_000] {
+        let reached = wait_until(patience, || acknowledged(&handle, &appended) >= threshold);
+        assert!(
+            reached,
+            "the cortex did not store {threshold} events in {patience:?}"
+        );
+        service.kill();
+        let seen = acknowledged(&handle, &appended);
+        assert!(
+            seen < STREAM_TOTAL,
+            "kill must happen mid-stream (saw {seen})"
+        );
+        service = cortex.serve(&addr);
+    }
+    producer.join().expect("producer");
+    let all = wait_until(patience, || {
+        acknowledged(&handle, &appended) == STREAM_TOTAL
+    });
+    assert!(
+        all,
+        "only {} events acknowledged",
+        acknowledged(&handle, &appended)
+    );
+    let _ = stop.send(());
+    runtime.block_on(client).expect("client task");
+    service.kill();
+
+    let stored = cortex.events(STREAM_HOST);
+    assert!(STREAM_TOTAL as usize <= MAX_EVENTS_READ);
+    assert_eq!(
+        stored.len(),
+        STREAM_TOTAL as usize,
+        "each event stored once"
+    );
+    let distinct: BTreeSet<u64> = stored.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        distinct,
+        (1..=STREAM_TOTAL).collect::<BTreeSet<u64>>(),
+        "every seq stored"
+    );
+    for event in &stored {
+        let intact = matches!(&event.kind, EventKind::Heartbeat(h) if h.uptime_s == event.seq);
+        assert!(intact, "event {} intact: {event:?}", event.seq);
+        assert_eq!(event.source, Source::Beta);
+    }
 }

@@ -196,53 +196,6 @@ fn kills_a_test_process_tree() {
     assert_eq!(other.0.try_wait().expect("try_wait"), None, "still running");
 }
 
-/// The agent's events carry each process's start time (from its process table), equal to
-/// `/proc`'s; a kill pinned to another start time is refused, the right one kills.
-#[test]
-fn exec_events_carry_the_start_time_that_pins_a_kill() {
-    if !root_or_skip("exec_events_carry_the_start_time_that_pins_a_kill") {
-        return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let agent =
-        qsc_tests::alpha::AlphaAgent::start(&qsc_tests::alpha::config_watching(dir.path()), &[]);
-    let mut victim = ChildGuard(Command::new("sleep").arg("301").spawn().expect("sleep"));
-    let pid = victim.0.id();
-    let exec = agent
-        .wait_for(
-            |e| matches!(&e.kind, qsc_event::EventKind::ProcessExec(x) if x.process.pid == pid),
-        )
-        .expect("the victim's exec event");
-    let ticks: u64 = stat_field(pid, 19)
-        .and_then(|t| t.parse().ok())
-        .expect("start time");
-    assert_eq!(exec.process().and_then(|p| p.start_time_ticks), Some(ticks));
-    agent.stop();
-
-    let mut executor = Executor::start(&config(dir.path(), ""), None, false);
-    let stale = executor.request(&format!(
-        r#"{{"action_id":"p1","action":"kill","pid":{pid},"start_time_ticks":{}}}"#,
-        ticks + 1
-    ));
-    assert_eq!(stale.outcome, ActionOutcome::Failed, "{}", stale.detail);
-    assert!(
-        stale.detail.contains("start_time_ticks"),
-        "{}",
-        stale.detail
-    );
-    assert_eq!(
-        victim.0.try_wait().expect("try_wait"),
-        None,
-        "still running"
-    );
-    executor.expect(
-        &format!(r#"{{"action_id":"p2","action":"kill","pid":{pid},"start_time_ticks":{ticks}}}"#),
-        ActionOutcome::Done,
-    );
-    let status = victim.0.wait().expect("wait for the victim");
-    assert_eq!(status.signal(), Some(libc::SIGKILL));
-}
-
 #[test]
 fn guardrails_refuse_init_the_agent_its_parents_and_the_cortex() {
     if !root_or_skip("guardrails_refuse_init_the_agent_its_parents_and_the_cortex") {
@@ -628,12 +581,85 @@ fn quarantine_moves_a_test_file_across_filesystems() {
     assert_eq!(report.facts["blake3"].as_str().map(str::len), Some(64));
 }
 
-/// A running agent (host id `e2e-test`, files in `d`) enrolled at a channel stub that sends it
-/// each of `commands` once it connects.
-fn agent_with_stub(
+/// The agent's events carry each process's start time (from its process table), equal to
+/// `/proc`'s; a kill pinned to another start time is refused, the right one kills.
+#[test]
+fn exec_events_carry_the_start_time_that_pins_a_kill() {
+    if !root_or_skip("exec_events_carry_the_start_time_that_pins_a_kill") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent =
+        qsc_tests::alpha::AlphaAgent::start(&qsc_tests::alpha::config_watching(dir.path()), &[]);
+    let mut victim = ChildGuard(Command::new("sleep").arg("301").spawn().expect("sleep"));
+    let pid = victim.0.id();
+    let exec = agent
+        .wait_for(
+            |e| matches!(&e.kind, qsc_event::EventKind::ProcessExec(x) if x.process.pid == pid),
+        )
+        .expect("the victim's exec event");
+    let ticks: u64 = stat_field(pid, 19)
+        .and_then(|t| t.parse().ok())
+        .expect("start time");
+    assert_eq!(exec.process().and_then(|p| p.start_time_ticks), Some(ticks));
+    agent.stop();
+
+    let mut executor = Executor::start(&config(dir.path(), ""), None, false);
+    let stale = executor.request(&format!(
+        r#"{{"action_id":"p1","action":"kill","pid":{pid},"start_time_ticks":{}}}"#,
+        ticks + 1
+    ));
+    assert_eq!(stale.outcome, ActionOutcome::Failed, "{}", stale.detail);
+    assert!(
+        stale.detail.contains("start_time_ticks"),
+        "{}",
+        stale.detail
+    );
+    assert_eq!(
+        victim.0.try_wait().expect("try_wait"),
+        None,
+        "still running"
+    );
+    executor.expect(
+        &format!(r#"{{"action_id":"p2","action":"kill","pid":{pid},"start_time_ticks":{ticks}}}"#),
+        ActionOutcome::Done,
+    );
+    let status = victim.0.wait().expect("wait for the victim");
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+}
+
+/// A real `cortex serve` (in `d/cortex`) with the test's `rule` and autonomous `playbook` and a
+/// running agent (host id `e2e-test`) enrolled at it. The tests run as root, so
+/// `[respond.allow] users` is emptied of its default `root`.
+fn agent_at_cortex(
     d: &Path,
-    commands: &[String],
-) -> (qsc_tests::channel::CortexStub, qsc_tests::alpha::AlphaAgent) {
+    rule: &str,
+    playbook: &str,
+) -> (
+    qsc_tests::channel::CortexDeployment,
+    qsc_tests::channel::RunningCortex,
+    qsc_tests::alpha::AlphaAgent,
+) {
+    for sub in ["rules", "playbooks"] {
+        std::fs::create_dir(d.join(sub)).expect("mkdir");
+    }
+    std::fs::write(d.join("rules/e2e.yml"), rule).expect("rule");
+    std::fs::write(d.join("playbooks/e2e.yml"), playbook).expect("playbook");
+    let rule_id = rule
+        .lines()
+        .find_map(|line| line.strip_prefix("id: "))
+        .expect("the rule's id");
+    let cortex = qsc_tests::channel::CortexDeployment::create_with(
+        &d.join("cortex"),
+        &format!(
+            "[detect]\nshipped_rules = false\nrule_dirs = [\"{d}/rules\"]\n\
+             [respond]\nmode = \"autonomous\"\nshipped_playbooks = false\n\
+             playbook_dirs = [\"{d}/playbooks\"]\n\
+             [respond.allow]\nusers = []\n\
+             [score.rule_lr]\n\"{rule_id}\" = 1000.0\n",
+            d = d.display()
+        ),
+    );
     let keygen = Command::new(workspace_bin("guardian-alpha"))
         .args(["keygen", "--out"])
         .arg(d.join("agent.key"))
@@ -642,106 +668,140 @@ fn agent_with_stub(
     assert!(keygen.status.success(), "keygen: {keygen:?}");
     let agent_key = String::from_utf8_lossy(&keygen.stdout).trim().to_owned();
     // AlphaAgent runs with --host-id e2e-test.
-    qsc_tests::channel::enroll(d, "e2e-test", &agent_key);
-    let stub = qsc_tests::channel::CortexStub::start_sending(d, "127.0.0.1:0", false, commands);
+    cortex.enroll("e2e-test", "alpha", &agent_key);
+    let service = cortex.serve("127.0.0.1:0");
     let config = format!(
         "{}[cortex]\nenabled = true\naddress = \"{}\"\ncortex_public_key = \"{}\"\n\
          key_file = \"{d}/agent.key\"\noutbox_dir = \"{d}/outbox\"\n\
          [respond]\nquarantine_dir = \"{d}/quarantine\"\n",
         qsc_tests::alpha::config_watching(d),
-        stub.addr,
-        stub.public_key,
+        service.addr,
+        cortex.public_key(),
         d = d.display(),
     );
     let agent = qsc_tests::alpha::AlphaAgent::start(&config, &[]);
-    (stub, agent)
+    (cortex, service, agent)
 }
 
-/// The whole path: the cortex (stub) sends ActionRequests over qsc-channel, the running agent
-/// executes them behind its guardrails and answers ActionReports.
+/// The first action of `playbook` for host `e2e-test` with `status`, waited for.
+fn wait_for_action(
+    cortex: &qsc_tests::channel::CortexDeployment,
+    playbook: &str,
+    status: &str,
+) -> serde_json::Value {
+    let mut found = None;
+    let finished = wait_until(Duration::from_secs(30), || {
+        found = cortex
+            .actions("e2e-test")
+            .into_iter()
+            .find(|record| record["playbook"] == playbook && record["status"] == status);
+        found.is_some()
+    });
+    assert!(
+        finished,
+        "no {playbook} action {status}: {:?}",
+        cortex.actions("e2e-test")
+    );
+    found.expect("action record")
+}
+
+/// The whole-path kill: any exec whose command line carries the marker is killed.
+const MARKER: &str = "314159";
+const KILL_RULE: &str = "title: E2E kill trigger\nid: e2e-kill\nstatus: test\n\
+    logsource: {product: linux, category: process_creation}\n\
+    detection:\n    selection:\n        CommandLine|contains: '314159'\n    condition: selection\n\
+    level: high\n";
+const KILL_PLAYBOOK: &str =
+    "name: e2e-kill\nmode: autonomous\nmatch:\n  rules: [e2e-kill]\nactions:\n  - action: kill\n";
+
+/// The whole path: a real guardian-alpha reports an exec to the real `cortex serve`, a test rule
+/// matches it, a test playbook asks for `kill`, the cortex sends the ActionRequest over
+/// qsc-channel, the agent executes it behind its guardrails and the ActionReport comes back
+/// into the cortex's action record.
 #[test]
 fn the_agent_executes_actions_sent_over_the_channel() {
     if !root_or_skip("the_agent_executes_actions_sent_over_the_channel") {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let d = dir.path();
-    let mut victim = ChildGuard(Command::new("sleep").arg("300").spawn().expect("sleep"));
+    let (cortex, service, agent) = agent_at_cortex(dir.path(), KILL_RULE, KILL_PLAYBOOK);
+    let mut victim = ChildGuard(Command::new("sleep").arg(MARKER).spawn().expect("sleep"));
     let pid = victim.0.id();
-    let ticks = stat_field(pid, 19).expect("start time");
-    let requests = [
-        format!(
-            r#"{{"action_id":"e2e-kill","action":"kill","pid":{pid},"start_time_ticks":{ticks}}}"#
-        ),
-        r#"{"action_id":"e2e-init","action":"kill","pid":1}"#.to_owned(),
-    ];
-    let (stub, agent) = agent_with_stub(d, &requests);
-    assert!(
-        wait_until(Duration::from_secs(20), || stub.command_results().len()
-            >= 2),
-        "no results: {:?}",
-        stub.command_results()
-    );
+    // Each entity's incident (host, process, user) may ask once; one of them kills the victim.
+    let record = wait_for_action(&cortex, "e2e-kill", "done");
     let status = victim.0.wait().expect("wait for the victim");
     assert_eq!(status.signal(), Some(libc::SIGKILL));
     agent.stop();
-    let reports: Vec<(String, ActionReport)> = stub
-        .command_results()
-        .iter()
-        .map(|line| {
-            let fields: Vec<&str> = line.splitn(4, '\t').collect();
-            assert_eq!(fields.len(), 4, "{line}");
-            let report = serde_json::from_str(fields[3]).unwrap_or_else(|e| panic!("{line}: {e}"));
-            (fields[2].to_owned(), report)
-        })
-        .collect();
-    let (status, killed) = &reports[0];
-    assert_eq!(status, "Succeeded");
-    assert_eq!(
-        (killed.action_id.as_str(), killed.outcome),
-        ("e2e-kill", ActionOutcome::Done)
-    );
-    assert_eq!(pids_of(killed), [pid]);
-    let (status, refused) = &reports[1];
-    assert_eq!(status, "Refused");
-    assert_eq!(refused.outcome, ActionOutcome::Refused);
-    assert!(refused.done_mono_ns >= killed.done_mono_ns);
+    drop(service);
+    let report: ActionReport =
+        serde_json::from_value(record["report"].clone()).expect("the agent's ActionReport");
+    assert_eq!(report.outcome, ActionOutcome::Done);
+    assert_eq!(report.action_id, record["id"].as_str().unwrap_or_default());
+    assert_eq!(pids_of(&report), [pid]);
 }
 
-/// The agent's own TTL safety net: a block the cortex (stub) asked for with a TTL is rolled back
-/// by the agent at expiry, and the rollback reaches the cortex as a `response_rollback` event.
+/// The TTL test's address: a connect to it triggers a block of it with a 2 s TTL.
+const TTL_ADDR: &str = "127.0.0.3";
+const BLOCK_RULE: &str = "title: E2E block trigger\nid: e2e-block\nstatus: test\n\
+    logsource: {product: linux, category: network_connection}\n\
+    detection:\n    selection:\n        Initiated: 'true'\n        DestinationIp|cidr: '127.0.0.3/32'\n    condition: selection\n\
+    level: high\n";
+const BLOCK_PLAYBOOK: &str = "name: e2e-block\nmode: autonomous\nmatch:\n  rules: [e2e-block]\n\
+    actions:\n  - action: block_ip\n    ttl_s: 2\n";
+
+/// Whether a connect to the TTL test's address is refused by the block (EPERM) rather than by
+/// the closed port.
+fn connect_is_blocked() -> bool {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 3], 9));
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+}
+
+/// The agent's own TTL safety net: the cortex blocks an address with a TTL and is then killed,
+/// so it cannot roll the block back; the agent unblocks at expiry by itself, and its
+/// `response_rollback` event reaches the restarted cortex.
 #[test]
 fn the_agent_reports_its_own_ttl_rollback_to_the_cortex() {
     if !root_or_skip("the_agent_reports_its_own_ttl_rollback_to_the_cortex") {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let d = dir.path();
-    let block = r#"{"action_id":"ttl-block","action":"block_ip","addr":"127.0.0.3","ttl_s":1}"#;
-    let (stub, agent) = agent_with_stub(d, &[block.into()]);
+    let (cortex, mut service, agent) = agent_at_cortex(dir.path(), BLOCK_RULE, BLOCK_PLAYBOOK);
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            connect_is_blocked();
+            cortex
+                .actions("e2e-test")
+                .iter()
+                .any(|record| record["playbook"] == "e2e-block" && record["status"] == "done")
+        }),
+        "no e2e-block action done: {:?}",
+        cortex.actions("e2e-test")
+    );
+    service.kill();
+    assert!(
+        wait_until(Duration::from_secs(10), || !connect_is_blocked()),
+        "{TTL_ADDR} still blocked after the TTL with the cortex away"
+    );
+    let restarted = cortex.serve(&service.addr);
     let rollback = || {
-        stub.stored("e2e-test").into_iter().find_map(|s| match s {
-            qsc_tests::channel::Stored::Event { event, .. } => match event.kind {
+        cortex
+            .events("e2e-test")
+            .into_iter()
+            .find_map(|event| match event.kind {
                 qsc_event::EventKind::ResponseRollback(r) => Some(r),
                 _ => None,
-            },
-            qsc_tests::channel::Stored::Lost { .. } => None,
-        })
+            })
     };
     assert!(
         wait_until(Duration::from_secs(30), || rollback().is_some()),
-        "no response_rollback event stored; command results: {:?}",
-        stub.command_results()
+        "no response_rollback event stored"
     );
     agent.stop();
+    drop(restarted);
     let report = rollback().expect("the rollback event");
     assert_eq!(report.action, "unblock_ip");
     assert_eq!(report.reason, "ttl_expired");
-    assert_eq!(report.addr, Some("127.0.0.3".parse().expect("ip")));
+    assert_eq!(report.addr, Some(TTL_ADDR.parse().expect("ip")));
     assert_eq!(report.outcome, ActionOutcome::Done, "{}", report.detail);
-    let results = stub.command_results();
-    assert!(
-        results.first().is_some_and(|r| r.contains("Succeeded")),
-        "the block itself: {results:?}"
-    );
 }

@@ -36,11 +36,15 @@ pub const ATTACK_PACKAGES: &[&str] = &["openssh-server", "openssh-client", "sshp
 /// Debian packages the console's browser test drives: headless Chromium and its WebDriver
 /// server (installed for `cargo xtask test` only; the cortex itself needs no browser).
 pub const BROWSER_PACKAGES: &[&str] = &["chromium", "chromium-driver"];
+/// Debian packages the userspace build needs besides Rust: a C compiler (ring, SQLite), and make
+/// and perl for OpenSSL, which the `openssl` crate builds from source for qsc-channel's AEAD.
+pub const BUILD_PACKAGES: &[&str] = &["gcc", "make", "perl"];
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 pub const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 
 pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
+    ensure_packages(BUILD_PACKAGES)?;
     ensure_packages(EBPF_PACKAGES)?;
     ensure_packages(RESPONSE_PACKAGES)?;
     ensure_attack_packages()?;

@@ -36,6 +36,7 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
             "--check",
         ]))?;
     }
+    setup::ensure_packages(setup::BUILD_PACKAGES)?;
     ebpf::build()?;
     setup::ensure_tracefs()?;
     if shell::is_root() {

@@ -17,7 +17,6 @@ use tokio::sync::{Notify, mpsc};
 
 use super::envelope::{
     self, CommandStatus, CortexMessage, EVENT_OVERHEAD, EVENTS_HEADER_LEN, EnvelopeError,
-    EventsEncoder,
 };
 use super::outbox::{Appended, DropCounters, Outbox, OutboxError, ReadBatch};
 use crate::handshake::{self, HandshakeError};
@@ -294,7 +293,6 @@ impl Client {
     ) -> Result<(), ClientError> {
         let cfg = &self.config;
         let max_bytes = self.shared.limits.read_bytes;
-        let mut encoder = EventsEncoder::new();
         loop {
             while let Ok(result) = results.try_recv() {
                 writer.send(&result).await?;
@@ -323,11 +321,9 @@ impl Client {
                         continue;
                     }
                     ReadBatch::Events { first_seq, events } => {
-                        encoder.start(first_seq);
-                        for event in &events {
-                            encoder.push(event);
-                        }
-                        writer.send(encoder.finish()).await?;
+                        writer
+                            .send_with(|buf| envelope::encode_events(buf, first_seq, &events))
+                            .await?;
                         progress
                             .sent
                             .store(first_seq + events.len() as u64 - 1, Ordering::Release);

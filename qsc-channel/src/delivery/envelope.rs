@@ -73,32 +73,28 @@ const TAG_COMMAND: u8 = 2;
 pub const EVENTS_HEADER_LEN: usize = 1 + 8 + 4;
 pub const EVENT_OVERHEAD: usize = 4;
 
-/// Builds an Events message incrementally into a reusable buffer.
-pub struct EventsEncoder {
-    buf: Vec<u8>,
+/// Appends an Events message to a buffer, event by event; the buffer is typically a transport
+/// frame's own (see [`crate::transport::FrameWriter::send_with`]), so the events are copied
+/// once, from the outbox straight into the frame that is sealed in place.
+pub struct EventsEncoder<'a> {
+    buf: &'a mut Vec<u8>,
+    /// Where the message's count field is in `buf`.
+    count_at: usize,
     count: u32,
 }
 
-impl Default for EventsEncoder {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl EventsEncoder {
-    pub fn new() -> Self {
+impl<'a> EventsEncoder<'a> {
+    /// Appends the header of an Events message whose first event has `first_seq`.
+    pub fn start(buf: &'a mut Vec<u8>, first_seq: u64) -> Self {
+        buf.push(TAG_EVENTS);
+        buf.extend_from_slice(&first_seq.to_be_bytes());
+        let count_at = buf.len();
+        buf.extend_from_slice(&0u32.to_be_bytes());
         EventsEncoder {
-            buf: Vec::new(),
+            buf,
+            count_at,
             count: 0,
         }
-    }
-
-    pub fn start(&mut self, first_seq: u64) {
-        self.buf.clear();
-        self.buf.push(TAG_EVENTS);
-        self.buf.extend_from_slice(&first_seq.to_be_bytes());
-        self.buf.extend_from_slice(&0u32.to_be_bytes());
-        self.count = 0;
     }
 
     pub fn push(&mut self, event: &[u8]) {
@@ -108,23 +104,24 @@ impl EventsEncoder {
         self.count += 1;
     }
 
-    pub fn len(&self) -> usize {
-        self.buf.len()
-    }
-
+    /// Events pushed so far.
     pub fn count(&self) -> u32 {
         self.count
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
+    /// Writes the final event count into the header.
+    pub fn finish(self) {
+        self.buf[self.count_at..self.count_at + 4].copy_from_slice(&self.count.to_be_bytes());
     }
+}
 
-    /// The finished message (valid until the next `start`).
-    pub fn finish(&mut self) -> &[u8] {
-        self.buf[9..13].copy_from_slice(&self.count.to_be_bytes());
-        &self.buf
+/// Appends the Events message carrying `events`, numbered from `first_seq`, to `buf`.
+pub fn encode_events<E: AsRef<[u8]>>(buf: &mut Vec<u8>, first_seq: u64, events: &[E]) {
+    let mut encoder = EventsEncoder::start(buf, first_seq);
+    for event in events {
+        encoder.push(event.as_ref());
     }
+    encoder.finish();
 }
 
 pub fn encode_lost(first_seq: u64, last_seq: u64) -> Vec<u8> {
@@ -299,12 +296,16 @@ mod tests {
 
     #[test]
     fn events_round_trip() {
-        let mut enc = EventsEncoder::new();
-        enc.start(41);
+        let mut msg = Vec::new();
+        let mut enc = EventsEncoder::start(&mut msg, 41);
         enc.push(b"a");
         enc.push(b"");
         enc.push(b"ccc");
-        let msg = enc.finish().to_vec();
+        assert_eq!(enc.count(), 3);
+        enc.finish();
+        let mut batch = Vec::new();
+        encode_events(&mut batch, 41, &[b"a".as_slice(), b"", b"ccc"]);
+        assert_eq!(batch, msg);
         assert_eq!(
             AgentMessage::decode(&msg).unwrap(),
             AgentMessage::Events {

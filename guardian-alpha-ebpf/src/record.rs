@@ -5,8 +5,7 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel,
         generated::{
-            bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_task,
-            bpf_ktime_get_ns,
+            bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_task, bpf_ktime_get_ns,
         },
     },
     macros::map,

@@ -315,6 +315,10 @@ fn decision_response(
     outcome: Result<Result<ActionRecord, ApprovalError>, tokio::task::JoinError>,
 ) -> Response {
     match outcome {
+        // Two-person approval: the first approval is recorded, the action stays held.
+        Ok(Ok(record)) if record.status == ActionStatus::Held => {
+            (StatusCode::ACCEPTED, Json(record)).into_response()
+        }
         Ok(Ok(record)) => Json(record).into_response(),
         Ok(Err(e @ ApprovalError::InvalidOperator)) => {
             error(StatusCode::BAD_REQUEST, e.to_string()).into_response()

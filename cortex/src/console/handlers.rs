@@ -24,7 +24,7 @@ use crate::audit::AuditError;
 use crate::decide::NodeState;
 use crate::ingest::agents::AgentsFile;
 use crate::keys::source_name;
-use crate::respond::{ApprovalError, ReleaseError, ReleaseOutcome};
+use crate::respond::{ActionStatus, ApprovalError, ReleaseError, ReleaseOutcome};
 use crate::store::{ActionQuery, EventQuery, IncidentQuery, StoreError};
 
 /// How far back the fleet page looks for heartbeats and loss reports.
@@ -428,6 +428,10 @@ async fn decide(
     })
     .await;
     let (status, text) = match outcome {
+        Ok(Ok(record)) if record.status == ActionStatus::Held => {
+            let page = pages::message(Some(&user.session), "Approval recorded", &record.detail);
+            return html(StatusCode::ACCEPTED, page);
+        }
         Ok(Ok(_)) => return Redirect::to("/console/actions").into_response(),
         Ok(Err(e @ ApprovalError::NotHeld { .. })) => (StatusCode::NOT_FOUND, e.to_string()),
         Ok(Err(e @ ApprovalError::Expired { .. })) => (StatusCode::GONE, e.to_string()),

@@ -42,6 +42,8 @@ pub struct RespondConfig {
     pub hold_expiry_s: u64,
     /// Releasing an ISOLATED host needs the approvals of two distinct operators.
     pub two_person_release: bool,
+    /// A held action runs only once two distinct operators have approved it.
+    pub two_person_approval: bool,
     /// Most actions the cortex starts per host in any 60 seconds (rollbacks not counted).
     pub max_actions_per_minute: u32,
     /// Milliseconds to wait for an agent's report before the action counts as failed.
@@ -72,6 +74,7 @@ impl Default for RespondConfig {
             playbook_dirs: Vec::new(),
             hold_expiry_s: 900,
             two_person_release: false,
+            two_person_approval: false,
             max_actions_per_minute: 10,
             dispatch_timeout_ms: 5000,
             dispatch_queue: 1024,

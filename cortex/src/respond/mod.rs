@@ -234,6 +234,19 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// How many distinct operators approved `record` so far.
+fn distinct_approvers(record: &ActionRecord) -> usize {
+    let mut approvers: Vec<&str> = record
+        .decisions
+        .iter()
+        .filter(|d| d.approve)
+        .map(|d| d.operator.as_str())
+        .collect();
+    approvers.sort_unstable();
+    approvers.dedup();
+    approvers.len()
+}
+
 fn valid_operator(operator: &str) -> Option<&str> {
     let operator = operator.trim();
     (!operator.is_empty()
@@ -594,6 +607,12 @@ impl Responder {
         });
         record.updated_ns = now;
         let actor = format!("operator:{operator}");
+        if approve && self.config.two_person_approval && distinct_approvers(&record) < 2 {
+            record.detail = format!("approved by {operator}; a second operator must approve");
+            self.commit(&record, "approved_first", &actor, AuditKind::Approval)?;
+            state.active.insert(record.id.clone(), record.clone());
+            return Ok(record);
+        }
         if !approve {
             record.status = ActionStatus::Denied;
             record.detail = format!("denied by {operator}");

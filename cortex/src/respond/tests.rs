@@ -315,6 +315,53 @@ fn held_actions_wait_for_an_operator_and_survive_a_restart() {
 }
 
 #[test]
+fn two_person_approval_needs_two_distinct_operators() {
+    let mut two = config(Mode::Assisted);
+    two.two_person_approval = true;
+    let mut h = harness(two, &book("", KILL));
+    h.responder.on_incident(
+        &incident("inc-1", "qsc-reverse-shell"),
+        Some(&connect(4321, "nc", "www-data", 100)),
+    );
+    let held = only(&h);
+    let approvals = h.responder.approvals();
+    let first = approvals.decide(&held.id, "alice", true).unwrap();
+    assert_eq!(first.status, ActionStatus::Held);
+    assert!(first.detail.contains("second operator"), "{}", first.detail);
+    let again = approvals.decide(&held.id, "alice", true).unwrap();
+    assert_eq!(again.status, ActionStatus::Held, "the same operator twice");
+    assert!(
+        h.dispatcher.jobs.try_recv().is_err(),
+        "still held, not sent"
+    );
+    assert_eq!(only(&h).status, ActionStatus::Held, "stored as held");
+    let second = approvals.decide(&held.id, "bob", true).unwrap();
+    assert_eq!(second.status, ActionStatus::Dispatched);
+    let approvers: Vec<&str> = second
+        .decisions
+        .iter()
+        .map(|d| d.operator.as_str())
+        .collect();
+    assert_eq!(approvers, ["alice", "alice", "bob"]);
+    assert_eq!(h.dispatcher.jobs.try_recv().unwrap().action_id, held.id);
+    let events = audit_events(&h);
+    for wanted in ["approval:approved_first", "approval:approved"] {
+        assert!(events.iter().any(|e| e == wanted), "{wanted}: {events:?}");
+    }
+
+    // One operator's denial ends it, whatever was approved before.
+    h.responder.on_incident(
+        &incident("inc-2", "qsc-reverse-shell"),
+        Some(&connect(4322, "nc", "www-data", 200)),
+    );
+    let next = h.responder.held().pop().expect("a second held action");
+    approvals.decide(&next.id, "alice", true).unwrap();
+    let denied = approvals.decide(&next.id, "carol", false).unwrap();
+    assert_eq!(denied.status, ActionStatus::Denied);
+    assert!(h.dispatcher.jobs.try_recv().is_err());
+}
+
+#[test]
 fn held_actions_expire() {
     let h = harness(config(Mode::Assisted), &book("", KILL));
     h.responder.on_incident(

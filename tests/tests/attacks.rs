@@ -2,9 +2,12 @@
 //! dry-run, guardian-alpha on the real kernel, guardian-beta), started by the xtask binary in a
 //! temporary state folder on free ports. Per scenario this checks the detection (every expected
 //! rule id as evidence after the behaviour), the incident's severity and confidence range, the
-//! playbook action requested (dry-run: `would_run`) and the time from behaviour to incident.
+//! playbook action requested (dry-run: `would_run`) and the time from behaviour to incident —
+//! once with each scenario alone on a fresh stack (`--isolated`: its cortex has seen nothing
+//! else), once with all of them one after the other on one stack (evidence adds up there, so
+//! the confidence must reach the range's lower end only).
 
-use std::{collections::BTreeSet, process::Command};
+use std::{collections::BTreeSet, process::Command, sync::Mutex};
 
 use qsc_tests::{bin_dir, root_or_skip, workspace_bin};
 use serde_json::Value;
@@ -68,10 +71,12 @@ fn problems(outcome: &Value) -> Vec<String> {
     }
     let range = &outcome["expected_confidence"];
     let confidence = outcome["confidence"].as_f64().unwrap_or(-1.0);
-    let (low, high) = (
-        range[0].as_f64().unwrap_or(2.0),
-        range[1].as_f64().unwrap_or(-1.0),
-    );
+    let low = range[0].as_f64().unwrap_or(2.0);
+    let high = if outcome["isolated"] == Value::Bool(true) {
+        range[1].as_f64().unwrap_or(-1.0)
+    } else {
+        1.0
+    };
     if !(low..=high).contains(&confidence) {
         problems.push(format!("confidence {confidence} outside {low}–{high}"));
     }
@@ -89,21 +94,45 @@ fn problems(outcome: &Value) -> Vec<String> {
         if !actions.contains(&wanted.as_str()) {
             problems.push(format!("no dry-run `{action}` action (got {actions:?})"));
         }
+        if outcome["action_ms"].as_u64().is_none() {
+            problems.push(format!("no time from behaviour to the `{action}` request"));
+        }
     }
     problems
 }
 
+/// Both tests start stacks with a guardian-alpha each: one at a time.
+static ONE_STACK_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 #[test]
-fn every_attack_scenario_is_detected_as_expected() {
-    if !root_or_skip("every_attack_scenario_is_detected_as_expected") {
+fn every_attack_scenario_alone_is_detected_as_expected() {
+    if !root_or_skip("every_attack_scenario_alone_is_detected_as_expected") {
         return;
     }
+    check_attack_run(&["--isolated"], true);
+}
+
+#[test]
+fn every_attack_scenario_in_sequence_is_detected_as_expected() {
+    if !root_or_skip("every_attack_scenario_in_sequence_is_detected_as_expected") {
+        return;
+    }
+    check_attack_run(&[], false);
+}
+
+/// Runs `xtask attack all` with `extra` arguments and checks every scenario's outcome, which
+/// must say whether it ran `isolated`.
+fn check_attack_run(extra: &[&str], isolated: bool) {
+    let _one = ONE_STACK_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let report = tempfile::NamedTempFile::new().expect("temp report file");
     let status = Command::new(workspace_bin("xtask"))
         .args(["attack", "all", "--report"])
         .arg(report.path())
         .arg("--bin-dir")
         .arg(bin_dir())
+        .args(extra)
         .status()
         .expect("run xtask attack");
     let text = std::fs::read(report.path()).expect("read the attack report");
@@ -116,14 +145,18 @@ fn every_attack_scenario_is_detected_as_expected() {
             continue;
         };
         eprintln!(
-            "{name} {}: {} {} confidence {} in {} ms, actions {}",
+            "{name} {}: {} {} confidence {} in {} ms, actions {} (after {} ms)",
             outcome["technique"],
             outcome["rules"],
             outcome["severity"],
             outcome["confidence"],
             outcome["detect_ms"],
-            outcome["actions"]
+            outcome["actions"],
+            outcome["action_ms"]
         );
+        if outcome["isolated"] != Value::Bool(isolated) {
+            failures.push(format!("{name}: isolated is {}", outcome["isolated"]));
+        }
         for problem in problems(outcome) {
             failures.push(format!("{name}: {problem}"));
         }

@@ -78,7 +78,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     view.refresh(&stack.api);
     let scenarios = scenarios_to_run(&args.attack)?;
     if !scenarios.is_empty() {
-        attack::run_with_view(&mut stack, &scenarios, &mut |stack| {
+        attack::run_with_view(&mut stack, &scenarios, false, &mut |stack| {
             view.refresh(&stack.api)
         })?;
     }

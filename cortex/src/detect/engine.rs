@@ -47,6 +47,8 @@ pub struct RuleHit {
     pub level: Level,
     /// Every tag of the rule, ATT&CK ones (`attack.t1059`) included.
     pub tags: Vec<String>,
+    /// The rule's own likelihood ratio, when it declares one.
+    pub likelihood_ratio: Option<f64>,
     pub kind: HitKind,
     /// The event that completed the match.
     pub event: EventRef,
@@ -181,6 +183,7 @@ impl Engine {
                         title: meta.title.clone(),
                         level: meta.level,
                         tags: meta.tags.clone(),
+                        likelihood_ratio: meta.likelihood_ratio,
                         kind: HitKind::Correlation(correlation.kind),
                         event: event_ref,
                         group: fired.group,
@@ -213,6 +216,7 @@ fn detection_hit(meta: &RuleMeta, event: &Event) -> RuleHit {
         title: meta.title.clone(),
         level: meta.level,
         tags: meta.tags.clone(),
+        likelihood_ratio: meta.likelihood_ratio,
         kind: HitKind::Detection,
         event: event_ref(event, meta.id.clone()),
         group: Vec::new(),

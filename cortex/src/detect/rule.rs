@@ -50,6 +50,9 @@ pub struct RuleMeta {
     /// `medium` when the document does not say.
     pub level: Level,
     pub tags: Vec<String>,
+    /// The rule's own likelihood ratio (QSC's `likelihood_ratio` key), used by scoring instead
+    /// of its level's default; `[score.rule_lr]` still beats it.
+    pub likelihood_ratio: Option<f64>,
 }
 
 /// The ATT&CK technique tags (`attack.t1059`, `attack.t1059.004`) among `tags`.
@@ -162,7 +165,26 @@ pub fn parse_meta(map: &Hash) -> Result<RuleMeta, RuleError> {
         title,
         level,
         tags,
+        likelihood_ratio: parse_likelihood_ratio(map)?,
     })
+}
+
+/// The optional `likelihood_ratio` key: a finite number above 0 (YAML integer or real).
+fn parse_likelihood_ratio(map: &Hash) -> Result<Option<f64>, RuleError> {
+    let value = match get(map, "likelihood_ratio") {
+        None | Some(Yaml::Null) => return Ok(None),
+        Some(Yaml::Integer(n)) => *n as f64,
+        Some(Yaml::Real(text)) => text.parse::<f64>().unwrap_or(f64::NAN),
+        Some(_) => f64::NAN,
+    };
+    if value.is_finite() && value > 0.0 {
+        Ok(Some(value))
+    } else {
+        Err(RuleError::InvalidKey {
+            key: "likelihood_ratio".into(),
+            reason: "must be a finite number above 0".into(),
+        })
+    }
 }
 
 /// Which events a rule applies to, from its `logsource`.

@@ -1069,3 +1069,20 @@ fn correlation_state_is_bounded() {
     let stats: Vec<_> = engine.correlation_stats().collect();
     assert_eq!(stats[0].1.evicted_entries, 10);
 }
+
+#[test]
+fn a_rule_may_declare_its_own_likelihood_ratio() {
+    let detection = "  s:\n    Image: '/bin/x'\n  condition: s";
+    let declared = format!("{}likelihood_ratio: 150\n", rule(detection));
+    let (mut engine, report) = engine_from(&declared);
+    assert!(report.skipped.is_empty(), "{report}");
+    let hits = engine.evaluate(&event(exec(process("/bin/x", "x"))));
+    assert_eq!(hits[0].likelihood_ratio, Some(150.0));
+    let (mut engine, _) = engine_from(&rule(detection));
+    let hits = engine.evaluate(&event(exec(process("/bin/x", "x"))));
+    assert_eq!(hits[0].likelihood_ratio, None);
+    for bad in ["0", "-2.5", "'many'", ".nan"] {
+        let (_, report) = engine_from(&format!("{}likelihood_ratio: {bad}\n", rule(detection)));
+        assert_eq!(report.skipped.len(), 1, "likelihood_ratio {bad}: {report}");
+    }
+}

@@ -20,7 +20,7 @@ pub fn score_hit(hit: &detect::RuleHit, event: &Event) -> score::RuleHit {
         title: hit.title.clone(),
         level: hit.level,
         tags: hit.tags.clone(),
-        likelihood_ratio: None,
+        likelihood_ratio: hit.likelihood_ratio,
         source: SourceKind::of(&event.kind),
         entities: entities(event),
         time_ns: event.time_ns,
@@ -79,6 +79,7 @@ mod tests {
             title: "R".into(),
             level: detect::Level::High,
             tags: vec!["attack.t1048".into()],
+            likelihood_ratio: None,
             kind: detect::HitKind::Detection,
             event: detect::EventRef {
                 host_id: "web-01".into(),

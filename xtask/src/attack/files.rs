@@ -31,8 +31,10 @@ pub const CRON_PERSISTENCE: Scenario = Scenario {
     description: "a cron table dropped in /etc/cron.d",
     expect: Expect {
         rules: &["qsc-cron-persistence"],
-        min_severity: Severity::High,
-        confidence: (0.9, 1.0),
+        // The file alone is LOW (packages add cron tables too); guardian-beta also reports it
+        // as a new file under /etc, and once that arrives the host is MEDIUM.
+        min_severity: Severity::Low,
+        confidence: (0.1, 0.9),
         action: None,
     },
     perform: |_, cleanup| {
@@ -54,8 +56,10 @@ pub const AUTHORIZED_KEYS: Scenario = Scenario {
     description: "an SSH key planted in a test account's ~/.ssh/authorized_keys",
     expect: Expect {
         rules: &["qsc-authorized-keys-write"],
-        min_severity: Severity::High,
-        confidence: (0.9, 1.0),
+        // The key alone is LOW (ssh-copy-id writes keys too); the account the scenario makes
+        // for it changes /etc/passwd, which guardian-beta reports, so the host reaches MEDIUM.
+        min_severity: Severity::Low,
+        confidence: (0.1, 0.9),
         action: None,
     },
     perform: |_, cleanup| {
@@ -80,8 +84,8 @@ pub const CONFIG_TAMPER: Scenario = Scenario {
     description: "a watched config edited and auto-healed by guardian-beta",
     expect: Expect {
         rules: &["qsc-heal-done"],
-        min_severity: Severity::High,
-        confidence: (0.9, 1.0),
+        min_severity: Severity::Low,
+        confidence: (0.1, 0.5),
         action: None,
     },
     perform: tamper_demo_config,

@@ -15,8 +15,8 @@ pub const BACKUP_TAMPER: Scenario = Scenario {
     description: "a file of a verified backup set overwritten (ransomware-style)",
     expect: Expect {
         rules: &["qsc-backup-damaged"],
-        min_severity: Severity::High,
-        confidence: (0.9, 1.0),
+        min_severity: Severity::Medium,
+        confidence: (0.5, 1.0),
         action: None,
     },
     perform: backup_tamper,
@@ -57,8 +57,8 @@ pub const CERT_EXPIRING: Scenario = Scenario {
     description: "a watched certificate five days before it expires",
     expect: Expect {
         rules: &["qsc-cert-expiring"],
-        min_severity: Severity::High,
-        confidence: (0.9, 1.0),
+        min_severity: Severity::Low,
+        confidence: (0.1, 0.5),
         action: None,
     },
     perform: |stack, cleanup| check_certificate(stack, cleanup, false),
@@ -72,8 +72,8 @@ pub const CERT_REVOKED: Scenario = Scenario {
     description: "a watched certificate revoked by its CA's CRL",
     expect: Expect {
         rules: &["qsc-cert-untrusted"],
-        min_severity: Severity::High,
-        confidence: (0.9, 1.0),
+        min_severity: Severity::Medium,
+        confidence: (0.5, 1.0),
         action: None,
     },
     perform: |stack, cleanup| check_certificate(stack, cleanup, true),

@@ -43,6 +43,9 @@ pub struct Outcome {
     pub expected_min_severity: Severity,
     pub expected_confidence: (f64, f64),
     pub expected_action: Option<String>,
+    /// The scenario ran alone on a fresh stack: its confidence must be within the expected
+    /// range (in a sequence, the evidence before can only raise it).
+    pub isolated: bool,
     /// Every expected rule was seen as evidence after the behaviour started.
     pub detected: bool,
     /// Expected rule ids seen.
@@ -58,6 +61,9 @@ pub struct Outcome {
     pub detect_ms: Option<u64>,
     /// `name:status` of the actions requested for the incident, e.g. `kill:would_run`.
     pub actions: Vec<String>,
+    /// Milliseconds from the start of the behaviour until the cortex requested the expected
+    /// action (its record's `requested_ns`, wall clock of this host).
+    pub action_ms: Option<u64>,
     /// Why the behaviour could not be performed.
     pub error: Option<String>,
 }
@@ -90,6 +96,7 @@ impl Outcome {
             ));
         }
         let (low, high) = self.expected_confidence;
+        let high = if self.isolated { high } else { 1.0 };
         if !self.confidence.is_some_and(|c| (low..=high).contains(&c)) {
             problems.push(format!(
                 "confidence {:?} outside {low}–{high}",
@@ -97,10 +104,11 @@ impl Outcome {
             ));
         }
         if let Some(action) = &self.expected_action
-            && !self
-                .actions
-                .iter()
-                .any(|a| a.split(':').next() == Some(action))
+            && (self.action_ms.is_none()
+                || !self
+                    .actions
+                    .iter()
+                    .any(|a| a.split(':').next() == Some(action)))
         {
             problems.push(format!(
                 "no `{action}` action requested (got {:?})",
@@ -114,7 +122,7 @@ impl Outcome {
     pub fn summary(&self) -> String {
         let verdict = if self.passed() { "PASS" } else { "FAIL" };
         format!(
-            "{verdict} {} {}: {} {} confidence {} in {} actions [{}]{}",
+            "{verdict} {} {}: {} {} confidence {} in {} actions [{}]{}{}",
             self.scenario,
             self.technique,
             self.rules.join("+"),
@@ -126,6 +134,9 @@ impl Outcome {
                 .map(|ms| format!("{ms} ms"))
                 .unwrap_or("-".into()),
             self.actions.join(", "),
+            self.action_ms
+                .map(|ms| format!(" requested after {ms} ms"))
+                .unwrap_or_default(),
             if self.passed() {
                 String::new()
             } else {
@@ -135,10 +146,12 @@ impl Outcome {
     }
 }
 
-/// Performs `scenario` on `stack` and waits for its detection and action.
+/// Performs `scenario` on `stack` and waits for its detection and action; `isolated` when
+/// nothing else ran on the stack.
 pub fn run_scenario(
     stack: &mut Stack,
     scenario: &Scenario,
+    isolated: bool,
     view: &mut dyn FnMut(&Stack),
 ) -> Outcome {
     let expect = &scenario.expect;
@@ -149,6 +162,7 @@ pub fn run_scenario(
         expected_min_severity: expect.min_severity,
         expected_confidence: expect.confidence,
         expected_action: expect.action.map(Into::into),
+        isolated,
         detected: false,
         rules: Vec::new(),
         incident: None,
@@ -157,6 +171,7 @@ pub fn run_scenario(
         confidence: None,
         detect_ms: None,
         actions: Vec::new(),
+        action_ms: None,
         error: None,
     };
     let started = Instant::now();
@@ -262,6 +277,7 @@ fn wait_for_actions(
                 .collect();
             outcome.actions.sort();
             outcome.actions.dedup();
+            outcome.action_ms = first_request_ms(&actions, outcome, since_ns);
         }
         let wanted = outcome.expected_action.as_deref();
         let found = wanted.is_none_or(|w| {
@@ -278,6 +294,30 @@ fn wait_for_actions(
     }
 }
 
+/// Milliseconds from `since_ns` to the first request of the expected action among `actions`
+/// for the outcome's incidents.
+fn first_request_ms(actions: &[Value], outcome: &Outcome, since_ns: u64) -> Option<u64> {
+    let wanted = outcome.expected_action.as_deref()?;
+    actions
+        .iter()
+        .filter(|a| a["name"].as_str() == Some(wanted))
+        .filter(|a| {
+            a["incident_id"]
+                .as_str()
+                .is_some_and(|id| outcome.incidents.iter().any(|i| i == id))
+        })
+        .filter_map(|a| a["requested_ns"].as_u64())
+        .filter(|t| *t >= since_ns)
+        .min()
+        .map(|t| (t - since_ns) / 1_000_000)
+}
+
+/// Milliseconds as seconds with one decimal, `-` when unknown.
+fn seconds(ms: Option<u64>) -> String {
+    ms.map(|ms| format!("{:.1} s", ms as f64 / 1000.0))
+        .unwrap_or("-".into())
+}
+
 /// The outcomes as a table: aligned text, or Markdown for the README.
 pub fn table(outcomes: &[Outcome], markdown: bool) -> String {
     let header = [
@@ -289,8 +329,9 @@ pub fn table(outcomes: &[Outcome], markdown: bool) -> String {
         "confidence",
         "time to detect",
         "action",
+        "time to action",
     ];
-    let rows: Vec<[String; 8]> = outcomes
+    let rows: Vec<[String; 9]> = outcomes
         .iter()
         .map(|o| {
             [
@@ -306,14 +347,13 @@ pub fn table(outcomes: &[Outcome], markdown: bool) -> String {
                 o.confidence
                     .map(|c| format!("{c:.3}"))
                     .unwrap_or("-".into()),
-                o.detect_ms
-                    .map(|ms| format!("{:.1} s", ms as f64 / 1000.0))
-                    .unwrap_or("-".into()),
+                seconds(o.detect_ms),
                 if o.actions.is_empty() {
                     "-".into()
                 } else {
                     o.actions.join(", ")
                 },
+                seconds(o.action_ms),
             ]
         })
         .collect();

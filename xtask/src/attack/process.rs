@@ -72,8 +72,8 @@ pub const PTRACE_ATTACH: Scenario = Scenario {
     description: "ptrace attach to another process",
     expect: Expect {
         rules: &["qsc-ptrace-attach"],
-        min_severity: Severity::High,
-        confidence: (0.9, 1.0),
+        min_severity: Severity::Low,
+        confidence: (0.1, 0.5),
         action: None,
     },
     perform: |stack, cleanup| {
@@ -96,7 +96,7 @@ pub const MEMFD_EXEC: Scenario = Scenario {
     expect: Expect {
         rules: &["qsc-memfd-exec", "qsc-memfd-create"],
         min_severity: Severity::High,
-        confidence: (0.9, 1.0),
+        confidence: (0.8, 1.0),
         action: Some("kill"),
     },
     perform: |stack, cleanup| {
@@ -113,8 +113,8 @@ pub const RWX_MEMORY: Scenario = Scenario {
     description: "writable and executable memory mapped in a process",
     expect: Expect {
         rules: &["qsc-rwx-memory"],
-        min_severity: Severity::High,
-        confidence: (0.9, 1.0),
+        min_severity: Severity::Low,
+        confidence: (0.1, 0.5),
         action: None,
     },
     perform: |stack, _| output_of(Command::new(actor(stack)).args(["mmap-rwx", "1000"])).map(drop),
@@ -132,8 +132,8 @@ pub const REVERSE_SHELL: Scenario = Scenario {
     description: "reverse shell: connect out, then exec a shell with its fds on the socket",
     expect: Expect {
         rules: &["qsc-reverse-shell"],
-        min_severity: Severity::Critical,
-        confidence: (0.99, 1.0),
+        min_severity: Severity::High,
+        confidence: (0.8, 1.0),
         action: Some("kill"),
     },
     perform: reverse_shell,

@@ -112,13 +112,23 @@ impl Stack {
         )?;
         self.programs.push(alpha);
         baseline_init(bin, layout)?;
-        let beta = start(
-            "guardian-beta",
-            &mut self.beta_command("watch"),
-            &layout.logs,
-        )?;
+        let beta = self.start_beta_watch()?;
         self.programs.push(beta);
         Ok(())
+    }
+
+    /// Starts guardian-beta's watcher and waits until its watches are in place, so that a
+    /// change made right afterwards is seen.
+    fn start_beta_watch(&self) -> anyhow::Result<Program> {
+        let log = self.layout.logs.join("guardian-beta.log");
+        let from = file_len(&log);
+        let mut beta = start(
+            "guardian-beta",
+            &mut self.beta_command("watch"),
+            &self.layout.logs,
+        )?;
+        wait_for_log(&log, from, "watching", &mut beta)?;
+        Ok(beta)
     }
 
     /// guardian-beta with the stack's config and event file, for subcommand `args`.
@@ -166,12 +176,8 @@ impl Stack {
             stop(&mut beta);
         }
         let outcome = f(self);
-        let beta = start(
-            "guardian-beta",
-            &mut self.beta_command("watch"),
-            &self.layout.logs,
-        );
-        self.programs.push(beta?);
+        let beta = self.start_beta_watch()?;
+        self.programs.push(beta);
         outcome
     }
 }

@@ -84,6 +84,7 @@ pub const CONFIG_TAMPER: Scenario = Scenario {
     description: "a watched config edited and auto-healed by guardian-beta",
     expect: Expect {
         rules: &["qsc-heal-done"],
+        // A healed change alone is LOW: the file is already restored (qsc-heal-done's LR).
         min_severity: Severity::Low,
         confidence: (0.1, 0.5),
         action: None,

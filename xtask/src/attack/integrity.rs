@@ -15,6 +15,7 @@ pub const BACKUP_TAMPER: Scenario = Scenario {
     description: "a file of a verified backup set overwritten (ransomware-style)",
     expect: Expect {
         rules: &["qsc-backup-damaged"],
+        // A damaged backup alone is MEDIUM: disks rot too (qsc-backup-damaged's LR).
         min_severity: Severity::Medium,
         confidence: (0.5, 1.0),
         action: None,
@@ -57,6 +58,7 @@ pub const CERT_EXPIRING: Scenario = Scenario {
     description: "a watched certificate five days before it expires",
     expect: Expect {
         rules: &["qsc-cert-expiring"],
+        // An expiring certificate is an outage to come, not an attack: LOW alone.
         min_severity: Severity::Low,
         confidence: (0.1, 0.5),
         action: None,
@@ -72,6 +74,7 @@ pub const CERT_REVOKED: Scenario = Scenario {
     description: "a watched certificate revoked by its CA's CRL",
     expect: Expect {
         rules: &["qsc-cert-untrusted"],
+        // A revoked certificate in use alone is MEDIUM (qsc-cert-untrusted's LR).
         min_severity: Severity::Medium,
         confidence: (0.5, 1.0),
         action: None,

@@ -72,6 +72,7 @@ pub const PTRACE_ATTACH: Scenario = Scenario {
     description: "ptrace attach to another process",
     expect: Expect {
         rules: &["qsc-ptrace-attach"],
+        // One attach alone is LOW: profilers and debuggers attach too (qsc-ptrace-attach's LR).
         min_severity: Severity::Low,
         confidence: (0.1, 0.5),
         action: None,
@@ -95,6 +96,7 @@ pub const MEMFD_EXEC: Scenario = Scenario {
     description: "fileless execution: a program run from memfd_create memory",
     expect: Expect {
         rules: &["qsc-memfd-exec", "qsc-memfd-create"],
+        // Running a program from memory is HIGH or above alone, so the kill playbook acts.
         min_severity: Severity::High,
         confidence: (0.8, 1.0),
         action: Some("kill"),
@@ -113,6 +115,7 @@ pub const RWX_MEMORY: Scenario = Scenario {
     description: "writable and executable memory mapped in a process",
     expect: Expect {
         rules: &["qsc-rwx-memory"],
+        // One W+X mapping alone is LOW: JITs and old code map it too (qsc-rwx-memory's LR).
         min_severity: Severity::Low,
         confidence: (0.1, 0.5),
         action: None,
@@ -132,6 +135,7 @@ pub const REVERSE_SHELL: Scenario = Scenario {
     description: "reverse shell: connect out, then exec a shell with its fds on the socket",
     expect: Expect {
         rules: &["qsc-reverse-shell"],
+        // A reverse shell is HIGH or above alone, so the containment playbook acts.
         min_severity: Severity::High,
         confidence: (0.8, 1.0),
         action: Some("kill"),

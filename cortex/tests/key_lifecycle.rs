@@ -41,16 +41,7 @@ fn heartbeat(seq: u64) -> Vec<u8> {
 fn enroll_key_file(deployment: &Deployment) -> (std::path::PathBuf, PublicKeyBytes) {
     let key_file = deployment.path("alpha.key");
     let public = StaticKeypair::generate_file(&key_file).expect("agent key");
-    deployment.cli_ok(&[
-        "agents",
-        "add",
-        "--host-id",
-        "web-01",
-        "--source",
-        "alpha",
-        "--public-key",
-        &public.to_hex(),
-    ]);
+    deployment.enroll_key("web-01", "alpha", &public.to_hex());
     (key_file, public)
 }
 

@@ -36,7 +36,7 @@ use cortex::config::CortexConfig;
 use cortex::console::{self, ConsoleParts, ConsoleState};
 use cortex::decide::NodeStates;
 use cortex::ingest::agents::AgentsFile;
-use cortex::ingest::keys::{KEYS_POLL, KeyLifecycle};
+use cortex::ingest::keys::{KEYS_POLL, KeyLifecycle, RotationOrder};
 use cortex::ingest::validate::Limits;
 use cortex::ingest::{self, AgentDirectory, IngestSink};
 use cortex::keys::KeyStore;
@@ -371,7 +371,13 @@ impl KeyRotation for LifecycleRotation {
     ) -> Pin<Box<dyn Future<Output = Result<ActionReport, String>> + Send + 'a>> {
         Box::pin(async move {
             self.0
-                .rotate_and_wait(host, Source::Alpha, true, actor, reason)
+                .rotate_and_wait(RotationOrder {
+                    host_id: host,
+                    source: Source::Alpha,
+                    emergency: true,
+                    actor,
+                    reason,
+                })
                 .await
                 .map_err(|error| error.to_string())
         })

@@ -8,6 +8,7 @@
 //! Set `QSC_CONSOLE_SCREENSHOTS=DIR` to keep PNG screenshots of the fleet, incident and actions
 //! pages (the README's come from here).
 
+#[allow(dead_code)] // the harness is shared with the other service tests
 mod common;
 
 use std::net::TcpListener;

@@ -41,16 +41,7 @@ fn heartbeat(seq: u64) -> Vec<u8> {
 fn enroll_key_file(deployment: &Deployment) -> (std::path::PathBuf, PublicKeyBytes) {
     let key_file = deployment.path("alpha.key");
     let public = StaticKeypair::generate_file(&key_file).expect("agent key");
-    deployment.cli_ok(&[
-        "agents",
-        "add",
-        "--host-id",
-        "web-01",
-        "--source",
-        "alpha",
-        "--public-key",
-        &public.to_hex(),
-    ]);
+    deployment.enroll_key("web-01", "alpha", &public.to_hex());
     (key_file, public)
 }
 
@@ -157,12 +148,9 @@ fn stored_seqs(deployment: &Deployment) -> Vec<u64> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revoke_closes_the_live_session_and_refuses_the_next_handshake() {
-    let deployment = Deployment::new(0);
-    let keypair = deployment.enroll("web-01", "alpha");
-    let copy = deployment.path("alpha-copy.key");
-    keypair.save(&copy).expect("save key");
+/// Starts the cortex and an in-test agent with `keypair`; returns once the agent's first
+/// heartbeat is acknowledged and its session is the one live session.
+async fn serve_with_agent(deployment: &Deployment, keypair: StaticKeypair) -> (Cortex, Agent) {
     let cortex = deployment.serve();
     let agent = Agent::start(
         &deployment.path("outbox"),
@@ -173,6 +161,16 @@ async fn revoke_closes_the_live_session_and_refuses_the_next_handshake() {
     agent.send(&[heartbeat(1)]);
     agent.wait_acked(WAIT).await;
     assert_eq!(cortex.metric("cortex_agent_sessions"), 1.0);
+    (cortex, agent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_closes_the_live_session_and_refuses_the_next_handshake() {
+    let deployment = Deployment::new(0);
+    let keypair = deployment.enroll("web-01", "alpha");
+    let copy = deployment.path("alpha-copy.key");
+    keypair.save(&copy).expect("save key");
+    let (cortex, agent) = serve_with_agent(&deployment, keypair).await;
     let refused_before = cortex.metric("cortex_handshakes_refused_total");
 
     let revoked = deployment.cli_ok(&["keys", "revoke", "web-01", "--agent", "alpha"]);
@@ -223,16 +221,7 @@ async fn revoke_through_the_running_cortex_closes_the_session_at_once() {
     let deployment = Deployment::new(0);
     let keypair = deployment.enroll("web-02", "alpha");
     let public = keypair.public();
-    let cortex = deployment.serve();
-    let agent = Agent::start(
-        &deployment.path("outbox"),
-        &cortex.channel,
-        deployment.cortex_key(),
-        keypair,
-    );
-    agent.send(&[heartbeat(1)]);
-    agent.wait_acked(WAIT).await;
-    assert_eq!(cortex.metric("cortex_agent_sessions"), 1.0);
+    let (cortex, agent) = serve_with_agent(&deployment, keypair).await;
 
     let revoke = |body: &str| {
         common::http(

@@ -15,6 +15,47 @@ use serde_json::Value;
 /// The most events one `cortex events search` returns (the store's query limit).
 pub const MAX_EVENTS_READ: usize = 100_000;
 
+/// Runs `cortex --config <config> <args>` with the `cortex` binary at `bin` (the cortex crate's
+/// own tests pass theirs, the end-to-end tests the workspace's).
+pub fn cortex_cli(bin: &Path, config: &Path, args: &[&str]) -> Output {
+    Command::new(bin)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("run cortex")
+}
+
+/// Like [`cortex_cli`], failing the test unless the command succeeds; returns its stdout.
+pub fn cortex_cli_ok(bin: &Path, config: &Path, args: &[&str]) -> String {
+    let output = cortex_cli(bin, config, args);
+    assert!(
+        output.status.success(),
+        "cortex {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Enrolls the agent key `public_key_hex` for `host` as `source` (`alpha` or `beta`) with
+/// `cortex agents add`, failing the test unless it succeeds.
+pub fn cortex_enroll(bin: &Path, config: &Path, host: &str, source: &str, public_key_hex: &str) {
+    cortex_cli_ok(
+        bin,
+        config,
+        &[
+            "agents",
+            "add",
+            "--host-id",
+            host,
+            "--source",
+            source,
+            "--public-key",
+            public_key_hex,
+        ],
+    );
+}
+
 /// A cortex deployment in a folder the test owns: `cortex.toml` and everything it names.
 pub struct CortexDeployment {
     dir: PathBuf,
@@ -70,23 +111,12 @@ impl CortexDeployment {
 
     /// Runs a `cortex` tool command on this deployment.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(crate::workspace_bin("cortex"))
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .output()
-            .expect("run cortex")
+        cortex_cli(&crate::workspace_bin("cortex"), &self.config, args)
     }
 
     /// Like [`Self::cli`], failing the test unless it succeeds; returns its stdout.
     pub fn cli_ok(&self, args: &[&str]) -> String {
-        let output = self.cli(args);
-        assert!(
-            output.status.success(),
-            "cortex {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        cortex_cli_ok(&crate::workspace_bin("cortex"), &self.config, args)
     }
 
     /// The cortex's channel public key, hex, for the agents to pin.
@@ -99,16 +129,13 @@ impl CortexDeployment {
 
     /// Enrolls an agent key for `host` as `source` (`alpha` or `beta`).
     pub fn enroll(&self, host: &str, source: &str, public_key_hex: &str) {
-        self.cli_ok(&[
-            "agents",
-            "add",
-            "--host-id",
+        cortex_enroll(
+            &crate::workspace_bin("cortex"),
+            &self.config,
             host,
-            "--source",
             source,
-            "--public-key",
             public_key_hex,
-        ]);
+        );
     }
 
     /// Starts `cortex serve` with its agent channel on `channel_addr` (`127.0.0.1:0` for any

@@ -51,3 +51,15 @@ pub fn build() -> anyhow::Result<PathBuf> {
     shell::run(&mut cmd)?;
     Ok(object_path())
 }
+
+/// Builds the kernel object, then the release binaries of `packages` (guardian-alpha embeds
+/// the object, so it must come first).
+pub fn build_release(packages: &[&str]) -> anyhow::Result<()> {
+    build()?;
+    let mut cmd = shell::cargo();
+    cmd.args(["build", "--release", "--bins"]);
+    for package in packages {
+        cmd.args(["-p", package]);
+    }
+    shell::run(&mut cmd)
+}

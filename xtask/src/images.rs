@@ -78,7 +78,7 @@ pub struct ImagesArgs {
 pub fn run(args: &ImagesArgs) -> anyhow::Result<()> {
     ensure_engine()?;
     if !args.no_build {
-        build_release_binaries()?;
+        ebpf::build_release(&["cortex", "guardian-alpha", "guardian-beta"])?;
     }
     let base = if args.local_base {
         ensure_local_base(args.rebuild_base)?;
@@ -258,22 +258,6 @@ fn wait_for_engine() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(500));
     }
     bail!("dockerd did not answer within a minute; see {DOCKERD_LOG}")
-}
-
-/// The kernel object, then the three release binaries (guardian-alpha embeds the object).
-fn build_release_binaries() -> anyhow::Result<()> {
-    ebpf::build()?;
-    shell::run(shell::cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "cortex",
-        "-p",
-        "guardian-alpha",
-        "-p",
-        "guardian-beta",
-        "--bins",
-    ]))
 }
 
 /// The build context: `bin/` with the release binaries stripped of debug info, and the

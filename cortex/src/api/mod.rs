@@ -97,28 +97,39 @@ async fn authenticate(State(state): State<ApiState>, request: Request, next: Nex
 }
 
 #[cfg(test)]
+pub(crate) mod test_support;
+
+#[cfg(test)]
 mod tests {
+    use super::test_support::{Fixture, request, serve};
     use super::*;
-    use crate::audit::AuditLog;
     use crate::decide::NodeState;
-    use crate::respond::{AgentLinks, Playbooks, RespondConfig, ResponderParts};
-    use crate::store::SqliteStore;
-    use std::io::{Read, Write};
+    use crate::respond::{Playbooks, RespondConfig};
 
     const TOKEN: &str = "test-token-0123456789";
 
-    async fn request(addr: std::net::SocketAddr, raw: String) -> (u16, String) {
-        tokio::task::spawn_blocking(move || {
-            let mut stream = std::net::TcpStream::connect(addr).unwrap();
-            stream.write_all(raw.as_bytes()).unwrap();
-            let mut response = String::new();
-            stream.read_to_string(&mut response).unwrap();
-            let status = response[9..12].parse().unwrap();
-            let body = response.split_once("\r\n\r\n").unwrap().1.to_owned();
-            (status, body)
-        })
-        .await
-        .unwrap()
+    /// The API's state over `fixture`, with `inbound` verifying inbound approvals.
+    fn api_state(fixture: &Fixture, inbound: InboundVerifier) -> ApiState {
+        ApiState {
+            store: fixture.store.clone(),
+            metrics: Arc::new(Metrics::default()),
+            nodes: fixture.nodes.clone(),
+            token: Arc::new(ApiToken::from_secret(TOKEN)),
+            respond: fixture.respond.clone(),
+            webhook_counters: None,
+            inbound: Arc::new(inbound),
+            keys: None,
+        }
+    }
+
+    /// An inbound verifier without a secret: it refuses every inbound approval.
+    fn no_inbound() -> InboundVerifier {
+        InboundVerifier::new(None, std::time::Duration::from_secs(300))
+    }
+
+    /// The one playbook `book` (YAML).
+    fn playbook(book: &str) -> Playbooks {
+        Playbooks::parse_all(&[("t.yml".into(), book.into())]).unwrap()
     }
 
     fn post(path: &str, token: &str, body: &str) -> String {
@@ -131,43 +142,16 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_operator_releases_an_isolated_host_and_the_release_is_audited() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open_with_key(&dir.path().join("c.db"), &[1; 32]).unwrap());
-        let seed = zeroize::Zeroizing::new([2u8; 32]);
-        let audit = Arc::new(AuditLog::open_with_key(&dir.path().join("a.db"), &seed, 8).unwrap());
-        let mut nodes = NodeStates::new(audit.clone(), Vec::new());
-        let isolated = nodes
+        let fixture = Fixture::new();
+        let isolated = fixture
+            .nodes
+            .lock()
+            .unwrap()
             .on_isolated("web-01", "cortex", "test isolation")
             .unwrap();
-        store.put_node_state(&isolated).unwrap();
-        let nodes = Arc::new(Mutex::new(nodes));
-        let (respond, _dispatcher) = Responder::new(ResponderParts {
-            config: RespondConfig::default(),
-            playbooks: Playbooks::default(),
-            store: store.clone(),
-            nodes: nodes.clone(),
-            links: AgentLinks::default(),
-            cortex_addr: None,
-            key_rotation: None,
-        })
-        .unwrap();
-        let state = ApiState {
-            store: store.clone(),
-            metrics: Arc::new(Metrics::default()),
-            nodes,
-            token: Arc::new(ApiToken::from_secret(TOKEN)),
-            respond,
-            webhook_counters: None,
-            inbound: Arc::new(crate::webhook::InboundVerifier::new(
-                None,
-                std::time::Duration::from_secs(300),
-            )),
-            keys: None,
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router(state)).await });
+        fixture.store.put_node_state(&isolated).unwrap();
+        let addr = serve(router(api_state(&fixture, no_inbound()))).await;
+        let (store, audit) = (&fixture.store, &fixture.audit);
 
         let path = "/api/nodes/web-01/release";
         let body = r#"{"operator":"alice","reason":"host reimaged"}"#;
@@ -217,50 +201,22 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn operators_list_approve_and_deny_held_actions_and_release_in_two_steps() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open_with_key(&dir.path().join("c.db"), &[1; 32]).unwrap());
-        let seed = zeroize::Zeroizing::new([2u8; 32]);
-        let audit = Arc::new(AuditLog::open_with_key(&dir.path().join("a.db"), &seed, 8).unwrap());
-        let nodes = Arc::new(Mutex::new(NodeStates::new(audit.clone(), Vec::new())));
         let book = "name: hold\nmatch: {}\nactions: [{action: isolate}, {action: isolate}]";
         let config = RespondConfig {
             two_person_release: true,
             ..RespondConfig::default()
         };
-        let (respond, _dispatcher) = Responder::new(ResponderParts {
-            config,
-            playbooks: Playbooks::parse_all(&[("t.yml".into(), book.into())]).unwrap(),
-            store: store.clone(),
-            nodes: nodes.clone(),
-            links: AgentLinks::default(),
-            cortex_addr: None,
-            key_rotation: None,
-        })
-        .unwrap();
-        respond.on_incident(&incident(), None);
-        let held = respond.held();
+        let fixture = Fixture::with(config, playbook(book));
+        fixture.respond.on_incident(&incident(), None);
+        let held = fixture.respond.held();
         assert_eq!(held.len(), 2);
-        let state = ApiState {
-            store: store.clone(),
-            metrics: Arc::new(Metrics::default()),
-            nodes: nodes.clone(),
-            token: Arc::new(ApiToken::from_secret(TOKEN)),
-            respond,
-            webhook_counters: None,
-            inbound: Arc::new(crate::webhook::InboundVerifier::new(
-                None,
-                std::time::Duration::from_secs(300),
-            )),
-            keys: None,
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router(state)).await });
+        let addr = serve(router(api_state(&fixture, no_inbound()))).await;
+        let (store, nodes) = (&fixture.store, &fixture.nodes);
 
         let (status, text) = request(addr, get("/api/actions?status=held", TOKEN)).await;
         assert_eq!(status, 200, "{text}");
-        let listed: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let body = text.split_once("\r\n\r\n").unwrap().1;
+        let listed: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(listed.as_array().map(Vec::len), Some(2));
         let (status, _) = request(addr, get("/api/actions?status=bogus", TOKEN)).await;
         assert_eq!(status, 400);
@@ -319,45 +275,18 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_signed_inbound_webhook_approves_a_held_action_once() {
-        use crate::webhook::{InboundVerifier, WebhookSecret};
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open_with_key(&dir.path().join("c.db"), &[1; 32]).unwrap());
-        let seed = zeroize::Zeroizing::new([2u8; 32]);
-        let audit = Arc::new(AuditLog::open_with_key(&dir.path().join("a.db"), &seed, 8).unwrap());
-        let nodes = Arc::new(Mutex::new(NodeStates::new(audit.clone(), Vec::new())));
+        use crate::webhook::WebhookSecret;
         let book = "name: hold\nmatch: {}\nactions: [{action: isolate}]";
-        let (respond, _dispatcher) = Responder::new(ResponderParts {
-            config: RespondConfig::default(),
-            playbooks: Playbooks::parse_all(&[("t.yml".into(), book.into())]).unwrap(),
-            store: store.clone(),
-            nodes,
-            links: AgentLinks::default(),
-            cortex_addr: None,
-            key_rotation: None,
-        })
-        .unwrap();
-        respond.on_incident(&incident(), None);
-        let held = respond.held();
+        let fixture = Fixture::with(RespondConfig::default(), playbook(book));
+        fixture.respond.on_incident(&incident(), None);
+        let held = fixture.respond.held();
         assert_eq!(held.len(), 1);
         let (secret, secret_text) = WebhookSecret::generate().unwrap();
         let verifier = InboundVerifier::new(
             WebhookSecret::parse(&secret_text).ok(),
             std::time::Duration::from_secs(300),
         );
-        let state = ApiState {
-            store: store.clone(),
-            metrics: Arc::new(Metrics::default()),
-            nodes: Arc::new(Mutex::new(NodeStates::new(audit.clone(), Vec::new()))),
-            token: Arc::new(ApiToken::from_secret(TOKEN)),
-            respond,
-            webhook_counters: None,
-            inbound: Arc::new(verifier),
-            keys: None,
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router(state)).await });
+        let addr = serve(router(api_state(&fixture, verifier))).await;
 
         let body = format!(
             r#"{{"action_id":"{}","operator":"soar-bot","approve":true}}"#,

@@ -151,24 +151,7 @@ pub fn router(state: ConsoleState) -> Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decide::NodeStates;
-    use crate::respond::{Playbooks, RespondConfig, ResponderParts};
-    use crate::store::SqliteStore;
-    use std::io::{Read, Write};
-    use std::sync::Mutex;
-
-    /// One HTTP/1.1 request; the status line's code and the whole response text.
-    async fn request(addr: std::net::SocketAddr, raw: String) -> (u16, String) {
-        tokio::task::spawn_blocking(move || {
-            let mut stream = std::net::TcpStream::connect(addr).unwrap();
-            stream.write_all(raw.as_bytes()).unwrap();
-            let mut response = String::new();
-            stream.read_to_string(&mut response).unwrap();
-            (response[9..12].parse().unwrap(), response)
-        })
-        .await
-        .unwrap()
-    }
+    use crate::api::test_support::{Fixture, request, serve};
 
     fn form(path: &str, cookie: &str, body: &str) -> String {
         format!(
@@ -184,24 +167,10 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn login_sessions_and_csrf_without_a_browser() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open_with_key(&dir.path().join("c.db"), &[1; 32]).unwrap());
-        let seed = zeroize::Zeroizing::new([2u8; 32]);
-        let audit = Arc::new(AuditLog::open_with_key(&dir.path().join("a.db"), &seed, 8).unwrap());
-        let nodes = Arc::new(Mutex::new(NodeStates::new(audit.clone(), Vec::new())));
-        let (respond, _dispatcher) = Responder::new(ResponderParts {
-            config: RespondConfig::default(),
-            playbooks: Playbooks::default(),
-            store: store.clone(),
-            nodes,
-            links: AgentLinks::default(),
-            cortex_addr: None,
-            key_rotation: None,
-        })
-        .unwrap();
+        let fixture = Fixture::new();
+        let dir = fixture.dir.path();
         let config = ConsoleConfig {
-            users_file: dir.path().join("users.toml"),
+            users_file: dir.join("users.toml"),
             ..ConsoleConfig::default()
         };
         let mut users = UsersFile::default();
@@ -212,16 +181,14 @@ mod tests {
         let state = ConsoleState::new(
             &config,
             ConsoleParts {
-                store,
-                respond,
-                audit,
+                store: fixture.store.clone(),
+                respond: fixture.respond.clone(),
+                audit: fixture.audit.clone(),
                 links: AgentLinks::default(),
-                agents_file: dir.path().join("agents.toml"),
+                agents_file: dir.join("agents.toml"),
             },
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router(state)).await });
+        let addr = serve(router(state)).await;
 
         let (status, text) = request(addr, get("/console/", "")).await;
         assert_eq!(status, 303, "no session: to the login page: {text}");

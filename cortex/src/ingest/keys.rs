@@ -65,6 +65,20 @@ struct InFlight {
     reason: String,
 }
 
+/// One rotation to ask an agent for: whose key, how, by whom and why.
+#[derive(Clone, Copy, Debug)]
+pub struct RotationOrder<'a> {
+    pub host_id: &'a str,
+    /// Which of the host's agents rotates.
+    pub source: Source,
+    /// Revoke the old key at once instead of retiring it after the agent reconnected.
+    pub emergency: bool,
+    /// Who asked (audited).
+    pub actor: &'a str,
+    /// Why (audited).
+    pub reason: &'a str,
+}
+
 /// Where the outcome of a rotation goes once the agent completed it (or it failed).
 type Waiter = oneshot::Sender<Result<ActionReport, String>>;
 
@@ -395,16 +409,8 @@ impl AgentDirectory {
 
     /// Asks the agent's live session to rotate its key; returns the action id. The answer is
     /// handled by [`Self::rotation_answered`].
-    pub async fn request_rotation(
-        &self,
-        host_id: &str,
-        source: Source,
-        emergency: bool,
-        actor: &str,
-        reason: &str,
-    ) -> Result<String, KeysError> {
-        self.send_rotation(host_id, source, emergency, actor, reason, None)
-            .await
+    pub async fn request_rotation(&self, order: RotationOrder<'_>) -> Result<String, KeysError> {
+        self.send_rotation(order, None).await
     }
 
     /// [`Self::request_rotation`], then waits until the agent completed the rotation (its new
@@ -413,18 +419,12 @@ impl AgentDirectory {
     /// answered); the waiter of a caller that gave up is dropped at the next rotation.
     pub async fn rotate_and_wait(
         &self,
-        host_id: &str,
-        source: Source,
-        emergency: bool,
-        actor: &str,
-        reason: &str,
+        order: RotationOrder<'_>,
     ) -> Result<ActionReport, KeysError> {
         let (waiter, outcome) = oneshot::channel();
-        let action_id = self
-            .send_rotation(host_id, source, emergency, actor, reason, Some(waiter))
-            .await?;
+        let action_id = self.send_rotation(order, Some(waiter)).await?;
         let failed = |detail: String| KeysError::RotationFailed {
-            host_id: host_id.to_owned(),
+            host_id: order.host_id.to_owned(),
             detail,
         };
         let report = outcome
@@ -435,13 +435,16 @@ impl AgentDirectory {
 
     async fn send_rotation(
         &self,
-        host_id: &str,
-        source: Source,
-        emergency: bool,
-        actor: &str,
-        reason: &str,
+        order: RotationOrder<'_>,
         waiter: Option<Waiter>,
     ) -> Result<String, KeysError> {
+        let RotationOrder {
+            host_id,
+            source,
+            emergency,
+            actor,
+            reason,
+        } = order;
         let lifecycle = self
             .lifecycle
             .as_ref()
@@ -638,7 +641,13 @@ impl AgentDirectory {
                 }
                 let reason = format!("scheduled: key older than {}s", age.as_secs());
                 match self
-                    .request_rotation(&host_id, source, false, "cortex", &reason)
+                    .request_rotation(RotationOrder {
+                        host_id: &host_id,
+                        source,
+                        emergency: false,
+                        actor: "cortex",
+                        reason: &reason,
+                    })
                     .await
                 {
                     Ok(_) | Err(KeysError::RotationInProgress { .. }) => {}
@@ -654,15 +663,14 @@ impl AgentDirectory {
 
     /// Sends one operator request; it leaves the file once sent, or once it can never be.
     async fn send_requested(&self, lifecycle: &KeyLifecycle, request: &RotationRequest) {
-        let reason = "requested with `cortex keys rotate`";
         let outcome = self
-            .request_rotation(
-                &request.host_id,
-                request.source,
-                request.emergency,
-                &request.actor,
-                reason,
-            )
+            .request_rotation(RotationOrder {
+                host_id: &request.host_id,
+                source: request.source,
+                emergency: request.emergency,
+                actor: &request.actor,
+                reason: "requested with `cortex keys rotate`",
+            })
             .await;
         match outcome {
             Err(KeysError::NotConnected { .. } | KeysError::RotationInProgress { .. }) => return,

@@ -11,6 +11,7 @@ use qsc_channel::delivery::{
     Client, ClientConfig, CommandHandler, CommandStatus, Outbox, OutboxConfig, OutboxHandle,
 };
 use qsc_channel::keys::{PublicKeyBytes, StaticKeypair};
+use qsc_tests::channel;
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cortex");
@@ -58,22 +59,11 @@ impl Deployment {
     }
 
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .output()
-            .expect("run cortex")
+        channel::cortex_cli(Path::new(BIN), &self.config, args)
     }
 
     pub fn cli_ok(&self, args: &[&str]) -> String {
-        let output = self.cli(args);
-        assert!(
-            output.status.success(),
-            "cortex {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        channel::cortex_cli_ok(Path::new(BIN), &self.config, args)
     }
 
     pub fn cortex_key(&self) -> PublicKeyBytes {
@@ -92,18 +82,13 @@ impl Deployment {
     /// Enrolls a fresh agent key; returns the keypair.
     pub fn enroll(&self, host: &str, source: &str) -> StaticKeypair {
         let keypair = StaticKeypair::generate();
-        let hex = keypair.public().to_hex();
-        self.cli_ok(&[
-            "agents",
-            "add",
-            "--host-id",
-            host,
-            "--source",
-            source,
-            "--public-key",
-            &hex,
-        ]);
+        self.enroll_key(host, source, &keypair.public().to_hex());
         keypair
+    }
+
+    /// Enrolls the agent key `public_key_hex` for `host` as `source`.
+    pub fn enroll_key(&self, host: &str, source: &str, public_key_hex: &str) {
+        channel::cortex_enroll(Path::new(BIN), &self.config, host, source, public_key_hex);
     }
 
     pub fn serve(&self) -> Cortex {

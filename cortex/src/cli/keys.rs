@@ -166,11 +166,7 @@ fn revoke(
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let audit = AuditLog::open(
-        &config.audit.path,
-        &config.audit.signing_key_file,
-        config.audit.checkpoint_interval,
-    )
+    let audit = AuditLog::open_configured(&config.audit, &config.store)
     .context("opening the audit chain")?;
     let cause = Cause::new(
         actor(operator),

@@ -83,7 +83,12 @@ impl Seen {
     fn distinct(&self) -> usize {
         self.order
             .values()
-            .map(|seqs| seqs.iter().map(|(seq, _)| seq).collect::<BTreeSet<_>>().len())
+            .map(|seqs| {
+                seqs.iter()
+                    .map(|(seq, _)| seq)
+                    .collect::<BTreeSet<_>>()
+                    .len()
+            })
             .sum()
     }
 }
@@ -116,7 +121,11 @@ impl Detection for Counting {
         owns: &(dyn Fn(&str) -> bool + Sync),
         detected: &DetectedMarks,
     ) {
-        assert!(HOSTS.iter().all(|h| owns(h) == (bus_config_partition(h) == partition)));
+        assert!(
+            HOSTS
+                .iter()
+                .all(|h| owns(h) == (bus_config_partition(h) == partition))
+        );
         assert!(detected.keys().all(|(host, _)| owns(host)));
         self.seen
             .lock()
@@ -324,10 +333,17 @@ fn check_host(host: &str, order: &[(u64, &'static str)]) {
         distinct.windows(2).all(|w| w[0] < w[1]),
         "{host}'s events reached detection in order: {distinct:?}"
     );
-    assert!(twice.len() <= 1, "{host}: more than the batch in hand was repeated: {twice:?}");
+    assert!(
+        twice.len() <= 1,
+        "{host}: more than the batch in hand was repeated: {twice:?}"
+    );
     if host == TRAP.0 {
         let trapped: Vec<_> = order.iter().filter(|(seq, _)| *seq == TRAP.1).collect();
-        assert_eq!(trapped.len(), 1, "the trapped batch was detected once: {trapped:?}");
+        assert_eq!(
+            trapped.len(),
+            1,
+            "the trapped batch was detected once: {trapped:?}"
+        );
         assert_ne!(trapped[0].1, "first");
     }
 }

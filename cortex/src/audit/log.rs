@@ -168,7 +168,12 @@ pub fn verify_backend(
 ) -> Result<VerifyReport, AuditError> {
     let records = backend.records(None)?;
     let checkpoints = backend.checkpoints()?;
-    Ok(verify_chain(&records, &checkpoints, key, checkpoint_interval))
+    Ok(verify_chain(
+        &records,
+        &checkpoints,
+        key,
+        checkpoint_interval,
+    ))
 }
 
 fn check_interval(checkpoint_interval: u64) -> Result<(), AuditError> {

@@ -123,7 +123,9 @@ impl ChainBackend for PostgresChain {
                 .get(0);
             let tail = Tail {
                 last,
-                last_checkpoint: last_checkpoint.and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+                last_checkpoint: last_checkpoint
+                    .and_then(|s| u64::try_from(s).ok())
+                    .unwrap_or(0),
             };
             let appended = build(&tail)?;
             if let Some(record) = &appended.record {

@@ -12,7 +12,7 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::AuditError;
-use super::log::{Appended, ChainBackend, TailBuilder, Tail};
+use super::log::{Appended, ChainBackend, Tail, TailBuilder};
 use super::record::{AuditRecord, Checkpoint, Hash, to_hash};
 
 const SCHEMA_VERSION: i64 = 1;
@@ -218,9 +218,7 @@ pub(crate) fn read_records(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-pub(crate) fn read_checkpoints(
-    conn: &Connection,
-) -> Result<BTreeMap<u64, Checkpoint>, AuditError> {
+pub(crate) fn read_checkpoints(conn: &Connection) -> Result<BTreeMap<u64, Checkpoint>, AuditError> {
     let mut statement = conn.prepare(
         "SELECT seq, record_hash, prev_checkpoint_seq, time_ns, signature
          FROM audit_checkpoints ORDER BY seq",

@@ -185,7 +185,12 @@ pub fn verify_connection(
 ) -> Result<VerifyReport, AuditError> {
     let records = super::sqlite::read_records(conn, None)?;
     let checkpoints = super::sqlite::read_checkpoints(conn)?;
-    Ok(verify_chain(&records, &checkpoints, key, checkpoint_interval))
+    Ok(verify_chain(
+        &records,
+        &checkpoints,
+        key,
+        checkpoint_interval,
+    ))
 }
 
 /// Verifies records (in `seq` order) and checkpoints, wherever they were read from.
@@ -391,6 +396,10 @@ mod tests {
         );
         let conn = crate::audit::open_read_only(&chain.path).unwrap();
         let key = chain.log.verifying_key();
-        assert!(verify_connection(&conn, &key, INTERVAL).unwrap().is_intact());
+        assert!(
+            verify_connection(&conn, &key, INTERVAL)
+                .unwrap()
+                .is_intact()
+        );
     }
 }

@@ -63,7 +63,10 @@ impl Leases {
             let mut bytes = [0u8; 4];
             getrandom::fill(&mut bytes).map_err(|e| LeaseError::Random(e.to_string()))?;
             let id = (u32::from_be_bytes(bytes) & 0x7fff_ffff) as i32;
-            if leases.try_lock(leases.member_ns, id, "joining the worker group").await? {
+            if leases
+                .try_lock(leases.member_ns, id, "joining the worker group")
+                .await?
+            {
                 leases.member_id = id;
                 return Ok(leases);
             }
@@ -98,14 +101,20 @@ impl Leases {
                 what: "counting the live workers",
                 source,
             })?;
-        Ok(u32::try_from(row.get::<_, i64>(0)).unwrap_or(u32::MAX).max(1))
+        Ok(u32::try_from(row.get::<_, i64>(0))
+            .unwrap_or(u32::MAX)
+            .max(1))
     }
 
     /// Takes the lease of `partition` if no live worker holds it.
     pub async fn try_acquire(&self, partition: u32) -> Result<bool, LeaseError> {
         self.check()?;
-        self.try_lock(self.partition_ns, partition as i32, "taking a partition lease")
-            .await
+        self.try_lock(
+            self.partition_ns,
+            partition as i32,
+            "taking a partition lease",
+        )
+        .await
     }
 
     /// Gives the lease of `partition` back.
@@ -168,7 +177,10 @@ impl Leases {
         for row in rows {
             let (host, agent): (String, &str) = (row.get(0), row.get(1));
             if let (true, Some(agent)) = (owns(&host), agent_from_name(agent)) {
-                marks.insert((host, agent), u64::try_from(row.get::<_, i64>(2)).unwrap_or(0));
+                marks.insert(
+                    (host, agent),
+                    u64::try_from(row.get::<_, i64>(2)).unwrap_or(0),
+                );
             }
         }
         Ok(marks)

@@ -172,12 +172,7 @@ pub trait Detection: Send + Sync {
     /// open incidents and their evidence, node states) of the hosts `owns` accepts from the
     /// store, up to their detection progress `detected`, before the partition's first batch
     /// ([`crate::pipeline::Pipeline::adopt`] does it for the pipeline).
-    fn adopt(
-        &self,
-        partition: u32,
-        owns: &(dyn Fn(&str) -> bool + Sync),
-        detected: &DetectedMarks,
-    );
+    fn adopt(&self, partition: u32, owns: &(dyn Fn(&str) -> bool + Sync), detected: &DetectedMarks);
 }
 
 /// Owns a fair share of the partitions: for each, stores the batches, hands what detection has
@@ -391,8 +386,8 @@ impl PartitionConsumer {
         let owns = move |host: &str| partition_of(host, partitions) == partition;
         let detected = self.leases.progress(&owns).await?;
         tokio::task::spawn_blocking(move || detection.adopt(partition, &owns, &detected))
-        .await
-        .map_err(|e| BusError::Join(e.to_string()))
+            .await
+            .map_err(|e| BusError::Join(e.to_string()))
     }
 
     /// Stores a batch, detects its events above the detection progress, records the progress.

@@ -167,7 +167,7 @@ fn revoke(
         return Ok(ExitCode::SUCCESS);
     }
     let audit = AuditLog::open_configured(&config.audit, &config.store)
-    .context("opening the audit chain")?;
+        .context("opening the audit chain")?;
     let cause = Cause::new(
         actor(operator),
         "revoked with `cortex keys revoke`",

@@ -589,19 +589,43 @@ mod tests {
         assert_eq!(before_backup.title, "credential stuffing + exfiltration");
     }
 
+    /// The last of the repeats in `repeats_of_one_rule_do_not_multiply`.
+    fn many_last(h: &RuleHit) -> RuleHit {
+        RuleHit {
+            event_refs: vec![EventRef {
+                host_id: "web-01".into(),
+                seq: 1099,
+            }],
+            ..h.clone()
+        }
+    }
+
     #[test]
     fn repeats_of_one_rule_do_not_multiply() {
         let mut once = Fusion::new(ScoreConfig::default()).unwrap();
         let mut many = Fusion::new(ScoreConfig::default()).unwrap();
         let h = hit("r", Level::Critical, &[], SourceKind::Process, 10);
         once.observe_hit(&h).unwrap();
-        for _ in 0..100 {
-            many.observe_hit(&h).unwrap();
+        for seq in 0..100 {
+            let repeat = RuleHit {
+                event_refs: vec![EventRef {
+                    host_id: "web-01".into(),
+                    seq: 1000 + seq,
+                }],
+                ..h.clone()
+            };
+            many.observe_hit(&repeat).unwrap();
         }
         let a = once.assess(&host_key("web-01")).unwrap();
         let b = many.assess(&host_key("web-01")).unwrap();
         assert_eq!(a.log_odds, b.log_odds);
         assert_eq!(b.evidence[0].hits, 100);
+        // The same hit seen again (the same events: detection re-run) is no repeat at all.
+        many.observe_hit(&many_last(&h)).unwrap();
+        assert_eq!(
+            many.assess(&host_key("web-01")).unwrap().evidence[0].hits,
+            100
+        );
     }
 
     #[test]
@@ -786,9 +810,27 @@ mod tests {
     #[test]
     fn a_restored_incident_continues_and_a_replayed_hit_is_not_counted_twice() {
         let hits = [
-            hit("r.a", Level::Critical, &["attack.t1110"], SourceKind::Auth, 10),
-            hit("r.b", Level::Critical, &["attack.t1078"], SourceKind::Auth, 11),
-            hit("r.c", Level::Medium, &["attack.t1048"], SourceKind::Network, 20),
+            hit(
+                "r.a",
+                Level::Critical,
+                &["attack.t1110"],
+                SourceKind::Auth,
+                10,
+            ),
+            hit(
+                "r.b",
+                Level::Critical,
+                &["attack.t1078"],
+                SourceKind::Auth,
+                11,
+            ),
+            hit(
+                "r.c",
+                Level::Medium,
+                &["attack.t1048"],
+                SourceKind::Network,
+                20,
+            ),
         ];
         let mut first = Fusion::new(ScoreConfig::default()).unwrap();
         let mut single = Fusion::new(ScoreConfig::default()).unwrap();

@@ -16,7 +16,7 @@ use super::AuditError;
 use super::log::{Appended, ChainBackend, Tail, TailBuilder, checked_tail};
 use super::record::{AuditRecord, Checkpoint, to_hash};
 use crate::store::config::PostgresConfig;
-use crate::store::postgres::{block_on, connect, pg_runtime};
+use crate::store::postgres::{block_on, connect, create_in_schema, pg_runtime};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS audit_records (
@@ -65,15 +65,7 @@ impl PostgresChain {
         let (config, schema) = (pg.clone(), pg.schema.clone());
         let client = block_on(&runtime, async move {
             let client = connect(config).await?;
-            let lock = format!("hashtext('qsc-schema-{schema}')");
-            client
-                .batch_execute(&format!(
-                    "SELECT pg_advisory_lock({lock});
-                     CREATE SCHEMA IF NOT EXISTS {schema};
-                     {SCHEMA}
-                     SELECT pg_advisory_unlock({lock});"
-                ))
-                .await?;
+            create_in_schema(&client, &schema, SCHEMA).await?;
             Ok::<_, AuditError>(client)
         })??;
         Ok(PostgresChain {

@@ -344,21 +344,31 @@ pub(crate) async fn connect(config: PostgresConfig) -> Result<Client, StoreError
     Ok(client)
 }
 
+/// Creates `schema` if missing and runs `ddl` in it, serialised across replicas (and the store
+/// and the audit chain of one replica) by an advisory lock.
+pub(crate) async fn create_in_schema(
+    client: &Client,
+    schema: &str,
+    ddl: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let lock = format!("hashtext('qsc-schema-{schema}')");
+    client
+        .batch_execute(&format!(
+            "SELECT pg_advisory_lock({lock});
+             CREATE SCHEMA IF NOT EXISTS {schema};
+             {ddl}
+             SELECT pg_advisory_unlock({lock});"
+        ))
+        .await
+}
+
 /// Creates the schema and tables (serialised across replicas by an advisory lock) and returns
 /// the stored key-check value, if any.
 async fn prepare_schema(
     client: Arc<Client>,
     schema: String,
 ) -> Result<Option<Vec<u8>>, tokio_postgres::Error> {
-    let lock = format!("hashtext('qsc-schema-{schema}')");
-    client
-        .batch_execute(&format!(
-            "SELECT pg_advisory_lock({lock});
-             CREATE SCHEMA IF NOT EXISTS {schema};
-             {SCHEMA}
-             SELECT pg_advisory_unlock({lock});"
-        ))
-        .await?;
+    create_in_schema(&client, &schema, SCHEMA).await?;
     let row = client
         .query_opt("SELECT value FROM meta WHERE key = 'key_check'", &[])
         .await?;

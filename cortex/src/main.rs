@@ -119,11 +119,7 @@ async fn serve(config: CortexConfig) -> anyhow::Result<()> {
     })?;
     let token = ApiToken::load(&config.api.token_file)?;
     let store: Arc<dyn Store> = Arc::from(open_store(&config.store)?);
-    let audit = Arc::new(AuditLog::open(
-        &config.audit.path,
-        &config.audit.signing_key_file,
-        config.audit.checkpoint_interval,
-    )?);
+    let audit = Arc::new(AuditLog::open_configured(&config.audit, &config.store)?);
     let directory =
         AgentDirectory::load(config.agents.file.clone())?.with_lifecycle(KeyLifecycle::new(
             KeyStore::new(config.key_records_file()),

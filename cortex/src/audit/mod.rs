@@ -1,10 +1,15 @@
 //! The audit chain: append-only, SHA3-256 hash-chained, with Ed25519-signed checkpoints.
 //!
-//! [`record`] defines the records and the hashing, [`log`] the SQLite-backed log (its own file,
-//! see there why) and [`verify`] the verification behind `cortex audit verify`.
+//! [`record`] defines the records and the hashing, [`log`] the chain logic over a backend —
+//! [`sqlite`] (its own file, the default) or [`postgres`] (shared by scale-out replicas) — and
+//! [`verify`] the verification behind `cortex audit verify`.
 
 pub mod log;
+pub mod postgres;
 pub mod record;
+pub mod sqlite;
+#[cfg(test)]
+mod tamper;
 pub mod verify;
 
 use std::path::{Path, PathBuf};
@@ -12,10 +17,12 @@ use std::path::{Path, PathBuf};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::Deserialize;
 
-pub use log::{AuditLog, AuditSink, open_read_only};
+pub use log::{AuditLog, AuditSink, ChainBackend};
 pub use record::{AuditEntry, AuditKind, AuditRecord};
-pub use verify::{Problem, VerifyReport, verify_connection, verify_file};
+pub use sqlite::open_read_only;
+pub use verify::{Problem, VerifyReport, verify_chain, verify_connection, verify_file};
 
+use crate::store::StoreError;
 use crate::store::key_file::KeyFileError;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +54,14 @@ pub enum AuditError {
         "the newest audit record ({seq}) is malformed; run `cortex audit verify` before appending"
     )]
     CorruptTail { seq: i64 },
+    #[error("cannot reach the audit chain in PostgreSQL: {0}")]
+    PostgresOpen(#[from] StoreError),
+    #[error("audit chain in PostgreSQL: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("the audit chain's PostgreSQL runtime has stopped")]
+    PostgresStopped,
+    #[error("an audit append wrote no record")]
+    NothingAppended,
 }
 
 /// The public key that verifies checkpoints, from the signing key file.

@@ -148,6 +148,15 @@ impl Checkpoint {
     }
 }
 
+/// Stands in for a stored hash of the wrong length; unlike the genesis hash it never links.
+pub const INVALID_HASH: Hash = [0xff; HASH_LEN];
+
+/// A stored hash column as a [`Hash`], [`INVALID_HASH`] when its length is wrong (so that
+/// verification reports the row as bad rather than failing to read it).
+pub fn to_hash(bytes: Vec<u8>) -> Hash {
+    bytes.try_into().unwrap_or(INVALID_HASH)
+}
+
 mod hex_hash {
     use serde::Serializer;
 

@@ -22,7 +22,7 @@ use std::fmt;
 use std::path::Path;
 
 use ed25519_dalek::{Signature, VerifyingKey};
-use rusqlite::{Connection, params};
+use rusqlite::Connection;
 use serde::Serialize;
 
 use super::AuditError;
@@ -166,24 +166,40 @@ impl fmt::Display for VerifyReport {
     }
 }
 
-/// Verifies the audit file at `path` (opened read-only) — what `cortex audit verify` runs.
+/// Verifies the audit file at `path` (opened read-only) — what `cortex audit verify` runs for
+/// the file chain.
 pub fn verify_file(
     path: &Path,
     key: &VerifyingKey,
     checkpoint_interval: u64,
 ) -> Result<VerifyReport, AuditError> {
-    let conn = super::log::open_read_only(path)?;
-    verify_connection(&conn, key, checkpoint_interval)
+    let chain = super::sqlite::SqliteChain::open_read_only(path)?;
+    super::log::verify_backend(&chain, key, checkpoint_interval)
 }
 
-/// Verifies the chain in `conn` against the audit verifying key.
+/// Verifies the chain in an open SQLite connection against the audit verifying key.
 pub fn verify_connection(
     conn: &Connection,
     key: &VerifyingKey,
     checkpoint_interval: u64,
 ) -> Result<VerifyReport, AuditError> {
-    let records = read_records(conn, None)?;
-    let checkpoints = read_checkpoints(conn)?;
+    let records = super::sqlite::read_records(conn, None)?;
+    let checkpoints = super::sqlite::read_checkpoints(conn)?;
+    Ok(verify_chain(
+        &records,
+        &checkpoints,
+        key,
+        checkpoint_interval,
+    ))
+}
+
+/// Verifies records (in `seq` order) and checkpoints, wherever they were read from.
+pub fn verify_chain(
+    records: &[AuditRecord],
+    checkpoints: &BTreeMap<u64, Checkpoint>,
+    key: &VerifyingKey,
+    checkpoint_interval: u64,
+) -> VerifyReport {
     let mut report = VerifyReport {
         records: records.len() as u64,
         checkpoints: checkpoints.len() as u64,
@@ -191,17 +207,16 @@ pub fn verify_connection(
         unsigned_tail: 0,
         problem: None,
     };
-    let walk = walk_chain(&records, &checkpoints, key);
-    let last_checkpoint = match walk {
+    let last_checkpoint = match walk_chain(records, checkpoints, key) {
         Err(problem) => {
             report.problem = Some(problem);
-            return Ok(report);
+            return report;
         }
         Ok(last_checkpoint) => last_checkpoint,
     };
     report.unsigned_tail = report.last_seq - last_checkpoint;
-    report.problem = check_tail(&report, &checkpoints, last_checkpoint, checkpoint_interval);
-    Ok(report)
+    report.problem = check_tail(&report, checkpoints, last_checkpoint, checkpoint_interval);
+    report
 }
 
 /// Walks the records in order; returns the newest checkpoint seen, or the first problem.
@@ -303,330 +318,88 @@ fn check_tail(
     None
 }
 
-/// Reads records, optionally limited to `seq` in `from..=to`, in `seq` order. A hash column of
-/// the wrong length reads as [`INVALID_HASH`] and a negative number as 0, so that verification
-/// reports the row as bad rather than failing to read it.
-pub(crate) fn read_records(
-    conn: &Connection,
-    range: Option<(u64, u64)>,
-) -> Result<Vec<AuditRecord>, AuditError> {
-    let (from, to) = range.unwrap_or((0, u64::MAX));
-    let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    let mut statement = conn.prepare(
-        "SELECT seq, time_ns, kind, actor, body, prev_hash, hash FROM audit_records
-         WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq",
-    )?;
-    let rows = statement.query_map(params![clamp(from), clamp(to)], |row| {
-        Ok(AuditRecord {
-            seq: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
-            time_ns: u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
-            kind: row.get(2)?,
-            actor: row.get(3)?,
-            body: row.get(4)?,
-            prev_hash: to_hash(row.get(5)?),
-            hash: to_hash(row.get(6)?),
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
-fn read_checkpoints(conn: &Connection) -> Result<BTreeMap<u64, Checkpoint>, AuditError> {
-    let mut statement = conn.prepare(
-        "SELECT seq, record_hash, prev_checkpoint_seq, time_ns, signature
-         FROM audit_checkpoints ORDER BY seq",
-    )?;
-    let rows = statement.query_map([], |row| {
-        Ok(Checkpoint {
-            seq: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
-            record_hash: to_hash(row.get(1)?),
-            prev_checkpoint_seq: u64::try_from(row.get::<_, i64>(2)?).unwrap_or(0),
-            time_ns: u64::try_from(row.get::<_, i64>(3)?).unwrap_or(0),
-            signature: row.get(4)?,
-        })
-    })?;
-    let mut checkpoints = BTreeMap::new();
-    for checkpoint in rows {
-        let checkpoint = checkpoint?;
-        checkpoints.insert(checkpoint.seq, checkpoint);
-    }
-    Ok(checkpoints)
-}
-
-/// Stands in for a hash column of the wrong length; unlike the genesis hash it never links.
-const INVALID_HASH: Hash = [0xff; 32];
-
-fn to_hash(bytes: Vec<u8>) -> Hash {
-    bytes.try_into().unwrap_or(INVALID_HASH)
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::{Path, PathBuf};
 
     use ed25519_dalek::SigningKey;
     use rusqlite::Connection;
-    use serde_json::json;
     use zeroize::Zeroizing;
 
     use super::*;
-    use crate::audit::record::chain_hash;
-    use crate::audit::{AuditEntry, AuditKind, AuditLog, AuditSink};
+    use crate::audit::AuditLog;
+    use crate::audit::tamper::{self, Chain, INTERVAL, SEED};
 
-    const INTERVAL: u64 = 4;
-    const SEED: [u8; 32] = [42u8; 32];
+    /// The chain file of one test, in a temp dir of its own.
+    struct FileChain {
+        _dir: tempfile::TempDir,
+        path: PathBuf,
+        log: AuditLog,
+    }
 
-    /// A log of 20 records (checkpoints at 4, 8, …, 20) in a fresh temp dir.
-    fn chain() -> (tempfile::TempDir, PathBuf, AuditLog) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.db");
-        let log = AuditLog::open_with_key(&path, &Zeroizing::new(SEED), INTERVAL).unwrap();
-        for i in 1..=20 {
-            log.record(AuditEntry {
-                kind: AuditKind::NodeTransition,
-                actor: "cortex".into(),
-                body: json!({"host": "web-01", "step": i}),
+    impl FileChain {
+        fn new() -> Option<Self> {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("audit.db");
+            let log = AuditLog::open_with_key(&path, &Zeroizing::new(SEED), INTERVAL).unwrap();
+            Some(FileChain {
+                _dir: dir,
+                path,
+                log,
             })
+        }
+
+        fn connection(path: &Path) -> Connection {
+            Connection::open(path).unwrap()
+        }
+    }
+
+    impl Chain for FileChain {
+        fn log(&self) -> &AuditLog {
+            &self.log
+        }
+
+        fn reopen(&self) -> AuditLog {
+            AuditLog::open_with_key(&self.path, &Zeroizing::new(SEED), INTERVAL).unwrap()
+        }
+
+        fn sql(&self, sql: &str) -> Result<(), String> {
+            Self::connection(&self.path)
+                .execute_batch(sql)
+                .map_err(|e| e.to_string())
+        }
+
+        fn drop_guards(&self) {
+            self.sql(
+                "DROP TRIGGER audit_records_no_update; DROP TRIGGER audit_records_no_delete;
+                 DROP TRIGGER audit_checkpoints_no_update; DROP TRIGGER audit_checkpoints_no_delete;",
+            )
             .unwrap();
         }
-        (dir, path, log)
-    }
 
-    /// What an attacker with write access to the file does first: drop the append-only triggers.
-    fn tamper(path: &Path) -> Connection {
-        let conn = Connection::open(path).unwrap();
-        conn.execute_batch(
-            "DROP TRIGGER audit_records_no_update; DROP TRIGGER audit_records_no_delete;
-             DROP TRIGGER audit_checkpoints_no_update; DROP TRIGGER audit_checkpoints_no_delete;",
-        )
-        .unwrap();
-        conn
-    }
-
-    fn problem(log: &AuditLog) -> Problem {
-        let report = log.verify().unwrap();
-        let problem = report.problem.expect("tampering must be detected");
-        // Every problem renders a sentence naming the record.
-        assert!(problem.to_string().contains(&problem.seq().to_string()));
-        problem
-    }
-
-    /// Moves records with seq >= `from` by `delta` without tripping the primary key.
-    fn shift(conn: &Connection, from: u64, delta: i64) {
-        conn.execute(
-            "UPDATE audit_records SET seq = -(seq + ?2) WHERE seq >= ?1",
-            params![from as i64, delta],
-        )
-        .unwrap();
-        conn.execute("UPDATE audit_records SET seq = -seq WHERE seq < 0", [])
-            .unwrap();
-    }
-
-    fn hash_of(conn: &Connection, seq: u64) -> Hash {
-        let bytes: Vec<u8> = conn
-            .query_row(
-                "SELECT hash FROM audit_records WHERE seq = ?1",
-                [seq as i64],
-                |r| r.get(0),
-            )
-            .unwrap();
-        bytes.try_into().unwrap()
-    }
-
-    #[test]
-    fn an_untouched_chain_verifies_and_survives_reopening() {
-        let (_dir, path, log) = chain();
-        let report = log.verify().unwrap();
-        assert_eq!(report.problem, None);
-        assert_eq!(report.records, 20);
-        assert_eq!(report.checkpoints, 5);
-        assert_eq!(report.unsigned_tail, 0);
-        drop(log);
-        let log = AuditLog::open_with_key(&path, &Zeroizing::new(SEED), INTERVAL).unwrap();
-        let next = log
-            .record(AuditEntry {
-                kind: AuditKind::Approval,
-                actor: "operator:alice".into(),
-                body: json!({"release": "web-01"}),
-            })
-            .unwrap();
-        assert_eq!(next.seq, 21);
-        let report = log.verify().unwrap();
-        assert!(report.is_intact());
-        assert_eq!(report.unsigned_tail, 1);
-        let records = log.records(20, 21).unwrap();
-        assert_eq!(records[1].prev_hash, records[0].hash);
-    }
-
-    #[test]
-    fn ordinary_sql_cannot_update_or_delete() {
-        let (_dir, path, _log) = chain();
-        let conn = Connection::open(&path).unwrap();
-        let update = conn.execute("UPDATE audit_records SET actor = 'x' WHERE seq = 3", []);
-        assert!(update.unwrap_err().to_string().contains("append-only"));
-        assert!(conn.execute("DELETE FROM audit_records", []).is_err());
-        assert!(conn.execute("DELETE FROM audit_checkpoints", []).is_err());
-    }
-
-    #[test]
-    fn an_edit_is_reported_at_the_edited_record() {
-        let (_dir, path, log) = chain();
-        tamper(&path)
-            .execute(
-                "UPDATE audit_records SET body = '{\"host\":\"web-02\",\"step\":7}' WHERE seq = 7",
-                [],
-            )
-            .unwrap();
-        assert_eq!(problem(&log), Problem::Edited { seq: 7 });
-    }
-
-    #[test]
-    fn a_deletion_is_reported_at_the_missing_record() {
-        let (_dir, path, log) = chain();
-        tamper(&path)
-            .execute("DELETE FROM audit_records WHERE seq IN (7, 8)", [])
-            .unwrap();
-        assert_eq!(
-            problem(&log),
-            Problem::Deleted {
-                seq: 7,
-                last_missing: 8
-            }
-        );
-    }
-
-    #[test]
-    fn a_deletion_hidden_by_renumbering_is_reported() {
-        let (_dir, path, log) = chain();
-        let conn = tamper(&path);
-        conn.execute("DELETE FROM audit_records WHERE seq = 7", [])
-            .unwrap();
-        shift(&conn, 8, -1);
-        assert_eq!(problem(&log), Problem::MissingPredecessor { seq: 7 });
-    }
-
-    #[test]
-    fn an_insertion_is_reported_at_the_inserted_record() {
-        let (_dir, path, log) = chain();
-        let conn = tamper(&path);
-        shift(&conn, 7, 1);
-        // A well-formed forged record: it links to record 6 and carries a correct hash.
-        let prev = hash_of(&conn, 6);
-        let body = "{\"host\":\"web-01\",\"forged\":true}";
-        let hash = chain_hash(&prev, 7, 1, "approval", "operator:mallory", body);
-        conn.execute(
-            "INSERT INTO audit_records VALUES (7, 1, 'approval', 'operator:mallory', ?1, ?2, ?3)",
-            params![body, prev.as_slice(), hash.as_slice()],
-        )
-        .unwrap();
-        assert_eq!(problem(&log), Problem::Inserted { seq: 7 });
-    }
-
-    #[test]
-    fn a_reorder_is_reported_at_the_first_moved_record() {
-        let (_dir, path, log) = chain();
-        let conn = tamper(&path);
-        conn.execute_batch(
-            "UPDATE audit_records SET seq = -1 WHERE seq = 7;
-             UPDATE audit_records SET seq = 7 WHERE seq = 8;
-             UPDATE audit_records SET seq = 8 WHERE seq = -1;",
-        )
-        .unwrap();
-        assert_eq!(
-            problem(&log),
-            Problem::Reordered {
-                seq: 7,
-                belongs_after: 8
-            }
-        );
-    }
-
-    /// An attacker who edits record 5 and recomputes every later hash defeats the chain alone;
-    /// the next signed checkpoint (record 8) catches it.
-    #[test]
-    fn a_rewritten_chain_is_caught_by_the_next_checkpoint() {
-        let (_dir, path, log) = chain();
-        let conn = tamper(&path);
-        conn.execute(
-            "UPDATE audit_records SET actor = 'operator:mallory' WHERE seq = 5",
-            [],
-        )
-        .unwrap();
-        let records = read_records(&conn, None).unwrap();
-        let mut prev = hash_of(&conn, 4);
-        for record in records.iter().skip(4) {
-            let hash = chain_hash(
-                &prev,
-                record.seq,
-                record.time_ns,
-                &record.kind,
-                &record.actor,
-                &record.body,
-            );
-            conn.execute(
-                "UPDATE audit_records SET prev_hash = ?1, hash = ?2 WHERE seq = ?3",
-                params![prev.as_slice(), hash.as_slice(), record.seq as i64],
-            )
-            .unwrap();
-            prev = hash;
+        fn bytes(&self, bytes: &[u8]) -> String {
+            format!("X'{}'", hex::encode(bytes))
         }
-        assert_eq!(
-            problem(&log),
-            Problem::ChainRewritten {
-                seq: 8,
-                previous_checkpoint: 4
-            }
-        );
-        // Re-pointing the checkpoint at the new hash breaks its signature instead.
-        conn.execute(
-            "UPDATE audit_checkpoints SET record_hash = ?1 WHERE seq = 8",
-            [hash_of(&conn, 8).as_slice()],
-        )
-        .unwrap();
-        assert_eq!(problem(&log), Problem::CheckpointSignature { seq: 8 });
     }
 
-    #[test]
-    fn a_deleted_checkpoint_is_reported() {
-        let (_dir, path, log) = chain();
-        let conn = tamper(&path);
-        conn.execute("DELETE FROM audit_checkpoints WHERE seq = 8", [])
-            .unwrap();
-        assert_eq!(
-            problem(&log),
-            Problem::CheckpointMissing {
-                seq: 8,
-                previous_checkpoint: 4
-            }
-        );
-        conn.execute("DELETE FROM audit_checkpoints WHERE seq >= 12", [])
-            .unwrap();
-        assert!(matches!(problem(&log), Problem::CheckpointMissing { .. }));
-    }
+    tamper::tamper_tests!(FileChain::new());
 
     #[test]
-    fn truncating_signed_records_is_reported() {
-        let (_dir, path, log) = chain();
-        tamper(&path)
-            .execute("DELETE FROM audit_records WHERE seq > 17", [])
-            .unwrap();
-        assert_eq!(
-            problem(&log),
-            Problem::Truncated {
-                last_seq: 17,
-                checkpoint_seq: 20
-            }
-        );
-    }
-
-    #[test]
-    fn a_foreign_key_does_not_verify() {
-        let (_dir, path, _log) = chain();
+    fn a_foreign_key_does_not_verify_the_file() {
+        let chain = FileChain::new().unwrap();
+        tamper::fill(&chain);
         let other = SigningKey::from_bytes(&[7u8; 32]).verifying_key();
-        let conn = crate::audit::open_read_only(&path).unwrap();
-        let report = verify_connection(&conn, &other, INTERVAL).unwrap();
+        let report = verify_file(&chain.path, &other, INTERVAL).unwrap();
         assert_eq!(
             report.problem,
             Some(Problem::CheckpointSignature { seq: 4 })
+        );
+        let conn = crate::audit::open_read_only(&chain.path).unwrap();
+        let key = chain.log.verifying_key();
+        assert!(
+            verify_connection(&conn, &key, INTERVAL)
+                .unwrap()
+                .is_intact()
         );
     }
 }

@@ -3,12 +3,20 @@
 //! detects in process and this module is unused.
 //!
 //! A gateway publishes each validated batch of one agent to the JetStream subject
-//! `<subject_prefix>.<host>` and acknowledges the agent only once the stream has it
-//! ([`nats::EventBus::publish`]). Workers consume with a durable consumer, store the batch
-//! (duplicates by `(host, agent, seq)` are refused by the store as always) and hand only the
-//! newly stored events on to detection, then acknowledge the message ([`nats::Worker`]).
+//! `<subject_prefix>.<partition>.<host>` and acknowledges the agent only once the stream has
+//! it ([`nats::EventBus::publish`]). Hosts hash to `partitions` partitions
+//! ([`partition::partition_of`]); each partition has a durable consumer that hands out one
+//! batch at a time, and a worker consumes a partition only while it holds the partition's
+//! lease, a PostgreSQL session advisory lock ([`lease::Leases`]) that the server drops when the
+//! worker's connection dies. So all events of one host go to one worker at a time, in order,
+//! and a dead worker's partitions pass to the others. A worker stores each batch (duplicates by
+//! `(host, agent, seq)` are refused by the store as always), hands detection the events above
+//! the recorded detection progress, records the new progress, and only then acknowledges the
+//! message ([`nats::Worker`]).
 
+pub mod lease;
 pub mod nats;
+pub mod partition;
 
 use qsc_event::{Event, Source};
 use serde::{Deserialize, Serialize};
@@ -22,12 +30,17 @@ pub struct BusConfig {
     pub url: String,
     /// The JetStream stream, created if missing.
     pub stream: String,
-    /// Subjects are `<subject_prefix>.<host>`.
+    /// Subjects are `<subject_prefix>.<partition>.<host>`.
     pub subject_prefix: String,
-    /// The durable consumer the workers share.
+    /// The workers' durable consumers are `<consumer>-p<partition>`.
     pub consumer: String,
     /// Seconds a worker has to acknowledge a batch before it goes to another worker.
     pub ack_wait_s: u64,
+    /// Partitions the hosts hash to: the unit of ownership between workers. Every replica must
+    /// use the same number; changing it moves hosts between partitions.
+    pub partitions: u32,
+    /// Milliseconds between a worker's looks for free partitions and its fair share.
+    pub lease_poll_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -48,6 +61,8 @@ impl Default for BusConfig {
             subject_prefix: "qsc.events".into(),
             consumer: "qsc-workers".into(),
             ack_wait_s: 30,
+            partitions: 16,
+            lease_poll_ms: 1000,
         }
     }
 }
@@ -60,6 +75,10 @@ pub enum BusConfigError {
     SubjectPrefix(String),
     #[error("bus.ack_wait_s must be between 1 and 3600")]
     AckWait,
+    #[error("bus.partitions must be between 1 and {max}", max = partition::MAX_PARTITIONS)]
+    Partitions,
+    #[error("bus.lease_poll_ms must be between 10 and 60000")]
+    LeasePoll,
 }
 
 impl BusConfig {
@@ -78,18 +97,36 @@ impl BusConfig {
         if !(1..=3600).contains(&self.ack_wait_s) {
             return Err(BusConfigError::AckWait);
         }
+        if !(1..=partition::MAX_PARTITIONS).contains(&self.partitions) {
+            return Err(BusConfigError::Partitions);
+        }
+        if !(10..=60_000).contains(&self.lease_poll_ms) {
+            return Err(BusConfigError::LeasePoll);
+        }
         Ok(())
     }
 
-    /// The subject of a host's events: its id as one token when it is a plain name, else `x`
-    /// and its hex form (so that `.`, `*`, `>` or spaces in a host id cannot change routing).
+    /// The subject of a host's events: its partition, then its id as one token when it is a
+    /// plain name, else `x` and its hex form (so that `.`, `*`, `>` or spaces in a host id
+    /// cannot change routing).
     pub fn subject(&self, host_id: &str) -> String {
         let token = if is_nats_name(host_id) && !host_id.starts_with('x') {
             host_id.to_owned()
         } else {
             format!("x{}", hex::encode(host_id))
         };
-        format!("{}.{token}", self.subject_prefix)
+        let partition = partition::partition_of(host_id, self.partitions);
+        format!("{}.{partition}.{token}", self.subject_prefix)
+    }
+
+    /// The subjects of one partition's hosts.
+    pub fn partition_subjects(&self, partition: u32) -> String {
+        format!("{}.{partition}.*", self.subject_prefix)
+    }
+
+    /// The durable consumer of one partition.
+    pub fn partition_consumer(&self, partition: u32) -> String {
+        format!("{}-p{partition}", self.consumer)
     }
 }
 
@@ -128,12 +165,23 @@ mod tests {
 
     #[test]
     fn subjects_keep_hostile_host_ids_in_one_token() {
-        let config = BusConfig::default();
-        assert_eq!(config.subject("web-01"), "qsc.events.web-01");
-        assert_eq!(config.subject("a.b"), "qsc.events.x612e62");
-        assert_eq!(config.subject(">"), "qsc.events.x3e");
+        let config = BusConfig {
+            partitions: 1,
+            ..BusConfig::default()
+        };
+        assert_eq!(config.subject("web-01"), "qsc.events.0.web-01");
+        assert_eq!(config.subject("a.b"), "qsc.events.0.x612e62");
+        assert_eq!(config.subject(">"), "qsc.events.0.x3e");
         // A plain name starting with `x` could collide with an encoded one.
-        assert_eq!(config.subject("x3e"), "qsc.events.x783365");
+        assert_eq!(config.subject("x3e"), "qsc.events.0.x783365");
+        assert_eq!(config.partition_subjects(0), "qsc.events.0.*");
+        let config = BusConfig::default();
+        let partition = partition::partition_of("web-01", config.partitions);
+        assert_eq!(
+            config.subject("web-01"),
+            format!("qsc.events.{partition}.web-01")
+        );
+        assert_eq!(config.partition_consumer(3), "qsc-workers-p3");
     }
 
     #[test]
@@ -151,5 +199,11 @@ mod tests {
             config.validate(),
             Err(BusConfigError::Name { key: "stream", .. })
         ));
+        config.stream = "QSC_EVENTS".into();
+        config.partitions = 0;
+        assert_eq!(config.validate(), Err(BusConfigError::Partitions));
+        config.partitions = 16;
+        config.lease_poll_ms = 0;
+        assert_eq!(config.validate(), Err(BusConfigError::LeasePoll));
     }
 }

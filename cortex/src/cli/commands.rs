@@ -5,13 +5,15 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use cortex::api::ApiToken;
+use cortex::audit::log::verify_backend;
+use cortex::audit::postgres::PostgresChain;
 use cortex::audit::{self, verify_file};
 use cortex::config::CortexConfig;
 use cortex::ingest::agents::{AgentsFile, Enrollment};
 use cortex::pipeline::rules;
 use cortex::respond::Playbooks;
 use cortex::store::key_file::{create_key_file, read_key_file};
-use cortex::store::{EventQuery, IncidentQuery, open_store};
+use cortex::store::{EventQuery, IncidentQuery, StoreBackend, open_store};
 use qsc_channel::keys::StaticKeypair;
 
 use super::{
@@ -174,9 +176,25 @@ fn audit_verify(
         Some(hex_key) => audit::verifying_key_from_hex(hex_key)?,
         None => audit::verifying_key_from_file(&config.audit.signing_key_file)?,
     };
-    let path = file.unwrap_or(&config.audit.path);
-    let report = verify_file(path, &key, config.audit.checkpoint_interval)
-        .with_context(|| format!("verifying {}", path.display()))?;
+    let interval = config.audit.checkpoint_interval;
+    let report = match (file, config.store.backend) {
+        // The replicas of a PostgreSQL-backed cortex keep the chain in the store's schema.
+        (None, StoreBackend::Postgres) => {
+            let chain = PostgresChain::open(&config.store.postgres)
+                .context("opening the audit chain in PostgreSQL")?;
+            verify_backend(&chain, &key, interval).with_context(|| {
+                format!(
+                    "verifying the audit chain in PostgreSQL schema {}",
+                    config.store.postgres.schema
+                )
+            })?
+        }
+        _ => {
+            let path = file.unwrap_or(&config.audit.path);
+            verify_file(path, &key, interval)
+                .with_context(|| format!("verifying {}", path.display()))?
+        }
+    };
     println!("{report}");
     Ok(if report.is_intact() {
         ExitCode::SUCCESS

@@ -166,12 +166,8 @@ fn revoke(
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let audit = AuditLog::open(
-        &config.audit.path,
-        &config.audit.signing_key_file,
-        config.audit.checkpoint_interval,
-    )
-    .context("opening the audit chain")?;
+    let audit = AuditLog::open_configured(&config.audit, &config.store)
+        .context("opening the audit chain")?;
     let cause = Cause::new(
         actor(operator),
         "revoked with `cortex keys revoke`",

@@ -249,7 +249,8 @@ pub enum AuditAction {
     /// Verify the hash chain and signed checkpoints; reports the first bad record (edited,
     /// deleted, inserted or reordered). Exit status 1 when the chain is broken.
     Verify {
-        /// The audit database (default: [audit] path).
+        /// An audit database file (default: the chain in PostgreSQL when [store] backend is
+        /// "postgres", else [audit] path).
         #[arg(long)]
         file: Option<PathBuf>,
         /// The audit public key, 64 hex digits (default: derived from [audit] signing_key_file).

@@ -100,11 +100,7 @@ fn read_password() -> anyhow::Result<String> {
 }
 
 fn audit(config: &CortexConfig, body: serde_json::Value) -> anyhow::Result<()> {
-    let log = AuditLog::open(
-        &config.audit.path,
-        &config.audit.signing_key_file,
-        config.audit.checkpoint_interval,
-    )?;
+    let log = AuditLog::open_configured(&config.audit, &config.store)?;
     log.record(AuditEntry {
         kind: AuditKind::Service,
         actor: super::keys::actor(None),

@@ -119,6 +119,12 @@ impl NodeStates {
         self.audit.clone()
     }
 
+    /// Takes a host's state as stored by the worker that owned it before (scale-out), without
+    /// a transition: that worker audited it already.
+    pub fn restore(&mut self, record: NodeStateRecord) {
+        self.hosts.insert(record.host.clone(), record);
+    }
+
     pub fn state(&self, host: &str) -> NodeState {
         self.hosts.get(host).map_or(NodeState::Nominal, |r| r.state)
     }

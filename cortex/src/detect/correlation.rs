@@ -351,6 +351,11 @@ pub struct Correlation {
 }
 
 impl Correlation {
+    /// How far back this correlation looks.
+    pub fn timespan_ns(&self) -> u64 {
+        self.timespan_ns
+    }
+
     /// Resolves group-by names and aliases (already validated by [`parse_correlation`]).
     /// `rule_names[i]` is the `name` of the i-th referenced rule, if it has one.
     pub fn link(spec: &CorrelationSpec, rule_names: &[Option<String>]) -> Correlation {

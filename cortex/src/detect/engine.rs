@@ -141,6 +141,15 @@ impl Engine {
             .map(|c| (c.meta.id.as_str(), c.stats))
     }
 
+    /// The longest timespan of any correlation: how much history rebuilds every window.
+    pub fn longest_timespan_ns(&self) -> u64 {
+        self.correlations
+            .iter()
+            .map(Correlation::timespan_ns)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Correlation groups currently held in memory, over all correlations.
     pub fn correlation_groups(&self) -> usize {
         self.correlations.iter().map(Correlation::group_count).sum()

@@ -13,6 +13,7 @@
 //! re-delivered by its agent, and the worker skips every event at or below the highest seq it
 //! has already analysed for that agent, so no rule or correlation counts an event twice.
 
+pub mod adopt;
 pub mod anomaly;
 pub mod hits;
 pub mod rules;
@@ -410,7 +411,7 @@ mod tests {
     use crate::score::ScoreConfig;
     use crate::store::SqliteStore;
 
-    fn pipeline(dir: &std::path::Path) -> (Pipeline, Arc<Metrics>) {
+    pub(super) fn pipeline(dir: &std::path::Path) -> (Pipeline, Arc<Metrics>) {
         let store: Arc<dyn Store> =
             Arc::new(SqliteStore::open_with_key(&dir.join("cortex.db"), &[7u8; 32]).unwrap());
         let audit =
@@ -423,7 +424,7 @@ mod tests {
         (pipeline, metrics)
     }
 
-    fn failed_login(source: Source, seq: u64) -> Event {
+    pub(super) fn failed_login(source: Source, seq: u64) -> Event {
         Event::new(
             "web-01",
             source,
@@ -437,12 +438,12 @@ mod tests {
         )
     }
 
-    fn batch(source: Source, seqs: std::ops::RangeInclusive<u64>) -> Batch {
+    pub(super) fn batch(source: Source, seqs: std::ops::RangeInclusive<u64>) -> Batch {
         let events: Arc<[Event]> = seqs.map(|seq| failed_login(source, seq)).collect();
         Batch::new("web-01", source, events, Instant::now())
     }
 
-    fn hits(metrics: &Metrics) -> u64 {
+    pub(super) fn hits(metrics: &Metrics) -> u64 {
         metrics.rule_hits.load(Ordering::Relaxed)
     }
 

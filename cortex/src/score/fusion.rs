@@ -207,6 +207,38 @@ impl Fusion {
         true
     }
 
+    /// Takes back an incident that is not resolved, as stored by the worker that owned its
+    /// host before (scale-out: a partition moved from a dead worker): its entity keeps its
+    /// incident id and every piece of evidence (LR, hit count, times, event refs), so later
+    /// evidence updates the same incident and a replayed hit is recognised as a repeat.
+    pub fn restore(&mut self, incident: &Incident) {
+        if incident.status == IncidentStatus::Resolved {
+            return;
+        }
+        let state = self.entity_mut(&incident.entity, incident.updated_ns);
+        state.incident = Some(OpenIncident {
+            id: incident.id.clone(),
+            opened_ns: incident.opened_ns,
+        });
+        for evidence in &incident.evidence {
+            state.contributions.insert(
+                evidence.rule_id.clone(),
+                Contribution {
+                    title: evidence.title.clone(),
+                    source: evidence.source,
+                    level: evidence.level,
+                    tags: evidence.tags.clone(),
+                    lr: evidence.lr,
+                    hits: evidence.hits,
+                    event_refs: evidence.event_refs.iter().cloned().collect(),
+                    host: incident.host.clone(),
+                    first_seen_ns: evidence.first_seen_ns,
+                    time_ns: evidence.time_ns,
+                },
+            );
+        }
+    }
+
     /// Drops evidence older than `max_age_s` at `now_ns`, and entities left with none and no open
     /// incident. Returns how many entities were dropped.
     pub fn prune(&mut self, now_ns: u64) -> usize {
@@ -338,7 +370,16 @@ impl Fusion {
     }
 }
 
+/// Folds a hit into its rule's evidence. A hit whose supporting events are all in the evidence
+/// already is the same hit seen again (detection re-run on events after a worker died before
+/// recording its progress) and changes nothing.
 fn fold_rule_hit(state: &mut EntityState, hit: &RuleHit, lr: f64) {
+    if let Some(known) = state.contributions.get(&hit.rule_id)
+        && !hit.event_refs.is_empty()
+        && hit.event_refs.iter().all(|r| known.event_refs.contains(r))
+    {
+        return;
+    }
     let contribution = state
         .contributions
         .entry(hit.rule_id.clone())
@@ -548,19 +589,43 @@ mod tests {
         assert_eq!(before_backup.title, "credential stuffing + exfiltration");
     }
 
+    /// The last of the repeats in `repeats_of_one_rule_do_not_multiply`.
+    fn many_last(h: &RuleHit) -> RuleHit {
+        RuleHit {
+            event_refs: vec![EventRef {
+                host_id: "web-01".into(),
+                seq: 1099,
+            }],
+            ..h.clone()
+        }
+    }
+
     #[test]
     fn repeats_of_one_rule_do_not_multiply() {
         let mut once = Fusion::new(ScoreConfig::default()).unwrap();
         let mut many = Fusion::new(ScoreConfig::default()).unwrap();
         let h = hit("r", Level::Critical, &[], SourceKind::Process, 10);
         once.observe_hit(&h).unwrap();
-        for _ in 0..100 {
-            many.observe_hit(&h).unwrap();
+        for seq in 0..100 {
+            let repeat = RuleHit {
+                event_refs: vec![EventRef {
+                    host_id: "web-01".into(),
+                    seq: 1000 + seq,
+                }],
+                ..h.clone()
+            };
+            many.observe_hit(&repeat).unwrap();
         }
         let a = once.assess(&host_key("web-01")).unwrap();
         let b = many.assess(&host_key("web-01")).unwrap();
         assert_eq!(a.log_odds, b.log_odds);
         assert_eq!(b.evidence[0].hits, 100);
+        // The same hit seen again (the same events: detection re-run) is no repeat at all.
+        many.observe_hit(&many_last(&h)).unwrap();
+        assert_eq!(
+            many.assess(&host_key("web-01")).unwrap().evidence[0].hits,
+            100
+        );
     }
 
     #[test]
@@ -737,5 +802,57 @@ mod tests {
         assert_eq!(fusion.entity_count(), 2);
         assert!(fusion.assess(&host_key("a")).is_none());
         assert!(fusion.assess(&host_key("c")).is_some());
+    }
+
+    /// A host that moves to another worker: the new worker restores the stored incident, and
+    /// the hit the dead worker had already folded (detection re-run) changes nothing, while new
+    /// evidence updates the same incident exactly as on the first worker.
+    #[test]
+    fn a_restored_incident_continues_and_a_replayed_hit_is_not_counted_twice() {
+        let hits = [
+            hit(
+                "r.a",
+                Level::Critical,
+                &["attack.t1110"],
+                SourceKind::Auth,
+                10,
+            ),
+            hit(
+                "r.b",
+                Level::Critical,
+                &["attack.t1078"],
+                SourceKind::Auth,
+                11,
+            ),
+            hit(
+                "r.c",
+                Level::Medium,
+                &["attack.t1048"],
+                SourceKind::Network,
+                20,
+            ),
+        ];
+        let mut first = Fusion::new(ScoreConfig::default()).unwrap();
+        let mut single = Fusion::new(ScoreConfig::default()).unwrap();
+        first.observe_hit(&hits[0]).unwrap();
+        single.observe_hit(&hits[0]).unwrap();
+        let stored = first.observe_hit(&hits[1]).unwrap().unwrap();
+        single.observe_hit(&hits[1]).unwrap();
+        let mut second = Fusion::new(ScoreConfig::default()).unwrap();
+        second.restore(&stored);
+        assert_eq!(second.observe_hit(&hits[1]).unwrap().unwrap(), stored);
+        let moved = second.observe_hit(&hits[2]).unwrap().unwrap();
+        let reference = single.observe_hit(&hits[2]).unwrap().unwrap();
+        assert_eq!(moved.id, stored.id);
+        assert_eq!(moved.severity, reference.severity);
+        assert_eq!(moved.confidence, reference.confidence);
+        assert_eq!(moved.evidence, reference.evidence);
+        let resolved = Incident {
+            status: IncidentStatus::Resolved,
+            ..stored
+        };
+        let mut third = Fusion::new(ScoreConfig::default()).unwrap();
+        third.restore(&resolved);
+        assert_eq!(third.entity_count(), 0);
     }
 }

@@ -43,7 +43,8 @@ pub(crate) fn agent_name(agent: Source) -> &'static str {
     }
 }
 
-fn agent_from_name(name: &str) -> Option<Source> {
+/// The source an `agent` column value names.
+pub(crate) fn agent_from_name(name: &str) -> Option<Source> {
     match name {
         "alpha" => Some(Source::Alpha),
         "beta" => Some(Source::Beta),

@@ -82,6 +82,12 @@ CREATE TABLE IF NOT EXISTS actions (
     body       TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS actions_by_updated ON actions (updated_ns);
+CREATE TABLE IF NOT EXISTS detected (
+    host  TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    seq   BIGINT NOT NULL,
+    PRIMARY KEY (host, agent)
+);
 ";
 
 /// Bytes counted for one event row, as the SQLite store counts them.
@@ -150,12 +156,7 @@ impl PostgresStore {
         if !is_sql_name(&config.schema) {
             return Err(StoreError::PostgresSchema(config.schema.clone()));
         }
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("cortex-store-pg")
-            .enable_all()
-            .build()
-            .map_err(|e| StoreError::Thread(e.to_string()))?;
+        let runtime = pg_runtime("cortex-store-pg")?;
         let cipher = PayloadCipher::from_master_key(master_key)?;
         let client = Arc::new(block_on(&runtime, connect(config.clone()))??);
         let stored = block_on(
@@ -292,8 +293,18 @@ impl Filters {
     }
 }
 
+/// The one-thread runtime a synchronous PostgreSQL client runs its connection on.
+pub(crate) fn pg_runtime(thread_name: &str) -> Result<tokio::runtime::Runtime, StoreError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(thread_name)
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::Thread(e.to_string()))
+}
+
 /// Runs `future` on `runtime` from any thread (also from inside another runtime).
-fn block_on<T, F>(runtime: &tokio::runtime::Runtime, future: F) -> Result<T, StoreError>
+pub(crate) fn block_on<T, F>(runtime: &tokio::runtime::Runtime, future: F) -> Result<T, StoreError>
 where
     T: Send + 'static,
     F: Future<Output = T> + Send + 'static,
@@ -305,8 +316,9 @@ where
     answer.recv().map_err(|_| StoreError::WriterStopped)
 }
 
-/// Connects and spawns the connection task; every statement then runs in `schema`.
-async fn connect(config: PostgresConfig) -> Result<Client, StoreError> {
+/// Connects and spawns the connection task (on the caller's runtime); every statement then
+/// runs in `schema`.
+pub(crate) async fn connect(config: PostgresConfig) -> Result<Client, StoreError> {
     let mut pg = tokio_postgres::Config::from_str(&config.url)
         .map_err(|source| StoreError::PostgresConnect { source })?;
     if !config.password_file.as_os_str().is_empty() {
@@ -332,21 +344,31 @@ async fn connect(config: PostgresConfig) -> Result<Client, StoreError> {
     Ok(client)
 }
 
+/// Creates `schema` if missing and runs `ddl` in it, serialised across replicas (and the store
+/// and the audit chain of one replica) by an advisory lock.
+pub(crate) async fn create_in_schema(
+    client: &Client,
+    schema: &str,
+    ddl: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let lock = format!("hashtext('qsc-schema-{schema}')");
+    client
+        .batch_execute(&format!(
+            "SELECT pg_advisory_lock({lock});
+             CREATE SCHEMA IF NOT EXISTS {schema};
+             {ddl}
+             SELECT pg_advisory_unlock({lock});"
+        ))
+        .await
+}
+
 /// Creates the schema and tables (serialised across replicas by an advisory lock) and returns
 /// the stored key-check value, if any.
 async fn prepare_schema(
     client: Arc<Client>,
     schema: String,
 ) -> Result<Option<Vec<u8>>, tokio_postgres::Error> {
-    let lock = format!("hashtext('qsc-schema-{schema}')");
-    client
-        .batch_execute(&format!(
-            "SELECT pg_advisory_lock({lock});
-             CREATE SCHEMA IF NOT EXISTS {schema};
-             {SCHEMA}
-             SELECT pg_advisory_unlock({lock});"
-        ))
-        .await?;
+    create_in_schema(&client, &schema, SCHEMA).await?;
     let row = client
         .query_opt("SELECT value FROM meta WHERE key = 'key_check'", &[])
         .await?;
@@ -681,12 +703,12 @@ async fn retention(
     Ok(report)
 }
 
+/// A PostgreSQL schema of a test's own, for the tests of every PostgreSQL-backed part.
 #[cfg(test)]
-mod tests {
+pub(crate) mod test_support {
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    use super::*;
-    use crate::store::conformance::{self, Backend, KEY, exec};
+    use super::{PostgresConfig, StoreError, connect};
 
     /// Where the tests find PostgreSQL: `cargo xtask setup --scale` starts it there.
     fn test_url() -> String {
@@ -695,27 +717,29 @@ mod tests {
         })
     }
 
-    /// A schema of its own per test, dropped at the end.
-    struct PgBackend {
-        config: PostgresConfig,
+    /// A schema named for the test process, dropped (with everything in it) at the end.
+    pub(crate) struct TestSchema {
+        pub(crate) config: PostgresConfig,
     }
 
-    impl PgBackend {
+    impl TestSchema {
         /// `None` (printing why) when no PostgreSQL answers, unless the run requires the
         /// server tests (`QSC_REQUIRE_ROOT_TESTS=1`, as in `cargo xtask test`).
-        fn new() -> Option<Self> {
+        pub(crate) fn new(prefix: &str) -> Option<Self> {
             static NEXT: AtomicU32 = AtomicU32::new(0);
-            let config = PostgresConfig {
-                url: test_url(),
-                password_file: std::path::PathBuf::new(),
-                schema: format!(
-                    "qsc_test_{}_{}",
-                    std::process::id(),
-                    NEXT.fetch_add(1, Ordering::Relaxed)
-                ),
+            let schema = TestSchema {
+                config: PostgresConfig {
+                    url: test_url(),
+                    password_file: std::path::PathBuf::new(),
+                    schema: format!(
+                        "{prefix}_{}_{}",
+                        std::process::id(),
+                        NEXT.fetch_add(1, Ordering::Relaxed)
+                    ),
+                },
             };
-            match PostgresStore::open_with_key(&config, &KEY) {
-                Ok(_) => Some(PgBackend { config }),
+            match schema.sql("SELECT 1".into()) {
+                Ok(()) => Some(schema),
                 Err(error) if std::env::var("QSC_REQUIRE_ROOT_TESTS").is_ok_and(|v| v == "1") => {
                     panic!("PostgreSQL is required ({error}); run `cargo xtask setup --scale`")
                 }
@@ -728,7 +752,8 @@ mod tests {
             }
         }
 
-        fn sql(&self, sql: String) -> Result<(), StoreError> {
+        /// Runs SQL statements in the schema on a connection of their own.
+        pub(crate) fn sql(&self, sql: String) -> Result<(), StoreError> {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -741,18 +766,43 @@ mod tests {
         }
     }
 
-    impl Backend for PgBackend {
-        fn open(&self) -> Box<dyn Store> {
-            Box::new(PostgresStore::open_with_key(&self.config, &KEY).unwrap())
-        }
-    }
-
-    impl Drop for PgBackend {
+    impl Drop for TestSchema {
         fn drop(&mut self) {
             let schema = self.config.schema.clone();
             if let Err(error) = self.sql(format!("DROP SCHEMA IF EXISTS {schema} CASCADE")) {
                 eprintln!("cannot drop test schema {schema}: {error}");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::TestSchema;
+    use super::*;
+    use crate::store::conformance::{self, Backend, KEY, exec};
+
+    /// A store in a schema of its own per test.
+    struct PgBackend {
+        schema: TestSchema,
+        config: PostgresConfig,
+    }
+
+    impl PgBackend {
+        fn new() -> Option<Self> {
+            let schema = TestSchema::new("qsc_test")?;
+            let config = schema.config.clone();
+            Some(PgBackend { schema, config })
+        }
+
+        fn sql(&self, sql: String) -> Result<(), StoreError> {
+            self.schema.sql(sql)
+        }
+    }
+
+    impl Backend for PgBackend {
+        fn open(&self) -> Box<dyn Store> {
+            Box::new(PostgresStore::open_with_key(&self.config, &KEY).unwrap())
         }
     }
 

@@ -309,18 +309,28 @@ mod tests {
         assert_eq!((exit_code, signal), (137, Some(9)));
     }
 
-    #[test]
-    fn decodes_ipv4_and_ipv6_connections() {
+    /// A TCP record from 0.0.0.0:40000 to the IPv4 `remote`:`port`.
+    fn net_record(header: Header, remote: [u8; 4], port: u16) -> NetRecord {
         let mut record = NetRecord {
-            header: header(RecordKind::Net, NetOp::Connect as u16),
+            header,
             family: guardian_alpha_common::net::AF_INET,
             local_port: 40000,
-            remote_port: 22,
+            remote_port: port,
             protocol: 6,
             local_addr: [0; 16],
             remote_addr: [0; 16],
         };
-        record.remote_addr[..4].copy_from_slice(&[127, 0, 0, 2]);
+        record.remote_addr[..4].copy_from_slice(&remote);
+        record
+    }
+
+    #[test]
+    fn decodes_ipv4_and_ipv6_connections() {
+        let mut record = net_record(
+            header(RecordKind::Net, NetOp::Connect as u16),
+            [127, 0, 0, 2],
+            22,
+        );
         let Record::Net { remote, op, .. } = decode(&bytes_of(&record)).unwrap() else {
             panic!()
         };
@@ -336,18 +346,8 @@ mod tests {
 
     #[test]
     fn decodes_a_closed_connection_with_its_counters() {
-        let mut net = NetRecord {
-            header: header(RecordKind::NetClose, 0),
-            family: guardian_alpha_common::net::AF_INET,
-            local_port: 40000,
-            remote_port: 9000,
-            protocol: 6,
-            local_addr: [0; 16],
-            remote_addr: [0; 16],
-        };
-        net.remote_addr[..4].copy_from_slice(&[198, 51, 100, 88]);
         let record = NetCloseRecord {
-            net,
+            net: net_record(header(RecordKind::NetClose, 0), [198, 51, 100, 88], 9000),
             bytes_acked: 150_000_000,
             bytes_received: 12,
             cookie: 99,

@@ -33,5 +33,10 @@ pub struct KernelLayout {
     pub signal_pid: u32,
     /// sched/sched_process_exit: `group_dead` (kernels ≥ 6.16; 0 when absent).
     pub exit_group_dead: u32,
-    pub pad: u32,
+    /// `tcp_sock.bytes_acked` and `tcp_sock.bytes_received` (a `tcp_sock` starts with its
+    /// `struct sock`, which is what `skaddr` points at).
+    pub tcp_bytes_acked: u32,
+    pub tcp_bytes_received: u32,
+    /// `sock.__sk_common.skc_cookie`.
+    pub sk_cookie: u32,
 }

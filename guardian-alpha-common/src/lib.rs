@@ -17,7 +17,7 @@ pub use enforce::{BlockedV4, BlockedV6, EnforceOp, EnforceRecord};
 pub use exec::ExecRecord;
 pub use file::{FileOp, FileRecord, RenameRecord, WatchFlags};
 pub use layout::KernelLayout;
-pub use net::{ListenerKey, NetOp, NetRecord, RememberedCaller};
+pub use net::{ListenerKey, NetCloseRecord, NetOp, NetRecord, RememberedCaller};
 pub use privilege::{PrivOp, PrivRecord};
 pub use process::{ExitRecord, ForkRecord, SignalRecord};
 
@@ -61,10 +61,11 @@ pub enum RecordKind {
     Priv = 7,
     Signal = 8,
     Enforce = 9,
+    NetClose = 10,
 }
 
 impl RecordKind {
-    pub const ALL: [RecordKind; 9] = [
+    pub const ALL: [RecordKind; 10] = [
         RecordKind::Exec,
         RecordKind::Exit,
         RecordKind::Fork,
@@ -74,6 +75,7 @@ impl RecordKind {
         RecordKind::Priv,
         RecordKind::Signal,
         RecordKind::Enforce,
+        RecordKind::NetClose,
     ];
 
     /// A lower-case name for reports.
@@ -88,6 +90,7 @@ impl RecordKind {
             RecordKind::Priv => "priv",
             RecordKind::Signal => "signal",
             RecordKind::Enforce => "enforce",
+            RecordKind::NetClose => "net_close",
         }
     }
 
@@ -102,6 +105,7 @@ impl RecordKind {
             7 => RecordKind::Priv,
             8 => RecordKind::Signal,
             9 => RecordKind::Enforce,
+            10 => RecordKind::NetClose,
             _ => return None,
         })
     }
@@ -191,6 +195,7 @@ mod tests {
             (size_of::<ForkRecord>(), align_of::<ForkRecord>()),
             (size_of::<SignalRecord>(), align_of::<SignalRecord>()),
             (size_of::<EnforceRecord>(), align_of::<EnforceRecord>()),
+            (size_of::<NetCloseRecord>(), align_of::<NetCloseRecord>()),
         ] {
             assert_eq!(size % 8, 0);
             assert!(align <= 8);

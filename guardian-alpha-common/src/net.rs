@@ -40,6 +40,22 @@ pub struct NetRecord {
     pub remote_addr: [u8; 16],
 }
 
+/// The end of an established TCP connection (→ CLOSE), with what it moved: the byte counters
+/// of its `tcp_sock`, read in the kernel at offsets the agent found in BTF. Attributed to the
+/// process that connected or accepted it (remembered when it was established).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct NetCloseRecord {
+    pub net: NetRecord,
+    /// `tcp_sock.bytes_acked`: bytes sent and acknowledged by the peer.
+    pub bytes_acked: u64,
+    /// `tcp_sock.bytes_received`: bytes received in sequence.
+    pub bytes_received: u64,
+    /// `sock_common.skc_cookie`: the socket's cookie when sock_diag (or anyone) generated one,
+    /// else 0. The agent uses it to subtract what its periodic sock_diag polls reported.
+    pub cookie: u64,
+}
+
 /// Key of the listener map: which process owns a listening port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,21 +6,27 @@
 //! blocked attempt), with the full 4-tuple. Those later transitions and the passive open
 //! (SYN_RECV → ESTABLISHED) run in softirq context, where "current" is unrelated, so the
 //! remembered connector and the listening process recorded at listen time are reported.
+//!
+//! Connections established by a known process are remembered too, and when one ends (→ CLOSE,
+//! from whichever state it was in) its `tcp_sock` byte counters are reported with its owner, so
+//! the agent can account the volume each process moved to each remote address.
 
 use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel_buf},
     macros::{map, tracepoint},
-    maps::HashMap,
+    maps::{HashMap, LruHashMap},
     programs::TracePointContext,
 };
 use guardian_alpha_common::{
-    KernelLayout, ListenerKey, NetOp, NetRecord, RecordKind, RememberedCaller,
+    Header, KernelLayout, ListenerKey, NetCloseRecord, NetOp, NetRecord, RecordKind,
+    RememberedCaller,
     net::{AF_INET, AF_INET6},
 };
 
 use crate::record::{
-    AGENT_TGID, LAYOUT, batched_submit_flags, fill_header, is_agent, record_mut, reserve,
+    AGENT_TGID, LAYOUT, batched_submit_flags, fill_header, is_agent, read_kernel_field, record_mut,
+    reserve,
 };
 
 #[map]
@@ -29,6 +35,11 @@ static LISTENERS: HashMap<ListenerKey, RememberedCaller> = HashMap::with_max_ent
 /// Sockets in SYN_SENT, by kernel socket address, with the process that called connect.
 #[map]
 static CONNECTING: HashMap<u64, RememberedCaller> = HashMap::with_max_entries(16384, 0);
+
+/// Established sockets, by kernel socket address, with the process that connected or accepted
+/// them (never the agent's own). LRU: a socket whose end was missed cannot fill the map.
+#[map]
+static ESTABLISHED: LruHashMap<u64, RememberedCaller> = LruHashMap::with_max_entries(32768, 0);
 
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
@@ -69,8 +80,11 @@ pub fn inet_sock_set_state(ctx: TracePointContext) {
         (TCP_CLOSE, TCP_SYN_SENT) if !is_agent() => remember_caller(&CONNECTING, &skaddr),
         (TCP_SYN_SENT, _) => {
             let caller = unsafe { CONNECTING.get(&skaddr) }.map(|o| o.header);
-            if caller.is_some() {
+            if let Some(header) = caller {
                 let _ = CONNECTING.remove(&skaddr);
+                if t.new == TCP_ESTABLISHED {
+                    remember_established(skaddr, header);
+                }
                 emit_for(&ctx, &layout, NetOp::Connect, caller);
             }
         }
@@ -83,7 +97,8 @@ pub fn inet_sock_set_state(ctx: TracePointContext) {
         (TCP_LISTEN, TCP_CLOSE) => {
             let _ = LISTENERS.remove(&key);
         }
-        (TCP_SYN_RECV, TCP_ESTABLISHED) => emit_accept(&ctx, &layout, &key),
+        (TCP_SYN_RECV, TCP_ESTABLISHED) => emit_accept(&ctx, &layout, &key, skaddr),
+        (_, TCP_CLOSE) => emit_close(&ctx, &layout, skaddr),
         _ => {}
     }
 }
@@ -94,7 +109,7 @@ fn remember_listener(key: &ListenerKey) {
 
 fn remember_caller<K>(map: &HashMap<K, RememberedCaller>, key: &K) {
     let mut caller = RememberedCaller {
-        header: guardian_alpha_common::Header::zeroed(),
+        header: Header::zeroed(),
     };
     fill_header(&mut caller.header, RecordKind::Net, 0);
     let _ = map.insert(key, &caller, 0);
@@ -110,32 +125,58 @@ fn emit_own(ctx: &TracePointContext, layout: &KernelLayout, op: NetOp) {
     entry.submit(batched_submit_flags());
 }
 
-fn emit_accept(ctx: &TracePointContext, layout: &KernelLayout, key: &ListenerKey) {
+fn remember_established(skaddr: u64, header: Header) {
+    let _ = ESTABLISHED.insert(&skaddr, &RememberedCaller { header }, 0);
+}
+
+fn emit_accept(ctx: &TracePointContext, layout: &KernelLayout, key: &ListenerKey, skaddr: u64) {
     let owner = unsafe { LISTENERS.get(key) }.map(|o| o.header);
     if owner.is_some_and(|h| h.tgid == AGENT_TGID.load()) {
         return;
     }
+    if let Some(header) = owner {
+        remember_established(skaddr, header);
+    }
     emit_for(ctx, layout, NetOp::Accept, owner);
+}
+
+/// Reports the end of a remembered connection with its byte counters.
+fn emit_close(ctx: &TracePointContext, layout: &KernelLayout, skaddr: u64) {
+    let Some(owner) = unsafe { ESTABLISHED.get(&skaddr) }.map(|o| o.header) else {
+        return;
+    };
+    let _ = ESTABLISHED.remove(&skaddr);
+    let Some(mut entry) = reserve::<NetCloseRecord>(RecordKind::NetClose) else {
+        return;
+    };
+    let record = record_mut(&mut entry);
+    set_remembered_header(&mut record.net.header, Some(owner), RecordKind::NetClose, 0);
+    fill_addresses(ctx, layout, &mut record.net);
+    let sk = skaddr as *const u8;
+    record.bytes_acked = read_kernel_field::<u64>(sk, layout.tcp_bytes_acked).unwrap_or(0);
+    record.bytes_received = read_kernel_field::<u64>(sk, layout.tcp_bytes_received).unwrap_or(0);
+    record.cookie = read_kernel_field::<u64>(sk, layout.sk_cookie).unwrap_or(0);
+    entry.submit(batched_submit_flags());
 }
 
 /// Emits a record on behalf of a process remembered earlier (or of nobody, when the socket
 /// predates the agent).
-fn emit_for(
-    ctx: &TracePointContext,
-    layout: &KernelLayout,
-    op: NetOp,
-    caller: Option<guardian_alpha_common::Header>,
-) {
+fn emit_for(ctx: &TracePointContext, layout: &KernelLayout, op: NetOp, caller: Option<Header>) {
     let Some(mut entry) = reserve::<NetRecord>(RecordKind::Net) else {
         return;
     };
     let record = record_mut(&mut entry);
-    record.header = caller.unwrap_or(guardian_alpha_common::Header::zeroed());
-    record.header.kind = RecordKind::Net as u16;
-    record.header.op = op as u16;
-    record.header.ktime_ns = unsafe { bpf_ktime_get_ns() };
+    set_remembered_header(&mut record.header, caller, RecordKind::Net, op as u16);
     fill_addresses(ctx, layout, record);
     entry.submit(batched_submit_flags());
+}
+
+/// A header with a remembered process's identity (zero for nobody) and the current time.
+fn set_remembered_header(header: &mut Header, caller: Option<Header>, kind: RecordKind, op: u16) {
+    *header = caller.unwrap_or(Header::zeroed());
+    header.kind = kind as u16;
+    header.op = op;
+    header.ktime_ns = unsafe { bpf_ktime_get_ns() };
 }
 
 fn fill_addresses(ctx: &TracePointContext, layout: &KernelLayout, record: &mut NetRecord) {

@@ -75,7 +75,9 @@ pub static LAYOUT: Global<KernelLayout> = Global::new(KernelLayout {
     signal_sig: 0,
     signal_pid: 0,
     exit_group_dead: 0,
-    pad: 0,
+    tcp_bytes_acked: 0,
+    tcp_bytes_received: 0,
+    sk_cookie: 0,
 });
 
 /// Offset of syscall argument `n` in a `syscalls/sys_enter_*` record (a stable layout:

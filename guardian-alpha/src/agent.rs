@@ -21,7 +21,9 @@ use crate::{
     proctable::ProcessTable,
     record,
     sensor::{self, Sensor, SensorOptions, SharedSensor},
+    sockdiag,
     users::UserNames,
+    volume::{Owner, OwnerMap, VolumeTracker},
 };
 
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
@@ -148,7 +150,7 @@ impl Agent {
             host_id,
             seq: 0,
             output: Output::open_with(config, commands)?,
-            enricher: Enricher::new(table),
+            enricher: Enricher::new(table, VolumeTracker::new(config.network.volume_min_bytes)),
             rwx: RwxTracker::default(),
             proc_root,
             lost_reported: [0; guardian_alpha_common::LOST_SLOTS as usize],
@@ -190,7 +192,9 @@ impl Agent {
             }
         };
         let mono_ns = Some(record.header().ktime_ns);
-        let kind = self.enricher.enrich(record);
+        let Some(kind) = self.enricher.enrich(record) else {
+            return Ok(());
+        };
         let rwx_pid = match &kind {
             EventKind::MemoryRwx(m) => Some(m.process.pid),
             EventKind::ProcessExit(e) => {
@@ -212,25 +216,13 @@ impl Agent {
         if regions.is_empty() {
             return Ok(());
         }
-        let Some(entry) = self.enricher.table.get(pid).cloned() else {
+        let Some(process) = process_of_pid(&mut self.enricher.table, &self.proc_root, pid) else {
             return Ok(());
         };
-        let (uid, gid) = ids_from_proc(&self.proc_root, pid);
         for region in regions {
-            let caller = crate::proctable::Caller {
-                pid,
-                tid: pid,
-                ppid: entry.ppid,
-                uid,
-                gid,
-                cgroup_id: 0,
-                comm: &entry.comm,
-                ktime_ns: 0,
-            };
-            let process = self.enricher.table.process_info(&caller);
             self.emit(
                 EventKind::MemoryRwx(MemoryRwx {
-                    process,
+                    process: process.clone(),
                     origin: RwxSource::MapsScan,
                     addr: region.start,
                     len: region.end - region.start,
@@ -239,6 +231,39 @@ impl Agent {
                 }),
                 None,
             )?;
+        }
+        Ok(())
+    }
+
+    /// Accounts the counters of the open connections (drained `ring` first, so that every
+    /// connection missing from the poll had its close accounted).
+    fn poll_volume(&mut self, ring: &mut RingBuf<MapData>) -> anyhow::Result<()> {
+        let sockets = match sockdiag::tcp_sockets() {
+            Ok(sockets) => sockets,
+            Err(err) => {
+                tracing::warn!(%err, "cannot poll TCP connection counters: only closed connections are accounted this interval");
+                Vec::new()
+            }
+        };
+        self.drain(ring)?;
+        let proc_root = self.proc_root.clone();
+        let Enricher { table, volume, .. } = &mut self.enricher;
+        volume.on_poll(&sockets, |inodes| socket_owners(table, &proc_root, inodes));
+        Ok(())
+    }
+
+    /// Polls, then emits the `net_volume` events of the interval that began at `since` (and
+    /// now begins again).
+    fn report_volume(
+        &mut self,
+        ring: &mut RingBuf<MapData>,
+        since: &mut Instant,
+    ) -> anyhow::Result<()> {
+        self.poll_volume(ring)?;
+        let interval_ms = since.elapsed().as_millis() as u64;
+        *since = Instant::now();
+        for volume in self.enricher.volume.flush(interval_ms) {
+            self.emit(EventKind::NetVolume(volume), None)?;
         }
         Ok(())
     }
@@ -337,6 +362,13 @@ impl Agent {
         let mut scan_tick = ticker(scan_interval);
         // Records submitted without a wake-up are drained at least this often.
         let mut drain_tick = ticker(Duration::from_millis(config.sensor.max_delay_ms));
+        let volume_on = config.network.volume_interval_s > 0;
+        let mut volume_tick = ticker(Duration::from_secs(config.network.volume_interval_s.max(1)));
+        let mut volume_since = Instant::now();
+        if volume_on {
+            // The starting point of the connections already open.
+            self.poll_volume(ring.get_mut())?;
+        }
         let mut sampler = Sampler::new(&self.proc_root);
         let mut auth_log = AuthLog::open(&config.metrics.auth_logs);
         release_startup_memory();
@@ -363,11 +395,17 @@ impl Agent {
                     self.sample_metrics(&mut sampler, metrics_interval)?;
                 }
                 _ = scan_tick.tick(), if config.forensics.scan_interval_s > 0 => self.scan_all_processes()?,
+                _ = volume_tick.tick(), if volume_on => {
+                    self.report_volume(ring.get_mut(), &mut volume_since)?;
+                }
             }
             self.output.flush()?;
         }
         // Drain what is already in the ring buffer so nothing captured is dropped at exit.
         self.drain(ring.get_mut())?;
+        if volume_on {
+            self.report_volume(ring.get_mut(), &mut volume_since)?;
+        }
         self.report_loss(&sensor)?;
         self.output.flush()?;
         Ok(())
@@ -426,6 +464,50 @@ fn ticker(period: Duration) -> tokio::time::Interval {
     let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     interval
+}
+
+/// The process info of `pid` from the process table (with ids from /proc), for events found
+/// by scanning rather than by a hook.
+fn process_of_pid(
+    table: &mut ProcessTable,
+    proc_root: &std::path::Path,
+    pid: u32,
+) -> Option<qsc_event::ProcessInfo> {
+    let entry = table.get(pid).cloned()?;
+    let (uid, gid) = ids_from_proc(proc_root, pid);
+    let caller = crate::proctable::Caller {
+        pid,
+        tid: pid,
+        ppid: entry.ppid,
+        uid,
+        gid,
+        cgroup_id: 0,
+        comm: &entry.comm,
+        ktime_ns: 0,
+    };
+    Some(table.process_info(&caller))
+}
+
+/// Who holds each socket inode: the agent, a process of the table, or nobody found.
+fn socket_owners(
+    table: &mut ProcessTable,
+    proc_root: &std::path::Path,
+    inodes: &[u64],
+) -> OwnerMap {
+    let wanted: std::collections::HashSet<u64> = inodes.iter().copied().collect();
+    let pids = sockdiag::socket_owners(proc_root, &wanted);
+    inodes
+        .iter()
+        .map(|&inode| {
+            let owner = match pids.get(&inode) {
+                Some(&pid) if pid == std::process::id() => Owner::Agent,
+                Some(&pid) => process_of_pid(table, proc_root, pid)
+                    .map_or(Owner::Unknown, |p| Owner::Process(Box::new(p))),
+                None => Owner::Unknown,
+            };
+            (inode, owner)
+        })
+        .collect()
 }
 
 /// Real uid/gid from `/proc/PID/status` for events found by scanning rather than by a hook.

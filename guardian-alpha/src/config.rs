@@ -31,6 +31,7 @@ pub struct Config {
     pub sensor: SensorConfig,
     pub metrics: MetricsConfig,
     pub forensics: ForensicsConfig,
+    pub network: NetworkConfig,
     pub enforce: EnforceConfig,
     /// Watched path prefixes; the longest matching prefix decides what is reported.
     pub watch: Vec<WatchRule>,
@@ -110,6 +111,25 @@ pub struct ForensicsConfig {
     pub scan_interval_s: u64,
 }
 
+/// `[network]`: volume accounting (`net_volume` events).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// Seconds per volume interval (sock_diag poll and sums); 0 turns volume reporting off.
+    pub volume_interval_s: u64,
+    /// Bytes out or in of one (process, remote address) in one interval that make an event.
+    pub volume_min_bytes: u64,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            volume_interval_s: 10,
+            volume_min_bytes: 1_000_000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct WatchRule {
@@ -144,6 +164,7 @@ impl Default for Config {
             sensor: SensorConfig::default(),
             metrics: MetricsConfig::default(),
             forensics: ForensicsConfig::default(),
+            network: NetworkConfig::default(),
             enforce: EnforceConfig::default(),
             watch: vec![
                 rule("/etc/", false, true),
@@ -243,6 +264,12 @@ impl Config {
         }
         if self.sensor.max_delay_ms == 0 {
             return Err(invalid("sensor.max_delay_ms", "must be at least 1".into()));
+        }
+        if self.network.volume_min_bytes == 0 {
+            return Err(invalid(
+                "network.volume_min_bytes",
+                "must be at least 1".into(),
+            ));
         }
         for rule in &self.watch {
             if !rule.prefix.starts_with('/') {
@@ -344,6 +371,14 @@ mod tests {
         );
         let config = Config::load(Path::new(example)).unwrap();
         assert_eq!(config.watch, Config::default().watch);
+        let defaults = NetworkConfig::default();
+        assert_eq!(
+            (
+                config.network.volume_interval_s,
+                config.network.volume_min_bytes
+            ),
+            (defaults.volume_interval_s, defaults.volume_min_bytes)
+        );
     }
 
     #[test]
@@ -356,6 +391,11 @@ mod tests {
             Err(ConfigError::Parse { .. })
         ));
         std::fs::write(&path, "[sensor]\nring_buffer_bytes = 1000\n").unwrap();
+        assert!(matches!(
+            Config::load(&path),
+            Err(ConfigError::Invalid { .. })
+        ));
+        std::fs::write(&path, "[network]\nvolume_min_bytes = 0\n").unwrap();
         assert!(matches!(
             Config::load(&path),
             Err(ConfigError::Invalid { .. })

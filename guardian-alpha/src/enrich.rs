@@ -15,6 +15,7 @@ use qsc_event::{
 use crate::{
     proctable::{Caller, ProcessTable},
     record::Record,
+    volume::VolumeTracker,
 };
 
 fn caller(header: &Header) -> Caller<'_> {
@@ -40,20 +41,25 @@ pub struct ActivityCounters {
 pub struct Enricher {
     pub table: ProcessTable,
     pub counters: ActivityCounters,
+    /// Where closed connections' byte counts go (reported per interval, not per record).
+    pub volume: VolumeTracker,
 }
 
 impl Enricher {
-    pub fn new(table: ProcessTable) -> Self {
+    pub fn new(table: ProcessTable, volume: VolumeTracker) -> Self {
         Enricher {
             table,
             counters: ActivityCounters::default(),
+            volume,
         }
     }
 
-    pub fn enrich(&mut self, record: Record) -> EventKind {
+    /// The event for `record`; `None` for a closed connection, which only feeds the volume
+    /// accounting.
+    pub fn enrich(&mut self, record: Record) -> Option<EventKind> {
         let header = *record.header();
         let c = caller(&header);
-        match record {
+        Some(match record {
             Record::Exec { filename, argv, .. } => {
                 self.counters.execs += 1;
                 self.table.on_exec(&c, &filename, &argv);
@@ -97,6 +103,18 @@ impl Enricher {
             Record::Net {
                 op, local, remote, ..
             } => self.net_event(&c, op, local, remote),
+            Record::NetClose {
+                remote,
+                bytes_acked,
+                bytes_received,
+                cookie,
+                ..
+            } => {
+                let process = self.table.process_info(&c);
+                self.volume
+                    .on_close(process, remote.0, cookie, bytes_acked, bytes_received);
+                return None;
+            }
             Record::Priv { op, args, name, .. } => self.priv_event(&c, op, args, name),
             Record::Enforce { op, target, .. } => EventKind::Enforcement(Enforcement {
                 process: self.table.process_info(&c),
@@ -112,7 +130,7 @@ impl Enricher {
                 signal: Some(signal),
                 detail: Some(format!("signal {signal} sent to the agent")),
             }),
-        }
+        })
     }
 
     fn file_event(

@@ -79,7 +79,8 @@ fn field(fields: &HashMap<String, u32>, tracepoint: &str, name: &str) -> Result<
 }
 
 /// Resolves every offset. Missing BTF members leave their offsets at 0 (the kernel program
-/// then reports 0 for ppid, argv or exit code) and are returned as warnings; missing
+/// then reports 0 for ppid, argv, exit code or a closed connection's byte counts) and are
+/// returned as warnings; missing
 /// tracepoint fields are errors because the hook would read garbage.
 pub fn resolve(
     btf: Option<&Btf>,
@@ -104,6 +105,10 @@ pub fn resolve(
         task_exit_code: member("task_struct", "exit_code"),
         mm_arg_start: member("mm_struct", "arg_start"),
         mm_arg_end: member("mm_struct", "arg_end"),
+        tcp_bytes_acked: member("tcp_sock", "bytes_acked"),
+        tcp_bytes_received: member("tcp_sock", "bytes_received"),
+        // `struct sock` starts with its `sock_common`.
+        sk_cookie: member("sock_common", "skc_cookie"),
         ..KernelLayout::default()
     };
 

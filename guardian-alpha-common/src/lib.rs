@@ -41,6 +41,7 @@ pub const EXEC_BLOCKING_MAP: &str = "EXEC_BLOCKING";
 pub const AGENT_TGID_GLOBAL: &str = "AGENT_TGID";
 pub const LAYOUT_GLOBAL: &str = "LAYOUT";
 pub const WAKEUP_BYTES_GLOBAL: &str = "WAKEUP_BYTES";
+pub const WAKE_AT_ONCE_GLOBAL: &str = "WAKE_AT_ONCE";
 
 /// Slots of the per-CPU loss counter: one per [`RecordKind`] value.
 pub const LOST_SLOTS: u32 = 16;

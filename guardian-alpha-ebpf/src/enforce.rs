@@ -17,9 +17,7 @@ use guardian_alpha_common::{
     net::{AF_INET, AF_INET6},
 };
 
-use crate::record::{
-    batched_submit_flags, fill_header, is_agent, record_mut, reserve, syscall_arg,
-};
+use crate::record::{fill_header, is_agent, record_mut, reserve, submit_flags, syscall_arg};
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
@@ -58,7 +56,7 @@ fn report_blocked(family: u16, addr: [u8; 16], port: u16) {
     record.pad = 0;
     record.addr = addr;
     record.path[0] = 0;
-    entry.submit(batched_submit_flags());
+    entry.submit(submit_flags(RecordKind::Enforce));
 }
 
 /// `user_port` is the port in network byte order in the low 16 bits.
@@ -159,5 +157,5 @@ fn kill_blocked_exec(filename: u64) {
     if unsafe { bpf_probe_read_kernel_buf(path.as_ptr(), &mut record.path) }.is_err() {
         record.path[0] = 0;
     }
-    entry.submit(batched_submit_flags());
+    entry.submit(submit_flags(RecordKind::Enforce));
 }

@@ -13,9 +13,7 @@ use guardian_alpha_common::{
     file::open_modifies,
 };
 
-use crate::record::{
-    batched_submit_flags, fill_header, is_agent, record_mut, reserve, syscall_arg,
-};
+use crate::record::{fill_header, is_agent, record_mut, reserve, submit_flags, syscall_arg};
 
 #[map]
 static WATCHED_PREFIXES: LpmTrie<[u8; PATH_CAPTURE], WatchFlags> =
@@ -68,7 +66,7 @@ fn emit_file(op: FileOp, path_ptr: u64, flags: u32, uid: i64, gid: i64) {
     record.uid = uid;
     record.gid = gid;
     copy_path(key, &mut record.path);
-    entry.submit(batched_submit_flags());
+    entry.submit(submit_flags(RecordKind::File));
 }
 
 #[inline(always)]
@@ -193,7 +191,7 @@ fn emit_rename(old_ptr: u64, new_ptr: u64) {
     fill_header(&mut record.header, RecordKind::Rename, 0);
     read_or_copy(old, old_ptr, &mut record.path);
     read_or_copy(new, new_ptr, &mut record.new_path);
-    entry.submit(batched_submit_flags());
+    entry.submit(submit_flags(RecordKind::Rename));
 }
 
 /// The path from scratch when it was looked up, else straight from user memory (a relative

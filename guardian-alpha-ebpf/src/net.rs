@@ -25,8 +25,7 @@ use guardian_alpha_common::{
 };
 
 use crate::record::{
-    AGENT_TGID, LAYOUT, batched_submit_flags, fill_header, is_agent, read_kernel_field, record_mut,
-    reserve,
+    AGENT_TGID, LAYOUT, fill_header, is_agent, read_kernel_field, record_mut, reserve, submit_flags,
 };
 
 #[map]
@@ -122,7 +121,7 @@ fn emit_own(ctx: &TracePointContext, layout: &KernelLayout, op: NetOp) {
     let record = record_mut(&mut entry);
     fill_header(&mut record.header, RecordKind::Net, op as u16);
     fill_addresses(ctx, layout, record);
-    entry.submit(batched_submit_flags());
+    entry.submit(submit_flags(RecordKind::Net));
 }
 
 fn remember_established(skaddr: u64, header: Header) {
@@ -156,7 +155,7 @@ fn emit_close(ctx: &TracePointContext, layout: &KernelLayout, skaddr: u64) {
     record.bytes_acked = read_kernel_field::<u64>(sk, layout.tcp_bytes_acked).unwrap_or(0);
     record.bytes_received = read_kernel_field::<u64>(sk, layout.tcp_bytes_received).unwrap_or(0);
     record.cookie = read_kernel_field::<u64>(sk, layout.sk_cookie).unwrap_or(0);
-    entry.submit(batched_submit_flags());
+    entry.submit(submit_flags(RecordKind::NetClose));
 }
 
 /// Emits a record on behalf of a process remembered earlier (or of nobody, when the socket
@@ -168,7 +167,7 @@ fn emit_for(ctx: &TracePointContext, layout: &KernelLayout, op: NetOp, caller: O
     let record = record_mut(&mut entry);
     set_remembered_header(&mut record.header, caller, RecordKind::Net, op as u16);
     fill_addresses(ctx, layout, record);
-    entry.submit(batched_submit_flags());
+    entry.submit(submit_flags(RecordKind::Net));
 }
 
 /// A header with a remembered process's identity (zero for nobody) and the current time.

@@ -7,9 +7,7 @@ use aya_ebpf::{
 };
 use guardian_alpha_common::{PrivOp, PrivRecord, RecordKind};
 
-use crate::record::{
-    batched_submit_flags, fill_header, is_agent, record_mut, reserve, syscall_arg,
-};
+use crate::record::{fill_header, is_agent, record_mut, reserve, submit_flags, syscall_arg};
 
 const PROT_WRITE: u64 = 0x2;
 const PROT_EXEC: u64 = 0x4;
@@ -24,7 +22,7 @@ fn emit(op: PrivOp, args: [u64; 4]) -> Option<()> {
     fill_header(&mut record.header, RecordKind::Priv, op as u16);
     record.args = args;
     record.name[0] = 0;
-    entry.submit(batched_submit_flags());
+    entry.submit(submit_flags(RecordKind::Priv));
     Some(())
 }
 
@@ -128,7 +126,7 @@ pub fn sys_enter_memfd_create(ctx: TracePointContext) {
     if unsafe { bpf_probe_read_user_str_bytes(name, &mut record.name) }.is_err() {
         record.name[0] = 0;
     }
-    entry.submit(batched_submit_flags());
+    entry.submit(submit_flags(RecordKind::Priv));
 }
 
 #[inline(always)]

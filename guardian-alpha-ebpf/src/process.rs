@@ -11,8 +11,8 @@ use guardian_alpha_common::{
 };
 
 use crate::record::{
-    AGENT_TGID, LAYOUT, batched_submit_flags, current_task, fill_header, is_agent,
-    read_kernel_field, record_mut, reserve,
+    AGENT_TGID, LAYOUT, current_task, fill_header, is_agent, read_kernel_field, record_mut,
+    reserve, submit_flags,
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -35,7 +35,7 @@ pub fn sched_process_exec(ctx: TracePointContext) {
         let _ = unsafe { bpf_probe_read_kernel_str_bytes(src, &mut record.filename) };
     }
     read_args(&layout, record);
-    entry.submit(batched_submit_flags());
+    entry.submit(submit_flags(RecordKind::Exec));
 }
 
 /// Copies argv (NUL-separated) from the new image's `mm->arg_start..arg_end`. Only the bytes
@@ -92,7 +92,7 @@ pub fn sched_process_exit(ctx: TracePointContext) {
     record.exit_code =
         read_kernel_field::<i32>(current_task(), layout.task_exit_code).unwrap_or(0) as u32;
     record.pad = 0;
-    entry.submit(batched_submit_flags());
+    entry.submit(submit_flags(RecordKind::Exit));
 }
 
 /// `task_newtask` runs in the parent while it creates the child; threads are skipped.
@@ -116,7 +116,7 @@ pub fn task_newtask(ctx: TracePointContext) {
         unsafe { ctx.read_at::<i32>(layout.newtask_pid as usize) }.unwrap_or(0) as u32;
     record.pad = 0;
     record.clone_flags = clone_flags;
-    entry.submit(batched_submit_flags());
+    entry.submit(submit_flags(RecordKind::Fork));
 }
 
 /// Signals generated for the agent's own process: a tamper attempt (the kill itself is not
@@ -135,5 +135,5 @@ pub fn signal_generate(ctx: TracePointContext) {
     fill_header(&mut record.header, RecordKind::Signal, 0);
     record.signal = unsafe { ctx.read_at::<i32>(layout.signal_sig as usize) }.unwrap_or(0);
     record.target_pid = target;
-    entry.submit(batched_submit_flags());
+    entry.submit(submit_flags(RecordKind::Signal));
 }

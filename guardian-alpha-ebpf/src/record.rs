@@ -28,14 +28,25 @@ pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SLOTS, 0)
 #[unsafe(no_mangle)]
 pub static WAKEUP_BYTES: Global<u64> = Global::new(0);
 
+/// Record kinds that wake the agent at once, whatever [`WAKEUP_BYTES`] says: bit
+/// `1 << kind` for each (`sensor.wake_at_once`, the kinds responses act on). High-volume
+/// kinds left out keep the batching.
+#[unsafe(no_mangle)]
+pub static WAKE_AT_ONCE: Global<u32> = Global::new(0);
+
 const BPF_RB_AVAIL_DATA: u64 = 0;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 
-/// Submit flags: a wake-up only once enough data waits. A wake-up per record costs the traced
-/// process more than the rest of the hook together.
+/// Submit flags for a record of `kind`: a forced wake-up for the kinds of [`WAKE_AT_ONCE`]
+/// (a plain one would not come while batched records wait before it), else a wake-up only
+/// once enough data waits. A wake-up per record costs the traced process more than the rest of
+/// the hook together.
 #[inline(always)]
-pub fn batched_submit_flags() -> u64 {
+pub fn submit_flags(kind: RecordKind) -> u64 {
+    if WAKE_AT_ONCE.load() & (1 << (kind as u32)) != 0 {
+        return BPF_RB_FORCE_WAKEUP;
+    }
     let threshold = WAKEUP_BYTES.load();
     if threshold == 0 {
         0

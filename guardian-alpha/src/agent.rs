@@ -94,6 +94,7 @@ pub fn start_sensor(config: &Config) -> anyhow::Result<Sensor> {
             .sensor
             .wakeup_bytes
             .min(u64::from(config.sensor.ring_buffer_bytes) / 4),
+        wake_at_once: sensor::WakeKind::mask(&config.sensor.wake_at_once),
         disabled: &config.sensor.disabled_hooks,
     })?;
     for ip in &config.enforce.blocked_ips {

@@ -90,6 +90,9 @@ pub struct SensorConfig {
     pub wakeup_bytes: u64,
     /// The longest a record waits in the ring buffer before the agent drains it anyway.
     pub max_delay_ms: u64,
+    /// Record kinds that wake the agent at once, batching or not: those responses act on, so
+    /// that neither `wakeup_bytes` nor `max_delay_ms` delays an action.
+    pub wake_at_once: Vec<crate::sensor::WakeKind>,
     /// Hook families not attached at all (their events are then never reported).
     pub disabled_hooks: Vec<crate::sensor::HookFamily>,
 }
@@ -198,6 +201,10 @@ impl Default for SensorConfig {
             tracefs: "/sys/kernel/tracing".into(),
             wakeup_bytes: 64 * 1024,
             max_delay_ms: 10,
+            wake_at_once: {
+                use crate::sensor::WakeKind::{Enforce, Exec, Net, Priv, Signal};
+                vec![Exec, Net, Priv, Signal, Enforce]
+            },
             disabled_hooks: Vec::new(),
         }
     }
@@ -379,6 +386,28 @@ mod tests {
             ),
             (defaults.volume_interval_s, defaults.volume_min_bytes)
         );
+        assert_eq!(
+            config.sensor.wake_at_once,
+            Config::default().sensor.wake_at_once
+        );
+    }
+
+    #[test]
+    fn wake_at_once_names_record_kinds_and_becomes_the_kernel_mask() {
+        use crate::sensor::WakeKind;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.toml");
+        std::fs::write(&path, "[sensor]\nwake_at_once = [\"exec\", \"net\"]\n").unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.sensor.wake_at_once, [WakeKind::Exec, WakeKind::Net]);
+        // Bits 1 << RecordKind: exec = 1, net = 6.
+        assert_eq!(WakeKind::mask(&config.sensor.wake_at_once), 0b100_0010);
+        assert_eq!(WakeKind::mask(&[]), 0);
+        std::fs::write(&path, "[sensor]\nwake_at_once = [\"connect\"]\n").unwrap();
+        assert!(matches!(
+            Config::load(&path),
+            Err(ConfigError::Parse { .. })
+        ));
     }
 
     #[test]

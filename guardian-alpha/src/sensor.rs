@@ -11,7 +11,7 @@ use aya::{
 use guardian_alpha_common::{
     AGENT_TGID_GLOBAL, BLOCKED_EXEC_MAP, BLOCKED_V4_MAP, BLOCKED_V6_MAP, BlockedV4, BlockedV6,
     EVENTS_MAP, EXEC_BLOCKING_MAP, KernelLayout, LAYOUT_GLOBAL, LOST_MAP, PATH_CAPTURE, RecordKind,
-    WAKEUP_BYTES_GLOBAL, WATCHED_PREFIXES_MAP, WatchFlags,
+    WAKE_AT_ONCE_GLOBAL, WAKEUP_BYTES_GLOBAL, WATCHED_PREFIXES_MAP, WatchFlags,
 };
 
 /// The kernel object built by `cargo xtask build-ebpf`, embedded at compile time.
@@ -71,6 +71,55 @@ pub enum HookFamily {
     Memory,
     /// The execve check that kills blocked executables (`blocked_exec`, kill-on-exec actions).
     ExecBlocking,
+}
+
+/// Record kinds as `[sensor] wake_at_once` names them: the records that wake the agent at
+/// once instead of waiting for the batch (`wakeup_bytes`, `max_delay_ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WakeKind {
+    /// A program started (`sched_process_exec`).
+    Exec,
+    /// A process ended.
+    Exit,
+    /// A process forked.
+    Fork,
+    /// open/chmod/chown/unlink on a watched path.
+    File,
+    /// A rename on a watched path.
+    Rename,
+    /// TCP connect, accept or listen.
+    Net,
+    /// Privilege changes, ptrace, module and BPF loads, memfd_create, RWX memory.
+    Priv,
+    /// A signal sent to the agent (tamper).
+    Signal,
+    /// The kernel killed a blocked exec or refused a blocked connect.
+    Enforce,
+}
+
+impl WakeKind {
+    /// The kernel's record kind.
+    pub fn record_kind(self) -> RecordKind {
+        match self {
+            WakeKind::Exec => RecordKind::Exec,
+            WakeKind::Exit => RecordKind::Exit,
+            WakeKind::Fork => RecordKind::Fork,
+            WakeKind::File => RecordKind::File,
+            WakeKind::Rename => RecordKind::Rename,
+            WakeKind::Net => RecordKind::Net,
+            WakeKind::Priv => RecordKind::Priv,
+            WakeKind::Signal => RecordKind::Signal,
+            WakeKind::Enforce => RecordKind::Enforce,
+        }
+    }
+
+    /// The kernel's `WAKE_AT_ONCE` mask for `kinds`: bit `1 << kind` each.
+    pub fn mask(kinds: &[WakeKind]) -> u32 {
+        kinds
+            .iter()
+            .fold(0, |mask, kind| mask | 1 << (kind.record_kind() as u32))
+    }
 }
 
 /// One tracepoint program of the object and where it attaches.
@@ -170,6 +219,8 @@ pub struct SensorOptions<'a> {
     pub enforce_cgroup: Option<&'a Path>,
     /// Bytes of waiting records below which a new record does not wake the agent.
     pub wakeup_bytes: u64,
+    /// Record kinds that wake the agent at once ([`WakeKind::mask`]).
+    pub wake_at_once: u32,
     /// Hook families left unattached.
     pub disabled: &'a [HookFamily],
 }
@@ -222,6 +273,7 @@ impl Sensor {
             .override_global(AGENT_TGID_GLOBAL, &options.agent_tgid, true)
             .override_global(LAYOUT_GLOBAL, &options.layout, true)
             .override_global(WAKEUP_BYTES_GLOBAL, &options.wakeup_bytes, true)
+            .override_global(WAKE_AT_ONCE_GLOBAL, &options.wake_at_once, true)
             .map_max_entries(EVENTS_MAP, options.ring_buffer_bytes)
             .load(options.object)?;
         let mut active_hooks = Vec::new();

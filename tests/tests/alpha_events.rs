@@ -544,6 +544,48 @@ fn a_disabled_hook_family_is_not_attached_and_reports_nothing() {
     );
 }
 
+/// With batching stretched to its limits (wake after 2 MiB, drain every 10 minutes), a record of
+/// a `wake_at_once` kind (exec) still reaches the agent's output at once, and takes the batched
+/// record waiting before it (a watched write) along.
+#[test]
+fn a_wake_at_once_record_is_reported_without_waiting_for_the_batch() {
+    if !root_or_skip("a_wake_at_once_record_is_reported_without_waiting_for_the_batch") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = format!(
+        "{}[sensor]\nwakeup_bytes = 2097152\nmax_delay_ms = 600000\nwake_at_once = [\"exec\"]\n",
+        config_watching(dir.path())
+    );
+    let agent = AlphaAgent::start(&config, &[]);
+    let reported = |actor: u32| {
+        agent
+            .wait_for(|e| matches!(e.kind, EventKind::ProcessExec(_)) && pid_of(e) == Some(actor))
+            .is_some()
+    };
+    // A first exec: once it is reported, the agent's start-up drain (which takes whatever
+    // waits in the ring buffer, batched or not) is behind it.
+    assert!(reported(run_actor(&["exec-loop", "1"])), "first exec");
+    let path = dir.path().join("batched.conf");
+    std::fs::write(&path, b"x").expect("write watched file");
+    let started = std::time::Instant::now();
+    assert!(reported(run_actor(&["exec-loop", "1"])), "second exec");
+    let waited = started.elapsed();
+    // Far below the 10-minute drain timer; generous for a loaded machine.
+    assert!(
+        waited < std::time::Duration::from_secs(5),
+        "the exec took {waited:?} to be reported"
+    );
+    let path_s = path.display().to_string();
+    assert!(
+        !agent
+            .all(|e| matches!(&e.kind, EventKind::FileOpen(f) if f.path == path_s))
+            .is_empty(),
+        "the batched write before the exec was not drained with it"
+    );
+    agent.stop();
+}
+
 /// A deliberately tiny ring buffer and a flood of watched opens: every record the kernel could
 /// not deliver is counted, so generated = received + reported lost, exactly.
 #[test]

@@ -31,7 +31,11 @@ pub fn target_dir() -> PathBuf {
 /// The cargo that runs xtask (rustup's), for host builds.
 pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cmd.current_dir(root());
+    // `cargo run` sets these for the xtask itself; passed on, they make build scripts that
+    // watch them (ring's) rerun, rebuilding everything above them in a warm target folder.
+    cmd.current_dir(root())
+        .env_remove("CARGO_MANIFEST_DIR")
+        .env_remove("CARGO_PKG_NAME");
     cmd
 }
 

@@ -15,7 +15,9 @@
 //! saturation it only measures the queue length. Decisions do not wait for the store's commit
 //! (the agent's ack does), so the commit time is reported beside it, not inside it.
 //! Writes `target/bench/cortex.json`.
-//! Run: `cargo bench -p cortex --bench pipeline` (or `cargo xtask bench cortex`).
+//! Run: `cargo bench -p cortex --bench pipeline` (or `cargo xtask bench cortex`). Naming modes
+//! (`cargo bench -p cortex --bench pipeline -- store channel`, `paced` for the latency run)
+//! runs only those, for profiling one stage, and writes no report.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -445,8 +447,59 @@ fn medians(rates: &BTreeMap<&'static str, Vec<Rate>>, mode: &str) -> Rate {
     }
 }
 
+/// The modes named on the command line (cargo passes its own `--bench` flag too).
+fn selected_modes() -> Vec<String> {
+    std::env::args()
+        .skip(1)
+        .filter(|arg| MODES.contains(&arg.as_str()) || arg == "paced")
+        .collect()
+}
+
+/// Runs only `selected` modes, prints their CPU and wall rates, writes no report.
+fn run_selected(root: &Path, selected: &[String]) -> anyhow::Result<()> {
+    for round in 0..ROUNDS {
+        let events = payloads(EVENTS);
+        let mut line = format!("round {round}:");
+        for mode in MODES.iter().filter(|m| selected.iter().any(|s| s == *m)) {
+            let dir = fresh_dir(root, mode)?;
+            let rate = run_mode(mode, dir.path(), &events)?.0;
+            line.push_str(&format!(
+                "  {mode} {:>7.0} ev/s {:>5.2} us",
+                rate.events_per_s, rate.cpu_us_per_event
+            ));
+        }
+        println!("{line} (CPU per event)");
+    }
+    if selected.iter().any(|s| s == "paced") {
+        let dir = fresh_dir(root, "paced")?;
+        let latencies = run_paced(dir.path())?;
+        println!(
+            "decision latency at {PACED_RATE} ev/s: p50 {:.2} ms  p99 {:.2} ms",
+            latencies.decision.0, latencies.decision.1
+        );
+    }
+    Ok(())
+}
+
+/// One mode's rate, and the rules loaded when the mode loads them.
+fn run_mode(mode: &str, dir: &Path, events: &[Vec<u8>]) -> anyhow::Result<(Rate, Option<usize>)> {
+    Ok(match mode {
+        "decode" => (run_decode(events)?, None),
+        "store" => (run_store(dir, events)?, None),
+        "pipeline" => {
+            let (rate, rules) = run_pipeline(dir, events)?;
+            (rate, Some(rules))
+        }
+        _ => (run_channel(dir, events)?, None),
+    })
+}
+
 fn main() -> anyhow::Result<()> {
     let root = tempfile::tempdir().context("temp dir")?;
+    let selected = selected_modes();
+    if !selected.is_empty() {
+        return run_selected(root.path(), &selected);
+    }
     let mut rounds = Vec::new();
     let mut rules_loaded = 0;
     let mut rates: BTreeMap<&'static str, Vec<Rate>> = BTreeMap::new();
@@ -461,16 +514,8 @@ fn main() -> anyhow::Result<()> {
         let mut result = BTreeMap::new();
         for mode in order {
             let dir = fresh_dir(root.path(), mode)?;
-            let rate = match mode {
-                "decode" => run_decode(&events)?,
-                "store" => run_store(dir.path(), &events)?,
-                "pipeline" => {
-                    let (rate, rules) = run_pipeline(dir.path(), &events)?;
-                    rules_loaded = rules;
-                    rate
-                }
-                _ => run_channel(dir.path(), &events)?,
-            };
+            let (rate, rules) = run_mode(mode, dir.path(), &events)?;
+            rules_loaded = rules.unwrap_or(rules_loaded);
             result.insert(mode, rate);
             rates.entry(mode).or_default().push(rate);
         }

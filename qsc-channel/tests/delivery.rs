@@ -1,13 +1,15 @@
 //! Client and server together over loopback TCP: rekeying mid-stream, commands, refused
-//! agents, and overflow losses reported to the sink.
+//! agents, overflow losses reported to the sink, and acks that wait for a slow store while the
+//! next batches are already read.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use qsc_channel::delivery::{
     self, AgentIdentity, Client, ClientConfig, ClientError, CommandHandler, CommandSender,
-    CommandStatus, EventSink, FsyncPolicy, Outbox, OutboxConfig, OverflowPolicy, ServerConfig,
-    ServerError, SinkError,
+    CommandStatus, Durable, EventSink, FsyncPolicy, Outbox, OutboxConfig, OverflowPolicy,
+    ServerConfig, ServerError, SinkError,
 };
 use qsc_channel::handshake::HandshakeError;
 use qsc_channel::keys::{AgentEntry, AllowList, AuthError, StaticKeypair};
@@ -112,10 +114,10 @@ fn setup(revoked: bool, transport: TransportConfig) -> Setup {
 }
 
 /// Serves connections; reports each session's outcome and its command sender.
-fn spawn_server(
+fn spawn_server<S: EventSink + Clone + 'static>(
     listener: TcpListener,
     config: ServerConfig,
-    sink: MemorySink,
+    sink: S,
 ) -> (
     mpsc::UnboundedReceiver<Result<(), ServerError>>,
     mpsc::UnboundedReceiver<CommandSender>,
@@ -314,4 +316,126 @@ async fn overflow_losses_reach_the_sink_as_a_range() {
         stored.events.first().map(|(seq, _)| *seq),
         Some(dropped + 1)
     );
+}
+
+/// One batch handed to [`GatedSink::submit`]: durable once the test sends on `release`, failed
+/// if the test drops it.
+struct Submitted {
+    first_seq: u64,
+    count: u64,
+    release: tokio::sync::oneshot::Sender<()>,
+}
+
+/// A store whose writes become durable only when the test says so.
+#[derive(Clone)]
+struct GatedSink {
+    submitted: mpsc::UnboundedSender<Submitted>,
+    durable_up_to: Arc<AtomicU64>,
+}
+
+impl EventSink for GatedSink {
+    fn stored_up_to(&mut self, _agent: &AgentIdentity) -> Result<u64, SinkError> {
+        Ok(self.durable_up_to.load(Ordering::SeqCst))
+    }
+
+    fn store(&mut self, _: &AgentIdentity, _: u64, _: &[&[u8]]) -> Result<(), SinkError> {
+        Err("the session must submit, not store".into())
+    }
+
+    fn submit(
+        &mut self,
+        _agent: &AgentIdentity,
+        first_seq: u64,
+        events: &[&[u8]],
+    ) -> Result<Durable, SinkError> {
+        let (release, released) = tokio::sync::oneshot::channel();
+        let count = events.len() as u64;
+        self.submitted.send(Submitted {
+            first_seq,
+            count,
+            release,
+        })?;
+        let durable_up_to = self.durable_up_to.clone();
+        Ok(Box::pin(async move {
+            released.await.map_err(|_| "write failed")?;
+            durable_up_to.fetch_max(first_seq + count - 1, Ordering::SeqCst);
+            Ok::<(), SinkError>(())
+        }))
+    }
+
+    fn record_loss(&mut self, _: &AgentIdentity, _: u64, _: u64) -> Result<(), SinkError> {
+        Err("no losses expected".into())
+    }
+
+    fn command_result(
+        &mut self,
+        _: &AgentIdentity,
+        _: u64,
+        _: CommandStatus,
+        _: &[u8],
+    ) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn batches_are_read_ahead_but_acked_only_once_durable_and_in_order() {
+    let s = setup(false, TransportConfig::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (submitted_tx, mut submitted) = mpsc::unbounded_channel();
+    let sink = GatedSink {
+        submitted: submitted_tx,
+        durable_up_to: Arc::new(AtomicU64::new(0)),
+    };
+    let (mut outcomes, _) = spawn_server(listener, s.server.clone(), sink);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ClientConfig::new(addr, s.cortex.public(), s.agent.clone());
+    config.max_batch_events = 10;
+    let client = Client::new(
+        config,
+        outbox(dir.path(), 1 << 20, OverflowPolicy::DropNewest),
+    );
+    let handle = client.handle();
+    let events: Vec<Vec<u8>> = (0..30u8).map(|i| vec![i; 20]).collect();
+    handle.append_batch(&events).unwrap();
+    let task = tokio::spawn(client.run_until(Echo, std::future::pending()));
+
+    // All three batches reach the store while none of them is durable.
+    let mut batches = Vec::new();
+    for _ in 0..3 {
+        batches.push(submitted.recv().await.unwrap());
+    }
+    let firsts: Vec<(u64, u64)> = batches.iter().map(|b| (b.first_seq, b.count)).collect();
+    assert_eq!(firsts, vec![(1, 10), (11, 10), (21, 10)]);
+    let settle = || tokio::time::sleep(Duration::from_millis(200));
+    settle().await;
+    assert_eq!(handle.unacked().unwrap(), 30, "nothing is durable yet");
+
+    // The second batch is durable first: its ack waits for the first one's.
+    let third = batches.pop().unwrap();
+    let second = batches.pop().unwrap();
+    let first = batches.pop().unwrap();
+    second.release.send(()).unwrap();
+    settle().await;
+    assert_eq!(handle.unacked().unwrap(), 30, "acks stay in order");
+    first.release.send(()).unwrap();
+    wait_until("the first two batches acked", || {
+        handle.unacked().unwrap() == 10
+    })
+    .await;
+
+    // The third batch's write fails: the session ends without its ack and the agent re-sends it.
+    drop(third);
+    let outcome = outcomes.recv().await.unwrap();
+    assert!(
+        matches!(outcome, Err(ServerError::Sink { .. })),
+        "{outcome:?}"
+    );
+    assert_eq!(handle.unacked().unwrap(), 10);
+    let resent = submitted.recv().await.unwrap();
+    assert_eq!((resent.first_seq, resent.count), (21, 10));
+    resent.release.send(()).unwrap();
+    wait_until("everything acked", || handle.unacked().unwrap() == 0).await;
+    task.abort();
 }

@@ -1,7 +1,8 @@
 //! Ingest: the qsc-channel server. Each agent session gets an [`IngestSink`] that validates
 //! every delivered event against the agent's enrolled host and source, hands the validated
-//! events to the detection pipeline at once, and stores them durably in parallel (the channel
-//! acknowledges a batch only after `store` returns, so delivery stays exactly-once).
+//! events to the detection pipeline at once, and stores them durably in parallel. The channel
+//! reads, decrypts and validates the agent's next batches while earlier ones are committed,
+//! and acknowledges each batch only once it is durable, so delivery stays exactly-once.
 //!
 //! Decisions therefore never wait for the disk. An event decided on but not yet durable when
 //! the cortex dies is re-delivered by its agent and decided on again by the new process; within
@@ -21,7 +22,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use qsc_channel::delivery::{
-    self, AgentIdentity, CommandStatus, EventSink, ServerConfig, SinkError,
+    self, AgentIdentity, CommandStatus, Durable, EventSink, ServerConfig, SinkError,
 };
 use qsc_channel::keys::{AllowList, PublicKeyBytes};
 use qsc_event::{Event, EventKind, EventLoss, Source, now_ns};
@@ -239,61 +240,70 @@ impl IngestSink {
         first_seq: u64,
         events: &[&[u8]],
     ) -> Result<(), IngestError> {
+        self.submit_batch(agent, first_seq, events)?.wait()
+    }
+
+    /// [`IngestSink::ingest_batch`] without waiting for the disk: the batch is validated, queued
+    /// for detection and for the store, and the returned [`PendingBatch`] tells when it is
+    /// durable. The store commits an agent's batches in submission order and stores none after
+    /// one that failed (see [`Store::highest_seq`]), so acking each once it is durable keeps
+    /// delivery exactly-once.
+    pub fn submit_batch(
+        &self,
+        agent: &Binding,
+        first_seq: u64,
+        events: &[&[u8]],
+    ) -> Result<PendingBatch, IngestError> {
         let arrived = Instant::now();
         let now = now_ns();
+        let mut pending = PendingBatch {
+            writes: Vec::new(),
+            arrived,
+            metrics: self.metrics.clone(),
+        };
         let Some(count) = u64::try_from(events.len()).ok().filter(|n| *n > 0) else {
-            return Ok(());
+            return Ok(pending);
         };
         self.check_seq_range(agent, first_seq.saturating_add(count - 1))?;
         self.metrics
             .events_received
             .fetch_add(count, Ordering::Relaxed);
-        let mut pending: Vec<PendingWrite> = Vec::new();
         for (index, chunk) in events.chunks(INGEST_CHUNK).enumerate() {
             let chunk_first = first_seq + (index * INGEST_CHUNK) as u64;
-            let checked: Arc<[Event]> = chunk
+            let (checked, delivered): (Vec<Event>, Vec<Option<&[u8]>>) = chunk
                 .iter()
                 .zip(chunk_first..)
                 .map(|(bytes, seq)| self.check(agent, seq, bytes, now))
-                .collect();
+                .unzip();
+            let checked: Arc<[Event]> = checked.into();
             self.pipeline.submit(Batch::new(
                 &agent.host_id,
                 agent.source,
                 checked.clone(),
                 arrived,
             ));
-            let append = self
-                .store
-                .submit_events(&agent.host_id, agent.source, &checked);
-            pending.push(self.count_store_error(append)?);
+            // The store seals the JSON as delivered, not a new encoding of each event.
+            let append =
+                self.store
+                    .submit_delivered(&agent.host_id, agent.source, &checked, &delivered);
+            pending
+                .writes
+                .push(count_store_error(&self.metrics, append)?);
         }
-        for append in pending {
-            let outcome = self.count_store_error(append.wait())?;
-            self.metrics
-                .events_stored
-                .fetch_add(outcome.inserted, Ordering::Relaxed);
-            self.metrics
-                .events_duplicate
-                .fetch_add(outcome.duplicates.len() as u64, Ordering::Relaxed);
-        }
-        self.metrics.store_latency.observe(arrived.elapsed());
-        Ok(())
+        Ok(pending)
     }
 
-    fn count_store_error<T>(
+    /// The event to store for one delivered payload with the JSON it was decoded from, or the
+    /// finding about its rejection (made by the cortex, so without delivered JSON).
+    fn check<'b>(
         &self,
-        result: Result<T, crate::store::StoreError>,
-    ) -> Result<T, IngestError> {
-        result.map_err(|error| {
-            self.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
-            IngestError::Store(error)
-        })
-    }
-
-    /// The event to store for one delivered payload: itself, or the finding about its rejection.
-    fn check(&self, agent: &Binding, seq: u64, bytes: &[u8], now: u64) -> Event {
+        agent: &Binding,
+        seq: u64,
+        bytes: &'b [u8],
+        now: u64,
+    ) -> (Event, Option<&'b [u8]>) {
         match validate_event(bytes, agent, seq, &self.limits, now) {
-            Ok(event) => event,
+            Ok(event) => (event, Some(bytes)),
             Err(rejection) => {
                 self.metrics.reject(rejection.reason);
                 tracing::warn!(
@@ -304,7 +314,7 @@ impl IngestSink {
                     "event rejected"
                 );
                 let total = self.metrics.rejected(rejection.reason);
-                rejection_event(agent, seq, &rejection, total, now)
+                (rejection_event(agent, seq, &rejection, total, now), None)
             }
         }
     }
@@ -344,9 +354,44 @@ impl IngestSink {
         let stored = self
             .store
             .append_events(&agent.host_id, agent.source, &events);
-        self.count_store_error(stored)?;
+        count_store_error(&self.metrics, stored)?;
         Ok(())
     }
+}
+
+/// A validated batch on its way to the disk (its analysis is already queued).
+#[must_use = "a batch is only known to be durable once `wait` returns Ok"]
+pub struct PendingBatch {
+    writes: Vec<PendingWrite>,
+    arrived: Instant,
+    metrics: Arc<Metrics>,
+}
+
+impl PendingBatch {
+    /// Blocks until every chunk of the batch is committed, and counts what was stored.
+    pub fn wait(self) -> Result<(), IngestError> {
+        for write in self.writes {
+            let outcome = count_store_error(&self.metrics, write.wait())?;
+            self.metrics
+                .events_stored
+                .fetch_add(outcome.inserted, Ordering::Relaxed);
+            self.metrics
+                .events_duplicate
+                .fetch_add(outcome.duplicates.len() as u64, Ordering::Relaxed);
+        }
+        self.metrics.store_latency.observe(self.arrived.elapsed());
+        Ok(())
+    }
+}
+
+fn count_store_error<T>(
+    metrics: &Metrics,
+    result: Result<T, crate::store::StoreError>,
+) -> Result<T, IngestError> {
+    result.map_err(|error| {
+        metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+        IngestError::Store(error)
+    })
 }
 
 impl EventSink for IngestSink {
@@ -364,6 +409,21 @@ impl EventSink for IngestSink {
         let binding = self.binding(agent)?;
         tokio::task::block_in_place(|| self.ingest_batch(&binding, first_seq, events))?;
         Ok(())
+    }
+
+    fn submit(
+        &mut self,
+        agent: &AgentIdentity,
+        first_seq: u64,
+        events: &[&[u8]],
+    ) -> Result<Durable, SinkError> {
+        let binding = self.binding(agent)?;
+        let pending =
+            tokio::task::block_in_place(|| self.submit_batch(&binding, first_seq, events))?;
+        Ok(Box::pin(async move {
+            tokio::task::spawn_blocking(move || pending.wait()).await??;
+            Ok::<(), SinkError>(())
+        }))
     }
 
     fn record_loss(
@@ -580,6 +640,14 @@ mod tests {
         assert_eq!(harness.sink.delivered(&binding(Source::Beta)).unwrap(), 2);
         let events = stored(&harness);
         assert_eq!(events.len(), 5);
+        // Stored as delivered (every payload says seq 1), read back under the delivery seqs.
+        let mut alpha: Vec<u64> = events
+            .iter()
+            .filter(|e| e.source == Source::Alpha)
+            .map(|e| e.seq)
+            .collect();
+        alpha.sort_unstable();
+        assert_eq!(alpha, vec![1, 2, 3]);
         // The malformed payload is replaced by the cortex's finding, under beta's seq 2.
         let finding = events.iter().find(|e| e.source == Source::Cortex).unwrap();
         assert_eq!(finding.seq, 2);

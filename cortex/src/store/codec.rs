@@ -69,25 +69,47 @@ pub(super) fn seal_batch(
     agent: Source,
     events: &[Event],
 ) -> Result<Vec<SealedRow>, StoreError> {
+    seal_delivered(cipher, host_id, agent, events, &[])
+}
+
+/// [`seal_batch`] where `delivered[i]`, if present, is the JSON `events[i]` was decoded from:
+/// that is sealed as it is instead of encoding the event again ([`open_event`] restores the
+/// row's seq, the only field ingest sets after decoding).
+pub(super) fn seal_delivered(
+    cipher: &PayloadCipher,
+    host_id: &str,
+    agent: Source,
+    events: &[Event],
+    delivered: &[Option<&[u8]>],
+) -> Result<Vec<SealedRow>, StoreError> {
     let nonces = random_nonces(events.len())?;
-    let mut plaintext = Vec::new();
+    let mut encoded = Vec::new();
     events
         .iter()
+        .enumerate()
         .zip(nonces)
-        .map(|(event, nonce)| {
+        .map(|((index, event), nonce)| {
             check_event(host_id, agent, event)?;
-            plaintext.clear();
-            serde_json::to_writer(&mut plaintext, event).map_err(|e| StoreError::CorruptRow {
-                table: "events",
-                key: format!("{host_id}/{}/{}", agent_name(agent), event.seq),
-                reason: format!("cannot encode: {e}"),
-            })?;
+            let plaintext = match delivered.get(index).copied().flatten() {
+                Some(json) => json,
+                None => {
+                    encoded.clear();
+                    serde_json::to_writer(&mut encoded, event).map_err(|e| {
+                        StoreError::CorruptRow {
+                            table: "events",
+                            key: format!("{host_id}/{}/{}", agent_name(agent), event.seq),
+                            reason: format!("cannot encode: {e}"),
+                        }
+                    })?;
+                    &encoded
+                }
+            };
             let row = RowKey {
                 host_id,
                 agent,
                 seq: event.seq,
             };
-            let sealed = cipher.seal(&row, nonce, &plaintext)?;
+            let sealed = cipher.seal(&row, nonce, plaintext)?;
             Ok(SealedRow {
                 seq: to_i64("seq", event.seq)?,
                 time_ns: to_i64("time_ns", event.time_ns)?,
@@ -114,11 +136,15 @@ pub(super) fn open_event(cipher: &PayloadCipher, row: StoredRow) -> Result<Event
         seq,
     };
     let plaintext = cipher.open(&key, &row.nonce, &row.payload)?;
-    Event::from_json(&plaintext).map_err(|source| StoreError::Decode {
+    let mut event = Event::from_json(&plaintext).map_err(|source| StoreError::Decode {
         host_id: row.host_id,
         seq,
         source,
-    })
+    })?;
+    // A payload stored as the agent delivered it carries the agent's own seq; the row's
+    // (authenticated with the payload) is the delivery seq ingest gave the event.
+    event.seq = seq;
+    Ok(event)
 }
 
 /// An event may be stored for `agent` of `host_id` if it is valid, names that host, and was

@@ -169,6 +169,20 @@ pub trait Store: Send + Sync {
         agent: Source,
         events: &[Event],
     ) -> Result<PendingWrite, StoreError>;
+    /// [`Store::submit_events`] for events decoded from JSON an agent delivered: `delivered[i]`
+    /// is the JSON of `events[i]` (`None` where the cortex made the event), whose only change
+    /// since decoding is its `seq`. A backend may store those bytes as they are rather than
+    /// encoding the event again; reading restores each event's seq from its row.
+    fn submit_delivered(
+        &self,
+        host_id: &str,
+        agent: Source,
+        events: &[Event],
+        delivered: &[Option<&[u8]>],
+    ) -> Result<PendingWrite, StoreError> {
+        let _ = delivered;
+        self.submit_events(host_id, agent, events)
+    }
     /// [`Store::submit_events`] and wait until the batch is durable.
     fn append_events(
         &self,
@@ -259,6 +273,14 @@ pub enum StoreError {
     WriterStopped,
     #[error("committing a group of store writes failed: {0}")]
     GroupCommit(String),
+    #[error(
+        "events of agent {agent} of host {host_id} refused: an earlier batch of it failed to \
+         commit, and its delivery must resume from there"
+    )]
+    EarlierBatchFailed {
+        host_id: String,
+        agent: &'static str,
+    },
     #[error("event seq {seq} names host `{found}` but the batch is for host `{expected}`")]
     HostMismatch {
         expected: String,

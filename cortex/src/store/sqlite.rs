@@ -19,7 +19,7 @@ use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use super::cipher::PayloadCipher;
 use super::codec::{
     StoredRow, agent_name, clamp_i64, from_json, key_check_opens, new_key_check, open_event,
-    seal_batch, severity_rank, to_i64, to_json,
+    seal_delivered, severity_rank, to_i64, to_json,
 };
 use super::key_file::{KEY_LEN, read_key_file};
 use super::writer::{IncidentRow, Write, Writer};
@@ -205,7 +205,17 @@ impl Store for SqliteStore {
         agent: Source,
         events: &[Event],
     ) -> Result<PendingWrite, StoreError> {
-        let rows = seal_batch(&self.cipher, host_id, agent, events)?;
+        self.submit_delivered(host_id, agent, events, &[])
+    }
+
+    fn submit_delivered(
+        &self,
+        host_id: &str,
+        agent: Source,
+        events: &[Event],
+        delivered: &[Option<&[u8]>],
+    ) -> Result<PendingWrite, StoreError> {
+        let rows = seal_delivered(&self.cipher, host_id, agent, events, delivered)?;
         let answer = self.writer.submit(Write::Events {
             host_id: host_id.to_owned(),
             agent: agent_name(agent),
@@ -214,7 +224,14 @@ impl Store for SqliteStore {
         Ok(PendingWrite::new(answer))
     }
 
+    /// Asking is how a new delivery session of the agent starts: it waits for the writes
+    /// queued before it and lifts the refusal a failed commit left for this agent (see
+    /// [`super::writer`]), so the answer counts every batch the writer will ever store of it.
     fn highest_seq(&self, host_id: &str, agent: Source) -> Result<Option<u64>, StoreError> {
+        self.writer.write(Write::Resume {
+            host_id: host_id.to_owned(),
+            agent: agent_name(agent),
+        })?;
         let conn = self.lock();
         let seq: Option<i64> = conn
             .prepare_cached("SELECT max_seq FROM delivered WHERE host = ?1 AND agent = ?2")?
@@ -539,6 +556,57 @@ mod tests {
             reopened.query_events(&EventQuery::default()).unwrap().len(),
             1
         );
+    }
+
+    #[test]
+    fn after_a_failed_commit_no_later_batch_of_that_agent_is_stored_until_it_resumes() {
+        let (_dir, path, store) = store();
+        let seqs = |first: u64, last: u64| -> Vec<Event> {
+            (first..=last).map(|seq| exec("web-01", seq, seq)).collect()
+        };
+        store
+            .append_events("web-01", Source::Alpha, &seqs(1, 2))
+            .unwrap();
+        // The disk refuses the batch holding seq 3 (a trigger stands in for an I/O error).
+        let raw = Connection::open(&path).unwrap();
+        raw.execute_batch(
+            "CREATE TRIGGER fail_seq_3 BEFORE INSERT ON events WHEN NEW.seq = 3
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+        )
+        .unwrap();
+        let failed = store.submit_events("web-01", Source::Alpha, &seqs(3, 4));
+        // Submitted before the failure is known, like ingest's next batch.
+        let later = store.submit_events("web-01", Source::Alpha, &seqs(5, 6));
+        assert!(matches!(
+            failed.unwrap().wait(),
+            Err(StoreError::GroupCommit(_))
+        ));
+        raw.execute_batch("DROP TRIGGER fail_seq_3").unwrap();
+        // Whether it shared the failed group or came after it, the later batch is not stored:
+        // storing it would leave seqs 3 and 4 behind the point the agent resumes from.
+        assert!(later.unwrap().wait().is_err());
+        let refused = store.append_events("web-01", Source::Alpha, &seqs(5, 6));
+        assert!(
+            matches!(refused, Err(StoreError::EarlierBatchFailed { .. })),
+            "{refused:?}"
+        );
+        // Another agent of the host is not held up.
+        let beta: Vec<Event> = (1..=2)
+            .map(|seq| {
+                let mut event = exec("web-01", seq, seq);
+                event.source = Source::Beta;
+                event
+            })
+            .collect();
+        store.append_events("web-01", Source::Beta, &beta).unwrap();
+        // The agent's next session resumes after seq 2 and delivers from there.
+        assert_eq!(store.highest_seq("web-01", Source::Alpha).unwrap(), Some(2));
+        store
+            .append_events("web-01", Source::Alpha, &seqs(3, 6))
+            .unwrap();
+        assert_eq!(store.highest_seq("web-01", Source::Alpha).unwrap(), Some(6));
+        let stored = store.query_events(&EventQuery::default()).unwrap();
+        assert_eq!(stored.len(), 6 + 2);
     }
 
     #[test]

@@ -6,9 +6,16 @@
 //! agent sessions: while a commit's fsync runs, the next jobs pile up and form the next group.
 //! Jobs commit in queue order, and each is answered only once its group is durable.
 //!
+//! Ingest submits an agent's next batch before the previous one is durable, and acks each once
+//! it is. So that a failed commit never leaves a gap behind a later batch that succeeded (the
+//! agent resumes after the highest stored seq), the writer refuses every later event write of
+//! an agent whose events were in a failed group, until that agent's next delivery session asks
+//! where to resume ([`Write::Resume`], queued by `highest_seq`).
+//!
 //! A second thread checkpoints the WAL into the database file in the background, so that the
 //! writer's commits never pay for it (the writer's connection has auto-checkpoint off).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -60,13 +67,30 @@ pub(super) enum Write {
         host: String,
         body: String,
     },
+    /// A new delivery session of the agent starts: answered once everything queued before it
+    /// is committed (or refused), and lifts the refusal a failed commit left for the agent.
+    Resume {
+        host_id: String,
+        agent: &'static str,
+    },
 }
+
+/// An agent's delivery sequence: the host and the agent's column name.
+type AgentKey = (String, &'static str);
 
 impl Write {
     fn event_count(&self) -> usize {
         match self {
             Write::Events { rows, .. } => rows.len(),
-            Write::Incident(_) | Write::NodeState { .. } => 1,
+            Write::Incident(_) | Write::NodeState { .. } | Write::Resume { .. } => 1,
+        }
+    }
+
+    /// The agent whose delivery sequence this write stores into, if any.
+    fn events_of(&self) -> Option<AgentKey> {
+        match self {
+            Write::Events { host_id, agent, .. } => Some((host_id.clone(), agent)),
+            _ => None,
         }
     }
 }
@@ -151,6 +175,8 @@ impl Drop for Writer {
 }
 
 fn run_writer(mut conn: Connection, queue: Receiver<Job>) {
+    // Agents whose events were in a failed group and that have not resumed since.
+    let mut broken: HashSet<AgentKey> = HashSet::new();
     while let Ok(first) = queue.recv() {
         let mut events = first.write.event_count();
         let mut group = vec![first];
@@ -161,13 +187,42 @@ fn run_writer(mut conn: Connection, queue: Receiver<Job>) {
             events += next.write.event_count();
             group.push(next);
         }
-        commit_group(&mut conn, group);
+        let group = refuse_after_failure(group, &mut broken);
+        commit_group(&mut conn, group, &mut broken);
     }
 }
 
+/// Answers the event writes of agents in `broken` with an error and returns the rest, in
+/// order; a `Resume` lifts its agent's refusal for the jobs behind it.
+fn refuse_after_failure(group: Vec<Job>, broken: &mut HashSet<AgentKey>) -> Vec<Job> {
+    if broken.is_empty() {
+        return group;
+    }
+    let mut kept = Vec::with_capacity(group.len());
+    for job in group {
+        if let Write::Resume { host_id, agent } = &job.write {
+            broken.remove(&(host_id.clone(), *agent));
+        }
+        match job.write.events_of() {
+            Some(key) if broken.contains(&key) => {
+                let _ = job.reply.send(Err(StoreError::EarlierBatchFailed {
+                    host_id: key.0,
+                    agent: key.1,
+                }));
+            }
+            _ => kept.push(job),
+        }
+    }
+    kept
+}
+
 /// Writes every job of the group in one transaction and answers each after the commit. If
-/// anything fails nothing of the group is stored and every job gets the error.
-fn commit_group(conn: &mut Connection, group: Vec<Job>) {
+/// anything fails nothing of the group is stored, every job gets the error, and the agents
+/// whose events were in it go into `broken`.
+fn commit_group(conn: &mut Connection, group: Vec<Job>, broken: &mut HashSet<AgentKey>) {
+    if group.is_empty() {
+        return;
+    }
     let result = conn.transaction().map_err(StoreError::from).and_then(|tx| {
         let outcomes = group
             .iter()
@@ -186,6 +241,7 @@ fn commit_group(conn: &mut Connection, group: Vec<Job>) {
         Err(error) => {
             tracing::error!(%error, jobs = group.len(), "store group commit failed");
             let reason = error.to_string();
+            broken.extend(group.iter().filter_map(|job| job.write.events_of()));
             for job in group {
                 let _ = job.reply.send(Err(StoreError::GroupCommit(reason.clone())));
             }
@@ -220,6 +276,7 @@ fn apply(tx: &Transaction<'_>, write: &Write) -> Result<AppendOutcome, StoreErro
                 .execute(params![host, body])?;
             Ok(AppendOutcome::default())
         }
+        Write::Resume { .. } => Ok(AppendOutcome::default()),
     }
 }
 

@@ -2,8 +2,8 @@
 //!
 //! * Every event gets a gap-free sequence number when the agent appends it to its [`Outbox`].
 //! * The [`Client`] streams the outbox in `Events` batches; the cortex [`Session`] stores new
-//!   events through an [`EventSink`] and only then sends `Ack{up_to_seq}`; the outbox deletes
-//!   what was acknowledged.
+//!   events through an [`EventSink`] and sends `Ack{up_to_seq}` once they are durable (it reads
+//!   the next batches meanwhile); the outbox deletes what was acknowledged.
 //! * After a reconnect the cortex states what it has (handshake payload) and the client resends
 //!   the rest; [`Dedup`] drops anything already stored, so each event is stored once.
 //! * Commands travel cortex → agent on the same authenticated connection and their results
@@ -23,6 +23,6 @@ pub use outbox::{
     PendingSync, ReadBatch,
 };
 pub use server::{
-    AgentIdentity, CommandSender, EventSink, ServerConfig, ServerError, Session, SessionClosed,
-    SessionCloser, SinkError, accept,
+    AgentIdentity, CommandSender, Durable, EventSink, MAX_UNACKED_BATCHES, ServerConfig,
+    ServerError, Session, SessionClosed, SessionCloser, SinkError, accept,
 };

@@ -1,6 +1,13 @@
 //! Cortex side of a connection: handshake, allow-list, de-duplication, acks after storage,
 //! and commands to the agent on the same connection.
+//!
+//! A session is a small pipeline: the reader hands each batch to the sink with
+//! [`EventSink::submit`] and goes on reading, decrypting and handing over the next ones while
+//! the earlier ones are written; an acker awaits each batch's [`Durable`] in order and only then
+//! acknowledges it. At most [`MAX_UNACKED_BATCHES`] batches wait for the disk at once.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -18,6 +25,13 @@ use crate::transport::{FrameReader, FrameWriter, TransportConfig, TransportError
 /// Error type a sink may return; it ends the session without an ack.
 pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Resolves once a batch handed to [`EventSink::submit`] is durable, or with the error that
+/// kept it from being stored.
+pub type Durable = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send>>;
+
+/// Batches of one session that may wait for the disk at once; the reader pauses beyond this.
+pub const MAX_UNACKED_BATCHES: usize = 8;
+
 /// Who is on the other end, as established by the handshake and the allow-list.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentIdentity {
@@ -26,19 +40,32 @@ pub struct AgentIdentity {
     pub public_key: PublicKeyBytes,
 }
 
-/// Where the cortex stores what agents send. Each method returns only when the data is
-/// durable; acks are sent after it returns. Methods run on the session task, so a slow sink
-/// slows only that agent.
+/// Where the cortex stores what agents send. Acks are sent only once the data is durable.
+/// Methods run on the session task, so a slow sink slows only that agent.
 pub trait EventSink: Send {
     /// Highest sequence number of `agent` already stored (0 if none); delivery resumes after it.
     fn stored_up_to(&mut self, agent: &AgentIdentity) -> Result<u64, SinkError>;
-    /// Stores events `first_seq..first_seq + events.len()`, none of which was stored before.
+    /// Stores events `first_seq..first_seq + events.len()`, none of which was stored before;
+    /// returns once they are durable.
     fn store(
         &mut self,
         agent: &AgentIdentity,
         first_seq: u64,
         events: &[&[u8]],
     ) -> Result<(), SinkError>;
+    /// Starts storing events `first_seq..first_seq + events.len()` (none stored before) and
+    /// returns what resolves once they are durable, so that the session reads the next batch
+    /// meanwhile. Batches of one agent must become durable in the order they were submitted:
+    /// if one fails, no later one may be stored. By default this is [`EventSink::store`].
+    fn submit(
+        &mut self,
+        agent: &AgentIdentity,
+        first_seq: u64,
+        events: &[&[u8]],
+    ) -> Result<Durable, SinkError> {
+        self.store(agent, first_seq, events)?;
+        Ok(stored())
+    }
     /// The agent's outbox dropped `first_seq..=last_seq` (overflow); record the loss.
     fn record_loss(
         &mut self,
@@ -87,6 +114,11 @@ pub struct ServerConfig {
     pub require_hybrid: bool,
     pub transport: TransportConfig,
     pub handshake_timeout: Duration,
+}
+
+/// What is durable already.
+fn stored() -> Durable {
+    Box::pin(std::future::ready(Ok(())))
 }
 
 /// Sends authenticated commands to one connected agent.
@@ -264,13 +296,24 @@ impl Session {
             }
             Ok::<(), TransportError>(())
         });
+        let (unacked_tx, unacked_rx) = mpsc::channel(MAX_UNACKED_BATCHES);
+        let mut acker = tokio::spawn(ack_loop(
+            identity.host_id.clone(),
+            unacked_rx,
+            outgoing_tx.clone(),
+        ));
         let result = tokio::select! {
-            result = read_loop(&identity, &mut dedup, &mut reader, &outgoing_tx, sink) => result,
+            result = read_loop(&identity, &mut dedup, &mut reader, &outgoing_tx, &unacked_tx, sink) => result,
+            joined = &mut acker => match joined {
+                Ok(result) => result,
+                Err(_) => Err(ServerError::Transport(TransportError::Closed)),
+            },
             reason = closed(close_rx) => Err(ServerError::ClosedByCortex {
                 host_id: identity.host_id.clone(),
                 reason,
             }),
         };
+        acker.abort();
         writer_task.abort();
         match result {
             Err(ServerError::Transport(TransportError::Closed)) => {
@@ -282,11 +325,42 @@ impl Session {
     }
 }
 
+/// A submitted batch (or loss record) and the seq its ack names once it is durable.
+struct Unacked {
+    up_to_seq: u64,
+    durable: Durable,
+}
+
+/// Acknowledges each batch once it is durable, in submission order. A batch that failed ends
+/// the session without its ack (nor any later one), and the agent re-sends from there.
+async fn ack_loop(
+    host_id: String,
+    mut unacked: mpsc::Receiver<Unacked>,
+    outgoing: mpsc::Sender<Vec<u8>>,
+) -> Result<(), ServerError> {
+    while let Some(Unacked { up_to_seq, durable }) = unacked.recv().await {
+        durable.await.map_err(|source| ServerError::Sink {
+            host_id: host_id.clone(),
+            source,
+        })?;
+        if outgoing
+            .send(envelope::encode_ack(up_to_seq))
+            .await
+            .is_err()
+        {
+            return Err(ServerError::Transport(TransportError::Closed));
+        }
+    }
+    // The reader has ended; the session ends with it.
+    std::future::pending().await
+}
+
 async fn read_loop<K: EventSink>(
     identity: &AgentIdentity,
     dedup: &mut Dedup,
     reader: &mut FrameReader<OwnedReadHalf>,
     outgoing: &mpsc::Sender<Vec<u8>>,
+    unacked: &mpsc::Sender<Unacked>,
     sink: &mut K,
 ) -> Result<(), ServerError> {
     let host_id = || identity.host_id.clone();
@@ -304,15 +378,19 @@ async fn read_loop<K: EventSink>(
             host_id: host_id(),
             source,
         };
-        match decoded {
+        let durable = match decoded {
             AgentMessage::Events { first_seq, events } => {
                 let count = events.len() as u64;
                 let skip = dedup.already_stored(first_seq, count).map_err(seq_err)?;
                 if skip < count {
                     let new = &events[skip as usize..];
-                    sink.store(identity, first_seq + skip, new)
+                    let durable = sink
+                        .submit(identity, first_seq + skip, new)
                         .map_err(sink_err)?;
                     dedup.advance_to(first_seq + count - 1);
+                    durable
+                } else {
+                    stored()
                 }
             }
             AgentMessage::Lost {
@@ -326,18 +404,20 @@ async fn read_loop<K: EventSink>(
                         .map_err(sink_err)?;
                     dedup.advance_to(last_seq);
                 }
+                stored()
             }
             AgentMessage::CommandResult { id, status, body } => {
                 sink.command_result(identity, id, status, body)
                     .map_err(sink_err)?;
                 continue;
             }
-        }
-        if outgoing
-            .send(envelope::encode_ack(dedup.stored_up_to()))
-            .await
-            .is_err()
-        {
+        };
+        // Acks go through the acker even when nothing waits, so that they stay in order.
+        let batch = Unacked {
+            up_to_seq: dedup.stored_up_to(),
+            durable,
+        };
+        if unacked.send(batch).await.is_err() || outgoing.is_closed() {
             return Err(ServerError::Transport(TransportError::Closed));
         }
     }

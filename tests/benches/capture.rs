@@ -12,9 +12,10 @@
 //! Environment: QSC_BENCH_ROUNDS (default 3), QSC_BENCH_SCALE (default 1.0: 2,000,000 opens,
 //! 5,000 execs, 50,000 connects), QSC_BENCH_WORKLOADS (comma-separated workload names, default
 //! all; the summary keys of workloads not run are null), QSC_BENCH_QSC_VARIANTS (bisecting
-//! what the agent costs: `;`-separated lists of hook families to turn off, e.g.
-//! `file,privilege,memory;process`; each list is one more mode, interleaved with the others,
-//! whose ratios are printed and written under `variants`).
+//! what the agent costs: `;`-separated entries, each either a list of hook families to turn off,
+//! e.g. `file,privilege,memory;process`, or one `[sensor]` setting written as given, e.g.
+//! `wake_at_once = []`; each entry is one more mode, interleaved with the others, whose ratios
+//! are printed and written under `variants`).
 
 use std::{
     collections::BTreeMap,
@@ -58,15 +59,31 @@ const MODES: [Mode; 4] = [
     Mode::BpftraceCount,
 ];
 
-/// An agent configuration with some hook families off (one `QSC_BENCH_QSC_VARIANTS` entry).
+/// An agent configuration changed by one `QSC_BENCH_QSC_VARIANTS` entry.
 struct Variant {
-    /// The families turned off, as given (e.g. `file,memory`).
+    /// What changed, e.g. `without file,memory` or `with wake_at_once = []`.
     label: String,
     config: PathBuf,
 }
 
-/// One variant per `;`-separated entry of `spec`, each written as `base` plus its
-/// `[sensor] disabled_hooks` (the agent rejects unknown family names at start).
+/// The `[sensor]` line for one variant entry: a setting containing `=` as given, otherwise
+/// the hook families to turn off (the agent rejects unknown names and keys at start).
+fn sensor_setting(entry: &str) -> (String, String) {
+    if entry.contains('=') {
+        return (format!("with {entry}"), entry.to_owned());
+    }
+    let families: Vec<String> = entry
+        .split(',')
+        .map(|f| format!("{:?}", f.trim()))
+        .collect();
+    (
+        format!("without {entry}"),
+        format!("disabled_hooks = [{}]", families.join(", ")),
+    )
+}
+
+/// One variant per `;`-separated entry of `spec`, each written as `base` plus its `[sensor]`
+/// setting.
 fn variants(spec: Option<String>, base: &str, dir: &Path) -> anyhow::Result<Vec<Variant>> {
     let Some(spec) = spec else {
         return Ok(Vec::new());
@@ -76,29 +93,17 @@ fn variants(spec: Option<String>, base: &str, dir: &Path) -> anyhow::Result<Vec<
         .filter(|entry| !entry.is_empty())
         .enumerate()
         .map(|(i, entry)| {
-            let families: Vec<String> = entry
-                .split(',')
-                .map(|f| format!("{:?}", f.trim()))
-                .collect();
+            let (label, setting) = sensor_setting(entry);
             let config = dir.join(format!("alpha-variant-{i}.toml"));
-            std::fs::write(
-                &config,
-                format!(
-                    "{base}[sensor]\ndisabled_hooks = [{}]\n",
-                    families.join(", ")
-                ),
-            )?;
-            Ok(Variant {
-                label: entry.to_owned(),
-                config,
-            })
+            std::fs::write(&config, format!("{base}[sensor]\n{setting}\n"))?;
+            Ok(Variant { label, config })
         })
         .collect()
 }
 
 fn mode_label(mode: Mode, variants: &[Variant]) -> String {
     match mode {
-        Mode::QscVariant(i) => format!("qsc without {}", variants[i].label),
+        Mode::QscVariant(i) => format!("qsc {}", variants[i].label),
         _ => mode.name().to_owned(),
     }
 }

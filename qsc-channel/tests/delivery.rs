@@ -2,17 +2,19 @@
 //! agents, overflow losses reported to the sink, and acks that wait for a slow store while the
 //! next batches are already read.
 
+mod common;
+
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::{client, outbox, setup, spawn_server, wait_until};
 use qsc_channel::delivery::{
-    self, AgentIdentity, Client, ClientConfig, ClientError, CommandHandler, CommandSender,
-    CommandStatus, Durable, EventSink, FsyncPolicy, Outbox, OutboxConfig, OverflowPolicy,
-    ServerConfig, ServerError, SinkError,
+    AgentIdentity, Client, ClientConfig, ClientError, CommandHandler, CommandStatus, Durable,
+    EventSink, OverflowPolicy, ServerError, SinkError,
 };
 use qsc_channel::handshake::HandshakeError;
-use qsc_channel::keys::{AgentEntry, AllowList, AuthError, StaticKeypair};
+use qsc_channel::keys::{AuthError, StaticKeypair};
 use qsc_channel::transport::TransportConfig;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -84,88 +86,6 @@ impl CommandHandler for Echo {
     }
 }
 
-struct Setup {
-    cortex: StaticKeypair,
-    agent: StaticKeypair,
-    server: ServerConfig,
-}
-
-fn setup(revoked: bool, transport: TransportConfig) -> Setup {
-    let cortex = StaticKeypair::generate();
-    let agent = StaticKeypair::generate();
-    let allow = AllowList::new(vec![AgentEntry {
-        host_id: "web-01".into(),
-        class: "prod".into(),
-        public_key: agent.public(),
-        revoked,
-    }]);
-    let server = ServerConfig {
-        keypair: cortex.clone(),
-        allow_list: Arc::new(RwLock::new(allow)),
-        require_hybrid: true,
-        transport,
-        handshake_timeout: Duration::from_secs(5),
-    };
-    Setup {
-        cortex,
-        agent,
-        server,
-    }
-}
-
-/// Serves connections; reports each session's outcome and its command sender.
-fn spawn_server<S: EventSink + Clone + 'static>(
-    listener: TcpListener,
-    config: ServerConfig,
-    sink: S,
-) -> (
-    mpsc::UnboundedReceiver<Result<(), ServerError>>,
-    mpsc::UnboundedReceiver<CommandSender>,
-) {
-    let (outcome_tx, outcome_rx) = mpsc::unbounded_channel();
-    let (sender_tx, sender_rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let mut sink = sink.clone();
-            let config = config.clone();
-            let outcome_tx = outcome_tx.clone();
-            let sender_tx = sender_tx.clone();
-            tokio::spawn(async move {
-                let outcome = match delivery::accept(stream, &config, &mut sink).await {
-                    Ok(session) => {
-                        let _ = sender_tx.send(session.command_sender());
-                        session.run(&mut sink).await
-                    }
-                    Err(e) => Err(e),
-                };
-                let _ = outcome_tx.send(outcome);
-            });
-        }
-    });
-    (outcome_rx, sender_rx)
-}
-
-fn outbox(dir: &std::path::Path, max_bytes: u64, overflow: OverflowPolicy) -> Outbox {
-    Outbox::open(OutboxConfig {
-        dir: dir.to_path_buf(),
-        max_bytes,
-        segment_bytes: (max_bytes / 4).max(1024),
-        overflow,
-        fsync: FsyncPolicy::Never,
-    })
-    .unwrap()
-}
-
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..2000 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 #[tokio::test]
 async fn rekey_mid_stream_loses_nothing_and_commands_round_trip() {
     let transport = TransportConfig {
@@ -176,16 +96,13 @@ async fn rekey_mid_stream_loses_nothing_and_commands_round_trip() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let sink = MemorySink::default();
-    let (_outcomes, mut senders) = spawn_server(listener, s.server.clone(), sink.clone());
+    let mut served = spawn_server(listener, s.server.clone(), sink.clone());
 
     let dir = tempfile::tempdir().unwrap();
-    let mut config = ClientConfig::new(addr, s.cortex.public(), s.agent.clone());
+    let mut config = s.client_config(addr);
     config.transport = transport;
     config.max_batch_events = 7;
-    let client = Client::new(
-        config,
-        outbox(dir.path(), 1 << 24, OverflowPolicy::DropNewest),
-    );
+    let client = client(config, dir.path());
     let handle = client.handle();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(client.run_until(Echo, async {
@@ -198,7 +115,7 @@ async fn rekey_mid_stream_loses_nothing_and_commands_round_trip() {
     for chunk in events.chunks(100) {
         handle.append_batch(chunk).unwrap();
     }
-    let commands = senders.recv().await.unwrap();
+    let commands = served.senders.recv().await.unwrap();
     commands.send(42, b"isolate").await.unwrap();
 
     let stored = sink.0.clone();
@@ -233,17 +150,14 @@ async fn revoked_and_unknown_agents_are_refused() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let sink = MemorySink::default();
-        let (mut outcomes, _) = spawn_server(listener, s.server.clone(), sink.clone());
+        let mut outcomes = spawn_server(listener, s.server.clone(), sink.clone()).outcomes;
         let key = if stranger {
             StaticKeypair::generate()
         } else {
             s.agent.clone()
         };
         let dir = tempfile::tempdir().unwrap();
-        let client = Client::new(
-            ClientConfig::new(addr, s.cortex.public(), key),
-            outbox(dir.path(), 1 << 20, OverflowPolicy::DropNewest),
-        );
+        let client = client(ClientConfig::new(addr, s.cortex.public(), key), dir.path());
         client.handle().append_batch(&[b"secret"]).unwrap();
         let task = tokio::spawn(client.run_until(Echo, std::future::pending()));
         let outcome = outcomes.recv().await.unwrap();
@@ -265,10 +179,7 @@ async fn revoked_and_unknown_agents_are_refused() {
 fn events_too_large_for_one_message_are_refused_up_front() {
     let s = setup(false, TransportConfig::default());
     let dir = tempfile::tempdir().unwrap();
-    let client = Client::new(
-        ClientConfig::new("127.0.0.1:9", s.cortex.public(), s.agent),
-        outbox(dir.path(), 1 << 24, OverflowPolicy::DropNewest),
-    );
+    let client = client(s.client_config("127.0.0.1:9"), dir.path());
     let err = client
         .handle()
         .append_batch(&[vec![0u8; 600 << 10]])
@@ -289,7 +200,7 @@ async fn overflow_losses_reach_the_sink_as_a_range() {
     let s = setup(false, TransportConfig::default());
     let dir = tempfile::tempdir().unwrap();
     let client_outbox = outbox(dir.path(), 4096, OverflowPolicy::DropOldest);
-    let mut config = ClientConfig::new(String::new(), s.cortex.public(), s.agent.clone());
+    let mut config = s.client_config(String::new());
     // The cortex is away while the agent overflows its outbox.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     config.cortex_addr = listener.local_addr().unwrap().to_string();
@@ -388,14 +299,11 @@ async fn batches_are_read_ahead_but_acked_only_once_durable_and_in_order() {
         submitted: submitted_tx,
         durable_up_to: Arc::new(AtomicU64::new(0)),
     };
-    let (mut outcomes, _) = spawn_server(listener, s.server.clone(), sink);
+    let mut outcomes = spawn_server(listener, s.server.clone(), sink).outcomes;
     let dir = tempfile::tempdir().unwrap();
-    let mut config = ClientConfig::new(addr, s.cortex.public(), s.agent.clone());
+    let mut config = s.client_config(addr);
     config.max_batch_events = 10;
-    let client = Client::new(
-        config,
-        outbox(dir.path(), 1 << 20, OverflowPolicy::DropNewest),
-    );
+    let client = client(config, dir.path());
     let handle = client.handle();
     let events: Vec<Vec<u8>> = (0..30u8).map(|i| vec![i; 20]).collect();
     handle.append_batch(&events).unwrap();

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::audit::AuditLog;
 use crate::decide::NodeStates;
-use crate::respond::{AgentLinks, Dispatcher, Playbooks, RespondConfig, Responder, ResponderParts};
+use crate::respond::{Dispatcher, Playbooks, RespondConfig, Responder, ResponderParts};
 use crate::store::{SqliteStore, Store};
 
 /// What the API and the console serve from, as in a running cortex.
@@ -40,11 +40,7 @@ impl Fixture {
         let (respond, dispatcher) = Responder::new(ResponderParts {
             config,
             playbooks,
-            store: store.clone(),
-            nodes: nodes.clone(),
-            links: AgentLinks::default(),
-            cortex_addr: None,
-            key_rotation: None,
+            ..ResponderParts::for_store(store.clone(), nodes.clone())
         })
         .unwrap();
         Fixture {

@@ -113,7 +113,7 @@ mod tests {
     use cortex::audit::AuditLog;
     use cortex::decide::NodeStates;
     use cortex::metrics::Metrics;
-    use cortex::respond::{AgentLinks, Playbooks, RespondConfig, Responder, ResponderParts};
+    use cortex::respond::{Playbooks, Responder, ResponderParts};
     use cortex::score::{EntityKey, Incident, IncidentStatus, Severity};
     use cortex::store::{SqliteStore, Store};
 
@@ -151,13 +151,8 @@ mod tests {
         let nodes = Arc::new(Mutex::new(NodeStates::new(audit, Vec::new())));
         let book = "name: hold\nmatch: {}\nactions: [{action: isolate}, {action: isolate}]";
         let (respond, _dispatcher) = Responder::new(ResponderParts {
-            config: RespondConfig::default(),
             playbooks: Playbooks::parse_all(&[("t.yml".into(), book.into())]).unwrap(),
-            store: store.clone(),
-            nodes: nodes.clone(),
-            links: AgentLinks::default(),
-            cortex_addr: None,
-            key_rotation: None,
+            ..ResponderParts::for_store(store.clone(), nodes.clone())
         })
         .unwrap();
         respond.on_incident(&incident(), None);

@@ -466,9 +466,7 @@ mod tests {
 
     #[test]
     fn incidents_reach_the_respond_stage_with_their_triggering_event() {
-        use crate::respond::{
-            ActionStatus, AgentLinks, Playbooks, RespondConfig, Responder, ResponderParts,
-        };
+        use crate::respond::{ActionStatus, Playbooks, Responder, ResponderParts};
         use crate::score::config::HostClass;
         use crate::store::ActionQuery;
 
@@ -492,13 +490,8 @@ mod tests {
         let book = "name: block-brute-force\nmode: dry_run\nmatch:\n  rules: [qsc-auth-failures-burst]\n\
                     actions:\n  - action: block_ip\n    ttl_s: 60\n";
         let (responder, _dispatcher) = Responder::new(ResponderParts {
-            config: RespondConfig::default(),
             playbooks: Playbooks::parse_all(&[("t.yml".into(), book.into())]).unwrap(),
-            store: store.clone(),
-            nodes: nodes.clone(),
-            links: AgentLinks::default(),
-            cortex_addr: None,
-            key_rotation: None,
+            ..ResponderParts::for_store(store.clone(), nodes.clone())
         })
         .unwrap();
         let mut pipeline = Pipeline::new(engine, fusion, nodes, store.clone(), metrics)

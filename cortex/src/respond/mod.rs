@@ -204,6 +204,23 @@ pub struct ResponderParts {
     pub key_rotation: Option<Arc<dyn KeyRotation>>,
 }
 
+impl ResponderParts {
+    /// Parts over `store` and `nodes` with the defaults: the default respond config, no
+    /// playbooks, no agent links, no protected cortex address and no key rotation. Callers
+    /// override what differs with struct update syntax.
+    pub fn for_store(store: Arc<dyn Store>, nodes: Arc<Mutex<NodeStates>>) -> Self {
+        ResponderParts {
+            config: RespondConfig::default(),
+            playbooks: Playbooks::default(),
+            store,
+            nodes,
+            links: AgentLinks::default(),
+            cortex_addr: None,
+            key_rotation: None,
+        }
+    }
+}
+
 /// The respond stage, shared by the pipeline worker, the dispatcher, the API and webhooks.
 pub struct Responder {
     config: RespondConfig,

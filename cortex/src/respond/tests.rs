@@ -68,11 +68,9 @@ fn build(
     Responder::new(ResponderParts {
         config: config.clone(),
         playbooks,
-        store: store.clone(),
-        nodes: nodes.clone(),
         links: links.clone(),
         cortex_addr: Some("192.0.2.1".parse().unwrap()),
-        key_rotation: None,
+        ..ResponderParts::for_store(store.clone(), nodes.clone())
     })
     .unwrap()
 }
@@ -924,11 +922,9 @@ async fn rotate_keys_goes_through_the_key_lifecycle_or_is_refused() {
     let (responder, dispatcher) = Responder::new(ResponderParts {
         config: config(Mode::Autonomous),
         playbooks,
-        store: h.store.clone(),
-        nodes: h.nodes.clone(),
         links: h.links.clone(),
-        cortex_addr: None,
         key_rotation: Some(lifecycle.clone()),
+        ..ResponderParts::for_store(h.store.clone(), h.nodes.clone())
     })
     .unwrap();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

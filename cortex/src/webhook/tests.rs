@@ -518,20 +518,31 @@ fn thehive_destination_receives_a_thehive_alert() {
     assert!((1..=4).contains(&severity));
 }
 
-#[test]
-fn a_full_queue_drops_and_counts_without_blocking() {
+/// A receiver that holds every attempt, and a sender to it (its config adjusted by `adjust`)
+/// whose worker is already inside the attempt of a first alert: nothing drains the queue until
+/// the test releases the receiver.
+fn sender_held_in_its_first_attempt(
+    dir: &Path,
+    adjust: impl FnOnce(&mut ValidConfig),
+) -> (TestReceiver, WebhookSender) {
     let receiver = TestReceiver::start(Vec::new());
     receiver.shared.hold.store(true, Ordering::SeqCst);
-    let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(
-        dir.path(),
+        dir,
         vec![destination("soar", &receiver.url("/"), BodyFormat::Native)],
     );
-    cfg.settings.queue_bound = 1;
+    adjust(&mut cfg);
     let sender = WebhookSender::start(&cfg).unwrap();
     sender.enqueue(&alert()).unwrap();
-    // The worker is now inside its attempt, held by the receiver: nothing drains the channel.
     wait_for("the held attempt", || receiver.received().len() == 1);
+    (receiver, sender)
+}
+
+#[test]
+fn a_full_queue_drops_and_counts_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let (receiver, sender) =
+        sender_held_in_its_first_attempt(dir.path(), |cfg| cfg.settings.queue_bound = 1);
     sender.enqueue(&alert()).unwrap();
     for _ in 0..2 {
         let err = sender.enqueue(&alert()).unwrap_err();
@@ -555,17 +566,9 @@ fn a_full_queue_drops_and_counts_without_blocking() {
 
 #[test]
 fn the_queue_file_bound_drops_and_counts() {
-    let receiver = TestReceiver::start(Vec::new());
-    receiver.shared.hold.store(true, Ordering::SeqCst);
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(
-        dir.path(),
-        vec![destination("soar", &receiver.url("/"), BodyFormat::Native)],
-    );
-    cfg.settings.max_pending = 1;
-    let sender = WebhookSender::start(&cfg).unwrap();
-    sender.enqueue(&alert()).unwrap();
-    wait_for("the held attempt", || receiver.received().len() == 1);
+    let (receiver, sender) =
+        sender_held_in_its_first_attempt(dir.path(), |cfg| cfg.settings.max_pending = 1);
     // Both fit the channel; once the held one is done, only one fits the file.
     sender.enqueue(&alert()).unwrap();
     sender.enqueue(&alert()).unwrap();

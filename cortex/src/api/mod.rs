@@ -147,7 +147,7 @@ mod tests {
             playbooks: Playbooks::default(),
             store: store.clone(),
             nodes: nodes.clone(),
-            links: AgentLinks::default(),
+            links: Arc::new(AgentLinks::default()),
             cortex_addr: None,
             key_rotation: None,
         })
@@ -233,7 +233,7 @@ mod tests {
             playbooks: Playbooks::parse_all(&[("t.yml".into(), book.into())]).unwrap(),
             store: store.clone(),
             nodes: nodes.clone(),
-            links: AgentLinks::default(),
+            links: Arc::new(AgentLinks::default()),
             cortex_addr: None,
             key_rotation: None,
         })
@@ -332,7 +332,7 @@ mod tests {
             playbooks: Playbooks::parse_all(&[("t.yml".into(), book.into())]).unwrap(),
             store: store.clone(),
             nodes,
-            links: AgentLinks::default(),
+            links: Arc::new(AgentLinks::default()),
             cortex_addr: None,
             key_rotation: None,
         })

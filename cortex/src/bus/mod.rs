@@ -8,6 +8,8 @@
 //! (duplicates by `(host, agent, seq)` are refused by the store as always) and hand only the
 //! newly stored events on to detection, then acknowledge the message ([`nats::Worker`]).
 
+pub mod commands;
+pub mod detection;
 pub mod nats;
 
 use qsc_event::{Event, Source};
@@ -28,6 +30,8 @@ pub struct BusConfig {
     pub consumer: String,
     /// Seconds a worker has to acknowledge a batch before it goes to another worker.
     pub ack_wait_s: u64,
+    /// Commands to agents are NATS requests on `<command_prefix>.<host>`.
+    pub command_prefix: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -48,6 +52,7 @@ impl Default for BusConfig {
             subject_prefix: "qsc.events".into(),
             consumer: "qsc-workers".into(),
             ack_wait_s: 30,
+            command_prefix: "qsc.cmd".into(),
         }
     }
 }
@@ -60,6 +65,11 @@ pub enum BusConfigError {
     SubjectPrefix(String),
     #[error("bus.ack_wait_s must be between 1 and 3600")]
     AckWait,
+    #[error(
+        "bus.command_prefix = {0:?} must be dot-separated NATS tokens without wildcards, \
+         outside bus.subject_prefix"
+    )]
+    CommandPrefix(String),
 }
 
 impl BusConfig {
@@ -78,18 +88,34 @@ impl BusConfig {
         if !(1..=3600).contains(&self.ack_wait_s) {
             return Err(BusConfigError::AckWait);
         }
+        let under_events = format!("{}.", self.subject_prefix);
+        if !self.command_prefix.split('.').all(is_nats_name)
+            || format!("{}.", self.command_prefix).starts_with(&under_events)
+            || under_events.starts_with(&format!("{}.", self.command_prefix))
+        {
+            return Err(BusConfigError::CommandPrefix(self.command_prefix.clone()));
+        }
         Ok(())
     }
 
-    /// The subject of a host's events: its id as one token when it is a plain name, else `x`
-    /// and its hex form (so that `.`, `*`, `>` or spaces in a host id cannot change routing).
+    /// The subject of a host's events: `<subject_prefix>.<host token>`.
     pub fn subject(&self, host_id: &str) -> String {
-        let token = if is_nats_name(host_id) && !host_id.starts_with('x') {
-            host_id.to_owned()
-        } else {
-            format!("x{}", hex::encode(host_id))
-        };
-        format!("{}.{token}", self.subject_prefix)
+        format!("{}.{}", self.subject_prefix, host_token(host_id))
+    }
+
+    /// The subject commands for a host's agent are requested on: `<command_prefix>.<host token>`.
+    pub fn command_subject(&self, host_id: &str) -> String {
+        format!("{}.{}", self.command_prefix, host_token(host_id))
+    }
+}
+
+/// A host id as one subject token: itself when it is a plain name, else `x` and its hex form
+/// (so that `.`, `*`, `>` or spaces in a host id cannot change routing).
+fn host_token(host_id: &str) -> String {
+    if is_nats_name(host_id) && !host_id.starts_with('x') {
+        host_id.to_owned()
+    } else {
+        format!("x{}", hex::encode(host_id))
     }
 }
 
@@ -105,6 +131,10 @@ fn is_nats_name(name: &str) -> bool {
 pub struct BusBatch {
     pub host_id: String,
     pub agent: Source,
+    /// Wall clock (ns) when the gateway received the batch: where decision latency starts.
+    /// 0 when unknown (then it starts when a worker takes the batch).
+    #[serde(default)]
+    pub received_ns: u64,
     pub events: Vec<Event>,
 }
 
@@ -146,6 +176,15 @@ mod tests {
             Err(BusConfigError::SubjectPrefix(_))
         ));
         config.subject_prefix = "qsc.events".into();
+        for overlapping in ["qsc.events.cmd", "qsc", "qsc.*"] {
+            config.command_prefix = overlapping.into();
+            assert!(matches!(
+                config.validate(),
+                Err(BusConfigError::CommandPrefix(_))
+            ));
+        }
+        config.command_prefix = "qsc.cmd".into();
+        assert_eq!(config.command_subject("a.b"), "qsc.cmd.x612e62");
         config.stream = "a.b".into();
         assert!(matches!(
             config.validate(),

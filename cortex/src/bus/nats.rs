@@ -125,7 +125,8 @@ impl EventBus {
 
 /// What a worker hands to detection: the events of one batch the store had not seen before.
 pub trait Detection: Send + Sync {
-    fn detect(&self, host_id: &str, events: Vec<Event>);
+    /// `batch` holds the events not stored before, in their agent's delivery order.
+    fn detect(&self, batch: BusBatch);
 }
 
 /// Consumes batches: store, detect what is new, acknowledge.
@@ -222,7 +223,10 @@ impl Worker {
                 .filter(|event| !outcome.duplicates.contains(&event.seq))
                 .collect();
             if !fresh.is_empty() {
-                detection.detect(&batch.host_id, fresh);
+                detection.detect(BusBatch {
+                    events: fresh,
+                    ..batch
+                });
             }
             Ok(outcome)
         })

@@ -195,7 +195,7 @@ mod tests {
             playbooks: Playbooks::default(),
             store: store.clone(),
             nodes,
-            links: AgentLinks::default(),
+            links: Arc::new(AgentLinks::default()),
             cortex_addr: None,
             key_rotation: None,
         })

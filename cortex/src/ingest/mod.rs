@@ -33,6 +33,8 @@ use self::agents::{AgentsFile, AgentsFileError, Binding};
 use self::keys::{KeyLifecycle, Sessions};
 use self::validate::{Limits, rejection_event, validate_event};
 use crate::audit::{AuditEntry, AuditKind, AuditSink};
+use crate::bus::BusBatch;
+use crate::bus::nats::{BusError, EventBus};
 use crate::metrics::Metrics;
 use crate::pipeline::{Batch, PipelineSender};
 use crate::respond::AgentLinks;
@@ -165,6 +167,8 @@ pub enum IngestError {
     SeqOutOfRange { host_id: String, seq: u64 },
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("bus: {0}")]
+    Bus(#[from] BusError),
 }
 
 /// The cortex side of every agent session.
@@ -177,6 +181,8 @@ pub struct IngestSink {
     pipeline: PipelineSender,
     /// Where guardian-alpha sessions take response commands and hand back their answers.
     links: Option<AgentLinks>,
+    /// A gateway publishes validated batches here instead of storing and detecting them.
+    bus: Option<EventBus>,
 }
 
 impl IngestSink {
@@ -194,7 +200,33 @@ impl IngestSink {
             metrics,
             pipeline,
             links: None,
+            bus: None,
         }
+    }
+
+    /// Makes this a gateway's sink: each validated batch goes to the bus, and the agent's ack
+    /// waits for the stream (workers store and detect it).
+    pub fn with_bus(mut self, bus: EventBus) -> Self {
+        self.bus = Some(bus);
+        self
+    }
+
+    /// Publishes validated `events` of `agent` and returns once the stream has them.
+    fn publish(
+        &self,
+        bus: &EventBus,
+        agent: &Binding,
+        events: Vec<Event>,
+    ) -> Result<(), IngestError> {
+        let batch = BusBatch {
+            host_id: agent.host_id.clone(),
+            agent: agent.source,
+            received_ns: now_ns(),
+            events,
+        };
+        tokio::runtime::Handle::current()
+            .block_on(bus.publish(&batch))
+            .map_err(IngestError::Bus)
     }
 
     /// Registers every guardian-alpha session with the response dispatcher's `links` and hands
@@ -248,6 +280,14 @@ impl IngestSink {
         self.metrics
             .events_received
             .fetch_add(count, Ordering::Relaxed);
+        if let Some(bus) = &self.bus {
+            let checked = events
+                .iter()
+                .zip(first_seq..)
+                .map(|(bytes, seq)| self.check(agent, seq, bytes, now))
+                .collect();
+            return self.publish(bus, agent, checked);
+        }
         let mut pending: Vec<PendingWrite> = Vec::new();
         for (index, chunk) in events.chunks(INGEST_CHUNK).enumerate() {
             let chunk_first = first_seq + (index * INGEST_CHUNK) as u64;
@@ -333,6 +373,9 @@ impl IngestSink {
                 total: lost,
             }),
         );
+        if let Some(bus) = &self.bus {
+            return self.publish(bus, agent, vec![event]);
+        }
         let arrived = Instant::now();
         let events: Arc<[Event]> = Arc::new([event]);
         self.pipeline.submit(Batch::new(

@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cortex::bus::nats::{Detection, EventBus};
+use cortex::bus::nats::{Detection, EventBus, HostFilter};
 use cortex::bus::{BusBatch, BusConfig, BusKind};
 use cortex::pipeline::adopt::DetectedMarks;
 use cortex::store::config::PostgresConfig;
@@ -60,6 +60,7 @@ fn batch(host: &str, index: u64) -> BusBatch {
     BusBatch {
         host_id: host.into(),
         agent: Source::Alpha,
+        received_ns: 0,
         events: (1..=PER_BATCH)
             .map(|i| event(host, index * PER_BATCH + i))
             .collect(),
@@ -103,7 +104,8 @@ struct Counting {
 }
 
 impl Detection for Counting {
-    fn detect(&self, host_id: &str, events: Vec<Event>) {
+    fn detect(&self, batch: BusBatch) {
+        let (host_id, events) = (batch.host_id.as_str(), &batch.events);
         let hit = host_id == TRAP.0 && events.iter().any(|e| e.seq == TRAP.1);
         if let (true, Some(trap), Some(trapped)) = (hit, &self.trap, &self.trapped) {
             let _ = trapped.lock().unwrap().send(());
@@ -115,12 +117,7 @@ impl Detection for Counting {
         order.extend(events.iter().map(|event| (event.seq, self.name)));
     }
 
-    fn adopt(
-        &self,
-        partition: u32,
-        owns: &(dyn Fn(&str) -> bool + Sync),
-        detected: &DetectedMarks,
-    ) {
+    fn adopt(&self, partition: u32, owns: HostFilter, detected: DetectedMarks) {
         assert!(
             HOSTS
                 .iter()

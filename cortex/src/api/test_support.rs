@@ -42,7 +42,7 @@ impl Fixture {
             playbooks,
             store: store.clone(),
             nodes: nodes.clone(),
-            links: AgentLinks::default(),
+            links: Arc::new(AgentLinks::default()),
             cortex_addr: None,
             key_rotation: None,
         })

@@ -155,7 +155,7 @@ mod tests {
             playbooks: Playbooks::parse_all(&[("t.yml".into(), book.into())]).unwrap(),
             store: store.clone(),
             nodes: nodes.clone(),
-            links: AgentLinks::default(),
+            links: Arc::new(AgentLinks::default()),
             cortex_addr: None,
             key_rotation: None,
         })

@@ -70,7 +70,7 @@ fn build(
         playbooks,
         store: store.clone(),
         nodes: nodes.clone(),
-        links: links.clone(),
+        links: Arc::new(links.clone()),
         cortex_addr: Some("192.0.2.1".parse().unwrap()),
         key_rotation: None,
     })
@@ -926,7 +926,7 @@ async fn rotate_keys_goes_through_the_key_lifecycle_or_is_refused() {
         playbooks,
         store: h.store.clone(),
         nodes: h.nodes.clone(),
-        links: h.links.clone(),
+        links: Arc::new(h.links.clone()),
         cortex_addr: None,
         key_rotation: Some(lifecycle.clone()),
     })

@@ -74,7 +74,7 @@ pub const PTRACE_ATTACH: Scenario = Scenario {
         rules: &["qsc-ptrace-attach"],
         // One attach alone is LOW: profilers and debuggers attach too (qsc-ptrace-attach's LR).
         min_severity: Severity::Low,
-        confidence: (0.1, 0.5),
+        confidence: (0.1, 0.9),
         action: None,
     },
     perform: |stack, cleanup| {
@@ -117,7 +117,7 @@ pub const RWX_MEMORY: Scenario = Scenario {
         rules: &["qsc-rwx-memory"],
         // One W+X mapping alone is LOW: JITs and old code map it too (qsc-rwx-memory's LR).
         min_severity: Severity::Low,
-        confidence: (0.1, 0.5),
+        confidence: (0.1, 0.9),
         action: None,
     },
     perform: |stack, _| output_of(Command::new(actor(stack)).args(["mmap-rwx", "1000"])).map(drop),

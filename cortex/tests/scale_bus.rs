@@ -9,9 +9,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cortex::bus::nats::{Detection, EventBus, HostFilter};
+use cortex::bus::nats::{Detection, EventBus};
 use cortex::bus::{BusBatch, BusConfig, BusKind};
-use cortex::pipeline::adopt::DetectedMarks;
+use cortex::pipeline::adopt::{DetectedMarks, HostFilter};
 use cortex::store::config::PostgresConfig;
 use cortex::store::{EventQuery, MAX_QUERY_LIMIT, PostgresStore, Store};
 use qsc_event::{AuthAttempt, Event, EventKind, Source};

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use qsc_event::now_ns;
 
 use super::BusBatch;
-use super::nats::{Detection, HostFilter};
-use crate::pipeline::adopt::DetectedMarks;
+use super::nats::Detection;
+use crate::pipeline::adopt::{DetectedMarks, HostFilter};
 use crate::pipeline::{Batch, PipelineSender};
 
 /// Hands bus batches to the pipeline worker through its bounded queue.

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use super::lease::{LeaseError, Leases};
 use super::partition::{fair_share, partition_of};
 use super::{BusBatch, BusConfig};
-use crate::pipeline::adopt::DetectedMarks;
+use crate::pipeline::adopt::{DetectedMarks, HostFilter};
 use crate::store::config::PostgresConfig;
 use crate::store::{Store, StoreError};
 
@@ -173,9 +173,6 @@ pub trait Detection: Send + Sync {
     /// ([`crate::pipeline::Pipeline::adopt`] does it for the pipeline).
     fn adopt(&self, partition: u32, owns: HostFilter, detected: DetectedMarks);
 }
-
-/// Which hosts a worker owns (those of one partition).
-pub type HostFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// Owns a fair share of the partitions: for each, stores the batches, hands what detection has
 /// not seen to detection, records the progress, acknowledges.

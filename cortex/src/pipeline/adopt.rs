@@ -4,6 +4,7 @@
 //! incidents and its node state, and no rule hit is counted twice.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use qsc_event::{Source, now_ns};
 
@@ -13,6 +14,9 @@ use crate::store::{EventQuery, IncidentQuery, MAX_QUERY_LIMIT, StoreError};
 
 /// Detection progress per `(host, agent)`: the highest seq whose detection is over.
 pub type DetectedMarks = HashMap<(String, Source), u64>;
+
+/// Which hosts a worker takes over (those of one partition it gained).
+pub type HostFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// What an adoption rebuilt.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

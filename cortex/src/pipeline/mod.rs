@@ -73,7 +73,7 @@ pub enum Work {
 
 /// The hosts a worker takes over and where their detection stands.
 pub struct Adoption {
-    pub owns: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+    pub owns: adopt::HostFilter,
     pub detected: adopt::DetectedMarks,
     pub done: Sender<()>,
 }
@@ -158,11 +158,7 @@ impl PipelineSender {
 
     /// Has the worker take over the hosts `owns` accepts, after everything queued before;
     /// returns once their state is rebuilt (false when the worker stopped first).
-    pub fn adopt(
-        &self,
-        owns: Arc<dyn Fn(&str) -> bool + Send + Sync>,
-        detected: adopt::DetectedMarks,
-    ) -> bool {
+    pub fn adopt(&self, owns: adopt::HostFilter, detected: adopt::DetectedMarks) -> bool {
         let (done_tx, done) = crossbeam_channel::bounded(1);
         let adoption = Adoption {
             owns,

@@ -1,5 +1,5 @@
 #!/bin/sh
-# qsc-postgres: PostgreSQL for the scale-out cortex (compose profile "scale"), as user postgres.
+# qsc-postgres: PostgreSQL for the scale-out cortex (compose profile "scale"), as user qsc-postgres.
 # On first start it creates the cluster in /var/lib/qsc-postgres/data and the login role and
 # database `qsc` with the password the compose `init` wrote to /var/lib/qsc-postgres/password;
 # then it serves on loopback only (host network), on QSC_PG_PORT (default 5432).

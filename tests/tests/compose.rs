@@ -116,7 +116,11 @@ fn every_service_runs_and_every_replica_answers(stack: &Stack) {
         let ok = wait_until(PATIENCE, || {
             http_get(&api, "/health", None).is_some_and(|(status, _)| status == 200)
         });
-        assert!(ok, "the replica API {api} never answered\nlogs:\n{}", stack.logs());
+        assert!(
+            ok,
+            "the replica API {api} never answered\nlogs:\n{}",
+            stack.logs()
+        );
     }
 }
 

@@ -17,28 +17,14 @@ use cortex::store::{EventQuery, MAX_QUERY_LIMIT, PostgresStore, Store};
 use qsc_event::{AuthAttempt, Event, EventKind, Source};
 use tokio::sync::watch;
 
+#[allow(dead_code)] // the replica test uses the rest
+#[path = "common/scale.rs"]
+mod scale;
+use scale::servers_or_skip;
+
 const HOSTS: [&str; 3] = ["web-01", "db-01", "x.odd-host"];
 const BATCHES: u64 = 20;
 const PER_BATCH: u64 = 10;
-
-/// True when the servers answer; otherwise skips with the reason, or fails when the run
-/// requires the server tests (`QSC_REQUIRE_ROOT_TESTS=1`, as `cargo xtask test` sets).
-fn servers_or_skip() -> bool {
-    let up = ["127.0.0.1:4233", "127.0.0.1:5432"].iter().all(|addr| {
-        addr.parse()
-            .is_ok_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok())
-    });
-    if !up {
-        assert!(
-            std::env::var("QSC_REQUIRE_ROOT_TESTS").map_or(true, |v| v != "1"),
-            "NATS (127.0.0.1:4233) and PostgreSQL (127.0.0.1:5432) are required: run `cargo xtask setup --scale`"
-        );
-        eprintln!(
-            "skipping: NATS/PostgreSQL not running; `sudo cargo xtask setup --scale` starts them"
-        );
-    }
-    up
-}
 
 fn event(host: &str, seq: u64) -> Event {
     let mut event = Event::new(

@@ -78,6 +78,7 @@ fn compose_scale_profile_runs_replicas_that_share_events_incidents_and_commands(
     every_service_runs_and_every_replica_answers(&stack);
     let incident = suspicious_action_becomes_an_incident(&stack, work.path());
     every_replica_shows(&stack, &incident);
+    tamper_demo_file(&stack, "listen = 3333");
     let seqs = wait_for_seqs(&stack, |seqs| {
         seqs.get("alpha").is_some_and(|s| !s.is_empty())
             && seqs.get("beta").is_some_and(|s| !s.is_empty())
@@ -132,7 +133,7 @@ fn every_replica_shows(stack: &Stack, incident: &Value) {
             .unwrap_or_else(|| panic!("{api}: no answer"));
         assert_eq!(status, 200, "{api}: GET incident {id}: {body}");
         let seen: Value = serde_json::from_str(&body).expect("an incident as JSON");
-        assert_eq!(seen["id"], incident["id"], "{api}");
+        assert_eq!(seen["incident"]["id"], incident["id"], "{api}");
     }
 }
 

@@ -149,29 +149,39 @@ impl PostgresStore {
         }
         let runtime = pg_runtime("cortex-store-pg")?;
         let cipher = PayloadCipher::from_master_key(master_key)?;
-        let client = Arc::new(block_on(&runtime, connect(config.clone()))??);
-        let stored = block_on(
-            &runtime,
-            prepare_schema(client.clone(), config.schema.clone()),
-        )??;
-        let key_check = match stored {
-            Some(value) => value,
-            None => {
-                // Of two replicas creating the store at once, the first key check wins.
-                let value = new_key_check(&cipher)?;
-                block_on(&runtime, insert_key_check(client.clone(), value))??
+        match connect_store(&runtime, config, &cipher) {
+            Ok((client, writer_client)) => {
+                Self::start_writer(runtime, client, writer_client, cipher, config)
             }
-        };
-        if !key_check_opens(&cipher, &key_check) {
-            return Err(StoreError::PostgresWrongMasterKey(config.schema.clone()));
+            Err(error) => {
+                // Dropping a runtime inside an async context (`cortex serve` opening the
+                // store before PostgreSQL answers) panics; shutting it down never does.
+                runtime.shutdown_background();
+                Err(error)
+            }
         }
-        let writer_client = Arc::new(block_on(&runtime, connect(config.clone()))??);
+    }
+
+    fn start_writer(
+        runtime: tokio::runtime::Runtime,
+        client: Arc<Client>,
+        writer_client: Arc<Client>,
+        cipher: PayloadCipher,
+        config: &PostgresConfig,
+    ) -> Result<Self, StoreError> {
         let (writes, queue) = crossbeam_channel::bounded(QUEUE_WRITES);
         let handle = runtime.handle().clone();
         let writer = std::thread::Builder::new()
             .name("cortex-store-pg-writer".into())
             .spawn(move || run_writer(&handle, &writer_client, &queue))
-            .map_err(|e| StoreError::Thread(e.to_string()))?;
+            .map_err(|e| StoreError::Thread(e.to_string()));
+        let writer = match writer {
+            Ok(writer) => writer,
+            Err(error) => {
+                runtime.shutdown_background();
+                return Err(error);
+            }
+        };
         Ok(PostgresStore {
             runtime: Some(runtime),
             client,
@@ -351,6 +361,33 @@ pub(crate) async fn create_in_schema(
              SELECT pg_advisory_unlock({lock});"
         ))
         .await
+}
+
+/// Connects the reader and the writer clients, creates the schema and tables if missing and
+/// checks the master key against the stored key check (storing one if there is none).
+fn connect_store(
+    runtime: &tokio::runtime::Runtime,
+    config: &PostgresConfig,
+    cipher: &PayloadCipher,
+) -> Result<(Arc<Client>, Arc<Client>), StoreError> {
+    let client = Arc::new(block_on(runtime, connect(config.clone()))??);
+    let stored = block_on(
+        runtime,
+        prepare_schema(client.clone(), config.schema.clone()),
+    )??;
+    let key_check = match stored {
+        Some(value) => value,
+        None => {
+            // Of two replicas creating the store at once, the first key check wins.
+            let value = new_key_check(cipher)?;
+            block_on(runtime, insert_key_check(client.clone(), value))??
+        }
+    };
+    if !key_check_opens(cipher, &key_check) {
+        return Err(StoreError::PostgresWrongMasterKey(config.schema.clone()));
+    }
+    let writer_client = Arc::new(block_on(runtime, connect(config.clone()))??);
+    Ok((client, writer_client))
 }
 
 /// Creates the schema and tables (serialised across replicas by an advisory lock) and returns
@@ -866,6 +903,24 @@ mod tests {
                 StoreError::Cipher(super::super::cipher::CipherError::Open { seq: 2, .. })
             ),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn an_unreachable_server_is_an_error_also_inside_an_async_task() {
+        let config = PostgresConfig {
+            url: "host=127.0.0.1 port=1 user=qsc dbname=qsc connect_timeout=2".into(),
+            password_file: std::path::PathBuf::new(),
+            schema: "qsc".into(),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let opened = runtime.block_on(async { PostgresStore::open_with_key(&config, &KEY).err() });
+        assert!(
+            matches!(opened, Some(StoreError::PostgresConnect { .. })),
+            "{opened:?}"
         );
     }
 

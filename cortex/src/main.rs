@@ -19,6 +19,17 @@
 //!             POST /webhook/approval (a SOAR's signed approve/deny)
 //! console (axum, /console/): fleet, incidents, held actions, audit — users with roles, CSRF
 //! ```
+//!
+//! As replicas (`[cluster] role`, `[bus] kind = "nats"`, `[store] backend = "postgres"`):
+//!
+//! ```text
+//! gateway: agents ──qsc-channel──▶ ingest (validate) ──publish──▶ JetStream `<prefix>.<host>`
+//!          (the agent's ack waits for the stream) · command server: `qsc.cmd.<host>` requests
+//!          for the hosts whose sessions it holds ──▶ agent ──ActionReport──▶ reply
+//! worker:  JetStream consumer ─▶ store (new events only) ─▶ the pipeline above
+//!          respond dispatcher ──NATS request `qsc.cmd.<host>`──▶ the gateway holding the host
+//! all:     both in one process
+//! ```
 
 mod cli;
 
@@ -32,6 +43,10 @@ use anyhow::Context;
 use clap::Parser;
 use cortex::api::{self, ApiState, ApiToken};
 use cortex::audit::{AuditEntry, AuditKind, AuditLog, AuditSink};
+use cortex::bus::commands::{CommandServer, NatsCommands};
+use cortex::bus::detection::PipelineDetection;
+use cortex::bus::nats::{BusError, EventBus};
+use cortex::bus::{self, BusKind};
 use cortex::config::CortexConfig;
 use cortex::console::{self, ConsoleParts, ConsoleState};
 use cortex::decide::NodeStates;
@@ -43,7 +58,9 @@ use cortex::keys::KeyStore;
 use cortex::metrics::Metrics;
 use cortex::pipeline::anomaly::AnomalyStage;
 use cortex::pipeline::{self, Pipeline, rules};
-use cortex::respond::{AgentLinks, KeyRotation, Playbooks, Responder, ResponderParts};
+use cortex::respond::{
+    AgentLinks, CommandRoute, KeyRotation, Playbooks, Responder, ResponderParts,
+};
 use cortex::score::{Fusion, ScoreConfig};
 use cortex::store::{Store, open_store};
 use cortex::webhook::{InboundVerifier, WebhookObserver, WebhookSender};
@@ -110,13 +127,8 @@ fn score_config(config: &CortexConfig, agents: &AgentsFile) -> anyhow::Result<Sc
 }
 
 async fn serve(config: CortexConfig) -> anyhow::Result<()> {
+    let role = config.cluster.role;
     // Keys and state.
-    let keypair = StaticKeypair::load(&config.keys.channel_key_file).with_context(|| {
-        format!(
-            "[keys] channel_key_file {}",
-            config.keys.channel_key_file.display()
-        )
-    })?;
     let token = ApiToken::load(&config.api.token_file)?;
     let store: Arc<dyn Store> = Arc::from(open_store(&config.store)?);
     let audit = Arc::new(AuditLog::open_configured(&config.audit, &config.store)?);
@@ -127,86 +139,88 @@ async fn serve(config: CortexConfig) -> anyhow::Result<()> {
             config.keys.max_key_age(),
         ))?;
     let agents = AgentsFile::load(&config.agents.file)?;
-
-    // detect → score → decide, on one worker thread behind a bounded queue.
-    let (engine, report) = rules::load_engine(&config.detect)?;
-    tracing::info!(
-        rules = engine.rule_count(),
-        "{}",
-        report.to_string().trim_end()
-    );
+    let bus = connect_bus(&config).await?;
     let metrics = Arc::new(Metrics::default());
     let nodes = Arc::new(Mutex::new(NodeStates::new(
         audit.clone(),
         store.node_states()?,
     )));
-    let fusion = Fusion::new(score_config(&config, &agents)?)?;
-    let pipeline = Pipeline::new(
-        engine,
-        fusion,
-        nodes.clone(),
-        store.clone(),
-        metrics.clone(),
-    )?;
-    let (anomaly, anomaly_thread) = AnomalyStage::start(config.anomaly.clone())?;
+
+    // respond: commands go to this process's sessions, or over the bus to a gateway's.
     let links = AgentLinks::default();
+    let route: Arc<dyn CommandRoute> = match &bus {
+        Some(bus) => Arc::new(NatsCommands::new(bus.commands.clone(), &config.bus)),
+        None => Arc::new(links.clone()),
+    };
     let rotation = Arc::new(LifecycleRotation(directory.clone()));
-    let (responder, dispatcher) = respond_stage(&config, &store, &nodes, &links, rotation)?;
+    let (responder, dispatcher) = respond_stage(&config, &store, &nodes, route, rotation)?;
     let webhooks = webhook_stage(&config)?;
     if let Some(observer) = &webhooks.observer {
         responder.add_observer(observer.clone());
     }
-    let pipeline = pipeline
-        .with_anomaly(anomaly)
-        .with_responder(responder.clone());
+
+    // detect → score → decide, on one worker thread behind a bounded queue (not on a gateway).
     let (sender, queue) = pipeline::queue(
         config.pipeline.queue_batches,
         Duration::from_millis(config.pipeline.max_block_ms),
         metrics.clone(),
     );
-    let worker = std::thread::Builder::new()
-        .name("cortex-pipeline".into())
-        .spawn(move || pipeline.run(queue))
-        .context("starting the pipeline worker")?;
-
-    // ingest: the channel server, storing before acknowledging.
-    let sink = IngestSink::new(
-        store.clone(),
-        directory.clone(),
-        Limits::from(&config.ingest),
-        metrics.clone(),
-        sender,
-    )
-    .with_links(links.clone());
-    let server_config = ServerConfig {
-        keypair,
-        allow_list: directory.allow_list(),
-        require_hybrid: config.listen.require_hybrid,
-        transport: config.listen.transport(),
-        handshake_timeout: config.listen.handshake_timeout(),
+    let detection = if role.detects() {
+        let parts = DetectionParts {
+            store: &store,
+            nodes: &nodes,
+            metrics: &metrics,
+            responder: &responder,
+            agents: &agents,
+        };
+        Some(detection_stage(&config, parts, queue)?)
+    } else {
+        drop(queue);
+        None
     };
-    let channel_listener = TcpListener::bind(config.listen_addr()?)
-        .await
-        .with_context(|| format!("binding [listen] address {}", config.listen.address))?;
+
     let api_listener = TcpListener::bind(config.api_addr()?)
         .await
         .with_context(|| format!("binding [api] address {}", config.api.address))?;
-    let channel_addr = channel_listener.local_addr()?;
     let api_addr = api_listener.local_addr()?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    // A worker (or "all" on the bus) consumes the bus into the pipeline.
+    let mut bus_task = match (&bus, role.detects()) {
+        (Some(bus), true) => {
+            let worker = bus
+                .events
+                .worker(store.clone(), &config.store.postgres)
+                .await?;
+            let detection = Arc::new(PipelineDetection(sender.clone()));
+            Some(tokio::spawn(worker.run(detection, shutdown_rx.clone())))
+        }
+        _ => None,
+    };
+    // ingest: the channel server, storing (or publishing) before acknowledging.
+    let ingest = if role.ingests() {
+        let parts = IngestParts {
+            store: &store,
+            directory: &directory,
+            metrics: &metrics,
+            links: &links,
+            bus: bus.as_ref(),
+        };
+        Some(ingest_stage(&config, parts, sender, &shutdown_rx).await?)
+    } else {
+        drop(sender);
+        None
+    };
+    let channel_addr = ingest
+        .as_ref()
+        .map_or_else(|| "-".to_owned(), |i| i.addr.to_string());
     audit.record(AuditEntry {
         kind: AuditKind::Service,
         actor: "cortex".into(),
-        body: json!({"event": "start", "channel": channel_addr, "api": api_addr,
-                     "version": env!("CARGO_PKG_VERSION")}),
+        body: json!({"event": "start", "role": role.as_str(), "channel": channel_addr,
+                     "api": api_addr, "version": env!("CARGO_PKG_VERSION")}),
     })?;
 
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let ingest_task = tokio::spawn(ingest::serve(
-        channel_listener,
-        server_config,
-        sink,
-        shutdown_rx.clone(),
-    ));
     let keys_task = tokio::spawn(directory.clone().watch_keys(KEYS_POLL, shutdown_rx.clone()));
     let watch_task = tokio::spawn(directory.clone().watch(
         Duration::from_secs(config.agents.reload_interval_s),
@@ -258,13 +272,25 @@ async fn serve(config: CortexConfig) -> anyhow::Result<()> {
         )));
     }
     let api_task = tokio::spawn(serve_http(api_listener, api_router, shutdown_rx.clone()));
-    tracing::info!(%channel_addr, %api_addr, "cortex is running");
+    tracing::info!(role = role.as_str(), %channel_addr, %api_addr, "cortex is running");
     println!("LISTENING channel={channel_addr} api={api_addr}");
 
-    wait_for_signal().await?;
+    // A worker without its bus is no worker: the process stops (and its supervisor restarts it).
+    let bus_failure = tokio::select! {
+        signal = wait_for_signal() => {
+            signal?;
+            None
+        }
+        failure = bus_worker_ended(&mut bus_task) => Some(failure),
+    };
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
-    ingest_task.await.context("ingest task")?;
+    if let Some(ingest) = ingest {
+        ingest.stop().await?;
+    }
+    if let Some(task) = bus_task {
+        task.await.context("bus worker task")??;
+    }
     watch_task.await.context("agents watch task")?;
     keys_task.await.context("key lifecycle task")?;
     retention_task.await.context("retention task")?;
@@ -273,23 +299,197 @@ async fn serve(config: CortexConfig) -> anyhow::Result<()> {
     if let Some(task) = console_task {
         task.await.context("console task")??;
     }
-    // Every ingest session is gone, so the queue's senders are too: the worker drains and ends.
-    tokio::task::spawn_blocking(move || worker.join())
-        .await
-        .context("joining the pipeline worker")?
-        .map_err(|_| anyhow::anyhow!("the pipeline worker panicked"))?;
-    // The worker owned the anomaly stage: with it gone, the baseline thread drains and ends.
-    tokio::task::spawn_blocking(move || anomaly_thread.join())
-        .await
-        .context("joining the anomaly baseline thread")?
-        .map_err(|_| anyhow::anyhow!("the anomaly baseline thread panicked"))?;
+    if let Some(detection) = detection {
+        detection.join().await?;
+    }
     audit.record(AuditEntry {
         kind: AuditKind::Service,
         actor: "cortex".into(),
         body: json!({"event": "stop"}),
     })?;
+    if let Some(failure) = bus_failure {
+        return Err(failure);
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Waits for the bus worker task to end (never, without one) and says why it did.
+async fn bus_worker_ended(
+    task: &mut Option<tokio::task::JoinHandle<Result<(), BusError>>>,
+) -> anyhow::Error {
+    let Some(running) = task.as_mut() else {
+        return std::future::pending().await;
+    };
+    let ended = running.await;
+    *task = None;
+    match ended {
+        Ok(Ok(())) => anyhow::anyhow!("the bus worker stopped: the stream's consumer ended"),
+        Ok(Err(error)) => anyhow::Error::new(error).context("the bus worker failed"),
+        Err(error) => anyhow::Error::new(error).context("the bus worker task failed"),
+    }
+}
+
+/// The bus connections of a replica: the event stream and core NATS for commands.
+struct Bus {
+    events: EventBus,
+    commands: async_nats::Client,
+}
+
+/// Connects to the bus when `[bus] kind = "nats"`.
+async fn connect_bus(config: &CortexConfig) -> anyhow::Result<Option<Bus>> {
+    if config.bus.kind != BusKind::Nats {
+        return Ok(None);
+    }
+    let events = EventBus::connect(&config.bus).await?;
+    let commands = bus::commands::connect(&config.bus).await?;
+    tracing::info!(url = %config.bus.url, stream = %config.bus.stream, "bus connected");
+    Ok(Some(Bus { events, commands }))
+}
+
+/// What the detection stage shares with the rest of the process.
+struct DetectionParts<'a> {
+    store: &'a Arc<dyn Store>,
+    nodes: &'a Arc<Mutex<NodeStates>>,
+    metrics: &'a Arc<Metrics>,
+    responder: &'a Arc<Responder>,
+    agents: &'a AgentsFile,
+}
+
+/// The running pipeline worker and the anomaly thread it feeds.
+struct DetectionStage {
+    worker: std::thread::JoinHandle<()>,
+    anomaly: std::thread::JoinHandle<()>,
+}
+
+fn detection_stage(
+    config: &CortexConfig,
+    parts: DetectionParts<'_>,
+    queue: crossbeam_channel::Receiver<pipeline::Work>,
+) -> anyhow::Result<DetectionStage> {
+    let (engine, report) = rules::load_engine(&config.detect)?;
+    tracing::info!(
+        rules = engine.rule_count(),
+        "{}",
+        report.to_string().trim_end()
+    );
+    let fusion = Fusion::new(score_config(config, parts.agents)?)?;
+    let (anomaly, anomaly_thread) = AnomalyStage::start(config.anomaly.clone())?;
+    let pipeline = Pipeline::new(
+        engine,
+        fusion,
+        parts.nodes.clone(),
+        parts.store.clone(),
+        parts.metrics.clone(),
+    )?
+    .with_anomaly(anomaly)
+    .with_responder(parts.responder.clone());
+    let worker = std::thread::Builder::new()
+        .name("cortex-pipeline".into())
+        .spawn(move || pipeline.run(queue))
+        .context("starting the pipeline worker")?;
+    Ok(DetectionStage {
+        worker,
+        anomaly: anomaly_thread,
+    })
+}
+
+impl DetectionStage {
+    /// Waits for the worker (it ends once every queue sender is gone) and then the anomaly
+    /// thread (it ends once the worker, which owned its stage, is gone).
+    async fn join(self) -> anyhow::Result<()> {
+        let DetectionStage { worker, anomaly } = self;
+        tokio::task::spawn_blocking(move || worker.join())
+            .await
+            .context("joining the pipeline worker")?
+            .map_err(|_| anyhow::anyhow!("the pipeline worker panicked"))?;
+        tokio::task::spawn_blocking(move || anomaly.join())
+            .await
+            .context("joining the anomaly baseline thread")?
+            .map_err(|_| anyhow::anyhow!("the anomaly baseline thread panicked"))?;
+        Ok(())
+    }
+}
+
+/// What the ingest stage shares with the rest of the process.
+struct IngestParts<'a> {
+    store: &'a Arc<dyn Store>,
+    directory: &'a AgentDirectory,
+    metrics: &'a Arc<Metrics>,
+    links: &'a AgentLinks,
+    bus: Option<&'a Bus>,
+}
+
+/// The running channel server (and, on the bus, the command server for its sessions).
+struct IngestStage {
+    addr: std::net::SocketAddr,
+    server: tokio::task::JoinHandle<()>,
+    commands: Option<tokio::task::JoinHandle<()>>,
+}
+
+async fn ingest_stage(
+    config: &CortexConfig,
+    parts: IngestParts<'_>,
+    sender: pipeline::PipelineSender,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<IngestStage> {
+    let keypair = StaticKeypair::load(&config.keys.channel_key_file).with_context(|| {
+        format!(
+            "[keys] channel_key_file {}",
+            config.keys.channel_key_file.display()
+        )
+    })?;
+    let mut sink = IngestSink::new(
+        parts.store.clone(),
+        parts.directory.clone(),
+        Limits::from(&config.ingest),
+        parts.metrics.clone(),
+        sender,
+    )
+    .with_links(parts.links.clone());
+    let mut commands = None;
+    if let Some(bus) = parts.bus {
+        sink = sink.with_bus(bus.events.clone());
+        let server = CommandServer::new(
+            bus.commands.clone(),
+            &config.bus,
+            parts.links.clone(),
+            Duration::from_millis(config.respond.dispatch_timeout_ms),
+        );
+        commands = Some(tokio::spawn(server.run(shutdown.clone())));
+    }
+    let server_config = ServerConfig {
+        keypair,
+        allow_list: parts.directory.allow_list(),
+        require_hybrid: config.listen.require_hybrid,
+        transport: config.listen.transport(),
+        handshake_timeout: config.listen.handshake_timeout(),
+    };
+    let listener = TcpListener::bind(config.listen_addr()?)
+        .await
+        .with_context(|| format!("binding [listen] address {}", config.listen.address))?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(ingest::serve(
+        listener,
+        server_config,
+        sink,
+        shutdown.clone(),
+    ));
+    Ok(IngestStage {
+        addr,
+        server,
+        commands,
+    })
+}
+
+impl IngestStage {
+    async fn stop(self) -> anyhow::Result<()> {
+        self.server.await.context("ingest task")?;
+        if let Some(task) = self.commands {
+            task.await.context("command server task")?;
+        }
+        Ok(())
+    }
 }
 
 /// The respond stage: playbooks loaded (a bad file stops start-up), persisted actions taken
@@ -298,7 +498,7 @@ fn respond_stage(
     config: &CortexConfig,
     store: &Arc<dyn Store>,
     nodes: &Arc<Mutex<NodeStates>>,
-    links: &AgentLinks,
+    links: Arc<dyn CommandRoute>,
     rotation: Arc<dyn KeyRotation>,
 ) -> anyhow::Result<(Arc<Responder>, cortex::respond::Dispatcher)> {
     let playbooks = Playbooks::load(
@@ -315,7 +515,7 @@ fn respond_stage(
         playbooks,
         store: store.clone(),
         nodes: nodes.clone(),
-        links: links.clone(),
+        links,
         cortex_addr: Some(config.listen_addr()?.ip()),
         key_rotation: Some(rotation),
     })?)

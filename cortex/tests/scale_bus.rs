@@ -11,34 +11,20 @@ use std::time::{Duration, Instant};
 
 use cortex::bus::nats::{Detection, EventBus};
 use cortex::bus::{BusBatch, BusConfig, BusKind};
-use cortex::pipeline::adopt::DetectedMarks;
+use cortex::pipeline::adopt::{DetectedMarks, HostFilter};
 use cortex::store::config::PostgresConfig;
 use cortex::store::{EventQuery, MAX_QUERY_LIMIT, PostgresStore, Store};
 use qsc_event::{AuthAttempt, Event, EventKind, Source};
 use tokio::sync::watch;
 
+#[allow(dead_code)] // the replica test uses the rest
+#[path = "common/scale.rs"]
+mod scale;
+use scale::servers_or_skip;
+
 const HOSTS: [&str; 3] = ["web-01", "db-01", "x.odd-host"];
 const BATCHES: u64 = 20;
 const PER_BATCH: u64 = 10;
-
-/// True when the servers answer; otherwise skips with the reason, or fails when the run
-/// requires the server tests (`QSC_REQUIRE_ROOT_TESTS=1`, as `cargo xtask test` sets).
-fn servers_or_skip() -> bool {
-    let up = ["127.0.0.1:4233", "127.0.0.1:5432"].iter().all(|addr| {
-        addr.parse()
-            .is_ok_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok())
-    });
-    if !up {
-        assert!(
-            std::env::var("QSC_REQUIRE_ROOT_TESTS").map_or(true, |v| v != "1"),
-            "NATS (127.0.0.1:4233) and PostgreSQL (127.0.0.1:5432) are required: run `cargo xtask setup --scale`"
-        );
-        eprintln!(
-            "skipping: NATS/PostgreSQL not running; `sudo cargo xtask setup --scale` starts them"
-        );
-    }
-    up
-}
 
 fn event(host: &str, seq: u64) -> Event {
     let mut event = Event::new(
@@ -60,6 +46,7 @@ fn batch(host: &str, index: u64) -> BusBatch {
     BusBatch {
         host_id: host.into(),
         agent: Source::Alpha,
+        received_ns: 0,
         events: (1..=PER_BATCH)
             .map(|i| event(host, index * PER_BATCH + i))
             .collect(),
@@ -103,7 +90,8 @@ struct Counting {
 }
 
 impl Detection for Counting {
-    fn detect(&self, host_id: &str, events: Vec<Event>) {
+    fn detect(&self, batch: BusBatch) {
+        let (host_id, events) = (batch.host_id.as_str(), &batch.events);
         let hit = host_id == TRAP.0 && events.iter().any(|e| e.seq == TRAP.1);
         if let (true, Some(trap), Some(trapped)) = (hit, &self.trap, &self.trapped) {
             let _ = trapped.lock().unwrap().send(());
@@ -115,12 +103,7 @@ impl Detection for Counting {
         order.extend(events.iter().map(|event| (event.seq, self.name)));
     }
 
-    fn adopt(
-        &self,
-        partition: u32,
-        owns: &(dyn Fn(&str) -> bool + Sync),
-        detected: &DetectedMarks,
-    ) {
+    fn adopt(&self, partition: u32, owns: HostFilter, detected: DetectedMarks) {
         assert!(
             HOSTS
                 .iter()

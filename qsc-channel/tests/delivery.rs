@@ -347,3 +347,32 @@ async fn batches_are_read_ahead_but_acked_only_once_durable_and_in_order() {
     wait_until("everything acked", || handle.unacked().unwrap() == 0).await;
     task.abort();
 }
+
+#[tokio::test]
+async fn an_agent_whose_cortex_is_down_delivers_through_its_fallback_address() {
+    let s = setup(false, TransportConfig::default());
+    let dir = tempfile::tempdir().unwrap();
+    // A port nobody listens on: bound, noted and closed again.
+    let down = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let down_addr = down.local_addr().unwrap().to_string();
+    drop(down);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut config = ClientConfig::new(down_addr, s.cortex.public(), s.agent.clone());
+    config.fallback_addrs = vec![listener.local_addr().unwrap().to_string()];
+    config.backoff_initial = Duration::from_millis(10);
+    let client = Client::new(
+        config,
+        outbox(dir.path(), 1 << 20, OverflowPolicy::DropNewest),
+    );
+    let events: Vec<Vec<u8>> = (0..50u8).map(|i| vec![i; 32]).collect();
+    client.handle().append_batch(&events).unwrap();
+    let sink = MemorySink::default();
+    let _server = spawn_server(listener, s.server.clone(), sink.clone());
+    let task = tokio::spawn(client.run_until(Echo, std::future::pending()));
+    let stored = sink.0.clone();
+    wait_until("delivery through the fallback", || {
+        stored.lock().unwrap().events.len() == 50
+    })
+    .await;
+    task.abort();
+}

@@ -5,9 +5,15 @@
 //! is stopped and started again while the agents keep working and no event is lost; and `down`
 //! leaves no container, network or volume of the stack behind.
 //!
-//! Ignored by plain `cargo test` (it needs the images); `cargo xtask test` builds them and runs
-//! it as root, once with each Compose flavour. By hand: `cargo xtask images --local-base`, then
-//! `cargo test -p qsc-tests --test compose -- --ignored --nocapture`.
+//! The `scale` profile: NATS, PostgreSQL and three cortex replicas (all, gateway, worker) come
+//! up healthy, every agent event is stored once, the incident is visible through the API of
+//! every replica, and an approved action travels from the respond stage holding it, over NATS,
+//! to the gateway holding guardian-alpha's session, and the agent's report comes back.
+//!
+//! Ignored by plain `cargo test` (they need the images); `cargo xtask test` builds them and runs
+//! the demo test as root once with each Compose flavour, the scale test with Compose v2. By
+//! hand: `cargo xtask images --local-base`, then
+//! `cargo test -p qsc-tests --test compose -- --ignored --nocapture --test-threads 1`.
 //! `QSC_COMPOSE` picks the Compose tool ("docker-compose" or "docker compose"), `QSC_TAG` the
 //! image tag.
 
@@ -43,7 +49,7 @@ fn compose_stack_detects_survives_a_cortex_restart_and_leaves_nothing_behind() {
         .prefix("qsc-compose-e2e-")
         .tempdir_in("/tmp")
         .expect("temp dir under /tmp");
-    let mut stack = Stack::up();
+    let mut stack = Stack::up("demo");
     let incident = suspicious_action_becomes_an_incident(&stack, work.path());
     eprintln!(
         "incident: {} {} confidence {}",
@@ -54,6 +60,133 @@ fn compose_stack_detects_survives_a_cortex_restart_and_leaves_nothing_behind() {
     cortex_restart_loses_no_event(&stack, work.path());
     stack.down_and_check_nothing_is_left();
     eprintln!("compose end-to-end test took {:.0?}", started.elapsed());
+}
+
+#[test]
+#[ignore = "needs the QSC images: run by `cargo xtask test` (see the file's doc)"]
+fn compose_scale_profile_runs_replicas_that_share_events_incidents_and_commands() {
+    if !root_or_skip("compose_scale_profile_runs_replicas_that_share_events_incidents_and_commands")
+    {
+        return;
+    }
+    let started = Instant::now();
+    let work = tempfile::Builder::new()
+        .prefix("qsc-compose-scale-")
+        .tempdir_in("/tmp")
+        .expect("temp dir under /tmp");
+    let mut stack = Stack::up("scale");
+    every_service_runs_and_every_replica_answers(&stack);
+    let incident = suspicious_action_becomes_an_incident(&stack, work.path());
+    every_replica_shows(&stack, &incident);
+    tamper_demo_file(&stack, "listen = 3333");
+    let seqs = wait_for_seqs(&stack, |seqs| {
+        seqs.get("alpha").is_some_and(|s| !s.is_empty())
+            && seqs.get("beta").is_some_and(|s| !s.is_empty())
+    });
+    assert_gap_free(&seqs);
+    an_approved_action_reaches_the_agent(&stack, &incident);
+    stack.down_and_check_nothing_is_left();
+    eprintln!("compose scale test took {:.0?}", started.elapsed());
+}
+
+/// NATS, PostgreSQL, the three cortex replicas and both agents are running (the replicas
+/// restart until NATS and PostgreSQL answer), and the API of each replica answers.
+fn every_service_runs_and_every_replica_answers(stack: &Stack) {
+    let wanted = [
+        "nats",
+        "postgres",
+        "cortex",
+        "cortex-gateway",
+        "cortex-worker",
+        "guardian-alpha",
+        "guardian-beta",
+    ];
+    let mut running = String::new();
+    let all_up = wait_until(PATIENCE, || {
+        running = stack.compose(&["ps", "--services", "--filter", "status=running"]);
+        wanted
+            .iter()
+            .all(|service| running.lines().any(|l| l.trim() == *service))
+    });
+    assert!(
+        all_up,
+        "not every service runs: {running}\nlogs:\n{}",
+        stack.logs()
+    );
+    for api in stack.replica_apis() {
+        let ok = wait_until(PATIENCE, || {
+            http_get(&api, "/health", None).is_some_and(|(status, _)| status == 200)
+        });
+        assert!(
+            ok,
+            "the replica API {api} never answered\nlogs:\n{}",
+            stack.logs()
+        );
+    }
+}
+
+/// Each replica's API serves the incident (they read the shared PostgreSQL store).
+fn every_replica_shows(stack: &Stack, incident: &Value) {
+    let id = incident["id"].as_str().expect("the incident has an id");
+    for api in stack.replica_apis() {
+        let (status, body) = http_get(&api, &format!("/api/incidents/{id}"), Some(&stack.token))
+            .unwrap_or_else(|| panic!("{api}: no answer"));
+        assert_eq!(status, 200, "{api}: GET incident {id}: {body}");
+        let seen: Value = serde_json::from_str(&body).expect("an incident as JSON");
+        assert_eq!(seen["incident"]["id"], incident["id"], "{api}");
+    }
+}
+
+/// A held agent action of the incident is approved through the replica whose respond stage
+/// holds it; the command goes over NATS to the gateway holding guardian-alpha's session, and
+/// the agent's report comes back to the action record.
+fn an_approved_action_reaches_the_agent(stack: &Stack, incident: &Value) {
+    let mut held = Value::Null;
+    let found = wait_until(PATIENCE, || {
+        let actions = stack.get(&format!("/api/actions?host={HOST_ID}&status=held"));
+        held = actions
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["incident_id"] == incident["id"] && !a["action"].is_null())
+            .cloned()
+            .unwrap_or(Value::Null);
+        !held.is_null()
+    });
+    assert!(
+        found,
+        "no held agent action for incident {}: {:#}",
+        incident["id"],
+        stack.get(&format!("/api/actions?host={HOST_ID}"))
+    );
+    let id = held["id"].as_str().expect("the action has an id");
+    // Held actions live with the replica whose respond stage created them (a known limit):
+    // the others answer that they hold no such action.
+    let body = r#"{"operator":"compose-test","reason":"scale profile check"}"#;
+    let bearer = format!("Bearer {}", stack.token);
+    let approved = stack.replica_apis().iter().any(|api| {
+        http_post(
+            api,
+            &format!("/api/actions/{id}/approve"),
+            &[("Authorization", &bearer)],
+            body,
+        ) == Some(200)
+    });
+    assert!(approved, "no replica took the approval of action {id}");
+    let mut record = Value::Null;
+    let reported = wait_until(PATIENCE, || {
+        record = stack.get(&format!("/api/actions/{id}"));
+        record["report"].is_object()
+    });
+    assert!(
+        reported,
+        "action {id} got no report from the agent: {record:#}\nlogs:\n{}",
+        stack.logs()
+    );
+    eprintln!(
+        "action {id} ({}) reached the agent: {} {}",
+        record["name"], record["status"], record["detail"]
+    );
 }
 
 /// A binary of this host copied under `dir` as `name` (executable), so the test runs a
@@ -83,7 +216,7 @@ fn suspicious_action_becomes_an_incident(stack: &Stack, work: &Path) -> Value {
     ];
     let mut found = None;
     let seen = wait_until(PATIENCE, || {
-        let incidents = stack.api(&format!("/api/incidents?host={HOST_ID}"));
+        let incidents = stack.get(&format!("/api/incidents?host={HOST_ID}"));
         found = incidents
             .as_array()
             .into_iter()
@@ -98,7 +231,7 @@ fn suspicious_action_becomes_an_incident(stack: &Stack, work: &Path) -> Value {
     assert!(
         seen,
         "no incident with evidence of {rules:?} for {HOST_ID}; incidents: {:#}\nlogs:\n{}",
-        stack.api(&format!("/api/incidents?host={HOST_ID}")),
+        stack.get(&format!("/api/incidents?host={HOST_ID}")),
         stack.logs()
     );
     found.unwrap_or_default()
@@ -269,24 +402,35 @@ fn assert_gap_free(seqs: &Seqs) {
     }
 }
 
-/// One compose project of the stack with the demo profile, on free loopback ports; taken down
-/// on drop.
+/// One compose project of the stack with the given profiles, on free loopback ports; taken
+/// down on drop.
 struct Stack {
     project: String,
+    /// `COMPOSE_PROFILES` (the environment variable rather than --profile: init reads it too).
+    profiles: &'static str,
     channel: String,
-    api: String,
+    /// The cortex API; with the scale profile the gateway's and the worker's follow it.
+    api_port: u16,
     webhook: String,
+    /// Profile scale: the second gateway's channel, NATS and PostgreSQL.
+    gateway: String,
+    nats_port: u16,
+    pg_port: u16,
     token: String,
     down: bool,
 }
 
 impl Stack {
-    fn up() -> Self {
+    fn up(profiles: &'static str) -> Self {
         let mut stack = Stack {
-            project: format!("qsc-e2e-{}", std::process::id()),
+            project: format!("qsc-e2e-{profiles}-{}", std::process::id()),
+            profiles,
             channel: format!("127.0.0.1:{}", free_port()),
-            api: format!("127.0.0.1:{}", free_port()),
+            api_port: free_ports(3),
             webhook: format!("127.0.0.1:{}", free_port()),
+            gateway: format!("127.0.0.1:{}", free_port()),
+            nats_port: free_port(),
+            pg_port: free_port(),
             token: String::new(),
             down: false,
         };
@@ -323,10 +467,12 @@ impl Stack {
             .arg(repo_root().join("docker-compose.yml"))
             .env("QSC_HOST_ID", HOST_ID)
             .env("QSC_CHANNEL_LISTEN", &self.channel)
-            .env("QSC_API_LISTEN", &self.api)
+            .env("QSC_API_LISTEN", self.api())
             .env("QSC_WEBHOOK_PORT", port_of(&self.webhook))
-            // The environment variable rather than --profile: the init service reads it too.
-            .env("COMPOSE_PROFILES", "demo")
+            .env("QSC_GATEWAY_LISTEN", &self.gateway)
+            .env("QSC_NATS_PORT", self.nats_port.to_string())
+            .env("QSC_PG_PORT", self.pg_port.to_string())
+            .env("COMPOSE_PROFILES", self.profiles)
             .env("DOCKER_BUILDKIT", "0");
         cmd
     }
@@ -357,15 +503,26 @@ impl Stack {
             .unwrap_or_default()
     }
 
+    /// The API of the `cortex` service.
+    fn api(&self) -> String {
+        format!("127.0.0.1:{}", self.api_port)
+    }
+
+    /// The APIs of the three replicas of the scale profile (cortex, cortex-gateway,
+    /// cortex-worker).
+    fn replica_apis(&self) -> [String; 3] {
+        [0, 1, 2].map(|offset| format!("127.0.0.1:{}", self.api_port + offset))
+    }
+
     fn wait_for_api(&self) {
         let ok = wait_until(PATIENCE, || {
-            http_get(&self.api, "/health", None).is_some_and(|(status, _)| status == 200)
+            http_get(&self.api(), "/health", None).is_some_and(|(status, _)| status == 200)
         });
         assert!(ok, "the cortex API never answered\nlogs:\n{}", self.logs());
     }
 
-    fn api(&self, path: &str) -> Value {
-        let (status, body) = http_get(&self.api, path, Some(&self.token))
+    fn get(&self, path: &str) -> Value {
+        let (status, body) = http_get(&self.api(), path, Some(&self.token))
             .unwrap_or_else(|| panic!("GET {path}: no answer from the cortex"));
         assert_eq!(status, 200, "GET {path}: {body}");
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
@@ -481,6 +638,21 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free loopback port")
+}
+
+/// The first of `count` consecutive free loopback ports.
+fn free_ports(count: u16) -> u16 {
+    loop {
+        let first = free_port();
+        let rest_free = (1..count).all(|offset| {
+            first
+                .checked_add(offset)
+                .is_some_and(|port| TcpListener::bind(("127.0.0.1", port)).is_ok())
+        });
+        if rest_free {
+            return first;
+        }
+    }
 }
 
 /// A plain HTTP/1.0 GET (so the answer is never chunked); `None` when nothing answers.

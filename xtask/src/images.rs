@@ -53,6 +53,17 @@ pub const IMAGES: &[Image] = &[
         dockerfile: "webhook-demo.Dockerfile",
         binaries: &[],
     },
+    // The scale-out servers (compose profile `scale`), from Debian's packages.
+    Image {
+        name: "qsc/nats",
+        dockerfile: "nats.Dockerfile",
+        binaries: &[],
+    },
+    Image {
+        name: "qsc/postgres",
+        dockerfile: "postgres.Dockerfile",
+        binaries: &[],
+    },
 ];
 
 #[derive(clap::Args)]

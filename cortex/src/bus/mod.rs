@@ -14,6 +14,8 @@
 //! the recorded detection progress, records the new progress, and only then acknowledges the
 //! message ([`nats::Worker`]).
 
+pub mod commands;
+pub mod detection;
 pub mod lease;
 pub mod nats;
 pub mod partition;
@@ -41,6 +43,8 @@ pub struct BusConfig {
     pub partitions: u32,
     /// Milliseconds between a worker's looks for free partitions and its fair share.
     pub lease_poll_ms: u64,
+    /// Commands to agents are NATS requests on `<command_prefix>.<host>`.
+    pub command_prefix: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -63,6 +67,7 @@ impl Default for BusConfig {
             ack_wait_s: 30,
             partitions: 16,
             lease_poll_ms: 1000,
+            command_prefix: "qsc.cmd".into(),
         }
     }
 }
@@ -79,6 +84,11 @@ pub enum BusConfigError {
     Partitions,
     #[error("bus.lease_poll_ms must be between 10 and 60000")]
     LeasePoll,
+    #[error(
+        "bus.command_prefix = {0:?} must be dot-separated NATS tokens without wildcards, \
+         outside bus.subject_prefix"
+    )]
+    CommandPrefix(String),
 }
 
 impl BusConfig {
@@ -103,20 +113,24 @@ impl BusConfig {
         if !(10..=60_000).contains(&self.lease_poll_ms) {
             return Err(BusConfigError::LeasePoll);
         }
+        let under_events = format!("{}.", self.subject_prefix);
+        if !self.command_prefix.split('.').all(is_nats_name)
+            || format!("{}.", self.command_prefix).starts_with(&under_events)
+            || under_events.starts_with(&format!("{}.", self.command_prefix))
+        {
+            return Err(BusConfigError::CommandPrefix(self.command_prefix.clone()));
+        }
         Ok(())
     }
 
-    /// The subject of a host's events: its partition, then its id as one token when it is a
-    /// plain name, else `x` and its hex form (so that `.`, `*`, `>` or spaces in a host id
-    /// cannot change routing).
+    /// The subject of a host's events: its partition, then its host token.
     pub fn subject(&self, host_id: &str) -> String {
-        let token = if is_nats_name(host_id) && !host_id.starts_with('x') {
-            host_id.to_owned()
-        } else {
-            format!("x{}", hex::encode(host_id))
-        };
         let partition = partition::partition_of(host_id, self.partitions);
-        format!("{}.{partition}.{token}", self.subject_prefix)
+        format!(
+            "{}.{partition}.{}",
+            self.subject_prefix,
+            host_token(host_id)
+        )
     }
 
     /// The subjects of one partition's hosts.
@@ -127,6 +141,21 @@ impl BusConfig {
     /// The durable consumer of one partition.
     pub fn partition_consumer(&self, partition: u32) -> String {
         format!("{}-p{partition}", self.consumer)
+    }
+
+    /// The subject commands for a host's agent are requested on: `<command_prefix>.<host token>`.
+    pub fn command_subject(&self, host_id: &str) -> String {
+        format!("{}.{}", self.command_prefix, host_token(host_id))
+    }
+}
+
+/// A host id as one subject token: itself when it is a plain name, else `x` and its hex form
+/// (so that `.`, `*`, `>` or spaces in a host id cannot change routing).
+fn host_token(host_id: &str) -> String {
+    if is_nats_name(host_id) && !host_id.starts_with('x') {
+        host_id.to_owned()
+    } else {
+        format!("x{}", hex::encode(host_id))
     }
 }
 
@@ -142,6 +171,10 @@ fn is_nats_name(name: &str) -> bool {
 pub struct BusBatch {
     pub host_id: String,
     pub agent: Source,
+    /// Wall clock (ns) when the gateway received the batch: where decision latency starts.
+    /// 0 when unknown (then it starts when a worker takes the batch).
+    #[serde(default)]
+    pub received_ns: u64,
     pub events: Vec<Event>,
 }
 
@@ -194,6 +227,15 @@ mod tests {
             Err(BusConfigError::SubjectPrefix(_))
         ));
         config.subject_prefix = "qsc.events".into();
+        for overlapping in ["qsc.events.cmd", "qsc", "qsc.*"] {
+            config.command_prefix = overlapping.into();
+            assert!(matches!(
+                config.validate(),
+                Err(BusConfigError::CommandPrefix(_))
+            ));
+        }
+        config.command_prefix = "qsc.cmd".into();
+        assert_eq!(config.command_subject("a.b"), "qsc.cmd.x612e62");
         config.stream = "a.b".into();
         assert!(matches!(
             config.validate(),

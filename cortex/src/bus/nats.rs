@@ -7,14 +7,13 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, stream};
 use futures_util::StreamExt;
-use qsc_event::Event;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::lease::{LeaseError, Leases};
 use super::partition::{fair_share, partition_of};
 use super::{BusBatch, BusConfig};
-use crate::pipeline::adopt::DetectedMarks;
+use crate::pipeline::adopt::{DetectedMarks, HostFilter};
 use crate::store::config::PostgresConfig;
 use crate::store::{Store, StoreError};
 
@@ -162,17 +161,17 @@ impl EventBus {
 /// What a worker hands detection. Both calls may block; the worker calls them on a blocking
 /// thread, never two at once for one partition.
 pub trait Detection: Send + Sync {
-    /// Detects on events of `host_id` that are not recorded as detected, in delivery order,
-    /// and returns once what they caused (incidents, node states) is durable: the worker then
-    /// records them as detected. A worker that dies between the two leaves them to the
+    /// Detects on events of `batch` (its host's events not recorded as detected, in delivery
+    /// order) and returns once what they caused (incidents, node states) is durable: the worker
+    /// then records them as detected. A worker that dies between the two leaves them to the
     /// partition's next owner, which hands them to detection again: detection must then take
     /// hits it already folded as repeats (the pipeline's fusion does, by their event refs).
-    fn detect(&self, host_id: &str, events: Vec<Event>);
+    fn detect(&self, batch: BusBatch);
     /// This worker now owns `partition`: rebuild the detection state (correlation windows,
     /// open incidents and their evidence, node states) of the hosts `owns` accepts from the
     /// store, up to their detection progress `detected`, before the partition's first batch
     /// ([`crate::pipeline::Pipeline::adopt`] does it for the pipeline).
-    fn adopt(&self, partition: u32, owns: &(dyn Fn(&str) -> bool + Sync), detected: &DetectedMarks);
+    fn adopt(&self, partition: u32, owns: HostFilter, detected: DetectedMarks);
 }
 
 /// Owns a fair share of the partitions: for each, stores the batches, hands what detection has
@@ -383,9 +382,10 @@ impl PartitionConsumer {
     async fn adopt(&self) -> Result<(), BusError> {
         let (detection, partition, partitions) =
             (self.detection.clone(), self.partition, self.partitions);
-        let owns = move |host: &str| partition_of(host, partitions) == partition;
-        let detected = self.leases.progress(&owns).await?;
-        tokio::task::spawn_blocking(move || detection.adopt(partition, &owns, &detected))
+        let owns: HostFilter =
+            Arc::new(move |host: &str| partition_of(host, partitions) == partition);
+        let detected = self.leases.progress(&*owns).await?;
+        tokio::task::spawn_blocking(move || detection.adopt(partition, owns, detected))
             .await
             .map_err(|e| BusError::Join(e.to_string()))
     }
@@ -417,20 +417,22 @@ impl PartitionConsumer {
         .await
         .map_err(|e| BusError::Join(e.to_string()))??;
         let detected = self.leases.detected(&batch.host_id, batch.agent).await?;
-        let fresh: Vec<Event> = batch
-            .events
-            .into_iter()
-            .filter(|event| event.seq > detected)
-            .collect();
-        if !fresh.is_empty() {
-            let (detection, host_id) = (self.detection.clone(), batch.host_id.clone());
-            tokio::task::spawn_blocking(move || detection.detect(&host_id, fresh))
+        let (host_id, agent) = (batch.host_id.clone(), batch.agent);
+        let fresh = BusBatch {
+            events: batch
+                .events
+                .into_iter()
+                .filter(|event| event.seq > detected)
+                .collect(),
+            ..batch
+        };
+        if !fresh.events.is_empty() {
+            let detection = self.detection.clone();
+            tokio::task::spawn_blocking(move || detection.detect(fresh))
                 .await
                 .map_err(|e| BusError::Join(e.to_string()))?;
         }
-        self.leases
-            .mark_detected(&batch.host_id, batch.agent, last)
-            .await?;
+        self.leases.mark_detected(&host_id, agent, last).await?;
         Ok(())
     }
 }

@@ -10,13 +10,13 @@ use serde::Deserialize;
 
 use crate::anomaly::{AnomalyConfig, AnomalyError};
 use crate::audit::{AuditConfig, AuditError};
-use crate::bus::{BusConfig, BusConfigError};
+use crate::bus::{BusConfig, BusConfigError, BusKind};
 use crate::console::{ConsoleConfig, ConsoleConfigError};
 use crate::respond::{RespondConfig, RespondConfigError};
 use crate::score::ScoreConfig;
 use crate::score::config::ScoreConfigError;
 use crate::store::StoreConfig;
-use crate::store::config::StoreConfigError;
+use crate::store::config::{StoreBackend, StoreConfigError};
 use crate::webhook::{ConfigError as WebhookConfigError, WebhookConfig};
 
 /// Largest event accepted anywhere, whatever the configuration says.
@@ -40,6 +40,49 @@ pub struct CortexConfig {
     pub webhook: WebhookConfig,
     pub console: ConsoleConfig,
     pub bus: BusConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`: which part of the cortex this process runs.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub role: Role,
+}
+
+/// What one `cortex serve` process does; replicas differ only in this.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Everything: with `[bus] kind = "none"` the single-node cortex; with `"nats"` a gateway
+    /// and a worker in one process.
+    #[default]
+    All,
+    /// Terminates agent channels, validates, publishes each batch to the bus and acknowledges
+    /// the agent once the stream has it; delivers commands to the agents it holds.
+    Gateway,
+    /// Consumes the bus: store, detect, score, decide, respond (commands through the bus).
+    Worker,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::All => "all",
+            Role::Gateway => "gateway",
+            Role::Worker => "worker",
+        }
+    }
+
+    /// Whether this process accepts agent channels.
+    pub fn ingests(self) -> bool {
+        self != Role::Worker
+    }
+
+    /// Whether this process runs detection.
+    pub fn detects(self) -> bool {
+        self != Role::Gateway
+    }
 }
 
 /// `[listen]`: the agent channel.
@@ -252,12 +295,34 @@ impl CortexConfig {
         }
         self.store.validate()?;
         self.bus.validate()?;
+        self.validate_cluster()?;
         self.score.validate()?;
         self.audit.validate()?;
         self.anomaly.validate()?;
         self.respond.validate()?;
         self.webhook.validate()?;
         self.console.validate()?;
+        Ok(())
+    }
+
+    /// Gateways and workers exist only on the bus, and replicas on the bus share PostgreSQL.
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let on_bus = self.bus.kind == BusKind::Nats;
+        if self.cluster.role != Role::All && !on_bus {
+            return Err(invalid(
+                "cluster.role",
+                format!(
+                    "\"{}\" needs [bus] kind = \"nats\" (replicas pass events through it)",
+                    self.cluster.role.as_str()
+                ),
+            ));
+        }
+        if on_bus && self.store.backend != StoreBackend::Postgres {
+            return Err(invalid(
+                "store.backend",
+                "[bus] kind = \"nats\" needs backend = \"postgres\": every replica must see the same store",
+            ));
+        }
         Ok(())
     }
 
@@ -418,6 +483,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("10.0.0.0/40"), "{error}");
+    }
+
+    #[test]
+    fn replica_roles_need_the_bus_and_the_bus_needs_postgres() {
+        let mut config: CortexConfig = toml::from_str("[cluster]\nrole = \"gateway\"").unwrap();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("cluster.role"), "{error}");
+        config.bus.kind = BusKind::Nats;
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("store.backend"), "{error}");
+        config.store.backend = StoreBackend::Postgres;
+        assert!(config.validate().is_ok());
+        assert!(toml::from_str::<CortexConfig>("[cluster]\nrole = \"leader\"").is_err());
+        assert!(!Role::Worker.ingests() && !Role::Gateway.detects() && Role::All.detects());
     }
 
     #[test]

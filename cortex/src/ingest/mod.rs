@@ -34,6 +34,8 @@ use self::agents::{AgentsFile, AgentsFileError, Binding};
 use self::keys::{KeyLifecycle, Sessions};
 use self::validate::{Limits, rejection_event, validate_event};
 use crate::audit::{AuditEntry, AuditKind, AuditSink};
+use crate::bus::BusBatch;
+use crate::bus::nats::{BusError, EventBus};
 use crate::metrics::Metrics;
 use crate::pipeline::{Batch, PipelineSender};
 use crate::respond::AgentLinks;
@@ -166,6 +168,8 @@ pub enum IngestError {
     SeqOutOfRange { host_id: String, seq: u64 },
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("bus: {0}")]
+    Bus(#[from] BusError),
 }
 
 /// The cortex side of every agent session.
@@ -178,6 +182,8 @@ pub struct IngestSink {
     pipeline: PipelineSender,
     /// Where guardian-alpha sessions take response commands and hand back their answers.
     links: Option<AgentLinks>,
+    /// A gateway publishes validated batches here instead of storing and detecting them.
+    bus: Option<EventBus>,
 }
 
 impl IngestSink {
@@ -195,7 +201,33 @@ impl IngestSink {
             metrics,
             pipeline,
             links: None,
+            bus: None,
         }
+    }
+
+    /// Makes this a gateway's sink: each validated batch goes to the bus, and the agent's ack
+    /// waits for the stream (workers store and detect it).
+    pub fn with_bus(mut self, bus: EventBus) -> Self {
+        self.bus = Some(bus);
+        self
+    }
+
+    /// Publishes validated `events` of `agent` and returns once the stream has them.
+    fn publish(
+        &self,
+        bus: &EventBus,
+        agent: &Binding,
+        events: Vec<Event>,
+    ) -> Result<(), IngestError> {
+        let batch = BusBatch {
+            host_id: agent.host_id.clone(),
+            agent: agent.source,
+            received_ns: now_ns(),
+            events,
+        };
+        tokio::runtime::Handle::current()
+            .block_on(bus.publish(&batch))
+            .map_err(IngestError::Bus)
     }
 
     /// Registers every guardian-alpha session with the response dispatcher's `links` and hands
@@ -268,6 +300,16 @@ impl IngestSink {
         self.metrics
             .events_received
             .fetch_add(count, Ordering::Relaxed);
+        if let Some(bus) = &self.bus {
+            // Published means durable: JetStream has the batch once `publish` returns.
+            let checked = events
+                .iter()
+                .zip(first_seq..)
+                .map(|(bytes, seq)| self.check(agent, seq, bytes, now).0)
+                .collect();
+            self.publish(bus, agent, checked)?;
+            return Ok(pending);
+        }
         for (index, chunk) in events.chunks(INGEST_CHUNK).enumerate() {
             let chunk_first = first_seq + (index * INGEST_CHUNK) as u64;
             let (checked, delivered): (Vec<Event>, Vec<Option<&[u8]>>) = chunk
@@ -343,6 +385,9 @@ impl IngestSink {
                 total: lost,
             }),
         );
+        if let Some(bus) = &self.bus {
+            return self.publish(bus, agent, vec![event]);
+        }
         let arrived = Instant::now();
         let events: Arc<[Event]> = Arc::new([event]);
         self.pipeline.submit(Batch::new(
@@ -537,14 +582,27 @@ mod tests {
     use super::agents::Enrollment;
     use super::*;
     use crate::config::IngestConfig;
-    use crate::pipeline::queue;
+    use crate::pipeline::{Work, queue};
     use crate::store::{EventQuery, MAX_QUERY_LIMIT, SqliteStore};
 
     struct Harness {
         _dir: tempfile::TempDir,
         sink: IngestSink,
         store: Arc<dyn Store>,
-        analysis: crossbeam_channel::Receiver<Batch>,
+        analysis: crossbeam_channel::Receiver<Work>,
+    }
+
+    impl Harness {
+        /// The batches queued for analysis so far.
+        fn analysed(&self) -> Vec<Batch> {
+            self.analysis
+                .try_iter()
+                .filter_map(|work| match work {
+                    Work::Analyse(batch) => Some(batch),
+                    Work::Adopt(_) => None,
+                })
+                .collect()
+        }
     }
 
     fn harness() -> Harness {
@@ -653,7 +711,7 @@ mod tests {
         assert_eq!(finding.seq, 2);
         assert!(matches!(finding.kind, EventKind::EventLoss(_)));
 
-        let batches: Vec<Batch> = harness.analysis.try_iter().collect();
+        let batches = harness.analysed();
         let seen: Vec<(Source, Vec<u64>)> = batches
             .iter()
             .map(|b| (b.agent, b.events.iter().map(|e| e.seq).collect()))
@@ -679,11 +737,7 @@ mod tests {
             total as u64
         );
         assert_eq!(stored(&harness).len(), total);
-        let sizes: Vec<usize> = harness
-            .analysis
-            .try_iter()
-            .map(|b| b.events.len())
-            .collect();
+        let sizes: Vec<usize> = harness.analysed().iter().map(|b| b.events.len()).collect();
         assert_eq!(sizes, vec![INGEST_CHUNK, INGEST_CHUNK, 7]);
     }
 
@@ -697,6 +751,6 @@ mod tests {
             .ingest_batch(&binding(Source::Alpha), i64::MAX as u64 + 1, &refs);
         assert!(matches!(result, Err(IngestError::SeqOutOfRange { .. })));
         assert!(stored(&harness).is_empty());
-        assert!(harness.analysis.try_iter().next().is_none());
+        assert!(harness.analysed().is_empty());
     }
 }

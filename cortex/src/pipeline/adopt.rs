@@ -4,15 +4,19 @@
 //! incidents and its node state, and no rule hit is counted twice.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use qsc_event::{Source, now_ns};
 
-use super::Pipeline;
+use super::{Adoption, Pipeline};
 use crate::score::IncidentStatus;
 use crate::store::{EventQuery, IncidentQuery, MAX_QUERY_LIMIT, StoreError};
 
 /// Detection progress per `(host, agent)`: the highest seq whose detection is over.
 pub type DetectedMarks = HashMap<(String, Source), u64>;
+
+/// Which hosts a worker takes over (those of one partition it gained).
+pub type HostFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// What an adoption rebuilt.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -26,6 +30,23 @@ pub struct AdoptReport {
 }
 
 impl Pipeline {
+    /// Runs an adoption from the queue: the writes of earlier batches settle first, then the
+    /// hosts' state is rebuilt; `done` is told either way (a failed rebuild is logged, and the
+    /// hosts go on with what this worker knows).
+    pub(super) fn take_over(&mut self, adoption: Adoption) {
+        self.settle(true);
+        match self.adopt(&*adoption.owns, &adoption.detected) {
+            Ok(report) => tracing::info!(
+                incidents = report.incidents,
+                node_states = report.node_states,
+                replayed = report.replayed,
+                "took hosts over"
+            ),
+            Err(error) => self.error("taking hosts over", &error),
+        }
+        let _ = adoption.done.send(());
+    }
+
     /// Rebuilds the state of the hosts `owns` accepts from the store:
     /// - their incidents that are not resolved go back into the fusion (same ids, same
     ///   evidence), and into the severity gauges;

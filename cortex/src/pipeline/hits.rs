@@ -8,7 +8,9 @@ use qsc_event::{Event, EventKind};
 use crate::detect;
 use crate::score::{self, EventRef, HitEntities, SourceKind};
 
-/// The scorer's view of `hit`, which `event` completed.
+/// The scorer's view of `hit`, which `event` completed. The hit's time is its newest supporting
+/// event's: a correlation whose events arrive out of order (two agents of one host, or a
+/// worker taking the host over) completes at the same time whatever the arrival order.
 pub fn score_hit(hit: &detect::RuleHit, event: &Event) -> score::RuleHit {
     let refs: Vec<EventRef> = if hit.events.is_empty() {
         vec![event_ref(&hit.event)]
@@ -23,7 +25,11 @@ pub fn score_hit(hit: &detect::RuleHit, event: &Event) -> score::RuleHit {
         likelihood_ratio: hit.likelihood_ratio,
         source: SourceKind::of(&event.kind),
         entities: entities(event),
-        time_ns: event.time_ns,
+        time_ns: hit
+            .events
+            .iter()
+            .map(|e| e.time_ns)
+            .fold(event.time_ns, u64::max),
         event_refs: refs,
     }
 }
@@ -160,5 +166,30 @@ mod tests {
             interval_ms: 1,
         });
         assert!(remote_ip(&volume).is_some());
+    }
+
+    #[test]
+    fn a_correlation_completes_at_its_newest_event_whatever_came_last() {
+        let volume = NetVolume {
+            process: None,
+            remote_ip: "198.51.100.9".parse().unwrap(),
+            bytes_out: 1,
+            bytes_in: 0,
+            interval_ms: 1,
+        };
+        let mut completing = Event::new("web-01", Source::Alpha, 9, EventKind::NetVolume(volume));
+        completing.time_ns = 100;
+        let refs = [100, 300, 200]
+            .into_iter()
+            .zip(1..)
+            .map(|(time_ns, seq)| detect::EventRef {
+                host_id: "web-01".into(),
+                seq,
+                time_ns,
+                rule_id: "r".into(),
+            })
+            .collect();
+        assert_eq!(score_hit(&detect_hit(refs), &completing).time_ns, 300);
+        assert_eq!(score_hit(&detect_hit(Vec::new()), &completing).time_ns, 100);
     }
 }

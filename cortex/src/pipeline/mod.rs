@@ -57,6 +57,25 @@ pub struct Batch {
     pub arrived_mono_ns: u64,
     /// When the batch was queued for analysis: the start of the analysis latency.
     pub queued: Instant,
+    /// Told once the incidents the batch touched are durable (scale-out workers wait for it
+    /// before they record the batch as detected); `None`: nobody waits.
+    pub settled: Option<Sender<()>>,
+}
+
+/// What the worker is asked to do, in queue order.
+pub enum Work {
+    /// Analyse a batch.
+    Analyse(Batch),
+    /// Take hosts over from another worker (scale-out): rebuild their state from the store
+    /// ([`Pipeline::adopt`]) before their next batch, then say so on `done`.
+    Adopt(Adoption),
+}
+
+/// The hosts a worker takes over and where their detection stands.
+pub struct Adoption {
+    pub owns: adopt::HostFilter,
+    pub detected: adopt::DetectedMarks,
+    pub done: Sender<()>,
 }
 
 impl Batch {
@@ -71,6 +90,7 @@ impl Batch {
             arrived,
             arrived_mono_ns: mono_now_ns().saturating_sub(since),
             queued: Instant::now(),
+            settled: None,
         }
     }
 }
@@ -78,7 +98,7 @@ impl Batch {
 /// The ingest side of the bounded queue.
 #[derive(Clone)]
 pub struct PipelineSender {
-    tx: Sender<Batch>,
+    tx: Sender<Work>,
     metrics: Arc<Metrics>,
     max_block: Duration,
 }
@@ -88,7 +108,7 @@ pub fn queue(
     capacity_batches: usize,
     max_block: Duration,
     metrics: Arc<Metrics>,
-) -> (PipelineSender, Receiver<Batch>) {
+) -> (PipelineSender, Receiver<Work>) {
     let (tx, rx) = crossbeam_channel::bounded(capacity_batches);
     (
         PipelineSender {
@@ -111,7 +131,7 @@ impl PipelineSender {
         self.metrics
             .queue_depth_events
             .fetch_add(count, Ordering::Relaxed);
-        let failure = match self.tx.send_timeout(batch, self.max_block) {
+        let failure = match self.tx.send_timeout(Work::Analyse(batch), self.max_block) {
             Ok(()) => return,
             Err(SendTimeoutError::Timeout(_)) => "the detection queue stayed full",
             Err(SendTimeoutError::Disconnected(_)) => "the detection worker has stopped",
@@ -123,6 +143,29 @@ impl PipelineSender {
             .queue_dropped_events
             .fetch_add(count, Ordering::Relaxed);
         tracing::error!(events = count, "stored events not analysed: {failure}");
+    }
+}
+
+impl PipelineSender {
+    /// [`PipelineSender::submit`], then waits until the incidents the batch touched are
+    /// durable; false when the batch was dropped or the worker stopped first.
+    pub fn submit_and_wait(&self, mut batch: Batch) -> bool {
+        let (settled, done) = crossbeam_channel::bounded(1);
+        batch.settled = Some(settled);
+        self.submit(batch);
+        done.recv().is_ok()
+    }
+
+    /// Has the worker take over the hosts `owns` accepts, after everything queued before;
+    /// returns once their state is rebuilt (false when the worker stopped first).
+    pub fn adopt(&self, owns: adopt::HostFilter, detected: adopt::DetectedMarks) -> bool {
+        let (done_tx, done) = crossbeam_channel::bounded(1);
+        let adoption = Adoption {
+            owns,
+            detected,
+            done: done_tx,
+        };
+        self.tx.send(Work::Adopt(adoption)).is_ok() && done.recv().is_ok()
     }
 }
 
@@ -141,12 +184,19 @@ pub struct Pipeline {
     /// Decided batches whose incident writes are not yet durable, oldest first, with their
     /// event counts: the worker goes on deciding meanwhile, and the events count as analysed
     /// once their incidents are stored.
-    unsettled: VecDeque<(Vec<PendingWrite>, u64)>,
+    unsettled: VecDeque<Unsettled>,
     batches: u64,
     /// The host anomaly baselines, when attached with `with_anomaly`.
     anomaly: Option<anomaly::AnomalyStage>,
     /// The respond stage, when attached with `with_responder`.
     responder: Option<Arc<Responder>>,
+}
+
+/// A decided batch whose incident writes are not all durable yet.
+struct Unsettled {
+    writes: Vec<PendingWrite>,
+    events: u64,
+    settled: Option<Sender<()>>,
 }
 
 impl Pipeline {
@@ -195,13 +245,13 @@ impl Pipeline {
     }
 
     /// Processes batches until every sender is gone, then waits for its last writes.
-    pub fn run(mut self, rx: Receiver<Batch>) {
+    pub fn run(mut self, rx: Receiver<Work>) {
         loop {
             let next = if self.unsettled.is_empty() {
                 rx.recv().ok()
             } else {
                 match rx.recv_timeout(SETTLE_POLL) {
-                    Ok(batch) => Some(batch),
+                    Ok(work) => Some(work),
                     Err(RecvTimeoutError::Timeout) => {
                         self.settle(false);
                         continue;
@@ -209,13 +259,16 @@ impl Pipeline {
                     Err(RecvTimeoutError::Disconnected) => None,
                 }
             };
-            let Some(batch) = next else {
-                break;
-            };
-            self.metrics
-                .queue_depth_events
-                .fetch_sub(batch.events.len() as u64, Ordering::Relaxed);
-            self.process(batch);
+            match next {
+                None => break,
+                Some(Work::Analyse(batch)) => {
+                    self.metrics
+                        .queue_depth_events
+                        .fetch_sub(batch.events.len() as u64, Ordering::Relaxed);
+                    self.process(batch);
+                }
+                Some(Work::Adopt(adoption)) => self.take_over(adoption),
+            }
         }
         self.settle(true);
         tracing::info!("detection pipeline drained and stopped");
@@ -224,7 +277,7 @@ impl Pipeline {
     /// Detects, scores and decides on each event of the batch not analysed before, then
     /// queues the writes of the incidents the batch touched (once each, in their latest form)
     /// without waiting for the disk.
-    pub fn process(&mut self, batch: Batch) {
+    pub fn process(&mut self, mut batch: Batch) {
         let mut touched: Vec<Incident> = Vec::new();
         let fresh = self.fresh_events(&batch);
         for event in fresh {
@@ -261,7 +314,11 @@ impl Pipeline {
                 Err(error) => self.error("persisting an incident", &error),
             }
         }
-        self.unsettled.push_back((writes, count));
+        self.unsettled.push_back(Unsettled {
+            writes,
+            events: count,
+            settled: batch.settled.take(),
+        });
         self.settle(false);
         self.batches += 1;
         if self.batches.is_multiple_of(PRUNE_EVERY_BATCHES) {
@@ -272,7 +329,7 @@ impl Pipeline {
     /// Counts the events of the oldest batches whose incident writes are over as analysed;
     /// with `wait`, waits for all of them.
     fn settle(&mut self, wait: bool) {
-        while let Some((writes, count)) = self.unsettled.front_mut() {
+        while let Some(Unsettled { writes, events, .. }) = self.unsettled.front_mut() {
             let mut failures = Vec::new();
             writes.retain(|write| match write.try_wait() {
                 None => true,
@@ -282,18 +339,21 @@ impl Pipeline {
                     false
                 }
             });
-            let (open, count) = (writes.len(), *count);
+            let (open, count) = (writes.len(), *events);
             for error in failures {
                 self.error("persisting an incident", &error);
             }
             if open > 0 && !wait {
                 return;
             }
-            if let Some((writes, _)) = self.unsettled.pop_front() {
-                for write in writes {
+            if let Some(done) = self.unsettled.pop_front() {
+                for write in done.writes {
                     if let Err(error) = write.wait() {
                         self.error("persisting an incident", &error);
                     }
+                }
+                if let Some(settled) = done.settled {
+                    let _ = settled.send(());
                 }
             }
             self.metrics

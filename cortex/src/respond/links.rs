@@ -2,15 +2,18 @@
 //!
 //! Ingest registers each alpha session's [`CommandSender`] when it starts and drops it when it
 //! ends, and hands every command result to [`AgentLinks::complete`]; the dispatcher sends
-//! through [`AgentLinks::send`] and awaits the answer.
+//! through a [`CommandRoute`] and awaits the answer: the links themselves when this process
+//! holds the agents' sessions, or the bus (`crate::bus::commands`) when another replica does.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use qsc_channel::delivery::{CommandSender, CommandStatus};
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 /// A command's answer: the agent's status and its body.
 pub type CommandAnswer = (CommandStatus, Vec<u8>);
@@ -29,6 +32,25 @@ pub enum LinkError {
     },
     #[error("the session of host {host} ended before it answered command {id}")]
     NoAnswer { host: String, id: u64 },
+    #[error("no gateway holds a session of host {host}")]
+    NoGateway { host: String },
+    #[error("the command to host {host} could not go through the bus: {reason}")]
+    Bus { host: String, reason: String },
+}
+
+/// The answer to one command, or why there is none.
+pub type RouteResult = Result<CommandAnswer, LinkError>;
+
+/// Where the dispatcher sends a command for a host's guardian-alpha and awaits its answer.
+pub trait CommandRoute: Send + Sync {
+    /// Sends command `id` with `body` to the host's agent and waits up to `timeout` for it.
+    fn send<'a>(
+        &'a self,
+        host: &'a str,
+        id: u64,
+        body: &'a [u8],
+        timeout: Duration,
+    ) -> Pin<Box<dyn Future<Output = RouteResult> + Send + 'a>>;
 }
 
 /// Registration of one session; only it can remove itself (a newer session may have replaced
@@ -47,6 +69,8 @@ struct Inner {
 pub struct AgentLinks {
     inner: Arc<Mutex<Inner>>,
     tickets: Arc<AtomicU64>,
+    /// Woken when a session registers or unregisters (a gateway follows its hosts on the bus).
+    changed: Arc<Notify>,
 }
 
 impl AgentLinks {
@@ -63,6 +87,7 @@ impl AgentLinks {
         self.lock()
             .sessions
             .insert(host.to_owned(), (ticket, sender));
+        self.changed.notify_one();
         ticket
     }
 
@@ -71,12 +96,23 @@ impl AgentLinks {
         let mut inner = self.lock();
         if inner.sessions.get(host).is_some_and(|(t, _)| *t == ticket) {
             inner.sessions.remove(host);
+            self.changed.notify_one();
         }
     }
 
     /// Whether the host has a session taking commands.
     pub fn is_connected(&self, host: &str) -> bool {
         self.lock().sessions.contains_key(host)
+    }
+
+    /// The hosts with a session taking commands.
+    pub fn connected_hosts(&self) -> Vec<String> {
+        self.lock().sessions.keys().cloned().collect()
+    }
+
+    /// Returns once a session registered or unregistered since the last call (one watcher).
+    pub async fn changed(&self) {
+        self.changed.notified().await;
     }
 
     /// An agent answered command `id`; returns whether someone was waiting for it.
@@ -129,5 +165,17 @@ impl AgentLinks {
         };
         self.lock().waiting.remove(&id);
         outcome
+    }
+}
+
+impl CommandRoute for AgentLinks {
+    fn send<'a>(
+        &'a self,
+        host: &'a str,
+        id: u64,
+        body: &'a [u8],
+        timeout: Duration,
+    ) -> Pin<Box<dyn Future<Output = RouteResult> + Send + 'a>> {
+        Box::pin(AgentLinks::send(self, host, id, body, timeout))
     }
 }

@@ -46,7 +46,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use config::{AllowConfig, Mode, RespondConfig, RespondConfigError};
 pub use guard::{Cidr, Guardrails, Refusal};
-pub use links::{AgentLinks, LinkError, SessionTicket};
+pub use links::{AgentLinks, CommandRoute, LinkError, SessionTicket};
 pub use metrics::RespondMetrics;
 pub use playbook::{ActionSpec, Playbook, PlaybookError, Playbooks, Target};
 pub use record::{ActionRecord, ActionStatus, Decision, Timeline};
@@ -197,7 +197,8 @@ pub struct ResponderParts {
     pub playbooks: Playbooks,
     pub store: Arc<dyn Store>,
     pub nodes: Arc<Mutex<NodeStates>>,
-    pub links: AgentLinks,
+    /// Where commands to agents go: this process's sessions, or the bus to a gateway's.
+    pub links: Arc<dyn CommandRoute>,
     /// The channel listener's IP, never blocked.
     pub cortex_addr: Option<IpAddr>,
     /// Where `rotate_keys` goes (none: refused).
@@ -214,7 +215,7 @@ impl ResponderParts {
             playbooks: Playbooks::default(),
             store,
             nodes,
-            links: AgentLinks::default(),
+            links: Arc::new(AgentLinks::default()),
             cortex_addr: None,
             key_rotation: None,
         }
@@ -228,7 +229,7 @@ pub struct Responder {
     store: Arc<dyn Store>,
     audit: Arc<dyn AuditSink>,
     nodes: Arc<Mutex<NodeStates>>,
-    links: AgentLinks,
+    links: Arc<dyn CommandRoute>,
     key_rotation: Option<Arc<dyn KeyRotation>>,
     metrics: RespondMetrics,
     observers: RwLock<Vec<Arc<dyn ResponseObserver>>>,

@@ -68,7 +68,7 @@ fn build(
     Responder::new(ResponderParts {
         config: config.clone(),
         playbooks,
-        links: links.clone(),
+        links: Arc::new(links.clone()),
         cortex_addr: Some("192.0.2.1".parse().unwrap()),
         ..ResponderParts::for_store(store.clone(), nodes.clone())
     })
@@ -922,7 +922,7 @@ async fn rotate_keys_goes_through_the_key_lifecycle_or_is_refused() {
     let (responder, dispatcher) = Responder::new(ResponderParts {
         config: config(Mode::Autonomous),
         playbooks,
-        links: h.links.clone(),
+        links: Arc::new(h.links.clone()),
         key_rotation: Some(lifecycle.clone()),
         ..ResponderParts::for_store(h.store.clone(), h.nodes.clone())
     })

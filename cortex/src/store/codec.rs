@@ -7,7 +7,7 @@ use qsc_event::{Event, Source};
 
 use super::StoreError;
 use super::cipher::{NONCE_LEN, PayloadCipher, RowKey, random_nonces};
-use super::writer::SealedRow;
+use super::queue::SealedRow;
 use crate::score::Severity;
 
 const KEY_CHECK_ROW: RowKey<'static> = RowKey {

@@ -17,6 +17,10 @@ pub(super) const SECRET: &str = "hunter2-secret-token";
 /// Opens the store under test; a second `open` reaches the same stored data.
 pub(super) trait Backend {
     fn open(&self) -> Box<dyn Store>;
+    /// From now on the database refuses to insert an event with `seq` (standing in for an I/O
+    /// error), until [`Backend::stop_failing`].
+    fn fail_inserts_of_seq(&self, seq: u64);
+    fn stop_failing(&self);
 }
 
 /// One `#[test]` per conformance check, each with the backend `$backend` (an
@@ -29,6 +33,7 @@ macro_rules! conformance_tests {
             cortex_made_events_may_stand_in_for_an_agent_but_other_agents_may_not,
             concurrent_appends_are_all_durable_and_in_order_per_agent,
             a_bad_batch_stores_nothing,
+            after_a_failed_commit_no_later_batch_of_that_agent_is_stored_until_it_resumes,
             queries_filter_by_host_time_and_kind,
             incidents_and_node_states_persist,
             retention_deletes_by_age_then_oldest_by_size);
@@ -257,6 +262,50 @@ pub(super) fn a_bad_batch_stores_nothing(backend: &dyn Backend) {
             .is_empty()
     );
     assert_eq!(store.highest_seq("web-01", Source::Alpha).unwrap(), None);
+}
+
+pub(super) fn after_a_failed_commit_no_later_batch_of_that_agent_is_stored_until_it_resumes(
+    backend: &dyn Backend,
+) {
+    let store = backend.open();
+    let alpha = |first: u64, last: u64| -> Vec<Event> {
+        (first..=last).map(|seq| exec("web-01", seq, seq)).collect()
+    };
+    store
+        .append_events("web-01", Source::Alpha, &alpha(1, 2))
+        .unwrap();
+    backend.fail_inserts_of_seq(3);
+    let failed = store.submit_events("web-01", Source::Alpha, &alpha(3, 4));
+    // Submitted before the failure is known, like ingest's next batch.
+    let later = store.submit_events("web-01", Source::Alpha, &alpha(5, 6));
+    let failure = failed.unwrap().wait();
+    assert!(
+        matches!(
+            failure,
+            Err(StoreError::GroupCommit(_) | StoreError::Postgres(_))
+        ),
+        "{failure:?}"
+    );
+    backend.stop_failing();
+    // Whether it shared the failed commit or came after it, the later batch is not stored:
+    // storing it would leave seqs 3 and 4 behind the point the agent resumes from.
+    assert!(later.unwrap().wait().is_err());
+    let refused = store.append_events("web-01", Source::Alpha, &alpha(5, 6));
+    assert!(
+        matches!(refused, Err(StoreError::EarlierBatchFailed { .. })),
+        "{refused:?}"
+    );
+    // Another agent of the host is not held up.
+    let beta: Vec<Event> = (1..=2).map(|seq| beta_exec("web-01", seq, seq)).collect();
+    store.append_events("web-01", Source::Beta, &beta).unwrap();
+    // The agent's next session resumes after seq 2 and delivers from there.
+    assert_eq!(store.highest_seq("web-01", Source::Alpha).unwrap(), Some(2));
+    store
+        .append_events("web-01", Source::Alpha, &alpha(3, 6))
+        .unwrap();
+    assert_eq!(store.highest_seq("web-01", Source::Alpha).unwrap(), Some(6));
+    let stored = store.query_events(&EventQuery::default()).unwrap();
+    assert_eq!(stored.len(), 6 + 2);
 }
 
 pub(super) fn queries_filter_by_host_time_and_kind(backend: &dyn Backend) {

@@ -15,6 +15,7 @@ pub mod config;
 mod conformance;
 pub mod key_file;
 pub mod postgres;
+mod queue;
 pub mod sqlite;
 mod writer;
 

@@ -3,10 +3,12 @@
 //!
 //! The [`Store`] trait is synchronous; this backend runs `tokio-postgres` on a runtime of its own
 //! (one thread) and waits for answers on channels, so it may be called from any thread,
-//! including an async task of another runtime. Writes of events and incidents go through one
-//! writer task in submission order; each event batch is one statement (insert with
-//! `ON CONFLICT DO NOTHING` plus the `delivered` high-water mark), so it commits atomically and
-//! a re-delivered `(host, agent, seq)` is reported as a duplicate, never stored twice.
+//! including an async task of another runtime. Writes of events, incidents and node states go
+//! through one writer thread in submission order; each event batch is one statement (insert
+//! with `ON CONFLICT DO NOTHING` plus the `delivered` high-water mark), so it commits
+//! atomically and a re-delivered `(host, agent, seq)` is reported as a duplicate, never stored
+//! twice. After a failed batch the writer refuses the agent's later batches until it resumes,
+//! as the SQLite writer does ([`super::queue::FailedAgents`]).
 
 use std::future::Future;
 use std::path::Path;
@@ -20,11 +22,11 @@ use tokio_postgres::{Client, NoTls};
 use super::cipher::PayloadCipher;
 use super::codec::{
     StoredRow, agent_name, clamp_i64, from_json, key_check_opens, new_key_check, open_event,
-    seal_batch, severity_rank, to_i64, to_json,
+    seal_batch, severity_rank, to_json,
 };
 use super::config::{PostgresConfig, is_sql_name};
 use super::key_file::{KEY_LEN, read_key_file};
-use super::writer::SealedRow;
+use super::queue::{FailedAgents, IncidentRow, Job, SealedRow, Write};
 use super::{
     ActionQuery, AppendOutcome, EventQuery, IncidentQuery, MAX_QUERY_LIMIT, PendingWrite,
     RetentionPolicy, RetentionReport, Store, StoreError,
@@ -117,25 +119,14 @@ VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT (id) DO UPDATE SET host = excluded.host, severity_rank = excluded.severity_rank,
     status = excluded.status, updated_ns = excluded.updated_ns, body = excluded.body";
 
-/// A write for the writer task, answered once it is committed.
-enum Job {
-    Events {
-        host_id: String,
-        agent: &'static str,
-        rows: Vec<SealedRow>,
-    },
-    Incident(Box<Incident>),
-}
-
-type Reply = crossbeam_channel::Sender<Result<AppendOutcome, StoreError>>;
-
 pub struct PostgresStore {
     /// Shut down (in the background) in [`Drop`].
     runtime: Option<tokio::runtime::Runtime>,
-    /// Reads and the rare direct writes (node states, actions).
+    /// Reads and the rare direct writes (actions).
     client: Arc<Client>,
-    /// Event and incident writes, in order; closed in [`Drop`] so the writer thread ends.
-    writes: Option<crossbeam_channel::Sender<(Job, Reply)>>,
+    /// Event, incident and node state writes, in order; closed in [`Drop`] so the writer
+    /// thread ends.
+    writes: Option<crossbeam_channel::Sender<Job>>,
     writer: Option<std::thread::JoinHandle<()>>,
     cipher: PayloadCipher,
     config: PostgresConfig,
@@ -158,29 +149,39 @@ impl PostgresStore {
         }
         let runtime = pg_runtime("cortex-store-pg")?;
         let cipher = PayloadCipher::from_master_key(master_key)?;
-        let client = Arc::new(block_on(&runtime, connect(config.clone()))??);
-        let stored = block_on(
-            &runtime,
-            prepare_schema(client.clone(), config.schema.clone()),
-        )??;
-        let key_check = match stored {
-            Some(value) => value,
-            None => {
-                // Of two replicas creating the store at once, the first key check wins.
-                let value = new_key_check(&cipher)?;
-                block_on(&runtime, insert_key_check(client.clone(), value))??
+        match connect_store(&runtime, config, &cipher) {
+            Ok((client, writer_client)) => {
+                Self::start_writer(runtime, client, writer_client, cipher, config)
             }
-        };
-        if !key_check_opens(&cipher, &key_check) {
-            return Err(StoreError::PostgresWrongMasterKey(config.schema.clone()));
+            Err(error) => {
+                // Dropping a runtime inside an async context (`cortex serve` opening the
+                // store before PostgreSQL answers) panics; shutting it down never does.
+                runtime.shutdown_background();
+                Err(error)
+            }
         }
-        let writer_client = Arc::new(block_on(&runtime, connect(config.clone()))??);
+    }
+
+    fn start_writer(
+        runtime: tokio::runtime::Runtime,
+        client: Arc<Client>,
+        writer_client: Arc<Client>,
+        cipher: PayloadCipher,
+        config: &PostgresConfig,
+    ) -> Result<Self, StoreError> {
         let (writes, queue) = crossbeam_channel::bounded(QUEUE_WRITES);
         let handle = runtime.handle().clone();
         let writer = std::thread::Builder::new()
             .name("cortex-store-pg-writer".into())
             .spawn(move || run_writer(&handle, &writer_client, &queue))
-            .map_err(|e| StoreError::Thread(e.to_string()))?;
+            .map_err(|e| StoreError::Thread(e.to_string()));
+        let writer = match writer {
+            Ok(writer) => writer,
+            Err(error) => {
+                runtime.shutdown_background();
+                return Err(error);
+            }
+        };
         Ok(PostgresStore {
             runtime: Some(runtime),
             client,
@@ -204,13 +205,13 @@ impl PostgresStore {
         Ok(block_on(self.runtime()?, future)??)
     }
 
-    /// Queues a write for the writer task.
-    fn submit(&self, job: Job) -> Result<PendingWrite, StoreError> {
-        let (reply, answer) = crossbeam_channel::bounded(1);
+    /// Queues a write for the writer thread.
+    fn submit(&self, write: Write) -> Result<PendingWrite, StoreError> {
+        let (job, answer) = Job::new(write);
         self.writes
             .as_ref()
             .ok_or(StoreError::WriterStopped)?
-            .send((job, reply))
+            .send(job)
             .map_err(|_| StoreError::WriterStopped)?;
         Ok(PendingWrite::new(answer))
     }
@@ -362,6 +363,33 @@ pub(crate) async fn create_in_schema(
         .await
 }
 
+/// Connects the reader and the writer clients, creates the schema and tables if missing and
+/// checks the master key against the stored key check (storing one if there is none).
+fn connect_store(
+    runtime: &tokio::runtime::Runtime,
+    config: &PostgresConfig,
+    cipher: &PayloadCipher,
+) -> Result<(Arc<Client>, Arc<Client>), StoreError> {
+    let client = Arc::new(block_on(runtime, connect(config.clone()))??);
+    let stored = block_on(
+        runtime,
+        prepare_schema(client.clone(), config.schema.clone()),
+    )??;
+    let key_check = match stored {
+        Some(value) => value,
+        None => {
+            // Of two replicas creating the store at once, the first key check wins.
+            let value = new_key_check(cipher)?;
+            block_on(runtime, insert_key_check(client.clone(), value))??
+        }
+    };
+    if !key_check_opens(cipher, &key_check) {
+        return Err(StoreError::PostgresWrongMasterKey(config.schema.clone()));
+    }
+    let writer_client = Arc::new(block_on(runtime, connect(config.clone()))??);
+    Ok((client, writer_client))
+}
+
 /// Creates the schema and tables (serialised across replicas by an advisory lock) and returns
 /// the stored key-check value, if any.
 async fn prepare_schema(
@@ -392,25 +420,61 @@ async fn insert_key_check(
     Ok(row.get(0))
 }
 
+/// Writes the queued jobs one at a time, in order, each in its own transaction, refusing the
+/// event writes of agents whose earlier batch failed until they resume.
 fn run_writer(
     runtime: &tokio::runtime::Handle,
     client: &Client,
-    queue: &crossbeam_channel::Receiver<(Job, Reply)>,
+    queue: &crossbeam_channel::Receiver<Job>,
 ) {
-    while let Ok((job, reply)) = queue.recv() {
-        let result = runtime.block_on(async {
-            match job {
-                Job::Events {
-                    host_id,
-                    agent,
-                    rows,
-                } => insert_events(client, &host_id, agent, &rows).await,
-                Job::Incident(incident) => upsert_incident(client, &incident).await,
+    let mut failed = FailedAgents::default();
+    while let Ok(job) = queue.recv() {
+        for job in failed.admit([job]) {
+            let result = runtime.block_on(apply(client, &job.write));
+            if let Err(error) = &result {
+                tracing::error!(%error, "PostgreSQL store write failed");
+                failed.failed([&job.write]);
             }
-        });
-        // A submitter that stopped waiting does not need the answer.
-        let _ = reply.send(result);
+            // A submitter that stopped waiting does not need the answer.
+            let _ = job.reply.send(result);
+        }
     }
+}
+
+async fn apply(client: &Client, write: &Write) -> Result<AppendOutcome, StoreError> {
+    match write {
+        Write::Events {
+            host_id,
+            agent,
+            rows,
+        } => return insert_events(client, host_id, agent, rows).await,
+        Write::Incident(row) => {
+            client
+                .execute(
+                    UPSERT_INCIDENT,
+                    &[
+                        &row.id,
+                        &row.host,
+                        &row.severity_rank,
+                        &row.status,
+                        &row.updated_ns,
+                        &row.body,
+                    ],
+                )
+                .await?;
+        }
+        Write::NodeState { host, body } => {
+            client
+                .execute(
+                    "INSERT INTO node_states (host, body) VALUES ($1, $2) \
+                     ON CONFLICT (host) DO UPDATE SET body = excluded.body",
+                    &[host, body],
+                )
+                .await?;
+        }
+        Write::Resume { .. } => {}
+    }
+    Ok(AppendOutcome::default())
 }
 
 async fn insert_events(
@@ -442,28 +506,6 @@ async fn insert_events(
     Ok(outcome)
 }
 
-async fn upsert_incident(
-    client: &Client,
-    incident: &Incident,
-) -> Result<AppendOutcome, StoreError> {
-    let body = to_json("incidents", &incident.id, incident)?;
-    let updated_ns = to_i64("updated_ns", incident.updated_ns)?;
-    client
-        .execute(
-            UPSERT_INCIDENT,
-            &[
-                &incident.id,
-                &incident.host,
-                &severity_rank(incident.severity),
-                &incident.status.as_str(),
-                &updated_ns,
-                &body,
-            ],
-        )
-        .await?;
-    Ok(AppendOutcome::default())
-}
-
 impl Store for PostgresStore {
     fn submit_events(
         &self,
@@ -472,14 +514,22 @@ impl Store for PostgresStore {
         events: &[Event],
     ) -> Result<PendingWrite, StoreError> {
         let rows = seal_batch(&self.cipher, host_id, agent, events)?;
-        self.submit(Job::Events {
+        self.submit(Write::Events {
             host_id: host_id.to_owned(),
             agent: agent_name(agent),
             rows,
         })
     }
 
+    /// Asking is how a new delivery session of the agent starts: it waits for the writes
+    /// queued before it and lifts the refusal a failed write left for this agent (see
+    /// [`super::queue`]), so the answer counts every batch the writer will ever store of it.
     fn highest_seq(&self, host_id: &str, agent: Source) -> Result<Option<u64>, StoreError> {
+        self.submit(Write::Resume {
+            host_id: host_id.to_owned(),
+            agent: agent_name(agent),
+        })?
+        .wait()?;
         let client = self.client.clone();
         let host = host_id.to_owned();
         let row = self.run(async move {
@@ -533,7 +583,7 @@ impl Store for PostgresStore {
     }
 
     fn submit_incident(&self, incident: &Incident) -> Result<PendingWrite, StoreError> {
-        self.submit(Job::Incident(Box::new(incident.clone())))
+        self.submit(Write::Incident(IncidentRow::encode(incident)?))
     }
 
     fn incident(&self, id: &str) -> Result<Option<Incident>, StoreError> {
@@ -562,17 +612,11 @@ impl Store for PostgresStore {
 
     fn put_node_state(&self, record: &NodeStateRecord) -> Result<(), StoreError> {
         let body = to_json("node_states", &record.host, record)?;
-        let host = record.host.clone();
-        let client = self.client.clone();
-        self.run(async move {
-            client
-                .execute(
-                    "INSERT INTO node_states (host, body) VALUES ($1, $2) \
-                     ON CONFLICT (host) DO UPDATE SET body = excluded.body",
-                    &[&host, &body],
-                )
-                .await
-        })
+        self.submit(Write::NodeState {
+            host: record.host.clone(),
+            body,
+        })?
+        .wait()
         .map(|_| ())
     }
 
@@ -804,6 +848,25 @@ mod tests {
         fn open(&self) -> Box<dyn Store> {
             Box::new(PostgresStore::open_with_key(&self.config, &KEY).unwrap())
         }
+
+        fn fail_inserts_of_seq(&self, seq: u64) {
+            let schema = &self.config.schema;
+            self.sql(format!(
+                "CREATE FUNCTION {schema}.fail_seq() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN RAISE EXCEPTION 'injected failure'; END $$;
+                 CREATE TRIGGER fail_seq BEFORE INSERT ON {schema}.events FOR EACH ROW
+                 WHEN (NEW.seq = {seq}) EXECUTE FUNCTION {schema}.fail_seq();"
+            ))
+            .unwrap();
+        }
+
+        fn stop_failing(&self) {
+            let schema = &self.config.schema;
+            self.sql(format!(
+                "DROP TRIGGER fail_seq ON {schema}.events; DROP FUNCTION {schema}.fail_seq();"
+            ))
+            .unwrap();
+        }
     }
 
     conformance::conformance_tests!(PgBackend::new());
@@ -840,6 +903,24 @@ mod tests {
                 StoreError::Cipher(super::super::cipher::CipherError::Open { seq: 2, .. })
             ),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn an_unreachable_server_is_an_error_also_inside_an_async_task() {
+        let config = PostgresConfig {
+            url: "host=127.0.0.1 port=1 user=qsc dbname=qsc connect_timeout=2".into(),
+            password_file: std::path::PathBuf::new(),
+            schema: "qsc".into(),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let opened = runtime.block_on(async { PostgresStore::open_with_key(&config, &KEY).err() });
+        assert!(
+            matches!(opened, Some(StoreError::PostgresConnect { .. })),
+            "{opened:?}"
         );
     }
 

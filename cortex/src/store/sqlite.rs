@@ -19,10 +19,11 @@ use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use super::cipher::PayloadCipher;
 use super::codec::{
     StoredRow, agent_name, clamp_i64, from_json, key_check_opens, new_key_check, open_event,
-    seal_delivered, severity_rank, to_i64, to_json,
+    seal_delivered, severity_rank, to_json,
 };
 use super::key_file::{KEY_LEN, read_key_file};
-use super::writer::{IncidentRow, Write, Writer};
+use super::queue::{IncidentRow, Write};
+use super::writer::Writer;
 use super::{
     ActionQuery, EventQuery, IncidentQuery, MAX_QUERY_LIMIT, PendingWrite, RetentionPolicy,
     RetentionReport, Store, StoreError,
@@ -283,14 +284,7 @@ impl Store for SqliteStore {
     }
 
     fn submit_incident(&self, incident: &Incident) -> Result<PendingWrite, StoreError> {
-        let row = IncidentRow {
-            id: incident.id.clone(),
-            host: incident.host.clone(),
-            severity_rank: severity_rank(incident.severity),
-            status: incident.status.as_str(),
-            updated_ns: to_i64("updated_ns", incident.updated_ns)?,
-            body: to_json("incidents", &incident.id, incident)?,
-        };
+        let row = IncidentRow::encode(incident)?;
         Ok(PendingWrite::new(self.writer.submit(Write::Incident(row))?))
     }
 
@@ -505,9 +499,33 @@ mod tests {
         }
     }
 
+    impl SqliteBackend {
+        fn path(&self) -> PathBuf {
+            self.dir.path().join("cortex.db")
+        }
+
+        fn sql(&self, sql: &str) {
+            Connection::open(self.path())
+                .unwrap()
+                .execute_batch(sql)
+                .unwrap();
+        }
+    }
+
     impl Backend for SqliteBackend {
         fn open(&self) -> Box<dyn Store> {
-            Box::new(SqliteStore::open_with_key(&self.dir.path().join("cortex.db"), &KEY).unwrap())
+            Box::new(SqliteStore::open_with_key(&self.path(), &KEY).unwrap())
+        }
+
+        fn fail_inserts_of_seq(&self, seq: u64) {
+            self.sql(&format!(
+                "CREATE TRIGGER fail_seq BEFORE INSERT ON events WHEN NEW.seq = {seq}
+                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END;"
+            ));
+        }
+
+        fn stop_failing(&self) {
+            self.sql("DROP TRIGGER fail_seq");
         }
     }
 
@@ -556,57 +574,6 @@ mod tests {
             reopened.query_events(&EventQuery::default()).unwrap().len(),
             1
         );
-    }
-
-    #[test]
-    fn after_a_failed_commit_no_later_batch_of_that_agent_is_stored_until_it_resumes() {
-        let (_dir, path, store) = store();
-        let seqs = |first: u64, last: u64| -> Vec<Event> {
-            (first..=last).map(|seq| exec("web-01", seq, seq)).collect()
-        };
-        store
-            .append_events("web-01", Source::Alpha, &seqs(1, 2))
-            .unwrap();
-        // The disk refuses the batch holding seq 3 (a trigger stands in for an I/O error).
-        let raw = Connection::open(&path).unwrap();
-        raw.execute_batch(
-            "CREATE TRIGGER fail_seq_3 BEFORE INSERT ON events WHEN NEW.seq = 3
-             BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
-        )
-        .unwrap();
-        let failed = store.submit_events("web-01", Source::Alpha, &seqs(3, 4));
-        // Submitted before the failure is known, like ingest's next batch.
-        let later = store.submit_events("web-01", Source::Alpha, &seqs(5, 6));
-        assert!(matches!(
-            failed.unwrap().wait(),
-            Err(StoreError::GroupCommit(_))
-        ));
-        raw.execute_batch("DROP TRIGGER fail_seq_3").unwrap();
-        // Whether it shared the failed group or came after it, the later batch is not stored:
-        // storing it would leave seqs 3 and 4 behind the point the agent resumes from.
-        assert!(later.unwrap().wait().is_err());
-        let refused = store.append_events("web-01", Source::Alpha, &seqs(5, 6));
-        assert!(
-            matches!(refused, Err(StoreError::EarlierBatchFailed { .. })),
-            "{refused:?}"
-        );
-        // Another agent of the host is not held up.
-        let beta: Vec<Event> = (1..=2)
-            .map(|seq| {
-                let mut event = exec("web-01", seq, seq);
-                event.source = Source::Beta;
-                event
-            })
-            .collect();
-        store.append_events("web-01", Source::Beta, &beta).unwrap();
-        // The agent's next session resumes after seq 2 and delivers from there.
-        assert_eq!(store.highest_seq("web-01", Source::Alpha).unwrap(), Some(2));
-        store
-            .append_events("web-01", Source::Alpha, &seqs(3, 6))
-            .unwrap();
-        assert_eq!(store.highest_seq("web-01", Source::Alpha).unwrap(), Some(6));
-        let stored = store.query_events(&EventQuery::default()).unwrap();
-        assert_eq!(stored.len(), 6 + 2);
     }
 
     #[test]

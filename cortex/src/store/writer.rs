@@ -6,16 +6,12 @@
 //! agent sessions: while a commit's fsync runs, the next jobs pile up and form the next group.
 //! Jobs commit in queue order, and each is answered only once its group is durable.
 //!
-//! Ingest submits an agent's next batch before the previous one is durable, and acks each once
-//! it is. So that a failed commit never leaves a gap behind a later batch that succeeded (the
-//! agent resumes after the highest stored seq), the writer refuses every later event write of
-//! an agent whose events were in a failed group, until that agent's next delivery session asks
-//! where to resume ([`Write::Resume`], queued by `highest_seq`).
+//! After a failed group the writer refuses the later event writes of the agents whose events
+//! were in it until they resume, as every store writer does ([`super::queue::FailedAgents`]).
 //!
 //! A second thread checkpoints the WAL into the database file in the background, so that the
 //! writer's commits never pay for it (the writer's connection has auto-checkpoint off).
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -23,6 +19,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rusqlite::{Connection, Transaction, params};
 
+use super::queue::{Answer, FailedAgents, Job, SealedRow, Write};
 use super::{AppendOutcome, StoreError};
 
 /// Most events one group transaction takes; the rest wait for the next group.
@@ -35,71 +32,6 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// The writer's page cache, in KiB: large enough that a group's index pages never spill to
 /// disk mid-transaction and are not read back for the next group.
 const WRITER_CACHE_KIB: i64 = 64 * 1024;
-
-/// One event, validated and sealed, ready to insert.
-pub(super) struct SealedRow {
-    pub seq: i64,
-    pub time_ns: i64,
-    pub kind: &'static str,
-    pub nonce: [u8; super::cipher::NONCE_LEN],
-    pub payload: Vec<u8>,
-}
-
-/// One incident row, encoded.
-pub(super) struct IncidentRow {
-    pub id: String,
-    pub host: String,
-    pub severity_rank: i64,
-    pub status: &'static str,
-    pub updated_ns: i64,
-    pub body: String,
-}
-
-/// What a job writes.
-pub(super) enum Write {
-    Events {
-        host_id: String,
-        agent: &'static str,
-        rows: Vec<SealedRow>,
-    },
-    Incident(IncidentRow),
-    NodeState {
-        host: String,
-        body: String,
-    },
-    /// A new delivery session of the agent starts: answered once everything queued before it
-    /// is committed (or refused), and lifts the refusal a failed commit left for the agent.
-    Resume {
-        host_id: String,
-        agent: &'static str,
-    },
-}
-
-/// An agent's delivery sequence: the host and the agent's column name.
-type AgentKey = (String, &'static str);
-
-impl Write {
-    fn event_count(&self) -> usize {
-        match self {
-            Write::Events { rows, .. } => rows.len(),
-            Write::Incident(_) | Write::NodeState { .. } | Write::Resume { .. } => 1,
-        }
-    }
-
-    /// The agent whose delivery sequence this write stores into, if any.
-    fn events_of(&self) -> Option<AgentKey> {
-        match self {
-            Write::Events { host_id, agent, .. } => Some((host_id.clone(), agent)),
-            _ => None,
-        }
-    }
-}
-
-pub(super) struct Job {
-    pub write: Write,
-    /// Answered after the commit; only event writes report a non-empty outcome.
-    pub reply: Sender<Result<AppendOutcome, StoreError>>,
-}
 
 /// The queue to the writer and its two threads; dropping it drains the queue and stops both.
 pub(super) struct Writer {
@@ -140,15 +72,12 @@ impl Writer {
     }
 
     /// Queues `write`; the returned receiver gets the result once it is committed.
-    pub fn submit(
-        &self,
-        write: Write,
-    ) -> Result<Receiver<Result<AppendOutcome, StoreError>>, StoreError> {
-        let (reply, answer) = crossbeam_channel::bounded(1);
+    pub fn submit(&self, write: Write) -> Result<Answer, StoreError> {
+        let (job, answer) = Job::new(write);
         self.jobs
             .as_ref()
             .ok_or(StoreError::WriterStopped)?
-            .send(Job { write, reply })
+            .send(job)
             .map_err(|_| StoreError::WriterStopped)?;
         Ok(answer)
     }
@@ -175,8 +104,7 @@ impl Drop for Writer {
 }
 
 fn run_writer(mut conn: Connection, queue: Receiver<Job>) {
-    // Agents whose events were in a failed group and that have not resumed since.
-    let mut broken: HashSet<AgentKey> = HashSet::new();
+    let mut failed = FailedAgents::default();
     while let Ok(first) = queue.recv() {
         let mut events = first.write.event_count();
         let mut group = vec![first];
@@ -187,39 +115,15 @@ fn run_writer(mut conn: Connection, queue: Receiver<Job>) {
             events += next.write.event_count();
             group.push(next);
         }
-        let group = refuse_after_failure(group, &mut broken);
-        commit_group(&mut conn, group, &mut broken);
+        let group = failed.admit(group);
+        commit_group(&mut conn, group, &mut failed);
     }
-}
-
-/// Answers the event writes of agents in `broken` with an error and returns the rest, in
-/// order; a `Resume` lifts its agent's refusal for the jobs behind it.
-fn refuse_after_failure(group: Vec<Job>, broken: &mut HashSet<AgentKey>) -> Vec<Job> {
-    if broken.is_empty() {
-        return group;
-    }
-    let mut kept = Vec::with_capacity(group.len());
-    for job in group {
-        if let Write::Resume { host_id, agent } = &job.write {
-            broken.remove(&(host_id.clone(), *agent));
-        }
-        match job.write.events_of() {
-            Some(key) if broken.contains(&key) => {
-                let _ = job.reply.send(Err(StoreError::EarlierBatchFailed {
-                    host_id: key.0,
-                    agent: key.1,
-                }));
-            }
-            _ => kept.push(job),
-        }
-    }
-    kept
 }
 
 /// Writes every job of the group in one transaction and answers each after the commit. If
 /// anything fails nothing of the group is stored, every job gets the error, and the agents
-/// whose events were in it go into `broken`.
-fn commit_group(conn: &mut Connection, group: Vec<Job>, broken: &mut HashSet<AgentKey>) {
+/// whose events were in it are refused until they resume.
+fn commit_group(conn: &mut Connection, group: Vec<Job>, failed: &mut FailedAgents) {
     if group.is_empty() {
         return;
     }
@@ -241,7 +145,7 @@ fn commit_group(conn: &mut Connection, group: Vec<Job>, broken: &mut HashSet<Age
         Err(error) => {
             tracing::error!(%error, jobs = group.len(), "store group commit failed");
             let reason = error.to_string();
-            broken.extend(group.iter().filter_map(|job| job.write.events_of()));
+            failed.failed(group.iter().map(|job| &job.write));
             for job in group {
                 let _ = job.reply.send(Err(StoreError::GroupCommit(reason.clone())));
             }

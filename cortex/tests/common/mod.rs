@@ -1,5 +1,9 @@
 //! Shared harness of the service tests: a real `cortex serve` process on loopback ports with a
-//! temporary state directory, in-test agents using qsc-channel's client, and a tiny HTTP client.
+//! temporary state directory, in-test agents using qsc-channel's client, and a tiny HTTP client;
+//! [`scale`]: the servers and scratch names of the scale-out tests.
+
+#[allow(dead_code)] // only the scale-out tests use it
+pub mod scale;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -92,9 +96,14 @@ impl Deployment {
     }
 
     pub fn serve(&self) -> Cortex {
+        self.serve_with(&self.config)
+    }
+
+    /// Starts `cortex serve` with another config file using this deployment's keys (a replica).
+    pub fn serve_with(&self, config: &Path) -> Cortex {
         let mut child = Command::new(BIN)
             .arg("--config")
-            .arg(&self.config)
+            .arg(config)
             .arg("serve")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -205,7 +214,8 @@ pub fn http(
     (status, body.to_owned())
 }
 
-struct NoCommands;
+/// Refuses every command (the agents of tests that do not exercise the respond stage).
+pub struct NoCommands;
 
 impl CommandHandler for NoCommands {
     fn execute(&mut self, _id: u64, _body: &[u8]) -> (CommandStatus, Vec<u8>) {
@@ -241,8 +251,21 @@ impl Agent {
         keypair: StaticKeypair,
         handler: impl CommandHandler + 'static,
     ) -> Agent {
+        Self::start_failover(outbox_dir, &[cortex_addr], cortex_key, keypair, handler)
+    }
+
+    /// An agent that knows several cortex gateways: `addrs[0]` first, the others when the one
+    /// it uses cannot be reached.
+    pub fn start_failover(
+        outbox_dir: &Path,
+        addrs: &[&str],
+        cortex_key: PublicKeyBytes,
+        keypair: StaticKeypair,
+        handler: impl CommandHandler + 'static,
+    ) -> Agent {
         let outbox = Outbox::open(OutboxConfig::new(outbox_dir)).expect("open outbox");
-        let mut config = ClientConfig::new(cortex_addr, cortex_key, keypair);
+        let mut config = ClientConfig::new(addrs[0], cortex_key, keypair);
+        config.fallback_addrs = addrs[1..].iter().map(|a| a.to_string()).collect();
         config.backoff_initial = Duration::from_millis(50);
         config.backoff_max = Duration::from_millis(500);
         let client = Client::new(config, outbox);

@@ -28,6 +28,9 @@ use crate::transport::{FrameReader, FrameWriter, TransportConfig, TransportError
 pub struct ClientConfig {
     /// `host:port` of the cortex.
     pub cortex_addr: String,
+    /// Further `host:port`s of the same cortex (other gateway replicas): a connection that
+    /// cannot be made moves on to the next address, round-robin from `cortex_addr`.
+    pub fallback_addrs: Vec<String>,
     /// The pinned cortex static public key.
     pub cortex_key: PublicKeyBytes,
     /// The agent's static keypair; replaceable while running (key rotation): each handshake
@@ -55,6 +58,7 @@ impl ClientConfig {
     ) -> Self {
         ClientConfig {
             cortex_addr: cortex_addr.into(),
+            fallback_addrs: Vec::new(),
             cortex_key,
             keypair: KeySlot::new(keypair),
             mode: HandshakeMode::Hybrid,
@@ -213,12 +217,21 @@ impl Client {
     async fn reconnect_forever<H: CommandHandler>(self, handler: H) {
         let handler = Arc::new(Mutex::new(handler));
         let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
+        let addrs: Vec<&str> = std::iter::once(&self.config.cortex_addr)
+            .chain(&self.config.fallback_addrs)
+            .map(String::as_str)
+            .collect();
+        let mut next = 0;
         loop {
             let mut connected = false;
             let key = self.config.keypair.public();
-            match self.connect_and_stream(&handler, &mut connected).await {
-                Ok(()) => tracing::info!("cortex closed the connection"),
-                Err(e) => tracing::warn!(error = %e, "cortex connection failed"),
+            let addr = addrs[next % addrs.len()];
+            match self
+                .connect_and_stream(addr, &handler, &mut connected)
+                .await
+            {
+                Ok(()) => tracing::info!(addr, "cortex closed the connection"),
+                Err(e) => tracing::warn!(addr, error = %e, "cortex connection failed"),
             }
             if connected {
                 backoff.reset();
@@ -226,6 +239,9 @@ impl Client {
                     // A key rotation: the cortex took the new key and ended the old session.
                     continue;
                 }
+            } else {
+                // This address is down: the next attempt goes to the next one.
+                next += 1;
             }
             tokio::time::sleep(backoff.next_delay()).await;
         }
@@ -233,18 +249,18 @@ impl Client {
 
     async fn connect_and_stream<H: CommandHandler>(
         &self,
+        addr: &str,
         handler: &Arc<Mutex<H>>,
         connected: &mut bool,
     ) -> Result<(), ClientError> {
         let cfg = &self.config;
-        let mut stream =
-            tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(&cfg.cortex_addr))
-                .await
-                .map_err(|_| ClientError::ConnectTimeout(cfg.cortex_addr.clone()))?
-                .map_err(|source| ClientError::Connect {
-                    addr: cfg.cortex_addr.clone(),
-                    source,
-                })?;
+        let mut stream = tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| ClientError::ConnectTimeout(addr.to_owned()))?
+            .map_err(|source| ClientError::Connect {
+                addr: addr.to_owned(),
+                source,
+            })?;
         stream.set_nodelay(true).map_err(TransportError::Io)?;
         if let Some(limit) = cfg.transport.idle_timeout {
             set_user_timeout(&stream, limit).map_err(TransportError::Io)?;
@@ -257,7 +273,7 @@ impl Client {
         let resume_after = envelope::decode_resume(&payload)?;
         self.shared.outbox()?.acknowledge(resume_after)?;
         *connected = true;
-        tracing::info!(addr = %cfg.cortex_addr, resume_after, "connected to cortex");
+        tracing::info!(addr, resume_after, "connected to cortex");
 
         let (read_half, write_half) = stream.into_split();
         // The cortex speaks only to ack or command, so silence from it is normal; a dead cortex

@@ -24,6 +24,8 @@ pub struct CortexSettings {
     pub enabled: bool,
     /// `host:port` of the cortex.
     pub address: String,
+    /// Further `host:port`s of the cortex (gateway replicas), tried in turn when one is down.
+    pub fallback_addresses: Vec<String>,
     /// The pinned cortex public key, 64 hex characters.
     pub cortex_public_key: Option<String>,
     /// A file holding the pinned cortex public key (64 hex characters).
@@ -45,6 +47,7 @@ impl Default for CortexSettings {
         CortexSettings {
             enabled: false,
             address: String::new(),
+            fallback_addresses: Vec::new(),
             cortex_public_key: None,
             cortex_public_key_file: None,
             key_file: None,
@@ -84,18 +87,16 @@ fn require_absolute(key: &'static str, path: Option<&Path>) -> Result<(), Uplink
     }
 }
 
-/// Checks that `address` is `host:port` with a non-empty host and a non-zero port.
-fn validate_address(address: &str) -> Result<(), UplinkError> {
+/// Checks that `address` (the value of `key`) is `host:port` with a non-empty host and a
+/// non-zero port.
+fn validate_address(key: &'static str, address: &str) -> Result<(), UplinkError> {
     let Some((host, port)) = address.rsplit_once(':') else {
-        return Err(invalid(
-            "cortex.address",
-            format!("`{address}` is not host:port"),
-        ));
+        return Err(invalid(key, format!("`{address}` is not host:port")));
     };
     match port.parse::<u16>() {
         Ok(p) if p != 0 && !host.is_empty() => Ok(()),
         _ => Err(invalid(
-            "cortex.address",
+            key,
             format!("`{address}` is not host:port with a port from 1 to 65535"),
         )),
     }
@@ -106,7 +107,10 @@ impl CortexSettings {
     /// one way to pin the cortex key. Key files are read later, by [`Self::resolve`].
     pub fn validate(&self) -> Result<(), UplinkError> {
         if self.enabled || !self.address.is_empty() {
-            validate_address(&self.address)?;
+            validate_address("cortex.address", &self.address)?;
+        }
+        for fallback in &self.fallback_addresses {
+            validate_address("cortex.fallback_addresses", fallback)?;
         }
         if let Some(hex) = &self.cortex_public_key {
             PublicKeyBytes::from_hex(hex)
@@ -174,8 +178,10 @@ impl CortexSettings {
         outbox.segment_bytes = (self.outbox_max_bytes / 8).min(MAX_SEGMENT_BYTES);
         outbox.overflow = self.overflow;
         outbox.fsync = self.fsync;
+        let mut client = ClientConfig::new(self.address.clone(), cortex_key, keypair);
+        client.fallback_addrs = self.fallback_addresses.clone();
         Ok(UplinkConfig {
-            client: ClientConfig::new(self.address.clone(), cortex_key, keypair),
+            client,
             outbox,
             key_file: Some(key_file),
         })
@@ -274,6 +280,13 @@ mod tests {
                     ..enabled()
                 },
                 "cortex.address",
+            ),
+            (
+                CortexSettings {
+                    fallback_addresses: vec!["cortex-2:7443".into(), "cortex-3".into()],
+                    ..enabled()
+                },
+                "cortex.fallback_addresses",
             ),
             (
                 CortexSettings {

@@ -3,18 +3,25 @@
 //! Without the uplink, events are written as the agent numbered them. With the uplink
 //! (`[cortex] enabled` or `--cortex`), events are held until [`Output::flush`], numbered by the
 //! uplink (so `seq` is the channel sequence number the cortex acknowledges, gap-free across
-//! restarts), appended to the durable outbox in one write, and then written locally with the
-//! same number. Outbox losses become `event_loss` events with stage `outbox`.
+//! restarts), appended to the outbox in one write (which wakes the uplink's sender), made
+//! durable, and then written locally with the same number. Outbox losses become `event_loss`
+//! events with stage `outbox`.
+//!
+//! The outbox's `fdatasync` (`fsync = "always"`) and the local copy after it run on a thread of
+//! their own ([`Durability`]), in order, so that the agent's loop goes back to the ring buffer
+//! while the disk syncs: a record that arrives during a sync is emitted at once instead of
+//! after it. Flushes that queue up while one sync runs share the next one.
 
 use std::{
     fs::OpenOptions,
     io::{BufWriter, Write},
     path::PathBuf,
+    sync::mpsc::{Receiver, SyncSender},
+    thread::JoinHandle,
+    time::Duration,
 };
 
-use std::time::Duration;
-
-use qsc_channel::delivery::CommandHandler;
+use qsc_channel::delivery::{CommandHandler, PendingSync};
 use qsc_channel::uplink::{AgentCommands, Uplink, UplinkError};
 use qsc_event::{Event, EventKind, EventLoss, Source};
 
@@ -24,6 +31,8 @@ use crate::config::Config;
 pub const NO_LOCAL_OUTPUT: &str = "none";
 /// Name used for the uplink's default paths and in answers to `ping`.
 pub const AGENT: &str = "guardian-alpha";
+/// Appended batches that may wait for their sync at once; a flush waits beyond this.
+const MAX_UNSYNCED_BATCHES: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
@@ -36,10 +45,17 @@ pub enum OutputError {
     Write(#[from] std::io::Error),
     #[error("cortex uplink: {0}")]
     Uplink(#[from] UplinkError),
+    #[error("cannot make appended events durable: {0}")]
+    Sync(#[from] qsc_channel::delivery::OutboxError),
+    #[error("cannot start the outbox sync thread: {0}")]
+    SyncThread(std::io::Error),
+    #[error("the outbox sync thread stopped")]
+    SyncThreadStopped,
 }
 
 /// The agent's event output: a local JSON-lines copy and/or the cortex uplink.
 pub struct Output {
+    /// The local copy when there is no uplink (with it, [`Durability`] writes the copy).
     local: Option<JsonLines>,
     cortex: Option<CortexOutput>,
 }
@@ -57,17 +73,22 @@ impl Output {
             NO_LOCAL_OUTPUT => None,
             target => Some(JsonLines::open(target)?),
         };
-        let cortex = if config.cortex.enabled {
-            let uplink = Uplink::start(config.cortex.resolve(AGENT)?, commands)?;
-            Some(CortexOutput {
+        if !config.cortex.enabled {
+            return Ok(Output {
+                local,
+                cortex: None,
+            });
+        }
+        let uplink = Uplink::start(config.cortex.resolve(AGENT)?, commands)?;
+        Ok(Output {
+            local: None,
+            cortex: Some(CortexOutput {
                 uplink,
                 pending: Vec::new(),
                 drain_timeout: config.cortex.drain_timeout(),
-            })
-        } else {
-            None
-        };
-        Ok(Output { local, cortex })
+                durability: Durability::start(local)?,
+            }),
+        })
     }
 
     pub fn write(&mut self, event: &Event) -> Result<(), OutputError> {
@@ -79,13 +100,12 @@ impl Output {
         Ok(())
     }
 
-    /// Sends held events to the outbox, writes them locally, and flushes the local copy.
+    /// Sends held events to the outbox and hands them to [`Durability`] (which syncs and then
+    /// copies them locally), or flushes the local copy; fails if an earlier batch could not be
+    /// made durable or copied.
     pub fn flush(&mut self) -> Result<(), OutputError> {
         if let Some(cortex) = &mut self.cortex {
-            let sent = cortex.send_pending()?;
-            if let Some(local) = &mut self.local {
-                sent.iter().try_for_each(|event| local.write(event))?;
-            }
+            cortex.send_pending()?;
         }
         if let Some(local) = &mut self.local {
             local.flush()?;
@@ -99,12 +119,17 @@ struct CortexOutput {
     uplink: Uplink,
     pending: Vec<Event>,
     drain_timeout: Duration,
+    durability: Durability,
 }
 
 impl Drop for CortexOutput {
-    /// The agent is stopping: give the cortex `drain_timeout` to acknowledge what was sent.
-    /// What is left stays in the outbox and is sent after the next start.
+    /// The agent is stopping: make what was appended durable, then give the cortex
+    /// `drain_timeout` to acknowledge what was sent. What is left stays in the outbox and is
+    /// sent after the next start.
     fn drop(&mut self) {
+        if let Err(err) = self.durability.finish() {
+            tracing::error!(%err, "the last events may not be durable in the outbox");
+        }
         match self.uplink.delivery().wait_delivered(self.drain_timeout) {
             Ok(true) => tracing::info!("the cortex acknowledged every event"),
             Ok(false) => tracing::warn!(
@@ -116,14 +141,14 @@ impl Drop for CortexOutput {
 }
 
 impl CortexOutput {
-    /// Appends the held events (and an `event_loss` if the outbox lost any); returns them
-    /// with their channel sequence numbers.
-    fn send_pending(&mut self) -> Result<Vec<Event>, OutputError> {
+    /// Appends the held events (and an `event_loss` if the outbox lost any) and hands them,
+    /// with their channel sequence numbers, to [`Durability`].
+    fn send_pending(&mut self) -> Result<(), OutputError> {
         let mut events = std::mem::take(&mut self.pending);
         if events.is_empty() {
-            return Ok(events);
+            return Ok(());
         }
-        self.append(&mut events)?;
+        let mut owed = self.append(&mut events)?;
         let loss = self.uplink.take_loss()?;
         if let (Some(loss), Some(last)) = (loss, events.last()) {
             tracing::warn!(
@@ -139,19 +164,96 @@ impl CortexOutput {
             });
             // `append` replaces the placeholder seq with the channel's.
             let mut loss_event = vec![Event::new(last.host_id.clone(), Source::Alpha, 1, kind)];
-            self.append(&mut loss_event)?;
+            owed = self.append(&mut loss_event)?.or(owed);
             events.append(&mut loss_event);
         }
-        Ok(events)
+        self.durability.submit(Unsynced { events, owed })
     }
 
-    fn append(&mut self, events: &mut [Event]) -> Result<(), OutputError> {
-        self.uplink.append_batch_with(events, |seq, event| {
-            event.seq = seq;
-            event.to_json().into_bytes()
-        })?;
-        Ok(())
+    /// Numbers and appends `events`; returns the sync the append owes.
+    fn append(&mut self, events: &mut [Event]) -> Result<Option<PendingSync>, OutputError> {
+        let (_, owed) = self
+            .uplink
+            .append_batch_deferred_with(events, |seq, event| {
+                event.seq = seq;
+                event.to_json().into_bytes()
+            })?;
+        Ok(owed)
     }
+}
+
+/// A batch appended to the outbox (numbered, on its way to the cortex) and the sync it owes.
+struct Unsynced {
+    events: Vec<Event>,
+    owed: Option<PendingSync>,
+}
+
+/// Makes appended batches durable and then writes their local copy, in order, on a thread of
+/// its own. Stops at the first failure, which the next [`Durability::submit`] returns.
+struct Durability {
+    batches: Option<SyncSender<Unsynced>>,
+    thread: Option<JoinHandle<Result<(), OutputError>>>,
+}
+
+impl Durability {
+    fn start(local: Option<JsonLines>) -> Result<Self, OutputError> {
+        let (batches, queued) = std::sync::mpsc::sync_channel(MAX_UNSYNCED_BATCHES);
+        let thread = std::thread::Builder::new()
+            .name("qsc-outbox-sync".into())
+            .spawn(move || sync_and_copy(&queued, local))
+            .map_err(OutputError::SyncThread)?;
+        Ok(Durability {
+            batches: Some(batches),
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues a batch (waiting while [`MAX_UNSYNCED_BATCHES`] are queued); fails with the
+    /// thread's error once it has stopped.
+    fn submit(&mut self, batch: Unsynced) -> Result<(), OutputError> {
+        let sent = match &self.batches {
+            Some(batches) => batches.send(batch).is_ok(),
+            None => false,
+        };
+        if sent {
+            return Ok(());
+        }
+        self.finish()?;
+        Err(OutputError::SyncThreadStopped)
+    }
+
+    /// Waits until every queued batch is durable and copied; the thread's error, if it failed.
+    fn finish(&mut self) -> Result<(), OutputError> {
+        self.batches = None;
+        match self.thread.take().map(JoinHandle::join) {
+            None | Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(err))) => Err(err),
+            Some(Err(_)) => Err(OutputError::SyncThreadStopped),
+        }
+    }
+}
+
+/// The body of the sync thread: for every batch queued (and those queued meanwhile), one
+/// sync, then the local copy. Segments an append closed were synced by that append, so the
+/// last sync owed covers every earlier one.
+fn sync_and_copy(
+    queued: &Receiver<Unsynced>,
+    mut local: Option<JsonLines>,
+) -> Result<(), OutputError> {
+    while let Ok(first) = queued.recv() {
+        let mut batches = vec![first];
+        batches.extend(queued.try_iter());
+        if let Some(owed) = batches.iter_mut().rev().find_map(|b| b.owed.take()) {
+            owed.wait()?;
+        }
+        if let Some(local) = &mut local {
+            for event in batches.iter().flat_map(|b| &b.events) {
+                local.write(event)?;
+            }
+            local.flush()?;
+        }
+    }
+    Ok(())
 }
 
 pub struct JsonLines {
@@ -244,6 +346,23 @@ mod tests {
             output.flush().unwrap();
         }
         assert_eq!(local_seqs(dir.path()), [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn batches_synced_off_the_loop_are_copied_locally_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = offline_config(dir.path());
+        config.cortex.fsync = qsc_channel::delivery::FsyncPolicy::Always;
+        {
+            let mut output = Output::open(&config).unwrap();
+            for _batch in 0..20 {
+                for n in 0..5 {
+                    output.write(&heartbeat(n)).unwrap();
+                }
+                output.flush().unwrap();
+            }
+        }
+        assert_eq!(local_seqs(dir.path()), (1..=100).collect::<Vec<u64>>());
     }
 
     #[test]

@@ -28,7 +28,7 @@ use tokio::runtime::Runtime;
 use crate::delivery::envelope::{EVENT_OVERHEAD, EVENTS_HEADER_LEN};
 use crate::delivery::{
     Appended, Client, ClientConfig, ClientError, CommandHandler, CommandStatus, Outbox,
-    OutboxError, OutboxHandle, OverflowPolicy,
+    OutboxError, OutboxHandle, OverflowPolicy, PendingSync,
 };
 use crate::keys::KeyError;
 
@@ -167,16 +167,36 @@ impl Uplink {
     pub fn append_batch_with<T>(
         &mut self,
         items: &mut [T],
-        mut build: impl FnMut(u64, &mut T) -> Vec<u8>,
+        build: impl FnMut(u64, &mut T) -> Vec<u8>,
     ) -> Result<Vec<Appended>, UplinkError> {
+        let (results, sync) = self.append_batch_deferred_with(items, build)?;
+        if let Some(sync) = sync {
+            sync.wait()?;
+        }
+        Ok(results)
+    }
+
+    /// [`Uplink::append_batch_with`] that leaves the final `fdatasync` to the caller (see
+    /// [`OutboxHandle::append_batch_deferred`]): the events are numbered, written and on their
+    /// way to the cortex, and durable once the returned [`PendingSync`] (if any) is waited for.
+    pub fn append_batch_deferred_with<T>(
+        &mut self,
+        items: &mut [T],
+        mut build: impl FnMut(u64, &mut T) -> Vec<u8>,
+    ) -> Result<(Vec<Appended>, Option<PendingSync>), UplinkError> {
         if self.overflow == OverflowPolicy::DropNewest {
             // A refused event in the middle of a batch would shift the numbers of the events
-            // after it, so with drop_newest each event is its own append.
+            // after it, so with drop_newest each event is its own append. Segments closed by
+            // an append are synced by it, so only the last append's sync is still owed.
             let mut results = Vec::with_capacity(items.len());
+            let mut owed = None;
             for item in items.iter_mut() {
-                results.extend(self.append_numbered(std::slice::from_mut(item), &mut build)?);
+                let (appended, sync) =
+                    self.append_numbered(std::slice::from_mut(item), &mut build)?;
+                results.extend(appended);
+                owed = sync.or(owed);
             }
-            return Ok(results);
+            return Ok((results, owed));
         }
         self.append_numbered(items, &mut build)
     }
@@ -185,7 +205,7 @@ impl Uplink {
         &mut self,
         items: &mut [T],
         build: &mut impl FnMut(u64, &mut T) -> Vec<u8>,
-    ) -> Result<Vec<Appended>, UplinkError> {
+    ) -> Result<(Vec<Appended>, Option<PendingSync>), UplinkError> {
         let mut encoded = Vec::with_capacity(items.len());
         let mut fits = Vec::with_capacity(items.len());
         let mut seq = self.next_seq;
@@ -205,14 +225,14 @@ impl Uplink {
             }
             fits.push(fit);
         }
-        let stored = if encoded.is_empty() {
-            Vec::new()
+        let (stored, sync) = if encoded.is_empty() {
+            (Vec::new(), None)
         } else {
-            self.handle.append_batch(&encoded)?
+            self.handle.append_batch_deferred(&encoded)?
         };
         self.advance_past(&stored);
         let mut stored = stored.into_iter();
-        Ok(fits
+        let results = fits
             .into_iter()
             .map(|fit| {
                 if fit {
@@ -221,7 +241,8 @@ impl Uplink {
                     Appended::Dropped
                 }
             })
-            .collect())
+            .collect();
+        Ok((results, sync))
     }
 
     /// Moves the numbering past what the outbox stored. The outbox only renumbers when the

@@ -377,6 +377,18 @@ impl Api {
         seen: &mut HashSet<String>,
         timeout: Duration,
     ) -> anyhow::Result<Value> {
+        self.wait_for_action_polling(host, playbook, seen, timeout, Duration::from_millis(5))
+    }
+
+    /// [`Api::wait_for_action`], asking the API every `poll`.
+    pub fn wait_for_action_polling(
+        &self,
+        host: &str,
+        playbook: &str,
+        seen: &mut HashSet<String>,
+        timeout: Duration,
+        poll: Duration,
+    ) -> anyhow::Result<Value> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             for record in self.actions(host)? {
@@ -397,7 +409,7 @@ impl Api {
                     ),
                 }
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(poll);
         }
         bail!("no `{playbook}` action on {host} completed within {timeout:?}")
     }

@@ -136,6 +136,10 @@ pub struct KeyLifecycle {
     modified: Mutex<Option<SystemTime>>,
     /// When each agent's key was last put up for scheduled rotation.
     scheduled: Mutex<HashMap<(String, Source), Instant>>,
+    /// Held while a rotation's steps are audited (its request, the agent's answer, the
+    /// retirement of the replaced key): they are written on blocking threads of their own,
+    /// off the session and the dispatcher, and this keeps them in the chain in their order.
+    audit_order: Mutex<()>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -158,6 +162,7 @@ impl KeyLifecycle {
             next_action: AtomicU64::new(1),
             modified: Mutex::new(None),
             scheduled: Mutex::new(HashMap::new()),
+            audit_order: Mutex::new(()),
         }
     }
 
@@ -356,6 +361,9 @@ impl AgentDirectory {
         let Some(lifecycle) = &self.lifecycle else {
             return;
         };
+        // After the audit of the rotation that made this key (its session was closed while
+        // that audit held the order, so it took the order first).
+        let _order = lock(&lifecycle.audit_order);
         let cause = Cause::new("cortex", "the agent reconnected with its new key", now_ns());
         match lifecycle
             .store
@@ -488,12 +496,13 @@ impl AgentDirectory {
                 waiters.insert(action_id.clone(), (host_id.to_owned(), waiter));
             }
         }
-        lifecycle.audit_rotation(
+        self.audit_in_order(
             actor,
             json!({"event": "rotation_requested", "action_id": action_id, "host_id": host_id,
                    "source": source, "key_id": old_key.key_id(), "emergency": emergency,
                    "reason": reason}),
-        );
+        )
+        .await;
         let request = ActionRequest {
             action_id: action_id.clone(),
             action: Action::RotateKeys,
@@ -517,8 +526,30 @@ impl AgentDirectory {
         Ok(action_id)
     }
 
+    /// Audits a rotation step on a blocking thread; returns once that thread holds the audit
+    /// order, so that what is audited after this call comes after this step in the chain,
+    /// without waiting for the chain's commit (as the response dispatcher sends an action before
+    /// its dispatch record is durable).
+    async fn audit_in_order(&self, actor: &str, body: serde_json::Value) {
+        let directory = self.clone();
+        let actor = actor.to_owned();
+        let (ordered_tx, ordered) = oneshot::channel();
+        tokio::task::spawn_blocking(move || {
+            let Some(lifecycle) = &directory.lifecycle else {
+                return;
+            };
+            let _order = lock(&lifecycle.audit_order);
+            let _ = ordered_tx.send(());
+            lifecycle.audit_rotation(&actor, body);
+        });
+        // An error means the thread ended without taking the order: nothing to wait for.
+        let _ = ordered.await;
+    }
+
     /// A command result from `agent`: if it answers a rotation (the new key, or the final
-    /// report once the new session is up), apply it and return true.
+    /// report once the new session is up), hand it over and return true. Applying a new key
+    /// writes the records file and the audit chain: that runs on a blocking thread, so the
+    /// session goes on (and can be closed) meanwhile. Call from inside the runtime.
     pub fn rotation_answered(
         &self,
         agent: &AgentIdentity,
@@ -542,6 +573,17 @@ impl AgentDirectory {
             let action_id = report.action_id.clone();
             return lifecycle.finish(&agent.host_id, &action_id, Ok(report));
         };
+        let directory = self.clone();
+        tokio::task::spawn_blocking(move || directory.settle_rotation(&flight, status, &report));
+        true
+    }
+
+    /// Applies the agent's answer to rotation `flight`: its new key, or its failure.
+    fn settle_rotation(&self, flight: &InFlight, status: CommandStatus, report: &ActionReport) {
+        let Some(lifecycle) = &self.lifecycle else {
+            return;
+        };
+        let _order = lock(&lifecycle.audit_order);
         let new_key = report
             .facts
             .get("public_key")
@@ -549,7 +591,7 @@ impl AgentDirectory {
             .and_then(|hex| PublicKeyBytes::from_hex(hex).ok());
         match (report.outcome, new_key) {
             (ActionOutcome::Done, Some(new_key)) => {
-                self.apply_rotation(lifecycle, &flight, &report, new_key);
+                self.apply_rotation(lifecycle, flight, report, new_key);
             }
             _ => {
                 tracing::error!(action_id = %report.action_id, ?status, detail = %report.detail, "the agent did not rotate its key");
@@ -566,7 +608,6 @@ impl AgentDirectory {
                 );
             }
         }
-        true
     }
 
     fn apply_rotation(
@@ -591,13 +632,16 @@ impl AgentDirectory {
         });
         match applied {
             Ok((events, records)) => {
-                lifecycle.audit_events(&events);
                 lock(&lifecycle.unconfirmed).insert(new_key);
                 self.install_records(&self.agents_snapshot(), &records);
                 // The agent already uses the new key: end the old session so it reconnects.
                 let old_key = flight.old_key;
                 self.sessions
                     .close_unless(|key| *key != old_key, "its key was rotated");
+                // The records file (durable above) is what admits the new key; the transitions'
+                // audit records (one commit each) follow the close instead of delaying the
+                // reconnect, and the audit order keeps the retirement's record after them.
+                lifecycle.audit_events(&events);
                 tracing::info!(host_id = %flight.host_id, old = %old_key.key_id(), new = %new_key.key_id(), done_mono_ns = report.done_mono_ns, "{kind} applied");
             }
             Err(error) => {

@@ -489,7 +489,8 @@ impl EventSink for IngestSink {
         status: CommandStatus,
         body: &[u8],
     ) -> Result<(), SinkError> {
-        if tokio::task::block_in_place(|| self.directory.rotation_answered(agent, status, body)) {
+        // Non-blocking: a rotation's disk work runs on a blocking thread of its own.
+        if self.directory.rotation_answered(agent, status, body) {
             return Ok(());
         }
         if let Some(links) = &self.links

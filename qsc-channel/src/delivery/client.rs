@@ -18,7 +18,7 @@ use tokio::sync::{Notify, mpsc};
 use super::envelope::{
     self, CommandStatus, CortexMessage, EVENT_OVERHEAD, EVENTS_HEADER_LEN, EnvelopeError,
 };
-use super::outbox::{Appended, DropCounters, Outbox, OutboxError, ReadBatch};
+use super::outbox::{Appended, DropCounters, Outbox, OutboxError, PendingSync, ReadBatch};
 use crate::handshake::{self, HandshakeError};
 use crate::keys::{KeySlot, PublicKeyBytes, StaticKeypair};
 use crate::noise::HandshakeMode;
@@ -150,6 +150,20 @@ impl OutboxHandle {
     /// `fdatasync`, which runs without the outbox lock. Refuses the
     /// whole batch if an event is larger than one transport message can carry.
     pub fn append_batch<E: AsRef<[u8]>>(&self, events: &[E]) -> Result<Vec<Appended>, ClientError> {
+        let (result, sync) = self.append_batch_deferred(events)?;
+        if let Some(sync) = sync {
+            sync.wait()?;
+        }
+        Ok(result)
+    }
+
+    /// [`OutboxHandle::append_batch`] that hands the final `fdatasync` to the caller, who may
+    /// run it on another thread: the events are written and the sender woken, but they are
+    /// durable only once the returned [`PendingSync`] (if any) is waited for.
+    pub fn append_batch_deferred<E: AsRef<[u8]>>(
+        &self,
+        events: &[E],
+    ) -> Result<(Vec<Appended>, Option<PendingSync>), ClientError> {
         let max = self.shared.limits.max_event;
         if let Some(big) = events.iter().find(|e| e.as_ref().len() > max) {
             return Err(ClientError::EventTooLarge {
@@ -159,12 +173,9 @@ impl OutboxHandle {
         }
         // The sync runs without the outbox lock: the sender sends meanwhile, and the command
         // reader (which acknowledges under that lock) is not held up by the disk.
-        let (result, sync) = self.shared.outbox()?.append_batch_unsynced(events)?;
+        let appended = self.shared.outbox()?.append_batch_unsynced(events)?;
         self.shared.appended.notify_one();
-        if let Some(sync) = sync {
-            sync.wait()?;
-        }
-        Ok(result)
+        Ok(appended)
     }
 
     /// Overflow drop counters, for the agent's event_loss reporting.

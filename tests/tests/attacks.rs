@@ -2,10 +2,13 @@
 //! dry-run, guardian-alpha on the real kernel, guardian-beta), started by the xtask binary in a
 //! temporary state folder on free ports. Per scenario this checks the detection (every expected
 //! rule id as evidence after the behaviour), the incident's severity and confidence range, the
-//! playbook action requested (dry-run: `would_run`) and the time from behaviour to incident —
-//! once with each scenario alone on a fresh stack (`--isolated`: its cortex has seen nothing
-//! else), once with all of them one after the other on one stack (evidence adds up there, so
-//! the confidence must reach the range's lower end only).
+//! playbook action and how it ended, and the times from behaviour to incident and to the
+//! completed action — once with each scenario alone on a fresh stack (`--isolated`: its cortex
+//! has seen nothing else, and the safe scenarios' playbooks act for real on what the scenario
+//! created: the reverse shell and the fileless payload are killed, the dropped setuid copy
+//! quarantined, the reverse shell's TEST-NET peer blocked until a short TTL lifts it), once
+//! with all of them one after the other on one stack (evidence adds up there, so the
+//! confidence must reach the range's lower end only, and every action is a dry run).
 
 use std::{collections::BTreeSet, process::Command, sync::Mutex};
 
@@ -30,6 +33,9 @@ const REQUIRED: &[&str] = &[
     "agent-tamper",
 ];
 
+/// The scenarios whose playbook acts for real when they run alone (on what they created).
+const REAL_WHEN_ALONE: &[&str] = &["reverse-shell", "memfd-exec", "setuid-drop"];
+
 const SEVERITIES: &[&str] = &["LOW", "MEDIUM", "HIGH", "CRITICAL"];
 
 /// Where a severity ranks (unknown: below LOW).
@@ -38,7 +44,7 @@ fn rank(severity: &Value) -> Option<usize> {
 }
 
 /// What is wrong with one scenario's outcome, in words (empty: all met).
-fn problems(outcome: &Value) -> Vec<String> {
+fn problems(outcome: &Value, isolated: bool) -> Vec<String> {
     let mut problems = Vec::new();
     if let Some(err) = outcome["error"].as_str() {
         problems.push(format!("behaviour failed: {err}"));
@@ -84,7 +90,12 @@ fn problems(outcome: &Value) -> Vec<String> {
         problems.push("no time from behaviour to incident".into());
     }
     if let Some(action) = outcome["expected_action"].as_str() {
-        let wanted = format!("{action}:would_run");
+        // Alone, the safe scenarios' playbooks act for real; everything else is a dry run.
+        let result = outcome["expected_result"].as_str().unwrap_or("-");
+        if result != "would_run" && !(isolated && result == "done") {
+            problems.push(format!("`{action}` expected to end {result}"));
+        }
+        let wanted = format!("{action}:{result}");
         let actions: Vec<&str> = outcome["actions"]
             .as_array()
             .into_iter()
@@ -92,11 +103,21 @@ fn problems(outcome: &Value) -> Vec<String> {
             .filter_map(Value::as_str)
             .collect();
         if !actions.contains(&wanted.as_str()) {
-            problems.push(format!("no dry-run `{action}` action (got {actions:?})"));
+            problems.push(format!("no `{wanted}` action (got {actions:?})"));
         }
         if outcome["action_ms"].as_u64().is_none() {
             problems.push(format!("no time from behaviour to the `{action}` request"));
         }
+        match outcome["action_done_ms"].as_u64() {
+            None => problems.push(format!("no time from behaviour to `{wanted}`")),
+            Some(ms) if outcome["action_ms"].as_u64().is_some_and(|r| ms < r) => {
+                problems.push(format!("`{wanted}` after {ms} ms, before its request"));
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(err) = outcome["after_action_error"].as_str() {
+        problems.push(format!("after the action: {err}"));
     }
     problems
 }
@@ -145,19 +166,24 @@ fn check_attack_run(extra: &[&str], isolated: bool) {
             continue;
         };
         eprintln!(
-            "{name} {}: {} {} confidence {} in {} ms, actions {} (after {} ms)",
+            "{name} {}: {} {} confidence {} in {} ms, actions {} (requested after {} ms, completed after {} ms)",
             outcome["technique"],
             outcome["rules"],
             outcome["severity"],
             outcome["confidence"],
             outcome["detect_ms"],
             outcome["actions"],
-            outcome["action_ms"]
+            outcome["action_ms"],
+            outcome["action_done_ms"]
         );
+        let real = isolated && REAL_WHEN_ALONE.contains(name);
+        if real && outcome["expected_result"] != "done" {
+            failures.push(format!("{name}: alone, its action must be done for real"));
+        }
         if outcome["isolated"] != Value::Bool(isolated) {
             failures.push(format!("{name}: isolated is {}", outcome["isolated"]));
         }
-        for problem in problems(outcome) {
+        for problem in problems(outcome, isolated) {
             failures.push(format!("{name}: {problem}"));
         }
     }

@@ -65,6 +65,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         channel: CHANNEL.into(),
         api: API.into(),
         respond_mode: None,
+        playbook_dirs: Vec::new(),
     })?;
     eprintln!(
         "\nQSC is running: cortex (API http://{API}), guardian-alpha and guardian-beta on this host.\n\

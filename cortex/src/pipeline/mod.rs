@@ -279,6 +279,9 @@ impl Pipeline {
     /// without waiting for the disk.
     pub fn process(&mut self, mut batch: Batch) {
         let mut touched: Vec<Incident> = Vec::new();
+        if let Some(responder) = &self.responder {
+            responder.on_events(&batch.host_id, batch.events.clone());
+        }
         let fresh = self.fresh_events(&batch);
         for event in fresh {
             self.audit_agent_action(event);

@@ -27,6 +27,7 @@ pub mod guard;
 pub mod links;
 pub mod metrics;
 pub mod playbook;
+mod recent;
 pub mod record;
 #[cfg(test)]
 mod tests;
@@ -49,6 +50,7 @@ pub use guard::{Cidr, Guardrails, Refusal};
 pub use links::{AgentLinks, CommandRoute, LinkError, SessionTicket};
 pub use metrics::RespondMetrics;
 pub use playbook::{ActionSpec, Playbook, PlaybookError, Playbooks, Target};
+use recent::RecentEvents;
 pub use record::{ActionRecord, ActionStatus, Decision, Timeline};
 
 use crate::audit::{AuditEntry, AuditError, AuditKind, AuditSink};
@@ -235,6 +237,8 @@ pub struct Responder {
     observers: RwLock<Vec<Arc<dyn ResponseObserver>>>,
     guard: Mutex<Guardrails>,
     state: Mutex<State>,
+    /// The newest analysed events, for the evidence events that did not trigger an incident.
+    recent: Mutex<RecentEvents>,
     queue: mpsc::Sender<Job>,
     ids: AtomicU64,
 }
@@ -301,6 +305,7 @@ impl Responder {
             observers: RwLock::new(Vec::new()),
             guard: Mutex::new(guard),
             state: Mutex::new(State::default()),
+            recent: Mutex::new(RecentEvents::default()),
             queue,
             ids: AtomicU64::new(now_ns() / 1000),
         });
@@ -363,6 +368,13 @@ impl Responder {
         self.ids.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// The pipeline is about to analyse `events`, which `host_id` delivered: kept for a while
+    /// (shared, not copied), so that playbooks can take parameters from the events an
+    /// incident's evidence names besides the one that triggered it.
+    pub fn on_events(&self, host_id: &str, events: Arc<[Event]>) {
+        lock(&self.recent).push(host_id, events);
+    }
+
     /// The pipeline decided on an incident, `trigger` being the event that updated it. Runs
     /// every playbook that matches it for the first time; never waits for an agent.
     pub fn on_incident(&self, incident: &Incident, trigger: Option<&Event>) {
@@ -398,11 +410,21 @@ impl Responder {
         if fired.is_empty() {
             return;
         }
-        let events: Vec<Event> = state
+        let mut events: Vec<Event> = state
             .evidence
             .get(&incident.id)
             .map(|e| e.iter().cloned().collect())
             .unwrap_or_default();
+        // A correlation's contributing events never triggered the incident themselves (the
+        // connect of a reverse shell whose exec completed it): they follow the triggers.
+        for event in lock(&self.recent).evidence_events(incident) {
+            if !events
+                .iter()
+                .any(|e| e.host_id == event.host_id && e.seq == event.seq)
+            {
+                events.push(event);
+            }
+        }
         let target = Target::from_evidence(incident, &events);
         for playbook in fired {
             let mode = playbook.mode.unwrap_or(self.config.mode);

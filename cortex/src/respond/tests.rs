@@ -237,6 +237,48 @@ fn autonomous_actions_are_queued_and_dry_run_ones_only_audited() {
     assert_eq!(audit_events(&h), vec!["action:would_run"]);
 }
 
+/// A correlation's hit is triggered by its last event (the shell's exec); the remote address
+/// comes from a contributing event of an earlier batch (the connect), which its evidence names.
+#[test]
+fn parameters_come_from_a_correlations_contributing_events_too() {
+    let blocks = "  - action: block_ip\n    ttl_s: 60\n";
+    let h = harness(config(Mode::DryRun), &book("", &format!("{KILL}{blocks}")));
+    let mut connected = connect(4321, "bash", "www-data", 100);
+    connected.seq = 7;
+    let mut exec = connect(4321, "sh", "www-data", 200);
+    exec.seq = 8;
+    exec.kind = EventKind::ProcessExec(qsc_event::ProcessExec {
+        process: exec.process().cloned().unwrap(),
+        filename: "/bin/sh".into(),
+        argv: vec!["sh".into()],
+    });
+    h.responder.on_events("web-01", vec![connected].into());
+    h.responder.on_events("web-01", vec![exec.clone()].into());
+    let mut correlated = incident("inc-1", "qsc-reverse-shell");
+    correlated.evidence[0].event_refs = [7, 8]
+        .map(|seq| crate::score::EventRef {
+            host_id: "web-01".into(),
+            seq,
+        })
+        .into();
+    h.responder.on_incident(&correlated, Some(&exec));
+    let all = actions(&h);
+    let block = all.iter().find(|a| a.name == "block_ip").unwrap();
+    assert_eq!(block.status, ActionStatus::WouldRun, "{block:#?}");
+    assert_eq!(
+        block.action,
+        Some(Action::BlockIp {
+            addr: "203.0.113.7".parse().unwrap(),
+            ttl_s: 60
+        })
+    );
+
+    // Without the contributing event (not among the recent ones) the parameter is missing.
+    let h = harness(config(Mode::DryRun), &book("", blocks));
+    h.responder.on_incident(&correlated, Some(&exec));
+    assert_eq!(only(&h).status, ActionStatus::MissingParameter);
+}
+
 #[test]
 fn a_playbook_fires_once_per_incident_and_only_when_it_matches() {
     let h = harness(config(Mode::DryRun), &book("", KILL));

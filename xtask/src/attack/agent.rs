@@ -4,7 +4,7 @@ use std::{process::Command, time::Duration};
 
 use anyhow::Context;
 
-use super::{Expect, Scenario, Severity, actor};
+use super::{Expect, Scenario, Severity, actor, would_run};
 use crate::run::stack::output_of;
 
 /// SIGCONT (harmless to a running process, still a signal the kernel hook reports) and a
@@ -17,7 +17,7 @@ pub const AGENT_TAMPER: Scenario = Scenario {
         rules: &["qsc-agent-tamper", "qsc-ptrace-attach"],
         min_severity: Severity::Critical,
         confidence: (0.99, 1.0),
-        action: Some("rotate_keys"),
+        action: would_run("rotate_keys"),
     },
     perform: |stack, _| {
         let agent = stack
@@ -30,4 +30,5 @@ pub const AGENT_TAMPER: Scenario = Scenario {
         Ok(())
     },
     patience: Duration::from_secs(20),
+    after_action: None,
 };

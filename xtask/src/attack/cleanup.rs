@@ -15,6 +15,8 @@ enum Undo {
     Child(Child),
     /// An address added to the loopback interface.
     LoopbackAddress(String),
+    /// Something held open until the end (a connection), then dropped.
+    Keep(Box<dyn std::any::Any>),
 }
 
 /// The undo list of one scenario.
@@ -53,6 +55,11 @@ impl Cleanup {
         Ok(())
     }
 
+    /// Keeps `value` (e.g. a scenario's connection) open until the end.
+    pub fn keep(&mut self, value: impl std::any::Any) {
+        self.undo.push(Undo::Keep(Box::new(value)));
+    }
+
     /// Adds `address` (a /32 of a documentation range) to `lo` and removes it at the end.
     pub fn loopback_address(&mut self, address: &str) -> anyhow::Result<()> {
         crate::run::stack::output_of(Command::new("ip").args([
@@ -81,6 +88,7 @@ impl Drop for Cleanup {
                     let _ = child.kill();
                     let _ = child.wait();
                 }
+                Undo::Keep(value) => drop(value),
                 Undo::LoopbackAddress(address) => {
                     let _ = Command::new("ip")
                         .args(["addr", "del", &format!("{address}/32"), "dev", "lo"])

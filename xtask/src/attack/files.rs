@@ -22,6 +22,7 @@ pub const SHADOW_READ: Scenario = Scenario {
         output_of(Command::new(dumper).arg("/etc/shadow")).map(drop)
     },
     patience: Duration::from_secs(20),
+    after_action: None,
 };
 
 /// A file in /etc/cron.d (a comment only: nothing is scheduled), removed afterwards.
@@ -47,6 +48,7 @@ pub const CRON_PERSISTENCE: Scenario = Scenario {
         Ok(())
     },
     patience: Duration::from_secs(20),
+    after_action: None,
 };
 
 /// An SSH key added to a fresh test account's authorized_keys.
@@ -75,6 +77,7 @@ pub const AUTHORIZED_KEYS: Scenario = Scenario {
         Ok(())
     },
     patience: Duration::from_secs(20),
+    after_action: None,
 };
 
 /// The stack's demo config (in a `heal = true` tree) edited; guardian-beta restores it.
@@ -91,6 +94,7 @@ pub const CONFIG_TAMPER: Scenario = Scenario {
     },
     perform: tamper_demo_config,
     patience: Duration::from_secs(30),
+    after_action: None,
 };
 
 fn tamper_demo_config(stack: &mut Stack, _: &mut Cleanup) -> anyhow::Result<()> {

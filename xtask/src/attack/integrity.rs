@@ -22,6 +22,7 @@ pub const BACKUP_TAMPER: Scenario = Scenario {
     },
     perform: backup_tamper,
     patience: Duration::from_secs(20),
+    after_action: None,
 };
 
 fn backup_tamper(stack: &mut Stack, cleanup: &mut Cleanup) -> anyhow::Result<()> {
@@ -65,6 +66,7 @@ pub const CERT_EXPIRING: Scenario = Scenario {
     },
     perform: |stack, cleanup| check_certificate(stack, cleanup, false),
     patience: Duration::from_secs(20),
+    after_action: None,
 };
 
 /// A certificate of the scenario's CA that the CA's CRL revokes.
@@ -81,6 +83,7 @@ pub const CERT_REVOKED: Scenario = Scenario {
     },
     perform: |stack, cleanup| check_certificate(stack, cleanup, true),
     patience: Duration::from_secs(20),
+    after_action: None,
 };
 
 fn check_certificate(stack: &mut Stack, cleanup: &mut Cleanup, revoke: bool) -> anyhow::Result<()> {

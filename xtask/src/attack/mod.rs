@@ -25,7 +25,7 @@ use crate::run::{
     stack::{Stack, StackOptions},
 };
 pub use cleanup::Cleanup;
-pub use observe::{Outcome, Severity, table};
+pub use observe::{ActionResult, Outcome, Severity, table};
 
 #[derive(clap::Args)]
 pub struct AttackArgs {
@@ -65,9 +65,38 @@ pub struct Expect {
     /// a checkout under /tmp runs the stack's binaries from there, which
     /// qsc-exec-from-world-writable (LR 8) rightly reports, so a LOW behaviour may read MEDIUM.
     pub confidence: (f64, f64),
-    /// The action a playbook must request for the incident (in dry-run: `would_run`).
-    pub action: Option<&'static str>,
+    /// The action a playbook must request for the incident, and how it must end.
+    pub action: Option<ExpectedAction>,
 }
+
+/// An action a playbook must request, and what it must end as when the scenario runs alone.
+#[derive(Clone, Copy)]
+pub struct ExpectedAction {
+    pub name: &'static str,
+    /// Alone on a fresh stack; in a sequence every action stays a dry run (`would_run`).
+    pub result: ActionResult,
+}
+
+/// An action requested in dry-run only.
+pub const fn would_run(name: &'static str) -> Option<ExpectedAction> {
+    Some(ExpectedAction {
+        name,
+        result: ActionResult::WouldRun,
+    })
+}
+
+/// An action carried out for real (by a playbook of [`REAL_PLAYBOOKS`]) when the scenario
+/// runs alone.
+pub const fn done(name: &'static str) -> Option<ExpectedAction> {
+    Some(ExpectedAction {
+        name,
+        result: ActionResult::Done,
+    })
+}
+
+/// Playbooks run for real (mode autonomous) on a stack that runs one scenario alone; each
+/// acts only on what its scenario created. Every other playbook stays in dry-run.
+const REAL_PLAYBOOKS: &str = include_str!("real-playbooks.yml");
 
 /// One attack behaviour.
 pub struct Scenario {
@@ -80,6 +109,9 @@ pub struct Scenario {
     pub perform: fn(&mut Stack, &mut Cleanup) -> anyhow::Result<()>,
     /// How long the detection may take (auth logs are read every 2 s; heals after a debounce).
     pub patience: Duration,
+    /// Checks what a real action did (e.g. a block refuses connects, then lifts), after the
+    /// expected action was done and before the scenario's cleanup; run only when it ran for real.
+    pub after_action: Option<fn() -> anyhow::Result<()>>,
 }
 
 /// Every scenario, in the order `all` runs them.
@@ -163,7 +195,7 @@ fn print_list() {
             s.expect.confidence.1,
             s.expect
                 .action
-                .map(|a| format!(", action {a}"))
+                .map(|a| format!(", action {} ({} alone)", a.name, a.result))
                 .unwrap_or_default()
         );
     }
@@ -180,9 +212,16 @@ pub fn run_on_own_stack(
     let temp = TempState::new(state_dir)?;
     let mut options = StackOptions::on_free_ports(bin, temp.path.clone())?;
     options.respond_mode = Some("dry_run");
-    let mut stack = Stack::start(&options)?;
-    // A single scenario on a fresh stack is alone: its outcome owes nothing to others.
+    // A single scenario on a fresh stack is alone: its outcome owes nothing to others, and
+    // what its evidence names is what it created, so the safe playbooks may act for real.
     let alone = scenarios.len() == 1;
+    if alone {
+        let dir = temp.path.join("playbooks");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("attack-real.yml"), REAL_PLAYBOOKS)?;
+        options.playbook_dirs.push(dir);
+    }
+    let mut stack = Stack::start(&options)?;
     run_with_view(&mut stack, scenarios, alone, &mut |_| {})
 }
 

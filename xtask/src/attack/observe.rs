@@ -34,6 +34,30 @@ impl std::fmt::Display for Severity {
     }
 }
 
+/// How an expected action must end: only audited (dry-run), or carried out by the agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionResult {
+    WouldRun,
+    Done,
+}
+
+impl ActionResult {
+    /// The status the cortex reports for it (`/api/actions`).
+    pub fn status(self) -> &'static str {
+        match self {
+            ActionResult::WouldRun => "would_run",
+            ActionResult::Done => "done",
+        }
+    }
+}
+
+impl std::fmt::Display for ActionResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.status())
+    }
+}
+
 /// What one scenario led to, with what it should have led to.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Outcome {
@@ -43,6 +67,9 @@ pub struct Outcome {
     pub expected_min_severity: Severity,
     pub expected_confidence: (f64, f64),
     pub expected_action: Option<String>,
+    /// How the expected action must end: `done` for a real action (the scenario alone, on a
+    /// playbook run for real), else `would_run`.
+    pub expected_result: Option<ActionResult>,
     /// The scenario ran alone on a fresh stack: its confidence must be within the expected
     /// range (in a sequence, the evidence before can only raise it).
     pub isolated: bool,
@@ -64,6 +91,11 @@ pub struct Outcome {
     /// Milliseconds from the start of the behaviour until the cortex requested the expected
     /// action (its record's `requested_ns`, wall clock of this host).
     pub action_ms: Option<u64>,
+    /// Milliseconds from the start of the behaviour until the expected action was completed
+    /// (its record's last update: the agent's report for a real action, the dry-run audit).
+    pub action_done_ms: Option<u64>,
+    /// What the check after a real action found wrong (a block that did not refuse or lift).
+    pub after_action_error: Option<String>,
     /// Why the behaviour could not be performed.
     pub error: Option<String>,
 }
@@ -103,17 +135,14 @@ impl Outcome {
                 self.confidence
             ));
         }
-        if let Some(action) = &self.expected_action
-            && (self.action_ms.is_none()
-                || !self
-                    .actions
-                    .iter()
-                    .any(|a| a.split(':').next() == Some(action)))
-        {
-            problems.push(format!(
-                "no `{action}` action requested (got {:?})",
-                self.actions
-            ));
+        if let (Some(action), Some(result)) = (&self.expected_action, self.expected_result) {
+            let wanted = format!("{action}:{result}");
+            if self.action_done_ms.is_none() || !self.actions.contains(&wanted) {
+                problems.push(format!("no `{wanted}` action (got {:?})", self.actions));
+            }
+        }
+        if let Some(err) = &self.after_action_error {
+            problems.push(format!("after the action: {err}"));
         }
         problems
     }
@@ -134,8 +163,8 @@ impl Outcome {
                 .map(|ms| format!("{ms} ms"))
                 .unwrap_or("-".into()),
             self.actions.join(", "),
-            self.action_ms
-                .map(|ms| format!(" requested after {ms} ms"))
+            self.action_done_ms
+                .map(|ms| format!(" completed after {ms} ms"))
                 .unwrap_or_default(),
             if self.passed() {
                 String::new()
@@ -161,7 +190,15 @@ pub fn run_scenario(
         expected_rules: expect.rules.iter().map(|r| r.to_string()).collect(),
         expected_min_severity: expect.min_severity,
         expected_confidence: expect.confidence,
-        expected_action: expect.action.map(Into::into),
+        expected_action: expect.action.map(|a| a.name.into()),
+        // Only a scenario alone runs its playbooks for real; in a sequence all are dry runs.
+        expected_result: expect.action.map(|a| {
+            if isolated {
+                a.result
+            } else {
+                ActionResult::WouldRun
+            }
+        }),
         isolated,
         detected: false,
         rules: Vec::new(),
@@ -172,16 +209,17 @@ pub fn run_scenario(
         detect_ms: None,
         actions: Vec::new(),
         action_ms: None,
+        action_done_ms: None,
+        after_action_error: None,
         error: None,
     };
     let started = Instant::now();
     let started_ns = wall_ns();
-    {
-        let mut cleanup = Cleanup::default();
-        if let Err(err) = (scenario.perform)(stack, &mut cleanup) {
-            outcome.error = Some(format!("{err:#}"));
-            return outcome;
-        }
+    // What the scenario made lives until its actions are over: they act on it.
+    let mut cleanup = Cleanup::default();
+    if let Err(err) = (scenario.perform)(stack, &mut cleanup) {
+        outcome.error = Some(format!("{err:#}"));
+        return outcome;
     }
     let deadline = started + scenario.patience;
     while Instant::now() < deadline {
@@ -198,6 +236,11 @@ pub fn run_scenario(
     if outcome.detected {
         wait_for_actions(stack, &mut outcome, started_ns, view);
     }
+    let done = outcome.expected_result == Some(ActionResult::Done);
+    if let (true, Some(_), Some(check)) = (done, outcome.action_done_ms, scenario.after_action) {
+        outcome.after_action_error = check().err().map(|err| format!("{err:#}"));
+    }
+    drop(cleanup);
     outcome
 }
 
@@ -277,15 +320,12 @@ fn wait_for_actions(
                 .collect();
             outcome.actions.sort();
             outcome.actions.dedup();
-            outcome.action_ms = first_request_ms(&actions, outcome, since_ns);
+            outcome.action_ms = first_time_ms(&actions, outcome, since_ns, None, "requested_ns");
+            outcome.action_done_ms = outcome.expected_result.and_then(|result| {
+                first_time_ms(&actions, outcome, since_ns, Some(result), "updated_ns")
+            });
         }
-        let wanted = outcome.expected_action.as_deref();
-        let found = wanted.is_none_or(|w| {
-            outcome
-                .actions
-                .iter()
-                .any(|a| a.starts_with(&format!("{w}:")))
-        });
+        let found = outcome.expected_action.is_none() || outcome.action_done_ms.is_some();
         if found || Instant::now() > deadline {
             return;
         }
@@ -294,19 +334,27 @@ fn wait_for_actions(
     }
 }
 
-/// Milliseconds from `since_ns` to the first request of the expected action among `actions`
-/// for the outcome's incidents.
-fn first_request_ms(actions: &[Value], outcome: &Outcome, since_ns: u64) -> Option<u64> {
+/// Milliseconds from `since_ns` to the earliest `field` (`requested_ns`, `updated_ns`) of the
+/// expected action among `actions` for the outcome's incidents, of those with status
+/// `result` when given.
+fn first_time_ms(
+    actions: &[Value],
+    outcome: &Outcome,
+    since_ns: u64,
+    result: Option<ActionResult>,
+    field: &str,
+) -> Option<u64> {
     let wanted = outcome.expected_action.as_deref()?;
     actions
         .iter()
         .filter(|a| a["name"].as_str() == Some(wanted))
+        .filter(|a| result.is_none_or(|r| a["status"].as_str() == Some(r.status())))
         .filter(|a| {
             a["incident_id"]
                 .as_str()
                 .is_some_and(|id| outcome.incidents.iter().any(|i| i == id))
         })
-        .filter_map(|a| a["requested_ns"].as_u64())
+        .filter_map(|a| a[field].as_u64())
         .filter(|t| *t >= since_ns)
         .min()
         .map(|t| (t - since_ns) / 1_000_000)
@@ -329,7 +377,7 @@ pub fn table(outcomes: &[Outcome], markdown: bool) -> String {
         "confidence",
         "time to detect",
         "action",
-        "time to action",
+        "time to action done",
     ];
     let rows: Vec<[String; 9]> = outcomes
         .iter()
@@ -353,7 +401,7 @@ pub fn table(outcomes: &[Outcome], markdown: bool) -> String {
                 } else {
                     o.actions.join(", ")
                 },
-                seconds(o.action_ms),
+                seconds(o.action_done_ms),
             ]
         })
         .collect();

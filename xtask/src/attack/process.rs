@@ -2,8 +2,8 @@
 //! shell. The raw syscalls come from the test actor (tests/src/bin/actor.rs).
 
 use std::{
-    io::{Read, Write},
-    net::TcpListener,
+    io::{BufRead, BufReader, Write},
+    net::{TcpListener, TcpStream},
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context, bail};
 
-use super::{Cleanup, Expect, Scenario, Severity, actor, cleanup::unique};
+use super::{Cleanup, Expect, Scenario, Severity, actor, cleanup::unique, done};
 use crate::run::stack::{Stack, output_of};
 
 /// A copy of the actor dropped in /var/tmp, made setuid root, run by a test account, which
@@ -29,10 +29,12 @@ pub const SETUID_DROP: Scenario = Scenario {
         ],
         min_severity: Severity::Critical,
         confidence: (0.99, 1.0),
-        action: Some("quarantine"),
+        // Alone: the dropped copy is quarantined for real (it is the scenario's own file).
+        action: done("quarantine"),
     },
     perform: setuid_drop,
     patience: Duration::from_secs(20),
+    after_action: None,
 };
 
 fn setuid_drop(stack: &mut Stack, cleanup: &mut Cleanup) -> anyhow::Result<()> {
@@ -87,6 +89,7 @@ pub const PTRACE_ATTACH: Scenario = Scenario {
         .map(drop)
     },
     patience: Duration::from_secs(20),
+    after_action: None,
 };
 
 /// /bin/true copied into a memfd and executed from it.
@@ -99,13 +102,23 @@ pub const MEMFD_EXEC: Scenario = Scenario {
         // Running a program from memory is HIGH or above alone, so the kill playbook acts.
         min_severity: Severity::High,
         confidence: (0.8, 1.0),
-        action: Some("kill"),
+        // Alone: the payload (the scenario's own child) is killed for real.
+        action: done("kill"),
     },
     perform: |stack, cleanup| {
+        // cat from memory waits on its stdin (held open by the cleanup's child) until killed.
         let mut cmd = as_test_user(cleanup, "m")?;
-        output_of(cmd.arg(actor(stack)).args(["memfd-exec", "/bin/true"])).map(drop)
+        let payload = cmd
+            .arg(actor(stack))
+            .args(["memfd-exec", "/bin/cat"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()?;
+        cleanup.child(payload);
+        Ok(())
     },
     patience: Duration::from_secs(20),
+    after_action: None,
 };
 
 /// An anonymous mapping both writable and executable, held for a second.
@@ -122,6 +135,7 @@ pub const RWX_MEMORY: Scenario = Scenario {
     },
     perform: |stack, _| output_of(Command::new(actor(stack)).args(["mmap-rwx", "1000"])).map(drop),
     patience: Duration::from_secs(20),
+    after_action: None,
 };
 
 /// The "command and control" address of the reverse shell: TEST-NET-2, added to `lo` for the
@@ -138,11 +152,51 @@ pub const REVERSE_SHELL: Scenario = Scenario {
         // A reverse shell is HIGH or above alone, so the containment playbook acts.
         min_severity: Severity::High,
         confidence: (0.8, 1.0),
-        action: Some("kill"),
+        // Alone: the shell (the scenario's own child) is killed and its peer blocked for real.
+        action: done("kill"),
     },
     perform: reverse_shell,
     patience: Duration::from_secs(20),
+    after_action: Some(peer_blocked_then_released),
 };
+
+/// The TTL of the real block of the C2 address (`attack-contain-reverse-shell`'s `ttl_s`).
+const C2_BLOCK_TTL: Duration = Duration::from_secs(4);
+
+/// After the real `block_ip`: a new connect to the C2 address is refused (within 5 s, while
+/// the block reaches the agent), and succeeds again once the block's TTL rolled it back.
+fn peer_blocked_then_released() -> anyhow::Result<()> {
+    let listener = TcpListener::bind((C2_ADDRESS, 0))?;
+    let target = listener.local_addr()?;
+    let connects = || TcpStream::connect_timeout(&target, Duration::from_secs(1)).is_ok();
+    let blocked = wait_until(Duration::from_secs(5), || !connects());
+    let Some(blocked_after) = blocked else {
+        bail!("connects to {C2_ADDRESS} still succeed 5 s after the block_ip action");
+    };
+    let released = wait_until(C2_BLOCK_TTL + Duration::from_secs(10), connects);
+    let Some(released_after) = released else {
+        bail!(
+            "connects to {C2_ADDRESS} still refused {:?} after the block's {C2_BLOCK_TTL:?} TTL",
+            C2_BLOCK_TTL + Duration::from_secs(10)
+        );
+    };
+    eprintln!(
+        "   {C2_ADDRESS} refused after {blocked_after:?}, reachable again {released_after:?} later (TTL {C2_BLOCK_TTL:?})"
+    );
+    Ok(())
+}
+
+/// Polls `done` every 50 ms until it holds (how long that took) or `limit` passed.
+fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if done() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
 
 fn reverse_shell(_: &mut Stack, cleanup: &mut Cleanup) -> anyhow::Result<()> {
     cleanup.loopback_address(C2_ADDRESS)?;
@@ -173,11 +227,14 @@ fn reverse_shell(_: &mut Stack, cleanup: &mut Cleanup) -> anyhow::Result<()> {
     };
     conn.set_nonblocking(false)?;
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
-    conn.write_all(b"echo qscatk-shell-$$; exit\n")?;
+    conn.write_all(b"echo qscatk-shell-$$\n")?;
     let mut answer = String::new();
-    conn.read_to_string(&mut answer)?;
+    BufReader::new(conn.try_clone()?).read_line(&mut answer)?;
     if !answer.contains("qscatk-shell-") {
         bail!("the reverse shell did not answer (got {answer:?})");
     }
+    // The shell stays connected, waiting for commands, until it is killed (by the playbook
+    // when the scenario runs alone, else by the cleanup).
+    cleanup.keep(conn);
     Ok(())
 }

@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context, bail};
 
-use super::{Cleanup, Expect, Scenario, Severity, cleanup::unique};
+use super::{Cleanup, Expect, Scenario, Severity, cleanup::unique, would_run};
 use crate::run::stack::{Stack, free_loopback_address, output_of};
 
 pub const CREDENTIAL_STUFFING: Scenario = Scenario {
@@ -28,10 +28,11 @@ pub const CREDENTIAL_STUFFING: Scenario = Scenario {
         ],
         min_severity: Severity::Critical,
         confidence: (0.99, 1.0),
-        action: Some("revoke_credential"),
+        action: would_run("revoke_credential"),
     },
     perform: credential_stuffing,
     patience: Duration::from_secs(30),
+    after_action: None,
 };
 
 /// The sshd of Debian's openssh-server (installed by `cargo xtask setup`).

@@ -26,6 +26,8 @@ pub struct StackOptions {
     pub api: String,
     /// `[respond] mode` of the cortex (`None`: the cortex default, assisted).
     pub respond_mode: Option<&'static str>,
+    /// `[respond] playbook_dirs` of the cortex, besides the shipped playbooks.
+    pub playbook_dirs: Vec<PathBuf>,
 }
 
 impl StackOptions {
@@ -37,6 +39,7 @@ impl StackOptions {
             channel: free_loopback_address()?,
             api: free_loopback_address()?,
             respond_mode: None,
+            playbook_dirs: Vec::new(),
         })
     }
 }
@@ -337,6 +340,7 @@ pub struct StateLayout {
     channel: String,
     api: String,
     respond_mode: Option<&'static str>,
+    playbook_dirs: Vec<PathBuf>,
     cortex_dir: PathBuf,
     cortex_config: PathBuf,
     agents_file: PathBuf,
@@ -375,6 +379,7 @@ impl StateLayout {
             channel: options.channel.clone(),
             api: options.api.clone(),
             respond_mode: options.respond_mode,
+            playbook_dirs: options.playbook_dirs.clone(),
             cortex_dir: state.join("cortex"),
             cortex_config: state.join("cortex.toml"),
             agents_file: state.join("cortex").join("agents.toml"),
@@ -421,10 +426,18 @@ impl StateLayout {
 
     fn write_cortex_config(&self) -> anyhow::Result<()> {
         let c = self.cortex_dir.display();
-        let respond = self
-            .respond_mode
-            .map(|mode| format!("[respond]\nmode = \"{mode}\"\n"))
-            .unwrap_or_default();
+        let mut respond = String::from("[respond]\n");
+        if let Some(mode) = self.respond_mode {
+            respond.push_str(&format!("mode = \"{mode}\"\n"));
+        }
+        if !self.playbook_dirs.is_empty() {
+            let dirs: Vec<String> = self
+                .playbook_dirs
+                .iter()
+                .map(|d| format!("\"{}\"", d.display()))
+                .collect();
+            respond.push_str(&format!("playbook_dirs = [{}]\n", dirs.join(", ")));
+        }
         std::fs::write(
             &self.cortex_config,
             format!(
@@ -458,10 +471,12 @@ impl StateLayout {
             format!(
                 "# Written by `cargo xtask`; see config/guardian-alpha.example.toml.\n\
                  host_id = \"{}\"\noutput = \"{}\"\n\n\
-                 [metrics]\ninterval_s = 2\nauth_logs = [\"{}\"]\n\n{}\n{}",
+                 [metrics]\ninterval_s = 2\nauth_logs = [\"{}\"]\n\n\
+                 [respond]\nquarantine_dir = \"{}\"\n\n{}\n{}",
                 self.host_id,
                 self.alpha_events.display(),
                 self.auth_log.display(),
+                self.state.join("quarantine").display(),
                 alpha_watches()?,
                 uplink(&self.alpha_key, &self.alpha_key.with_file_name("outbox"))
             ),

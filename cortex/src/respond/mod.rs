@@ -425,8 +425,8 @@ impl Responder {
                 events.push(event);
             }
         }
-        let target = Target::from_evidence(incident, &events);
         for playbook in fired {
+            let target = Target::for_playbook(playbook, incident, &events);
             let mode = playbook.mode.unwrap_or(self.config.mode);
             tracing::warn!(
                 playbook = %playbook.name,

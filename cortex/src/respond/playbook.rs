@@ -36,7 +36,7 @@ use serde_json::Value;
 use yaml_rust2::{Yaml, YamlLoader};
 
 use super::config::Mode;
-use crate::score::{EntityKey, Incident, Severity};
+use crate::score::{EntityKey, EventRef, Incident, Severity};
 
 static SHIPPED_PLAYBOOKS: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/playbooks");
 
@@ -246,6 +246,27 @@ pub struct Target {
 }
 
 impl Target {
+    /// The target of `playbook`: when it matches on rules, the events those rules' evidence
+    /// refers to come first, so it acts on what its own rules saw rather than on the newest
+    /// event of another rule in the same incident (a host incident gathers evidence of every
+    /// process on the host).
+    pub fn for_playbook(playbook: &Playbook, incident: &Incident, events: &[Event]) -> Target {
+        let own: Vec<&EventRef> = incident
+            .evidence
+            .iter()
+            .filter(|e| playbook.matcher.rules.contains(&e.rule_id))
+            .flat_map(|e| &e.event_refs)
+            .collect();
+        let seen_by_own_rules = |event: &Event| {
+            own.iter()
+                .any(|r| r.host_id == event.host_id && r.seq == event.seq)
+        };
+        let (mut ordered, rest): (Vec<Event>, Vec<Event>) =
+            events.iter().cloned().partition(seen_by_own_rules);
+        ordered.extend(rest);
+        Target::from_evidence(incident, &ordered)
+    }
+
     /// Takes each parameter from the newest event that carries it (`events` newest first), the
     /// remote address and user falling back to the incident's entity.
     pub fn from_evidence(incident: &Incident, events: &[Event]) -> Target {
@@ -461,7 +482,7 @@ fn yaml_to_json(yaml: &Yaml) -> Result<Value, String> {
 
 #[cfg(test)]
 mod tests {
-    use qsc_event::{AuthAttempt, NetConnection, Source};
+    use qsc_event::{AuthAttempt, FileOpen, NetConnection, Source};
 
     use super::*;
     use crate::score::{Evidence, IncidentStatus, SourceKind};
@@ -645,6 +666,58 @@ actions:
         let mut event = Event::new("web-01", Source::Alpha, 1, kind);
         event.mono_ns = mono;
         event
+    }
+
+    #[test]
+    fn a_playbook_matched_on_rules_acts_on_what_its_rules_saw() {
+        let open = |seq: u64, path: &str| {
+            let mut e = event(
+                EventKind::FileOpen(FileOpen {
+                    process: ProcessInfo::default(),
+                    path: path.into(),
+                    flags: 0,
+                    write: true,
+                }),
+                Some(seq),
+            );
+            e.seq = seq;
+            e
+        };
+        let dropped = open(1, "/var/tmp/dropped");
+        let newer_other = open(2, "/tmp/checkout/target/debug/cortex");
+        let mut inc = incident("own-rule", &[], Severity::High, 0.9);
+        inc.evidence[0].event_refs = vec![EventRef {
+            host_id: "web-01".into(),
+            seq: 1,
+        }];
+        let mut other = inc.evidence[0].clone();
+        other.rule_id = "other-rule".into();
+        other.event_refs = vec![EventRef {
+            host_id: "web-01".into(),
+            seq: 2,
+        }];
+        inc.evidence.push(other);
+        let events = [newer_other, dropped];
+        let book = |rules: &[&str]| Playbook {
+            name: "q".into(),
+            description: String::new(),
+            mode: None,
+            matcher: Match {
+                rules: rules.iter().map(|r| (*r).to_owned()).collect(),
+                tags: Vec::new(),
+                min_severity: Severity::Low,
+                min_confidence: 0.0,
+            },
+            actions: vec![ActionSpec::Quarantine],
+            source: String::new(),
+        };
+        let own = Target::for_playbook(&book(&["own-rule"]), &inc, &events);
+        assert_eq!(own.path.as_deref(), Some("/var/tmp/dropped"));
+        let any = Target::for_playbook(&book(&[]), &inc, &events);
+        assert_eq!(
+            any.path.as_deref(),
+            Some("/tmp/checkout/target/debug/cortex")
+        );
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //! playbook action and how it ended, and the times from behaviour to incident and to the
 //! completed action — once with each scenario alone on a fresh stack (`--isolated`: its cortex
 //! has seen nothing else, and the safe scenarios' playbooks act for real on what the scenario
-//! created: the reverse shell and the fileless payload are killed, the dropped setuid copy
-//! quarantined, the reverse shell's TEST-NET peer blocked until a short TTL lifts it), once
+//! created: the reverse shell and the fileless payload are killed, the reverse shell's TEST-NET
+//! peer blocked until a short TTL lifts it), once
 //! with all of them one after the other on one stack (evidence adds up there, so the
 //! confidence must reach the range's lower end only, and every action is a dry run).
 
@@ -34,7 +34,7 @@ const REQUIRED: &[&str] = &[
 ];
 
 /// The scenarios whose playbook acts for real when they run alone (on what they created).
-const REAL_WHEN_ALONE: &[&str] = &["reverse-shell", "memfd-exec", "setuid-drop"];
+const REAL_WHEN_ALONE: &[&str] = &["reverse-shell", "memfd-exec"];
 
 const SEVERITIES: &[&str] = &["LOW", "MEDIUM", "HIGH", "CRITICAL"];
 

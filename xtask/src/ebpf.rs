@@ -55,9 +55,18 @@ pub fn build() -> anyhow::Result<PathBuf> {
 /// Builds the kernel object, then the release binaries of `packages` (guardian-alpha embeds
 /// the object, so it must come first).
 pub fn build_release(packages: &[&str]) -> anyhow::Result<()> {
+    build_userspace(packages, &["--release"])
+}
+
+/// Like [`build_release`], with the dev profile.
+pub fn build_dev(packages: &[&str]) -> anyhow::Result<()> {
+    build_userspace(packages, &[])
+}
+
+fn build_userspace(packages: &[&str], profile_args: &[&str]) -> anyhow::Result<()> {
     build()?;
     let mut cmd = shell::cargo();
-    cmd.args(["build", "--release", "--bins"]);
+    cmd.args(["build", "--bins"]).args(profile_args);
     for package in packages {
         cmd.args(["-p", package]);
     }

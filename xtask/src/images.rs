@@ -81,15 +81,27 @@ pub struct ImagesArgs {
     /// Tag of the built images.
     #[arg(long, default_value = "latest")]
     pub tag: String,
-    /// Use the release binaries already built (skip `cargo build --release`).
+    /// Use the binaries already built (skip `cargo build`).
     #[arg(long)]
     pub no_build: bool,
+    /// Put the dev-profile binaries (`cargo build --bins`) in the images instead of release
+    /// ones: for tests, which then need no second, optimised build of the workspace; never for
+    /// images that ship.
+    #[arg(long)]
+    pub debug_binaries: bool,
 }
+
+/// The binaries the images carry.
+const IMAGE_PACKAGES: &[&str] = &["cortex", "guardian-alpha", "guardian-beta"];
 
 pub fn run(args: &ImagesArgs) -> anyhow::Result<()> {
     ensure_engine()?;
     if !args.no_build {
-        ebpf::build_release(&["cortex", "guardian-alpha", "guardian-beta"])?;
+        if args.debug_binaries {
+            ebpf::build_dev(IMAGE_PACKAGES)?;
+        } else {
+            ebpf::build_release(IMAGE_PACKAGES)?;
+        }
     }
     let base = if args.local_base {
         ensure_local_base(args.rebuild_base)?;
@@ -97,7 +109,12 @@ pub fn run(args: &ImagesArgs) -> anyhow::Result<()> {
     } else {
         args.base.clone().unwrap_or_else(|| DEFAULT_BASE.to_owned())
     };
-    let context = stage_context()?;
+    let profile = if args.debug_binaries {
+        "debug"
+    } else {
+        "release"
+    };
+    let context = stage_context(profile)?;
     for image in IMAGES {
         build_image(image, &context, &base, &args.tag)?;
     }
@@ -271,18 +288,19 @@ fn wait_for_engine() -> anyhow::Result<()> {
     bail!("dockerd did not answer within a minute; see {DOCKERD_LOG}")
 }
 
-/// The build context: `bin/` with the release binaries stripped of debug info, and the
-/// helper scripts of deploy/docker/. Dockerfiles read `${BIN_DIR}` (default `bin`).
-fn stage_context() -> anyhow::Result<PathBuf> {
+/// The build context: `bin/` with the binaries of `profile` (target/`profile`/) stripped of
+/// debug info, and the helper scripts of deploy/docker/. Dockerfiles read `${BIN_DIR}` (default
+/// `bin`).
+fn stage_context(profile: &str) -> anyhow::Result<PathBuf> {
     let context = shell::target_dir().join("images").join("context");
     let bin = context.join("bin");
     std::fs::create_dir_all(&bin).with_context(|| format!("cannot create {}", bin.display()))?;
-    let release = shell::target_dir().join("release");
+    let built = shell::target_dir().join(profile);
     for name in IMAGES.iter().flat_map(|i| i.binaries.iter()) {
-        let from = release.join(name);
+        let from = built.join(name);
         if !from.exists() {
             bail!(
-                "{} is missing: build it with `cargo build --release --bins` (or drop --no-build)",
+                "{} is missing: build it with `cargo build --bins` (or drop --no-build)",
                 from.display()
             );
         }

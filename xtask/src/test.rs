@@ -92,7 +92,9 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds the images (on a local debootstrap base: our machines reach no image registry) and
+/// Builds the images (on a local debootstrap base: our machines reach no image registry; with the
+/// dev binaries already built, since a release build of the workspace would take CI's 2 cores
+/// 10–17 minutes) and
 /// runs tests/tests/compose.rs against them, one stack at a time: the default stack once with
 /// each Compose flavour, the scale profile with Compose v2 only.
 fn compose_end_to_end() -> anyhow::Result<()> {
@@ -102,7 +104,9 @@ fn compose_end_to_end() -> anyhow::Result<()> {
         rebuild_base: false,
         base: None,
         tag: "latest".into(),
-        no_build: false,
+        // `cargo build --workspace --bins` above built them.
+        no_build: true,
+        debug_binaries: true,
     })?;
     let built = started.elapsed();
     for flavour in images::Compose::ALL {

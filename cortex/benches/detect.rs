@@ -94,6 +94,7 @@ fn synthetic_event(rng: &mut Lcg, seq: u64) -> Event {
             EventKind::ProcessExec(ProcessExec {
                 filename: p.exe.clone().unwrap_or_default(),
                 argv: p.cmdline.clone(),
+                folder_world_writable: None,
                 process: p,
             })
         }

@@ -77,6 +77,7 @@ fn event(i: u64, time_ns: u64) -> Event {
         0..=13 => EventKind::ProcessExec(ProcessExec {
             filename: process.exe.clone().unwrap_or_default(),
             argv: process.cmdline.clone(),
+            folder_world_writable: None,
             process,
         }),
         14..=16 => EventKind::FileOpen(FileOpen {

@@ -35,6 +35,7 @@ fn event(seq: u64) -> Event {
             },
             filename: "/usr/bin/bash".into(),
             argv: vec!["bash".into(), "-c".into(), "make -j2 all".into()],
+            folder_world_writable: None,
         }),
     )
 }

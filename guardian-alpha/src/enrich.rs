@@ -65,6 +65,7 @@ impl Enricher {
                 self.table.on_exec(&c, &filename, &argv);
                 EventKind::ProcessExec(ProcessExec {
                     process: self.table.process_info(&c),
+                    folder_world_writable: self.table.exec_folder_world_writable(&c, &filename),
                     filename,
                     argv,
                 })

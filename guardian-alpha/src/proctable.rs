@@ -4,6 +4,7 @@
 use std::{
     collections::HashMap,
     hash::{BuildHasherDefault, DefaultHasher, Hash, Hasher},
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -211,6 +212,27 @@ impl ProcessTable {
         self.entries.remove(&pid);
     }
 
+    /// Whether every user may write to the folder holding `filename`, the path `caller` just
+    /// executed (its mode has S_IWOTH, as /tmp, /var/tmp and /dev/shm have). The folder is
+    /// looked up through the process's own root (absolute paths) or working folder (relative
+    /// ones), so a container's paths resolve in the container; through its parent's when the
+    /// process is already gone. `None` when neither exists any more.
+    pub fn exec_folder_world_writable(&self, caller: &Caller, filename: &str) -> Option<bool> {
+        let folder = Path::new(filename).parent()?;
+        let (base, folder) = match folder.strip_prefix("/") {
+            Ok(below_root) => ("root", below_root),
+            Err(_) => ("cwd", folder),
+        };
+        [caller.pid, caller.ppid]
+            .into_iter()
+            .filter(|&pid| pid != 0)
+            .find_map(|pid| {
+                let seen = self.proc_root.join(pid.to_string()).join(base).join(folder);
+                let mode = std::fs::metadata(seen).ok()?.permissions().mode();
+                Some(mode & 0o002 != 0)
+            })
+    }
+
     /// The enriched process block for an event from `caller`.
     pub fn process_info(&mut self, caller: &Caller) -> ProcessInfo {
         let entry = self.entry_for(caller);
@@ -381,6 +403,34 @@ mod tests {
             comm: "tester",
             ktime_ns,
         }
+    }
+
+    #[test]
+    fn an_exec_folder_is_world_writable_only_when_its_mode_says_so() {
+        let table = ProcessTable::new("/proc", "h", UserNames::default());
+        let work = std::env::temp_dir().join(format!("qsc-exec-folder-{}", std::process::id()));
+        let open = work.join("open");
+        let closed = work.join("closed");
+        std::fs::create_dir_all(&open).unwrap();
+        std::fs::create_dir_all(&closed).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let me = own_caller(0);
+        let in_folder = |folder: &Path| folder.join("payload").to_string_lossy().into_owned();
+        let open_seen = table.exec_folder_world_writable(&me, &in_folder(&open));
+        let closed_seen = table.exec_folder_world_writable(&me, &in_folder(&closed));
+        let gone = table.exec_folder_world_writable(&me, &in_folder(&work.join("missing")));
+        let relative = table.exec_folder_world_writable(&me, "./payload");
+        let mut nobody = own_caller(0);
+        nobody.pid = u32::MAX;
+        let no_process = table.exec_folder_world_writable(&nobody, &in_folder(&open));
+        std::fs::remove_dir_all(&work).unwrap();
+        assert_eq!(open_seen, Some(true));
+        assert_eq!(closed_seen, Some(false));
+        assert_eq!(gone, None);
+        let cwd_mode = std::fs::metadata(".").unwrap().permissions().mode();
+        assert_eq!(relative, Some(cwd_mode & 0o002 != 0));
+        assert_eq!(no_process, None);
     }
 
     #[test]

@@ -165,6 +165,7 @@ mod tests {
                 },
                 filename: "/bin/sh".into(),
                 argv: vec!["sh".into()],
+                folder_world_writable: None,
             }),
         );
         let mut beat = Event::new(

@@ -68,6 +68,10 @@ pub struct ProcessExec {
     pub filename: String,
     /// The first argv entries, as captured in the kernel (truncated).
     pub argv: Vec<String>,
+    /// Whether every user may write to the folder holding `filename` (mode o+w, as /tmp's),
+    /// as the agent found it right after the exec; absent when it could not tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder_world_writable: Option<bool>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -163,6 +163,7 @@ mod tests {
                 },
                 filename: "/usr/bin/bash".into(),
                 argv: vec!["bash".into(), "-c".into(), "id".into()],
+                folder_world_writable: None,
             }),
         )
     }

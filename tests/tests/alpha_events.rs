@@ -57,6 +57,11 @@ fn exec_fork_and_exit_of_a_test_process() {
     };
     assert_eq!(exec_kind.filename, "/bin/sh");
     assert_eq!(exec_kind.argv, ["/bin/sh", "-c", "exit 3", marker.as_str()]);
+    assert_eq!(
+        exec_kind.folder_world_writable,
+        Some(false),
+        "/bin is root's alone"
+    );
     assert_eq!(exec_kind.process.comm, "sh");
     assert_eq!(exec_kind.process.ppid, std::process::id());
     assert_eq!(exec.host_id, "e2e-test");
@@ -83,6 +88,37 @@ fn exec_fork_and_exit_of_a_test_process() {
     };
     assert_eq!(exit_kind.exit_code, 3);
     assert_eq!(exit_kind.signal, None);
+    agent.stop();
+}
+
+/// A program run from a folder every user may write to is reported as such, one run from a
+/// folder only its owner may write to is not, even under /tmp (the process has exited by the
+/// time the agent looks: the folder is found through its parent, this test).
+#[test]
+fn exec_reports_whether_its_folder_is_world_writable() {
+    if !root_or_skip("exec_reports_whether_its_folder_is_world_writable") {
+        return;
+    }
+    let (agent, dir) = agent_watching_tempdir();
+    let mut seen = Vec::new();
+    for (folder, mode) in [("shared", 0o1777), ("private", 0o755)] {
+        let folder = dir.path().join(folder);
+        std::fs::create_dir(&folder).expect("mkdir");
+        std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        let program = folder.join("payload");
+        std::fs::copy("/bin/true", &program).expect("copy /bin/true");
+        let child = Command::new(&program).spawn().expect("run the copy");
+        let pid = child.id();
+        assert!(child.wait_with_output().expect("wait").status.success());
+        let exec = agent
+            .wait_for(|e| matches!(e.kind, EventKind::ProcessExec(_)) && pid_of(e) == Some(pid))
+            .expect("exec event of the copy");
+        let EventKind::ProcessExec(exec_kind) = &exec.kind else {
+            unreachable!()
+        };
+        seen.push(exec_kind.folder_world_writable);
+    }
+    assert_eq!(seen, [Some(true), Some(false)]);
     agent.stop();
 }
 

@@ -45,10 +45,7 @@ fn compose_stack_detects_survives_a_cortex_restart_and_leaves_nothing_behind() {
         return;
     }
     let started = Instant::now();
-    let work = tempfile::Builder::new()
-        .prefix("qsc-compose-e2e-")
-        .tempdir_in("/tmp")
-        .expect("temp dir under /tmp");
+    let work = drop_folder("qsc-compose-e2e-");
     let mut stack = Stack::up("demo");
     let incident = suspicious_action_becomes_an_incident(&stack, work.path());
     eprintln!(
@@ -70,10 +67,7 @@ fn compose_scale_profile_runs_replicas_that_share_events_incidents_and_commands(
         return;
     }
     let started = Instant::now();
-    let work = tempfile::Builder::new()
-        .prefix("qsc-compose-scale-")
-        .tempdir_in("/tmp")
-        .expect("temp dir under /tmp");
+    let work = drop_folder("qsc-compose-scale-");
     let mut stack = Stack::up("scale");
     every_service_runs_and_every_replica_answers(&stack);
     let incident = suspicious_action_becomes_an_incident(&stack, work.path());
@@ -187,6 +181,18 @@ fn an_approved_action_reaches_the_agent(stack: &Stack, incident: &Value) {
         "action {id} ({}) reached the agent: {} {}",
         record["name"], record["status"], record["detail"]
     );
+}
+
+/// A new folder under /tmp that every user may write to (mode 1777, as /tmp's own), where
+/// the test drops the programs it runs.
+fn drop_folder(prefix: &str) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/tmp")
+        .expect("temp dir under /tmp");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777))
+        .expect("chmod 1777 the drop folder");
+    dir
 }
 
 /// A binary of this host copied under `dir` as `name` (executable), so the test runs a

@@ -227,6 +227,7 @@ fields! {
     ExitCode => "ExitCode": Int,
     Signal => "Signal": Int,
     ChildProcessId => "ChildProcessId": Int,
+    ImageFolderWorldWritable => "ImageFolderWorldWritable": Bool,
     // Files.
     TargetFilename => "TargetFilename": Text,
     SourceFilename => "SourceFilename": Text,
@@ -615,6 +616,9 @@ fn kind_field(kind: &EventKind, field: FieldId) -> Option<FieldValue<'_>> {
     match (kind, field) {
         // The exec'd path is what `Image` means at creation, even before `exe` is enriched.
         (ProcessExec(e), F::Image) => text(&e.filename),
+        (ProcessExec(e), F::ImageFolderWorldWritable) => {
+            e.folder_world_writable.map(FieldValue::Bool)
+        }
         (ProcessExit(e), F::ExitCode) => int(e.exit_code),
         (ProcessExit(e), F::Signal) => e.signal.and_then(int),
         (ProcessFork(e), F::ChildProcessId) => int(e.child_pid),
@@ -760,6 +764,7 @@ mod tests {
                 },
                 filename: "/usr/bin/bash".into(),
                 argv: vec!["bash".into(), "-i".into()],
+                folder_world_writable: None,
             }),
         );
         let mut scratch = Scratch::default();

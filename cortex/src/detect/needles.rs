@@ -199,6 +199,7 @@ mod tests {
                 },
                 filename: "/usr/bin/nc".into(),
                 argv: vec![],
+                folder_world_writable: None,
             }),
         );
         let mut scratch = Scratch::default();

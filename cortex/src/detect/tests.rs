@@ -64,9 +64,19 @@ fn exec(p: ProcessInfo) -> EventKind {
     let filename = p.exe.clone().unwrap_or_default();
     EventKind::ProcessExec(ProcessExec {
         argv: p.cmdline.clone(),
+        folder_world_writable: None,
         process: p,
         filename,
     })
+}
+
+/// An exec of `p` whose folder the agent found writable by every user, or not.
+fn exec_from_folder(p: ProcessInfo, world_writable: bool) -> EventKind {
+    let mut kind = exec(p);
+    if let EventKind::ProcessExec(e) = &mut kind {
+        e.folder_world_writable = Some(world_writable);
+    }
+    kind
 }
 
 fn connect(p: ProcessInfo, dst: &str, port: u16) -> EventKind {
@@ -247,7 +257,7 @@ fn shipped_rule_triggers() -> Vec<(&'static str, Vec<Event>)> {
         ),
         (
             "qsc-exec-from-world-writable",
-            vec![event(exec(process("/dev/shm/.x", ".x")))],
+            vec![event(exec_from_folder(process("/dev/shm/.x", ".x"), true))],
         ),
         (
             "qsc-memfd-exec",
@@ -562,6 +572,11 @@ fn shipped_rules_stay_quiet_on_benign_activity() {
             "/usr/sbin/sshd",
         ))),
         event(exec(process("/usr/bin/ls", "ls -la"))),
+        // A program built in a checkout under /tmp: the folder is its owner's alone.
+        event(exec_from_folder(
+            process("/tmp/build/target/debug/cortex", "cortex serve"),
+            false,
+        )),
         event(connect(process("/usr/bin/curl", "curl"), "127.0.0.1", 80)),
         event(EventKind::FileOpen(FileOpen {
             process: process("/usr/sbin/sshd", "sshd"),

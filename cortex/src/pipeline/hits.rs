@@ -144,6 +144,7 @@ mod tests {
                 },
                 filename: "/bin/sh".into(),
                 argv: Vec::new(),
+                folder_world_writable: None,
             }),
         );
         let refs = (1..=3)

@@ -251,6 +251,7 @@ fn parameters_come_from_a_correlations_contributing_events_too() {
         process: exec.process().cloned().unwrap(),
         filename: "/bin/sh".into(),
         argv: vec!["sh".into()],
+        folder_world_writable: None,
     });
     h.responder.on_events("web-01", vec![connected].into());
     h.responder.on_events("web-01", vec![exec.clone()].into());

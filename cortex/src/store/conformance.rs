@@ -65,6 +65,7 @@ pub(super) fn exec(host: &str, seq: u64, time_ns: u64) -> Event {
             },
             filename: "/usr/bin/curl".into(),
             argv: vec!["curl".into()],
+            folder_world_writable: None,
         }),
     );
     event.time_ns = time_ns;

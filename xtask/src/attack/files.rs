@@ -35,7 +35,7 @@ pub const CRON_PERSISTENCE: Scenario = Scenario {
         // The file alone is LOW (packages add cron tables too); guardian-beta also reports it
         // as a new file under /etc, and once that arrives the host is MEDIUM.
         min_severity: Severity::Low,
-        confidence: (0.1, 0.99),
+        confidence: (0.1, 0.9),
         action: None,
     },
     perform: |_, cleanup| {
@@ -61,7 +61,7 @@ pub const AUTHORIZED_KEYS: Scenario = Scenario {
         // The key alone is LOW (ssh-copy-id writes keys too); the account the scenario makes
         // for it changes /etc/passwd, which guardian-beta reports, so the host reaches MEDIUM.
         min_severity: Severity::Low,
-        confidence: (0.1, 0.99),
+        confidence: (0.1, 0.9),
         action: None,
     },
     perform: |_, cleanup| {
@@ -89,7 +89,7 @@ pub const CONFIG_TAMPER: Scenario = Scenario {
         rules: &["qsc-heal-done"],
         // A healed change alone is LOW: the file is already restored (qsc-heal-done's LR).
         min_severity: Severity::Low,
-        confidence: (0.1, 0.9),
+        confidence: (0.1, 0.5),
         action: None,
     },
     perform: tamper_demo_config,

@@ -61,7 +61,7 @@ pub const CERT_EXPIRING: Scenario = Scenario {
         rules: &["qsc-cert-expiring"],
         // An expiring certificate is an outage to come, not an attack: LOW alone.
         min_severity: Severity::Low,
-        confidence: (0.1, 0.9),
+        confidence: (0.1, 0.5),
         action: None,
     },
     perform: |stack, cleanup| check_certificate(stack, cleanup, false),

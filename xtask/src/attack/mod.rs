@@ -61,11 +61,6 @@ pub struct Expect {
     /// The least severity of the incident holding that evidence.
     pub min_severity: Severity,
     /// The range the incident's confidence must fall in (alone; in a sequence, its least).
-    /// Upper bounds leave room for what the test host adds on its own to the host's evidence:
-    /// a checkout under /tmp runs the stack's binaries from there, and
-    /// qsc-exec-from-world-writable (LR 8), which matches by path prefix, falsely reports them,
-    /// so a LOW behaviour may read MEDIUM. The bounds tighten once that rule checks the
-    /// folder's real permissions.
     pub confidence: (f64, f64),
     /// The action a playbook must request for the incident, and how it must end.
     pub action: Option<ExpectedAction>,

@@ -29,11 +29,9 @@ pub const SETUID_DROP: Scenario = Scenario {
         ],
         min_severity: Severity::Critical,
         confidence: (0.99, 1.0),
-        // Not checked: in a checkout under /tmp the stack's own binaries are evidence too (the
-        // prefix rule qsc-exec-from-world-writable), the shipped quarantine playbook targets one
-        // of them and the guardrail blocks it. Done for real, the quarantine of the copy races
-        // the scenario's own run of it. Back once the rule reports real world-writability.
-        action: None,
+        // Alone: the dropped copy is quarantined for real once it has run (the playbook
+        // matches its exec, not the chmod before it).
+        action: done("quarantine"),
     },
     perform: setuid_drop,
     patience: Duration::from_secs(20),
@@ -47,14 +45,11 @@ fn setuid_drop(stack: &mut Stack, cleanup: &mut Cleanup) -> anyhow::Result<()> {
     output_of(cmd.arg(&payload).arg("setuid-root")).map(drop)
 }
 
-/// Copies `source` into a new folder `/var/tmp/qscatk-*` as `name` (mode 0755); the folder is
-/// removed at the end.
+/// Copies `source` into /var/tmp (a folder every user may write to) as `qscatk-*-name`; the
+/// copy is removed at the end.
 pub fn drop_payload(cleanup: &mut Cleanup, source: &Path, name: &str) -> anyhow::Result<PathBuf> {
-    let dir = PathBuf::from(format!("/var/tmp/{}", unique("")));
-    cleanup.path(&dir);
-    std::fs::create_dir_all(&dir)?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
-    let payload = dir.join(name);
+    let payload = PathBuf::from(format!("/var/tmp/{}", unique(&format!("-{name}"))));
+    cleanup.path(&payload);
     std::fs::copy(source, &payload)
         .with_context(|| format!("cannot drop {} as {}", source.display(), payload.display()))?;
     Ok(payload)
@@ -79,7 +74,7 @@ pub const PTRACE_ATTACH: Scenario = Scenario {
         rules: &["qsc-ptrace-attach"],
         // One attach alone is LOW: profilers and debuggers attach too (qsc-ptrace-attach's LR).
         min_severity: Severity::Low,
-        confidence: (0.1, 0.9),
+        confidence: (0.1, 0.5),
         action: None,
     },
     perform: |stack, cleanup| {
@@ -133,7 +128,7 @@ pub const RWX_MEMORY: Scenario = Scenario {
         rules: &["qsc-rwx-memory"],
         // One W+X mapping alone is LOW: JITs and old code map it too (qsc-rwx-memory's LR).
         min_severity: Severity::Low,
-        confidence: (0.1, 0.9),
+        confidence: (0.1, 0.5),
         action: None,
     },
     perform: |stack, _| output_of(Command::new(actor(stack)).args(["mmap-rwx", "1000"])).map(drop),

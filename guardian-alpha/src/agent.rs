@@ -179,7 +179,7 @@ impl Agent {
         *self.emitted.entry(kind.name()).or_default() += 1;
         let mut event = Event::new(&self.host_id, Source::Alpha, self.seq, kind);
         event.mono_ns = mono_ns;
-        self.output.write(&event)?;
+        self.output.write(event)?;
         Ok(())
     }
 

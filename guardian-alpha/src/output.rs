@@ -91,10 +91,11 @@ impl Output {
         })
     }
 
-    pub fn write(&mut self, event: &Event) -> Result<(), OutputError> {
+    /// Takes `event` for the cortex (held until the next flush) or writes it locally.
+    pub fn write(&mut self, event: Event) -> Result<(), OutputError> {
         match (&mut self.cortex, &mut self.local) {
-            (Some(cortex), _) => cortex.pending.push(event.clone()),
-            (None, Some(local)) => local.write(event)?,
+            (Some(cortex), _) => cortex.pending.push(event),
+            (None, Some(local)) => local.write(&event)?,
             (None, None) => {}
         }
         Ok(())
@@ -341,8 +342,8 @@ mod tests {
         for _run in 0..2 {
             let mut output = Output::open(&config).unwrap();
             // The agent numbers from 1 on every start; the uplink's numbers win.
-            output.write(&heartbeat(1)).unwrap();
-            output.write(&heartbeat(2)).unwrap();
+            output.write(heartbeat(1)).unwrap();
+            output.write(heartbeat(2)).unwrap();
             output.flush().unwrap();
         }
         assert_eq!(local_seqs(dir.path()), [1, 2, 3, 4]);
@@ -357,7 +358,7 @@ mod tests {
             let mut output = Output::open(&config).unwrap();
             for _batch in 0..20 {
                 for n in 0..5 {
-                    output.write(&heartbeat(n)).unwrap();
+                    output.write(heartbeat(n)).unwrap();
                 }
                 output.flush().unwrap();
             }
@@ -371,7 +372,7 @@ mod tests {
         let mut config = offline_config(dir.path());
         config.cortex.enabled = false;
         let mut output = Output::open(&config).unwrap();
-        output.write(&heartbeat(7)).unwrap();
+        output.write(heartbeat(7)).unwrap();
         output.flush().unwrap();
         assert_eq!(local_seqs(dir.path()), [7]);
         assert!(!dir.path().join("outbox").exists());

@@ -214,6 +214,11 @@ impl Agent {
     /// Reports W+X regions of `pid` not reported before.
     fn scan_process(&mut self, pid: u32) -> anyhow::Result<()> {
         let regions = self.rwx.new_regions(&self.proc_root, pid);
+        self.report_rwx(pid, regions)
+    }
+
+    /// Reports those of `regions` (W+X regions of `pid`) not reported before.
+    fn report_rwx(&mut self, pid: u32, regions: Vec<forensics::Region>) -> anyhow::Result<()> {
         if regions.is_empty() {
             return Ok(());
         }
@@ -269,11 +274,11 @@ impl Agent {
         Ok(())
     }
 
-    fn scan_all_processes(&mut self) -> anyhow::Result<()> {
-        for pid in forensics::all_pids(&self.proc_root) {
-            if pid != std::process::id() {
-                self.scan_process(pid)?;
-            }
+    /// Reports the regions of a whole-host scan not reported before.
+    fn report_scan(&mut self, scanned: Vec<(u32, Vec<forensics::Region>)>) -> anyhow::Result<()> {
+        for (pid, regions) in scanned {
+            let regions = self.rwx.unseen(pid, regions);
+            self.report_rwx(pid, regions)?;
         }
         Ok(())
     }
@@ -376,6 +381,7 @@ impl Agent {
         self.heartbeat()?;
         self.output.flush()?;
         let mut rollback_reports = self.rollback_reports.take();
+        let mut maps_scans = MapsScans::new(&self.proc_root);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -395,7 +401,11 @@ impl Agent {
                     self.follow_auth_log(&mut auth_log)?;
                     self.sample_metrics(&mut sampler, metrics_interval)?;
                 }
-                _ = scan_tick.tick(), if config.forensics.scan_interval_s > 0 => self.scan_all_processes()?,
+                _ = scan_tick.tick(), if config.forensics.scan_interval_s > 0 => maps_scans.start(),
+                Some(scanned) = maps_scans.done.recv() => {
+                    maps_scans.running = false;
+                    self.report_scan(scanned)?;
+                }
                 _ = volume_tick.tick(), if volume_on => {
                     self.report_volume(ring.get_mut(), &mut volume_since)?;
                 }
@@ -437,6 +447,39 @@ impl Agent {
 /// Hands the heap that start-up used and freed (kernel BTF, the object, the /proc seed: over
 /// 10 MB) back to the kernel: glibc keeps freed memory below live allocations mapped, and it
 /// would count in the agent's resident size for as long as the agent runs.
+/// Whole-host scans of `/proc/*/maps`, each on a blocking thread so the ring buffer keeps
+/// being read (and response-relevant events keep flowing) while one runs; at most one at a time.
+struct MapsScans {
+    proc_root: PathBuf,
+    running: bool,
+    sender: tokio::sync::mpsc::Sender<Vec<(u32, Vec<forensics::Region>)>>,
+    done: tokio::sync::mpsc::Receiver<Vec<(u32, Vec<forensics::Region>)>>,
+}
+
+impl MapsScans {
+    fn new(proc_root: &std::path::Path) -> Self {
+        let (sender, done) = tokio::sync::mpsc::channel(1);
+        MapsScans {
+            proc_root: proc_root.to_owned(),
+            running: false,
+            sender,
+            done,
+        }
+    }
+
+    /// Starts a scan unless one is still running (then this tick is skipped).
+    fn start(&mut self) {
+        if self.running {
+            return;
+        }
+        self.running = true;
+        let (proc_root, sender) = (self.proc_root.clone(), self.sender.clone());
+        tokio::task::spawn_blocking(move || {
+            let _ = sender.blocking_send(forensics::scan_rwx(&proc_root, std::process::id()));
+        });
+    }
+}
+
 fn release_startup_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only returns free heap pages to the kernel.

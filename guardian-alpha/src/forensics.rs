@@ -63,7 +63,12 @@ pub struct RwxTracker {
 impl RwxTracker {
     /// New W+X regions of `pid` since the last call.
     pub fn new_regions(&mut self, proc_root: &Path, pid: u32) -> Vec<Region> {
-        rwx_regions(proc_root, pid)
+        self.unseen(pid, rwx_regions(proc_root, pid))
+    }
+
+    /// Those of `regions` (W+X regions of `pid`, read elsewhere) not reported before.
+    pub fn unseen(&mut self, pid: u32, regions: Vec<Region>) -> Vec<Region> {
+        regions
             .into_iter()
             .filter(|r| self.seen.insert((pid, r.start)))
             .collect()
@@ -72,6 +77,17 @@ impl RwxTracker {
     pub fn forget(&mut self, pid: u32) {
         self.seen.retain(|(p, _)| *p != pid);
     }
+}
+
+/// The W+X regions of every process but `except` (the agent), for the processes that have
+/// any: one read of each `/proc/PID/maps`, which takes long on a busy host.
+pub fn scan_rwx(proc_root: &Path, except: u32) -> Vec<(u32, Vec<Region>)> {
+    all_pids(proc_root)
+        .into_iter()
+        .filter(|&pid| pid != except)
+        .map(|pid| (pid, rwx_regions(proc_root, pid)))
+        .filter(|(_, regions)| !regions.is_empty())
+        .collect()
 }
 
 /// Every numeric entry of /proc.

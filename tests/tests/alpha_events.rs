@@ -305,6 +305,39 @@ fn rwx_memory_from_mmap_mprotect_and_maps_scan() {
     agent.stop();
 }
 
+/// A W+X region mapped before the agent started (so no mmap event) is found by the periodic
+/// whole-host scan, which runs off the agent's loop.
+#[test]
+fn rwx_memory_mapped_before_the_agent_started_is_found_by_the_periodic_scan() {
+    if !root_or_skip("rwx_memory_mapped_before_the_agent_started_is_found_by_the_periodic_scan") {
+        return;
+    }
+    let mut holder = Command::new(ACTOR)
+        .args(["mmap-rwx", "8000"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn mmap-rwx");
+    let holder_pid = holder.id();
+    let mut line = String::new();
+    BufReader::new(holder.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("address");
+    let addr = u64::from_str_radix(line.trim().trim_start_matches("0x"), 16).expect("hex address");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config_watching(dir.path()).replace("scan_interval_s = 0", "scan_interval_s = 1");
+    let agent = AlphaAgent::start(&config, &[]);
+    let scan = agent.wait_for(|e| {
+        matches!(&e.kind, EventKind::MemoryRwx(m) if m.origin == RwxSource::MapsScan && m.addr == addr)
+    });
+    let _ = holder.kill();
+    let _ = holder.wait();
+    agent.stop();
+    assert_eq!(
+        pid_of(&scan.expect("the periodic scan found the region")),
+        Some(holder_pid)
+    );
+}
+
 fn loopback_connect_accept_listen(bind: &str) {
     let (agent, _dir) = agent_watching_tempdir();
     let listener = TcpListener::bind(bind).expect("bind loopback");

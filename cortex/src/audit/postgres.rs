@@ -62,16 +62,18 @@ impl PostgresChain {
     /// Connects and creates the chain's tables and triggers in the schema if missing.
     pub fn open(pg: &PostgresConfig) -> Result<Self, AuditError> {
         let runtime = pg_runtime("cortex-audit-pg")?;
-        let (config, schema) = (pg.clone(), pg.schema.clone());
-        let client = block_on(&runtime, async move {
-            let client = connect(config).await?;
-            create_in_schema(&client, &schema, SCHEMA).await?;
-            Ok::<_, AuditError>(client)
-        })??;
-        Ok(PostgresChain {
-            runtime: Some(runtime),
-            client: Arc::new(tokio::sync::Mutex::new(client)),
-        })
+        match connect_chain(&runtime, pg) {
+            Ok(client) => Ok(PostgresChain {
+                runtime: Some(runtime),
+                client: Arc::new(tokio::sync::Mutex::new(client)),
+            }),
+            Err(error) => {
+                // Dropping a runtime inside an async context (`cortex serve` opening the
+                // chain before PostgreSQL answers) panics; shutting it down never does.
+                runtime.shutdown_background();
+                Err(error)
+            }
+        }
     }
 
     fn run<T, F>(&self, future: F) -> Result<T, AuditError>
@@ -82,6 +84,18 @@ impl PostgresChain {
         let runtime = self.runtime.as_ref().ok_or(AuditError::PostgresStopped)?;
         block_on(runtime, future)?
     }
+}
+
+fn connect_chain(
+    runtime: &tokio::runtime::Runtime,
+    pg: &PostgresConfig,
+) -> Result<Client, AuditError> {
+    let (config, schema) = (pg.clone(), pg.schema.clone());
+    block_on(runtime, async move {
+        let client = connect(config).await?;
+        create_in_schema(&client, &schema, SCHEMA).await?;
+        Ok::<_, AuditError>(client)
+    })?
 }
 
 impl Drop for PostgresChain {
@@ -249,6 +263,21 @@ mod tests {
     use crate::audit::tamper::{self, Chain, INTERVAL, SEED};
     use crate::audit::{AuditEntry, AuditKind, AuditLog, AuditSink};
     use crate::store::postgres::test_support::TestSchema;
+
+    #[test]
+    fn an_unreachable_server_is_an_error_also_inside_an_async_task() {
+        let config = crate::store::config::PostgresConfig {
+            url: "host=127.0.0.1 port=1 user=qsc dbname=qsc connect_timeout=2".into(),
+            password_file: std::path::PathBuf::new(),
+            schema: "qsc".into(),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let opened = runtime.block_on(async { super::PostgresChain::open(&config).err() });
+        assert!(opened.is_some(), "opened a chain on a closed port");
+    }
 
     /// A chain in a PostgreSQL schema of its own.
     struct PgChain {

@@ -264,23 +264,29 @@ fn privilege_calls_of_a_test_process() {
     agent.stop();
 }
 
+/// The test actor holding an RWX mapping for `hold_ms`, and the mapping's address.
+fn rwx_holder(hold_ms: u32) -> (std::process::Child, u64) {
+    let mut holder = Command::new(ACTOR)
+        .args(["mmap-rwx", &hold_ms.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn mmap-rwx");
+    let mut line = String::new();
+    BufReader::new(holder.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("address");
+    let addr = u64::from_str_radix(line.trim().trim_start_matches("0x"), 16).expect("hex address");
+    (holder, addr)
+}
+
 #[test]
 fn rwx_memory_from_mmap_mprotect_and_maps_scan() {
     if !root_or_skip("rwx_memory_from_mmap_mprotect_and_maps_scan") {
         return;
     }
     let (agent, _dir) = agent_watching_tempdir();
-    let mut holder = Command::new(ACTOR)
-        .args(["mmap-rwx", "3000"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn mmap-rwx");
+    let (mut holder, addr) = rwx_holder(3000);
     let holder_pid = holder.id();
-    let mut line = String::new();
-    BufReader::new(holder.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("address");
-    let addr = u64::from_str_radix(line.trim().trim_start_matches("0x"), 16).expect("hex address");
     let mprotect = run_actor(&["mprotect-rwx"]);
 
     agent
@@ -312,17 +318,8 @@ fn rwx_memory_mapped_before_the_agent_started_is_found_by_the_periodic_scan() {
     if !root_or_skip("rwx_memory_mapped_before_the_agent_started_is_found_by_the_periodic_scan") {
         return;
     }
-    let mut holder = Command::new(ACTOR)
-        .args(["mmap-rwx", "8000"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn mmap-rwx");
+    let (mut holder, addr) = rwx_holder(8000);
     let holder_pid = holder.id();
-    let mut line = String::new();
-    BufReader::new(holder.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("address");
-    let addr = u64::from_str_radix(line.trim().trim_start_matches("0x"), 16).expect("hex address");
     let dir = tempfile::tempdir().expect("tempdir");
     let config = config_watching(dir.path()).replace("scan_interval_s = 0", "scan_interval_s = 1");
     let agent = AlphaAgent::start(&config, &[]);

@@ -266,11 +266,7 @@ mod tests {
 
     #[test]
     fn an_unreachable_server_is_an_error_also_inside_an_async_task() {
-        let config = crate::store::config::PostgresConfig {
-            url: "host=127.0.0.1 port=1 user=qsc dbname=qsc connect_timeout=2".into(),
-            password_file: std::path::PathBuf::new(),
-            schema: "qsc".into(),
-        };
+        let config = crate::store::postgres::test_support::unreachable_config();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

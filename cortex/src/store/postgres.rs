@@ -754,6 +754,15 @@ pub(crate) mod test_support {
 
     use super::{PostgresConfig, StoreError, connect};
 
+    /// A server that never answers (nothing listens on port 1).
+    pub fn unreachable_config() -> PostgresConfig {
+        PostgresConfig {
+            url: "host=127.0.0.1 port=1 user=qsc dbname=qsc connect_timeout=2".into(),
+            password_file: std::path::PathBuf::new(),
+            schema: "qsc".into(),
+        }
+    }
+
     /// Where the tests find PostgreSQL: `cargo xtask setup --scale` starts it there.
     fn test_url() -> String {
         std::env::var("QSC_TEST_PG_URL").unwrap_or_else(|_| {
@@ -908,11 +917,7 @@ mod tests {
 
     #[test]
     fn an_unreachable_server_is_an_error_also_inside_an_async_task() {
-        let config = PostgresConfig {
-            url: "host=127.0.0.1 port=1 user=qsc dbname=qsc connect_timeout=2".into(),
-            password_file: std::path::PathBuf::new(),
-            schema: "qsc".into(),
-        };
+        let config = test_support::unreachable_config();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -446,6 +446,11 @@ impl Stack {
             .compose(&["exec", "-T", "cortex", "cat", "/var/lib/qsc/api.token"])
             .trim()
             .to_owned();
+        // guardian-alpha attaches its kernel programs after the cortex answers: what a test
+        // does before its first event (the heartbeat sent once attached) is stored goes unseen.
+        wait_for_seqs(&stack, |seqs| {
+            seqs.get("alpha").is_some_and(|s| !s.is_empty())
+        });
         stack
     }
 

@@ -93,7 +93,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     let (package, bench) = (bench.package, bench.target);
     if args.name == "capture" {
-        crate::ebpf::build_release(&["guardian-alpha"])?;
+        crate::ebpf::build_release()?;
     }
     std::fs::create_dir_all(shell::target_dir().join("bench"))?;
     shell::run(shell::cargo().args(["bench", "-p", package, "--bench", bench]))

@@ -52,23 +52,26 @@ pub fn build() -> anyhow::Result<PathBuf> {
     Ok(object_path())
 }
 
-/// Builds the kernel object, then the release binaries of `packages` (guardian-alpha embeds
-/// the object, so it must come first).
-pub fn build_release(packages: &[&str]) -> anyhow::Result<()> {
-    build_userspace(packages, &["--release"])
-}
+/// The binaries QSC ships. Every release build names all three, so that one feature resolution
+/// serves the images and the benchmarks (a build of a subset resolves the shared crates'
+/// features differently and recompiles them).
+const SHIPPED_PACKAGES: &[&str] = &["cortex", "guardian-alpha", "guardian-beta"];
 
-/// Like [`build_release`], with the dev profile.
-pub fn build_dev(packages: &[&str]) -> anyhow::Result<()> {
-    build_userspace(packages, &[])
-}
-
-fn build_userspace(packages: &[&str], profile_args: &[&str]) -> anyhow::Result<()> {
+/// Builds the kernel object, then the release binaries (guardian-alpha embeds the object, so it
+/// must come first).
+pub fn build_release() -> anyhow::Result<()> {
     build()?;
     let mut cmd = shell::cargo();
-    cmd.args(["build", "--bins"]).args(profile_args);
-    for package in packages {
+    cmd.args(["build", "--release", "--bins"]);
+    for package in SHIPPED_PACKAGES {
         cmd.args(["-p", package]);
     }
     shell::run(&mut cmd)
+}
+
+/// The kernel object, then every dev-profile binary of the workspace (as `cargo xtask test`
+/// and `run` build them).
+pub fn build_dev() -> anyhow::Result<()> {
+    build()?;
+    shell::run(shell::cargo().args(["build", "--workspace", "--bins"]))
 }

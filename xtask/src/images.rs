@@ -91,16 +91,13 @@ pub struct ImagesArgs {
     pub debug_binaries: bool,
 }
 
-/// The binaries the images carry.
-const IMAGE_PACKAGES: &[&str] = &["cortex", "guardian-alpha", "guardian-beta"];
-
 pub fn run(args: &ImagesArgs) -> anyhow::Result<()> {
     ensure_engine()?;
     if !args.no_build {
         if args.debug_binaries {
-            ebpf::build_dev(IMAGE_PACKAGES)?;
+            ebpf::build_dev()?;
         } else {
-            ebpf::build_release(IMAGE_PACKAGES)?;
+            ebpf::build_release()?;
         }
     }
     let base = if args.local_base {

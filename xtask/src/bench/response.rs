@@ -128,7 +128,7 @@ pub fn run() -> anyhow::Result<()> {
     if !shell::is_root() {
         bail!("the response bench creates a network namespace and a user: run it as root");
     }
-    ebpf::build_release(&["cortex", "guardian-alpha"])?;
+    ebpf::build_release()?;
     let bin = shell::target_dir().join("release");
     let out_dir = shell::target_dir().join("bench");
     std::fs::create_dir_all(&out_dir)?;

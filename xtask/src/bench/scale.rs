@@ -42,7 +42,7 @@ const NATS_URL: &str = "nats://127.0.0.1:4233";
 /// Runs the benchmark (root: it starts the servers if they are not running).
 pub fn run() -> anyhow::Result<()> {
     setup::ensure_scale_services()?;
-    shell::run(shell::cargo().args(["build", "--release", "-p", "cortex"]))?;
+    crate::ebpf::build_release()?;
     let bin = shell::target_dir().join("release/cortex");
     let dir = tempfile::tempdir().context("bench folder")?;
     let deployment = Deployment::create(&bin, dir.path())?;

@@ -402,10 +402,7 @@ impl Agent {
                     self.sample_metrics(&mut sampler, metrics_interval)?;
                 }
                 _ = scan_tick.tick(), if config.forensics.scan_interval_s > 0 => maps_scans.start(),
-                Some(scanned) = maps_scans.done.recv() => {
-                    maps_scans.running = false;
-                    self.report_scan(scanned)?;
-                }
+                Some(scanned) = maps_scans.finished() => self.report_scan(scanned)?,
                 _ = volume_tick.tick(), if volume_on => {
                     self.report_volume(ring.get_mut(), &mut volume_since)?;
                 }
@@ -444,9 +441,6 @@ impl Agent {
     }
 }
 
-/// Hands the heap that start-up used and freed (kernel BTF, the object, the /proc seed: over
-/// 10 MB) back to the kernel: glibc keeps freed memory below live allocations mapped, and it
-/// would count in the agent's resident size for as long as the agent runs.
 /// Whole-host scans of `/proc/*/maps`, each on a blocking thread so the ring buffer keeps
 /// being read (and response-relevant events keep flowing) while one runs; at most one at a time.
 struct MapsScans {
@@ -467,6 +461,13 @@ impl MapsScans {
         }
     }
 
+    /// The findings of the scan started last; pending while none runs.
+    async fn finished(&mut self) -> Option<Vec<(u32, Vec<forensics::Region>)>> {
+        let scanned = self.done.recv().await;
+        self.running = false;
+        scanned
+    }
+
     /// Starts a scan unless one is still running (then this tick is skipped).
     fn start(&mut self) {
         if self.running {
@@ -480,6 +481,9 @@ impl MapsScans {
     }
 }
 
+/// Hands the heap that start-up used and freed (kernel BTF, the object, the /proc seed: over
+/// 10 MB) back to the kernel: glibc keeps freed memory below live allocations mapped, and it
+/// would count in the agent's resident size for as long as the agent runs.
 fn release_startup_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only returns free heap pages to the kernel.

@@ -297,8 +297,13 @@ fn stage_context(profile: &str) -> anyhow::Result<PathBuf> {
         let from = built.join(name);
         if !from.exists() {
             bail!(
-                "{} is missing: build it with `cargo build --bins` (or drop --no-build)",
-                from.display()
+                "{} is missing: build it with `cargo build --bins{}` (or drop --no-build)",
+                from.display(),
+                if profile == "release" {
+                    " --release"
+                } else {
+                    ""
+                }
             );
         }
         let to = bin.join(name);

@@ -94,9 +94,8 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
 
 /// Builds the images (on a local debootstrap base: our machines reach no image registry; with the
 /// dev binaries already built, since a release build of the workspace would take CI's 2 cores
-/// 10–17 minutes) and
-/// runs tests/tests/compose.rs against them, one stack at a time: the default stack once with
-/// each Compose flavour, the scale profile with Compose v2 only.
+/// 10–17 minutes) and runs tests/tests/compose.rs against them, one stack at a time: the
+/// default stack once with each Compose flavour, the scale profile with Compose v2 only.
 fn compose_end_to_end() -> anyhow::Result<()> {
     let started = Instant::now();
     images::run(&images::ImagesArgs {

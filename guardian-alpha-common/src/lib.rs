@@ -42,6 +42,7 @@ pub const AGENT_TGID_GLOBAL: &str = "AGENT_TGID";
 pub const LAYOUT_GLOBAL: &str = "LAYOUT";
 pub const WAKEUP_BYTES_GLOBAL: &str = "WAKEUP_BYTES";
 pub const WAKE_AT_ONCE_GLOBAL: &str = "WAKE_AT_ONCE";
+pub const WAKE_SPACING_NS_GLOBAL: &str = "WAKE_SPACING_NS";
 
 /// Slots of the per-CPU loss counter: one per [`RecordKind`] value.
 pub const LOST_SLOTS: u32 = 16;

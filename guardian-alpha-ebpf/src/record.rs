@@ -34,18 +34,31 @@ pub static WAKEUP_BYTES: Global<u64> = Global::new(0);
 #[unsafe(no_mangle)]
 pub static WAKE_AT_ONCE: Global<u32> = Global::new(0);
 
+/// Spacing of the wake-ups [`WAKE_AT_ONCE`] records force, per CPU (ns; 0: every such record
+/// wakes the agent). A record within this long of the CPU's last forced wake-up is submitted
+/// without one: the agent drains again this long after every wake-up (`sensor.wake_spacing_us`),
+/// so it waits at most about that long, and a burst costs one wake-up per spacing instead of
+/// one per record.
+#[unsafe(no_mangle)]
+pub static WAKE_SPACING_NS: Global<u64> = Global::new(0);
+
+/// When this CPU last forced a wake-up for a [`WAKE_AT_ONCE`] record (`bpf_ktime_get_ns`).
+#[map]
+static LAST_WAKE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 const BPF_RB_AVAIL_DATA: u64 = 0;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 
 /// Submit flags for a record of `kind`: a forced wake-up for the kinds of [`WAKE_AT_ONCE`]
-/// (a plain one would not come while batched records wait before it), else a wake-up only
-/// once enough data waits. A wake-up per record costs the traced process more than the rest of
-/// the hook together.
+/// (a plain one would not come while batched records wait before it) spaced by
+/// [`WAKE_SPACING_NS`], else a wake-up only once enough data waits. A wake-up per record costs
+/// the traced process more than the rest of the hook together (an inter-processor interrupt,
+/// which in a VM is a trap to the hypervisor).
 #[inline(always)]
 pub fn submit_flags(kind: RecordKind) -> u64 {
     if WAKE_AT_ONCE.load() & (1 << (kind as u32)) != 0 {
-        return BPF_RB_FORCE_WAKEUP;
+        return spaced_wakeup();
     }
     let threshold = WAKEUP_BYTES.load();
     if threshold == 0 {
@@ -55,6 +68,27 @@ pub fn submit_flags(kind: RecordKind) -> u64 {
     } else {
         BPF_RB_NO_WAKEUP
     }
+}
+
+/// A forced wake-up, unless this CPU forced one less than [`WAKE_SPACING_NS`] ago.
+#[inline(always)]
+fn spaced_wakeup() -> u64 {
+    let spacing = WAKE_SPACING_NS.load();
+    if spacing == 0 {
+        return BPF_RB_FORCE_WAKEUP;
+    }
+    let Some(last) = LAST_WAKE.get_ptr_mut(0) else {
+        return BPF_RB_FORCE_WAKEUP;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: a per-CPU slot, touched only by this CPU with preemption off.
+    unsafe {
+        if now.wrapping_sub(*last) < spacing {
+            return BPF_RB_NO_WAKEUP;
+        }
+        *last = now;
+    }
+    BPF_RB_FORCE_WAKEUP
 }
 
 /// The agent's own process: never reported (it would report itself reporting).

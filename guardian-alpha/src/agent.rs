@@ -38,6 +38,7 @@ pub struct Agent {
     /// Losses already reported, indexed by record kind.
     lost_reported: [u64; guardian_alpha_common::LOST_SLOTS as usize],
     decode_errors: u64,
+    ring_wakeups: u64,
     started: Instant,
     active_hooks: Vec<String>,
     auth_failures: u64,
@@ -54,6 +55,8 @@ pub struct AgentStats<'a> {
     pub emitted: &'a std::collections::BTreeMap<&'static str, u64>,
     pub lost_by_record: std::collections::BTreeMap<&'static str, u64>,
     pub decode_errors: u64,
+    /// Times the kernel woke the agent to read the ring buffer (timer drains not counted).
+    pub ring_wakeups: u64,
     pub uptime_s: f64,
 }
 
@@ -95,6 +98,7 @@ pub fn start_sensor(config: &Config) -> anyhow::Result<Sensor> {
             .wakeup_bytes
             .min(u64::from(config.sensor.ring_buffer_bytes) / 4),
         wake_at_once: sensor::WakeKind::mask(&config.sensor.wake_at_once),
+        wake_spacing_ns: config.sensor.wake_spacing_us.saturating_mul(1000),
         disabled: &config.sensor.disabled_hooks,
     })?;
     for ip in &config.enforce.blocked_ips {
@@ -156,6 +160,7 @@ impl Agent {
             proc_root,
             lost_reported: [0; guardian_alpha_common::LOST_SLOTS as usize],
             decode_errors: 0,
+            ring_wakeups: 0,
             started: Instant::now(),
             active_hooks,
             auth_failures: 0,
@@ -368,6 +373,8 @@ impl Agent {
         let mut scan_tick = ticker(scan_interval);
         // Records submitted without a wake-up are drained at least this often.
         let mut drain_tick = ticker(Duration::from_millis(config.sensor.max_delay_ms));
+        let mut follow_up =
+            FollowUpDrain::new(Duration::from_micros(config.sensor.wake_spacing_us));
         let volume_on = config.network.volume_interval_s > 0;
         let mut volume_tick = ticker(Duration::from_secs(config.network.volume_interval_s.max(1)));
         let mut volume_since = Instant::now();
@@ -393,8 +400,17 @@ impl Agent {
                     let mut guard = guard?;
                     self.drain(guard.get_inner_mut())?;
                     guard.clear_ready();
+                    self.ring_wakeups += 1;
+                    follow_up.arm();
                 }
-                _ = drain_tick.tick() => self.drain(ring.get_mut())?,
+                () = follow_up.due() => {
+                    if self.drain(ring.get_mut())? > 0 {
+                        follow_up.arm();
+                    }
+                }
+                _ = drain_tick.tick() => {
+                    self.drain(ring.get_mut())?;
+                }
                 _ = loss_tick.tick() => self.report_loss(&sensor)?,
                 _ = heartbeat_tick.tick() => self.heartbeat()?,
                 _ = metrics_tick.tick(), if config.metrics.interval_s > 0 => {
@@ -419,12 +435,15 @@ impl Agent {
         Ok(())
     }
 
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> anyhow::Result<()> {
+    /// Handles every record waiting in the ring buffer; returns how many there were.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> anyhow::Result<usize> {
+        let mut records = 0;
         while let Some(item) = ring.next() {
             let bytes: &[u8] = &item;
             self.handle_record(bytes)?;
+            records += 1;
         }
-        Ok(())
+        Ok(records)
     }
 
     pub fn stats(&self) -> AgentStats<'_> {
@@ -436,6 +455,7 @@ impl Agent {
                 .filter(|&(_, n)| n > 0)
                 .collect(),
             decode_errors: self.decode_errors,
+            ring_wakeups: self.ring_wakeups,
             uptime_s: self.started.elapsed().as_secs_f64(),
         }
     }
@@ -484,6 +504,37 @@ impl MapsScans {
 /// Hands the heap that start-up used and freed (kernel BTF, the object, the /proc seed: over
 /// 10 MB) back to the kernel: glibc keeps freed memory below live allocations mapped, and it
 /// would count in the agent's resident size for as long as the agent runs.
+/// The drain that follows each wake-up by `[sensor] wake_spacing_us`: the kernel does not wake
+/// the agent for a `wake_at_once` record within that spacing of its CPU's previous wake-up, so
+/// this drain is what picks such a record up. Re-armed while it finds records (a burst).
+struct FollowUpDrain {
+    spacing: Duration,
+    at: Option<tokio::time::Instant>,
+}
+
+impl FollowUpDrain {
+    fn new(spacing: Duration) -> Self {
+        FollowUpDrain { spacing, at: None }
+    }
+
+    fn arm(&mut self) {
+        if !self.spacing.is_zero() {
+            self.at = Some(tokio::time::Instant::now() + self.spacing);
+        }
+    }
+
+    /// Resolves when the armed drain is due (never while unarmed), disarming it.
+    async fn due(&mut self) {
+        match self.at {
+            Some(at) => {
+                tokio::time::sleep_until(at).await;
+                self.at = None;
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
 fn release_startup_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only returns free heap pages to the kernel.

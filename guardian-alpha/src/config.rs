@@ -93,6 +93,11 @@ pub struct SensorConfig {
     /// Record kinds that wake the agent at once, batching or not: those responses act on, so
     /// that neither `wakeup_bytes` nor `max_delay_ms` delays an action.
     pub wake_at_once: Vec<crate::sensor::WakeKind>,
+    /// Least time between two wake-ups the `wake_at_once` kinds force from one CPU (µs; 0: one
+    /// per record). The agent drains again this long after each wake-up, so a record inside
+    /// the spacing waits about this long (rounded up to the timer's millisecond) instead of a
+    /// batch, and a burst costs one wake-up per spacing instead of one per record.
+    pub wake_spacing_us: u64,
     /// Hook families not attached at all (their events are then never reported).
     pub disabled_hooks: Vec<crate::sensor::HookFamily>,
 }
@@ -205,6 +210,7 @@ impl Default for SensorConfig {
                 use crate::sensor::WakeKind::{Enforce, Exec, Net, Priv, Signal};
                 vec![Exec, Net, Priv, Signal, Enforce]
             },
+            wake_spacing_us: 1000,
             disabled_hooks: Vec::new(),
         }
     }
@@ -271,6 +277,15 @@ impl Config {
         }
         if self.sensor.max_delay_ms == 0 {
             return Err(invalid("sensor.max_delay_ms", "must be at least 1".into()));
+        }
+        if self.sensor.wake_spacing_us > self.sensor.max_delay_ms.saturating_mul(1000) {
+            return Err(invalid(
+                "sensor.wake_spacing_us",
+                format!(
+                    "{} µs is longer than max_delay_ms ({} ms): a record would wait longer at once than batched",
+                    self.sensor.wake_spacing_us, self.sensor.max_delay_ms
+                ),
+            ));
         }
         if self.network.volume_min_bytes == 0 {
             return Err(invalid(
@@ -387,8 +402,11 @@ mod tests {
             (defaults.volume_interval_s, defaults.volume_min_bytes)
         );
         assert_eq!(
-            config.sensor.wake_at_once,
-            Config::default().sensor.wake_at_once
+            (&config.sensor.wake_at_once, config.sensor.wake_spacing_us),
+            (
+                &Config::default().sensor.wake_at_once,
+                Config::default().sensor.wake_spacing_us
+            )
         );
     }
 
@@ -420,6 +438,15 @@ mod tests {
             Err(ConfigError::Parse { .. })
         ));
         std::fs::write(&path, "[sensor]\nring_buffer_bytes = 1000\n").unwrap();
+        assert!(matches!(
+            Config::load(&path),
+            Err(ConfigError::Invalid { .. })
+        ));
+        std::fs::write(
+            &path,
+            "[sensor]\nmax_delay_ms = 2\nwake_spacing_us = 2001\n",
+        )
+        .unwrap();
         assert!(matches!(
             Config::load(&path),
             Err(ConfigError::Invalid { .. })

@@ -11,7 +11,8 @@ use aya::{
 use guardian_alpha_common::{
     AGENT_TGID_GLOBAL, BLOCKED_EXEC_MAP, BLOCKED_V4_MAP, BLOCKED_V6_MAP, BlockedV4, BlockedV6,
     EVENTS_MAP, EXEC_BLOCKING_MAP, KernelLayout, LAYOUT_GLOBAL, LOST_MAP, PATH_CAPTURE, RecordKind,
-    WAKE_AT_ONCE_GLOBAL, WAKEUP_BYTES_GLOBAL, WATCHED_PREFIXES_MAP, WatchFlags,
+    WAKE_AT_ONCE_GLOBAL, WAKE_SPACING_NS_GLOBAL, WAKEUP_BYTES_GLOBAL, WATCHED_PREFIXES_MAP,
+    WatchFlags,
 };
 
 /// The kernel object built by `cargo xtask build-ebpf`, embedded at compile time.
@@ -221,6 +222,8 @@ pub struct SensorOptions<'a> {
     pub wakeup_bytes: u64,
     /// Record kinds that wake the agent at once ([`WakeKind::mask`]).
     pub wake_at_once: u32,
+    /// Least time between two wake-ups those kinds force from one CPU (ns; 0: no spacing).
+    pub wake_spacing_ns: u64,
     /// Hook families left unattached.
     pub disabled: &'a [HookFamily],
 }
@@ -274,6 +277,7 @@ impl Sensor {
             .override_global(LAYOUT_GLOBAL, &options.layout, true)
             .override_global(WAKEUP_BYTES_GLOBAL, &options.wakeup_bytes, true)
             .override_global(WAKE_AT_ONCE_GLOBAL, &options.wake_at_once, true)
+            .override_global(WAKE_SPACING_NS_GLOBAL, &options.wake_spacing_ns, true)
             .map_max_entries(EVENTS_MAP, options.ring_buffer_bytes)
             .load(options.object)?;
         let mut active_hooks = Vec::new();

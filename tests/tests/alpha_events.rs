@@ -652,6 +652,52 @@ fn a_wake_at_once_record_is_reported_without_waiting_for_the_batch() {
     agent.stop();
 }
 
+/// A burst of `wake_at_once` records shares wake-ups: with a spacing of half a second, 300
+/// execs wake the agent a few times per second (per CPU, whatever runs there), not once each,
+/// and the drain after each wake-up still delivers all of them long before the 10-minute
+/// batch timer.
+#[test]
+fn a_burst_of_wake_at_once_records_shares_its_wake_ups() {
+    if !root_or_skip("a_burst_of_wake_at_once_records_shares_its_wake_ups") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stats_file = dir.path().join("stats.json");
+    let config = format!(
+        "{}[sensor]\nwakeup_bytes = 2097152\nmax_delay_ms = 600000\nwake_at_once = [\"exec\"]\nwake_spacing_us = 500000\n",
+        config_watching(dir.path())
+    );
+    let started = std::time::Instant::now();
+    let agent = AlphaAgent::start(
+        &config,
+        &["--stats-file", &stats_file.display().to_string()],
+    );
+    const EXECS: usize = 300;
+    let actor = run_actor(&["exec-loop", &EXECS.to_string()]);
+    let children = || {
+        agent
+            .all(|e| matches!(&e.kind, EventKind::ProcessExec(x) if x.process.ppid == actor))
+            .len()
+    };
+    let deadline = std::time::Instant::now() + qsc_tests::alpha::EVENT_TIMEOUT;
+    while children() < EXECS && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(children(), EXECS, "execs reported before the batch timer");
+    agent.stop();
+    let lifetime_s = started.elapsed().as_secs_f64();
+    let stats: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&stats_file).expect("stats file")).expect("stats");
+    let wakeups = stats["ring_wakeups"].as_u64().expect("ring_wakeups");
+    // At most one forced wake-up per CPU per spacing over the agent's life, plus the start.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let bound = (cpus * (lifetime_s / 0.5 + 1.0)).ceil() as u64 + 2;
+    assert!(
+        wakeups <= bound && wakeups < EXECS as u64 / 4,
+        "{wakeups} wake-ups for {EXECS} execs in {lifetime_s:.1} s (bound {bound})"
+    );
+}
+
 /// A deliberately tiny ring buffer and a flood of watched opens: every record the kernel could
 /// not deliver is counted, so generated = received + reported lost, exactly.
 #[test]

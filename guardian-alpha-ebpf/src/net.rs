@@ -10,12 +10,17 @@
 //! Connections established by a known process are remembered too, and when one ends (→ CLOSE,
 //! from whichever state it was in) its `tcp_sock` byte counters are reported with its owner, so
 //! the agent can account the volume each process moved to each remote address.
+//!
+//! The hook runs about ten times per connection, so the tracepoint record is copied once into
+//! a per-CPU scratch slot and every field is read from there: a helper call per field (the
+//! offsets are only known at load time, so the context cannot be read directly) cost more than
+//! the rest of the hook.
 
 use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel_buf},
     macros::{map, tracepoint},
-    maps::{HashMap, LruHashMap},
+    maps::{HashMap, LruHashMap, PerCpuArray},
     programs::TracePointContext,
 };
 use guardian_alpha_common::{
@@ -40,6 +45,41 @@ static CONNECTING: HashMap<u64, RememberedCaller> = HashMap::with_max_entries(16
 #[map]
 static ESTABLISHED: LruHashMap<u64, RememberedCaller> = LruHashMap::with_max_entries(32768, 0);
 
+/// Bytes of the tracepoint record copied for each call: every field it has (72 bytes on the
+/// kernels we know) with room to spare; a field past the end reads as zero.
+const RECORD_BYTES: usize = 96;
+
+/// The current call's copy of the tracepoint record.
+#[map]
+static SCRATCH: PerCpuArray<[u8; RECORD_BYTES]> = PerCpuArray::with_max_entries(1, 0);
+
+/// The tracepoint record of the current call, copied once.
+struct Fields {
+    bytes: *const u8,
+}
+
+impl Fields {
+    fn copy(ctx: &TracePointContext) -> Option<Self> {
+        let slot = SCRATCH.get_ptr_mut(0)?;
+        // SAFETY: the slot is this CPU's, and the hook does not nest on one CPU.
+        let slot = unsafe { &mut *slot };
+        unsafe { bpf_probe_read_kernel_buf(ctx.as_ptr() as *const u8, slot) }.ok()?;
+        Some(Fields {
+            bytes: slot.as_ptr(),
+        })
+    }
+
+    /// The `T` at `offset`, or `T`'s zero when it lies past the copy.
+    fn get<T: Copy + Default>(&self, offset: u32) -> T {
+        let start = offset as usize;
+        if start > RECORD_BYTES - core::mem::size_of::<T>() {
+            return T::default();
+        }
+        // SAFETY: in bounds (checked above) of the scratch slot the copy filled.
+        unsafe { core::ptr::read_unaligned(self.bytes.add(start) as *const T) }
+    }
+}
+
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
@@ -56,16 +96,18 @@ struct Transition {
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) {
+    let Some(fields) = Fields::copy(&ctx) else {
+        return;
+    };
     let layout = LAYOUT.load();
-    let read_u16 = |offset: u32| unsafe { ctx.read_at::<u16>(offset as usize) }.unwrap_or(0);
-    if read_u16(layout.sk_protocol) != IPPROTO_TCP {
+    if fields.get::<u16>(layout.sk_protocol) != IPPROTO_TCP {
         return;
     }
     let t = Transition {
-        old: unsafe { ctx.read_at::<i32>(layout.sk_oldstate as usize) }.unwrap_or(0),
-        new: unsafe { ctx.read_at::<i32>(layout.sk_newstate as usize) }.unwrap_or(0),
-        family: read_u16(layout.sk_family),
-        local_port: read_u16(layout.sk_sport),
+        old: fields.get(layout.sk_oldstate),
+        new: fields.get(layout.sk_newstate),
+        family: fields.get(layout.sk_family),
+        local_port: fields.get(layout.sk_sport),
     };
     if t.family != AF_INET && t.family != AF_INET6 {
         return;
@@ -74,7 +116,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) {
         family: t.family,
         port: t.local_port,
     };
-    let skaddr = unsafe { ctx.read_at::<u64>(layout.sk_skaddr as usize) }.unwrap_or(0);
+    let skaddr: u64 = fields.get(layout.sk_skaddr);
     match (t.old, t.new) {
         (TCP_CLOSE, TCP_SYN_SENT) if !is_agent() => remember_caller(&CONNECTING, &skaddr),
         (TCP_SYN_SENT, _) => {
@@ -84,20 +126,20 @@ pub fn inet_sock_set_state(ctx: TracePointContext) {
                 if t.new == TCP_ESTABLISHED {
                     remember_established(skaddr, header);
                 }
-                emit_for(&ctx, &layout, NetOp::Connect, caller);
+                emit_for(&fields, &layout, NetOp::Connect, caller);
             }
         }
         (_, TCP_LISTEN) => {
             remember_listener(&key);
             if !is_agent() {
-                emit_own(&ctx, &layout, NetOp::Listen);
+                emit_own(&fields, &layout, NetOp::Listen);
             }
         }
         (TCP_LISTEN, TCP_CLOSE) => {
             let _ = LISTENERS.remove(&key);
         }
-        (TCP_SYN_RECV, TCP_ESTABLISHED) => emit_accept(&ctx, &layout, &key, skaddr),
-        (_, TCP_CLOSE) => emit_close(&ctx, &layout, skaddr),
+        (TCP_SYN_RECV, TCP_ESTABLISHED) => emit_accept(&fields, &layout, &key, skaddr),
+        (_, TCP_CLOSE) => emit_close(&fields, &layout, skaddr),
         _ => {}
     }
 }
@@ -114,13 +156,13 @@ fn remember_caller<K>(map: &HashMap<K, RememberedCaller>, key: &K) {
     let _ = map.insert(key, &caller, 0);
 }
 
-fn emit_own(ctx: &TracePointContext, layout: &KernelLayout, op: NetOp) {
+fn emit_own(fields: &Fields, layout: &KernelLayout, op: NetOp) {
     let Some(mut entry) = reserve::<NetRecord>(RecordKind::Net) else {
         return;
     };
     let record = record_mut(&mut entry);
     fill_header(&mut record.header, RecordKind::Net, op as u16);
-    fill_addresses(ctx, layout, record);
+    fill_addresses(fields, layout, record);
     entry.submit(submit_flags(RecordKind::Net));
 }
 
@@ -128,7 +170,7 @@ fn remember_established(skaddr: u64, header: Header) {
     let _ = ESTABLISHED.insert(&skaddr, &RememberedCaller { header }, 0);
 }
 
-fn emit_accept(ctx: &TracePointContext, layout: &KernelLayout, key: &ListenerKey, skaddr: u64) {
+fn emit_accept(fields: &Fields, layout: &KernelLayout, key: &ListenerKey, skaddr: u64) {
     let owner = unsafe { LISTENERS.get(key) }.map(|o| o.header);
     if owner.is_some_and(|h| h.tgid == AGENT_TGID.load()) {
         return;
@@ -136,11 +178,11 @@ fn emit_accept(ctx: &TracePointContext, layout: &KernelLayout, key: &ListenerKey
     if let Some(header) = owner {
         remember_established(skaddr, header);
     }
-    emit_for(ctx, layout, NetOp::Accept, owner);
+    emit_for(fields, layout, NetOp::Accept, owner);
 }
 
 /// Reports the end of a remembered connection with its byte counters.
-fn emit_close(ctx: &TracePointContext, layout: &KernelLayout, skaddr: u64) {
+fn emit_close(fields: &Fields, layout: &KernelLayout, skaddr: u64) {
     let Some(owner) = unsafe { ESTABLISHED.get(&skaddr) }.map(|o| o.header) else {
         return;
     };
@@ -150,7 +192,7 @@ fn emit_close(ctx: &TracePointContext, layout: &KernelLayout, skaddr: u64) {
     };
     let record = record_mut(&mut entry);
     set_remembered_header(&mut record.net.header, Some(owner), RecordKind::NetClose, 0);
-    fill_addresses(ctx, layout, &mut record.net);
+    fill_addresses(fields, layout, &mut record.net);
     let sk = skaddr as *const u8;
     record.bytes_acked = read_kernel_field::<u64>(sk, layout.tcp_bytes_acked).unwrap_or(0);
     record.bytes_received = read_kernel_field::<u64>(sk, layout.tcp_bytes_received).unwrap_or(0);
@@ -160,13 +202,13 @@ fn emit_close(ctx: &TracePointContext, layout: &KernelLayout, skaddr: u64) {
 
 /// Emits a record on behalf of a process remembered earlier (or of nobody, when the socket
 /// predates the agent).
-fn emit_for(ctx: &TracePointContext, layout: &KernelLayout, op: NetOp, caller: Option<Header>) {
+fn emit_for(fields: &Fields, layout: &KernelLayout, op: NetOp, caller: Option<Header>) {
     let Some(mut entry) = reserve::<NetRecord>(RecordKind::Net) else {
         return;
     };
     let record = record_mut(&mut entry);
     set_remembered_header(&mut record.header, caller, RecordKind::Net, op as u16);
-    fill_addresses(ctx, layout, record);
+    fill_addresses(fields, layout, record);
     entry.submit(submit_flags(RecordKind::Net));
 }
 
@@ -178,25 +220,26 @@ fn set_remembered_header(header: &mut Header, caller: Option<Header>, kind: Reco
     header.ktime_ns = unsafe { bpf_ktime_get_ns() };
 }
 
-fn fill_addresses(ctx: &TracePointContext, layout: &KernelLayout, record: &mut NetRecord) {
-    let read_u16 = |offset: u32| unsafe { ctx.read_at::<u16>(offset as usize) }.unwrap_or(0);
-    record.family = read_u16(layout.sk_family);
-    record.local_port = read_u16(layout.sk_sport);
-    record.remote_port = read_u16(layout.sk_dport);
+fn fill_addresses(fields: &Fields, layout: &KernelLayout, record: &mut NetRecord) {
+    record.family = fields.get(layout.sk_family);
+    record.local_port = fields.get(layout.sk_sport);
+    record.remote_port = fields.get(layout.sk_dport);
     record.protocol = IPPROTO_TCP;
-    let (local, remote) = if record.family == AF_INET6 {
-        (layout.sk_saddr_v6, layout.sk_daddr_v6)
+    if record.family == AF_INET6 {
+        record.local_addr = fields.get(layout.sk_saddr_v6);
+        record.remote_addr = fields.get(layout.sk_daddr_v6);
     } else {
-        (layout.sk_saddr, layout.sk_daddr)
-    };
-    let len = if record.family == AF_INET6 { 16 } else { 4 };
-    record.local_addr = [0; 16];
-    record.remote_addr = [0; 16];
-    copy_from_ctx(ctx, local, &mut record.local_addr[..len]);
-    copy_from_ctx(ctx, remote, &mut record.remote_addr[..len]);
+        record.local_addr = v4_in_16(fields.get(layout.sk_saddr));
+        record.remote_addr = v4_in_16(fields.get(layout.sk_daddr));
+    }
 }
 
-fn copy_from_ctx(ctx: &TracePointContext, offset: u32, dst: &mut [u8]) {
-    let src = unsafe { (ctx.as_ptr() as *const u8).add(offset as usize) };
-    let _ = unsafe { bpf_probe_read_kernel_buf(src, dst) };
+/// An IPv4 address in the record's 16-byte field: its first 4 bytes, the rest zero.
+fn v4_in_16(v4: [u8; 4]) -> [u8; 16] {
+    let mut addr = [0; 16];
+    addr[0] = v4[0];
+    addr[1] = v4[1];
+    addr[2] = v4[2];
+    addr[3] = v4[3];
+    addr
 }

@@ -15,6 +15,8 @@ use std::{
     path::Path,
 };
 
+use qsc_event::mono_now_ns;
+
 use super::{
     Done, RespondError,
     guardrails::Guardrails,
@@ -157,15 +159,19 @@ fn checked_uid(rails: &Guardrails, user: &str) -> Result<u32, RespondError> {
 }
 
 /// Locks `user` and kills every process running with its uid; both at once, on two threads,
-/// since neither needs the other.
+/// since neither needs the other. The facts say when each was done (`CLOCK_MONOTONIC` ns).
 pub fn revoke(rails: &Guardrails, proc_root: &Path, user: &str) -> Result<Done, RespondError> {
     let uid = checked_uid(rails, user)?;
-    let (change, killed) = std::thread::scope(|scope| {
-        let lock = scope.spawn(|| set_locked(Path::new(SHADOW), user, true));
-        let killed = kill_uid(rails, proc_root, uid);
-        let change = lock
-            .join()
-            .unwrap_or_else(|_| Err(shadow_err("lock", std::io::Error::other("thread panicked"))));
+    let stamped = |result| (result, mono_now_ns());
+    let ((change, locked_ns), (killed, ended_ns)) = std::thread::scope(|scope| {
+        let lock = scope.spawn(|| stamped(set_locked(Path::new(SHADOW), user, true)));
+        let killed = (kill_uid(rails, proc_root, uid), mono_now_ns());
+        let change = lock.join().unwrap_or_else(|_| {
+            stamped(Err(shadow_err(
+                "lock",
+                std::io::Error::other("thread panicked"),
+            )))
+        });
         (change, killed)
     });
     let (change, killed) = (change?, killed?);
@@ -175,7 +181,9 @@ pub fn revoke(rails: &Guardrails, proc_root: &Path, user: &str) -> Result<Done, 
     ))
     .fact("uid", uid)
     .fact("already_locked", change == LockChange::AlreadyThere)
-    .fact("killed_pids", killed))
+    .fact("killed_pids", killed)
+    .fact("account_locked_mono_ns", locked_ns)
+    .fact("sessions_ended_mono_ns", ended_ns))
 }
 
 /// Unlocks `user`.

@@ -61,6 +61,25 @@ const HOPS: [(&str, &str); 6] = [
         "agent received → action done on the host",
     ),
 ];
+/// Steps inside the agent's execution that some actions stamp in their report's facts:
+/// (fact, row, what); each row is the time from the agent receiving the request to the stamp.
+const STEPS: [(&str, &str, &str); 3] = [
+    (
+        "key_written_mono_ns",
+        "of_which_key_written",
+        "agent received → new key on disk (the rest: reconnect with it)",
+    ),
+    (
+        "account_locked_mono_ns",
+        "of_which_account_locked",
+        "agent received → shadow entry locked (fsynced, renamed)",
+    ),
+    (
+        "sessions_ended_mono_ns",
+        "of_which_sessions_ended",
+        "agent received → the account's processes killed and gone",
+    ),
+];
 const CHANNEL_PORT: u16 = 7543;
 const API: &str = "127.0.0.1:7581";
 const HOST_ID: &str = "qsc-bench-host";
@@ -252,8 +271,8 @@ fn stack_spec() -> StackSpec {
 struct Sample {
     ms: f64,
     hops: [Option<f64>; HOPS.len()],
-    /// `rotate_keys`: received → new key written (the rest of the agent's hop is the reconnect).
-    key_written: Option<f64>,
+    /// Received → each of [`STEPS`], when the report stamps it.
+    steps: [Option<f64>; STEPS.len()],
 }
 
 /// The measured actions of one case, in iteration order.
@@ -372,10 +391,11 @@ fn sample(record: &Value, latency_ns: u64) -> Sample {
     for (hop, pair) in hops.iter_mut().zip(stamps.windows(2)) {
         *hop = ms(pair[0], pair[1]);
     }
+    let steps = STEPS.map(|(fact, _, _)| ms(received, stamp(&report["facts"][fact])));
     Sample {
         ms: latency_ns as f64 / 1e6,
         hops,
-        key_written: ms(received, stamp(&report["facts"]["key_written_mono_ns"])),
+        steps,
     }
 }
 
@@ -459,16 +479,14 @@ fn breakdown(samples: &Samples, json: &mut serde_json::Map<String, Value>) {
             .collect();
         row(name, what, values);
     }
-    let written = samples
-        .samples
-        .iter()
-        .filter_map(|s| s.key_written)
-        .collect();
-    row(
-        "of_which_key_written",
-        "agent received → new key on disk (the rest: reconnect with it)",
-        written,
-    );
+    for (index, (_, name, what)) in STEPS.iter().enumerate() {
+        let values = samples
+            .samples
+            .iter()
+            .filter_map(|s| s.steps[index])
+            .collect();
+        row(name, what, values);
+    }
     json.insert(format!("{}_hops", samples.case.key), Value::Object(hops));
 }
 

@@ -378,9 +378,7 @@ fn run_one(
                 .context("bpftrace did not start")?;
             let _ = std::fs::remove_file(&ready);
             let timing = run_workload(workload)?;
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(tracer.id() as i32, libc::SIGINT) };
-            tracer.wait()?;
+            stop_tracer(&mut tracer)?;
             if mode == Mode::BpftracePrint {
                 let lines = std::fs::read_to_string(&out)?
                     .lines()
@@ -422,6 +420,26 @@ fn start_agent(config: &Path, stats_file: &Path) -> anyhow::Result<Child> {
     // The heartbeat is written right after seeding; give the loop a moment to start polling.
     std::thread::sleep(Duration::from_millis(200));
     Ok(child)
+}
+
+/// SIGINT (which makes bpftrace flush its output and exit), repeated each second: once in a
+/// few hundred runs bpftrace let the first one pass and waited forever. SIGKILL after 10 s.
+fn stop_tracer(tracer: &mut Child) -> anyhow::Result<()> {
+    for _ in 0..10 {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(tracer.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < deadline {
+            if tracer.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    eprintln!("bpftrace ignored SIGINT for 10 s: killed");
+    tracer.kill()?;
+    tracer.wait()?;
+    Ok(())
 }
 
 fn wait_until(limit: Duration, ready: impl Fn() -> bool) -> anyhow::Result<()> {

@@ -28,6 +28,8 @@ pub struct Config {
     pub host_id: Option<String>,
     /// Where events go: "-" for stdout, a file path (appended to), or "none" (cortex only).
     pub output: String,
+    /// The agent's scheduling niceness (-20..=19), set at start for all its threads.
+    pub nice: i32,
     pub sensor: SensorConfig,
     pub metrics: MetricsConfig,
     pub forensics: ForensicsConfig,
@@ -169,6 +171,7 @@ impl Default for Config {
         Config {
             host_id: None,
             output: "-".into(),
+            nice: -10,
             sensor: SensorConfig::default(),
             metrics: MetricsConfig::default(),
             forensics: ForensicsConfig::default(),
@@ -268,6 +271,9 @@ impl Config {
             key: key.into(),
             reason,
         };
+        if !(-20..=19).contains(&self.nice) {
+            return Err(invalid("nice", format!("{} is not in -20..=19", self.nice)));
+        }
         let ring = self.sensor.ring_buffer_bytes;
         if !ring.is_power_of_two() || ring < 4096 {
             return Err(invalid(
@@ -393,6 +399,7 @@ mod tests {
         );
         let config = Config::load(Path::new(example)).unwrap();
         assert_eq!(config.watch, Config::default().watch);
+        assert_eq!(config.nice, Config::default().nice);
         let defaults = NetworkConfig::default();
         assert_eq!(
             (
@@ -447,6 +454,11 @@ mod tests {
             "[sensor]\nmax_delay_ms = 2\nwake_spacing_us = 2001\n",
         )
         .unwrap();
+        assert!(matches!(
+            Config::load(&path),
+            Err(ConfigError::Invalid { .. })
+        ));
+        std::fs::write(&path, "nice = -21\n").unwrap();
         assert!(matches!(
             Config::load(&path),
             Err(ConfigError::Invalid { .. })

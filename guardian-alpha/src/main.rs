@@ -134,6 +134,15 @@ async fn shutdown_signal() {
     }
 }
 
+/// Sets this thread's niceness; every thread started after inherits it.
+fn set_nice(nice: i32) {
+    // SAFETY: setpriority has no memory preconditions; `who` 0 is the calling thread.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
+        let err = std::io::Error::last_os_error();
+        tracing::warn!(nice, %err, "cannot set the configured niceness; keeping the inherited one");
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_json);
@@ -169,6 +178,7 @@ fn main() -> anyhow::Result<()> {
         Command::Respond(args) => respond(&args),
         Command::Run(args) => {
             let config = load_config(&args)?;
+            set_nice(config.nice);
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

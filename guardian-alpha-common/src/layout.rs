@@ -40,3 +40,19 @@ pub struct KernelLayout {
     /// `sock.__sk_common.skc_cookie`.
     pub sk_cookie: u32,
 }
+
+/// The chain of struct member offsets from a task's mm to the folder of its executable, for the
+/// exec hook alone (a global of its own: every hook copies [`KernelLayout`] onto its stack).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExeFolderLayout {
+    /// `mm_struct.exe_file`, `file.f_path.dentry`, `dentry.d_parent`, `dentry.d_inode`,
+    /// `inode.i_mode`.
+    pub mm_exe_file: u32,
+    pub file_dentry: u32,
+    pub dentry_parent: u32,
+    pub dentry_inode: u32,
+    pub inode_mode: u32,
+    /// Non-zero when every offset is known (`inode_mode` may well be 0).
+    pub known: u32,
+}

@@ -16,7 +16,7 @@ pub mod process;
 pub use enforce::{BlockedV4, BlockedV6, EnforceOp, EnforceRecord};
 pub use exec::ExecRecord;
 pub use file::{FileOp, FileRecord, RenameRecord, WatchFlags};
-pub use layout::KernelLayout;
+pub use layout::{ExeFolderLayout, KernelLayout};
 pub use net::{ListenerKey, NetCloseRecord, NetOp, NetRecord, RememberedCaller};
 pub use privilege::{PrivOp, PrivRecord};
 pub use process::{ExitRecord, ForkRecord, SignalRecord};
@@ -43,6 +43,7 @@ pub const LAYOUT_GLOBAL: &str = "LAYOUT";
 pub const WAKEUP_BYTES_GLOBAL: &str = "WAKEUP_BYTES";
 pub const WAKE_AT_ONCE_GLOBAL: &str = "WAKE_AT_ONCE";
 pub const WAKE_SPACING_NS_GLOBAL: &str = "WAKE_SPACING_NS";
+pub const EXE_FOLDER_LAYOUT_GLOBAL: &str = "EXE_FOLDER_LAYOUT";
 
 /// Slots of the per-CPU loss counter: one per [`RecordKind`] value.
 pub const LOST_SLOTS: u32 = 16;
@@ -172,6 +173,7 @@ pub fn c_bytes(buf: &[u8]) -> &[u8] {
 mod pod {
     // SAFETY: plain-old-data records: repr(C), integer and byte-array fields only.
     unsafe impl aya::Pod for crate::KernelLayout {}
+    unsafe impl aya::Pod for crate::ExeFolderLayout {}
     unsafe impl aya::Pod for crate::file::WatchFlags {}
     unsafe impl aya::Pod for crate::net::ListenerKey {}
     unsafe impl aya::Pod for crate::net::RememberedCaller {}

@@ -1,13 +1,13 @@
 //! Process lifecycle: exec, exit and fork.
 
 use aya_ebpf::{
-    EbpfContext,
-    helpers::{bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_buf},
+    EbpfContext, Global,
+    helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_buf},
     macros::tracepoint,
     programs::TracePointContext,
 };
 use guardian_alpha_common::{
-    ARGS_CAPTURE, ExecRecord, ExitRecord, ForkRecord, RecordKind, SignalRecord,
+    ARGS_CAPTURE, ExeFolderLayout, ExecRecord, ExitRecord, ForkRecord, RecordKind, SignalRecord,
 };
 
 use crate::record::{
@@ -16,6 +16,16 @@ use crate::record::{
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
+
+#[unsafe(no_mangle)]
+static EXE_FOLDER_LAYOUT: Global<ExeFolderLayout> = Global::new(ExeFolderLayout {
+    mm_exe_file: 0,
+    file_dentry: 0,
+    dentry_parent: 0,
+    dentry_inode: 0,
+    inode_mode: 0,
+    known: 0,
+});
 
 #[tracepoint(category = "sched", name = "sched_process_exec")]
 pub fn sched_process_exec(ctx: TracePointContext) {
@@ -34,19 +44,45 @@ pub fn sched_process_exec(ctx: TracePointContext) {
         let src = unsafe { (ctx.as_ptr() as *const u8).add(offset) };
         let _ = unsafe { bpf_probe_read_kernel_str_bytes(src, &mut record.filename) };
     }
-    read_args(&layout, record);
+    let mm: *const u8 =
+        read_kernel_field(current_task(), layout.task_mm).unwrap_or(core::ptr::null());
+    read_args(&layout, mm, record);
+    record.folder_mode = exe_folder_mode(mm).unwrap_or(0);
+    record._pad = 0;
     entry.submit(submit_flags(RecordKind::Exec));
+}
+
+/// The mode of the folder holding the new image's file (`mm->exe_file`'s parent dentry): read
+/// here, it costs a few loads instead of a path walk through `/proc/PID/root` in the agent, and
+/// it is the folder of the file really executed (symbolic links resolved, in the process's
+/// own mount namespace).
+#[inline(always)]
+fn exe_folder_mode(mm: *const u8) -> Option<u32> {
+    let layout = EXE_FOLDER_LAYOUT.load();
+    if layout.known == 0 {
+        return None;
+    }
+    let file: *const u8 = read_kernel_field(mm, layout.mm_exe_file)?;
+    let dentry: *const u8 = read_kernel_field(file, layout.file_dentry)?;
+    let parent: *const u8 = read_kernel_field(dentry, layout.dentry_parent)?;
+    let inode: *const u8 = read_kernel_field(parent, layout.dentry_inode)?;
+    if inode.is_null() {
+        return None;
+    }
+    // `i_mode` may sit at offset 0, which `read_kernel_field` takes for "unknown".
+    let mode: u16 =
+        unsafe { bpf_probe_read_kernel(inode.add(layout.inode_mode as usize) as *const u16) }
+            .ok()?;
+    Some(u32::from(mode))
 }
 
 /// Copies argv (NUL-separated) from the new image's `mm->arg_start..arg_end`. Only the bytes
 /// argv really has are read and written: every ring-buffer byte written is a cache line the
 /// exec pays for, and most argv are far shorter than `ARGS_CAPTURE`.
 #[inline(always)]
-fn read_args(layout: &guardian_alpha_common::KernelLayout, record: &mut ExecRecord) {
+fn read_args(layout: &guardian_alpha_common::KernelLayout, mm: *const u8, record: &mut ExecRecord) {
     record.args_len = 0;
     record.args_truncated = 0;
-    let mm: *const u8 =
-        read_kernel_field(current_task(), layout.task_mm).unwrap_or(core::ptr::null());
     let (Some(start), Some(end)) = (
         read_kernel_field::<u64>(mm, layout.mm_arg_start),
         read_kernel_field::<u64>(mm, layout.mm_arg_end),

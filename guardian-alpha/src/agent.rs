@@ -39,6 +39,8 @@ pub struct Agent {
     lost_reported: [u64; guardian_alpha_common::LOST_SLOTS as usize],
     decode_errors: u64,
     ring_wakeups: u64,
+    /// The `[sensor] wake_at_once` kinds (bit `1 << kind`).
+    wake_mask: u32,
     started: Instant,
     active_hooks: Vec<String>,
     auth_failures: u64,
@@ -71,7 +73,7 @@ pub fn start_sensor(config: &Config) -> anyhow::Result<Sensor> {
         }
     };
     let formats = crate::layout::TracepointFormats::new(&config.sensor.tracefs);
-    let (layout, warnings) = crate::layout::resolve(btf.as_ref(), &formats)?;
+    let (layout, exe_folder, warnings) = crate::layout::resolve(btf.as_ref(), &formats)?;
     for warning in warnings {
         tracing::warn!(%warning, "kernel layout");
     }
@@ -91,6 +93,7 @@ pub fn start_sensor(config: &Config) -> anyhow::Result<Sensor> {
         object: &object,
         ring_buffer_bytes: config.sensor.ring_buffer_bytes,
         layout,
+        exe_folder,
         agent_tgid: std::process::id(),
         enforce_cgroup: enforce_cgroup.as_deref(),
         wakeup_bytes: config
@@ -161,6 +164,7 @@ impl Agent {
             lost_reported: [0; guardian_alpha_common::LOST_SLOTS as usize],
             decode_errors: 0,
             ring_wakeups: 0,
+            wake_mask: sensor::WakeKind::mask(&config.sensor.wake_at_once),
             started: Instant::now(),
             active_hooks,
             auth_failures: 0,
@@ -188,18 +192,23 @@ impl Agent {
         Ok(())
     }
 
-    fn handle_record(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+    /// Decodes, enriches and emits one kernel record; returns whether it is of a
+    /// `wake_at_once` kind.
+    fn handle_record(&mut self, bytes: &[u8]) -> anyhow::Result<bool> {
         let record = match record::decode(bytes) {
             Ok(record) => record,
             Err(err) => {
                 self.decode_errors += 1;
                 tracing::warn!(%err, total = self.decode_errors, "undecodable kernel record");
-                return Ok(());
+                return Ok(false);
             }
         };
+        let urgent = 1u32
+            .checked_shl(u32::from(record.header().kind))
+            .is_some_and(|bit| self.wake_mask & bit != 0);
         let mono_ns = Some(record.header().ktime_ns);
         let Some(kind) = self.enricher.enrich(record) else {
-            return Ok(());
+            return Ok(urgent);
         };
         let rwx_pid = match &kind {
             EventKind::MemoryRwx(m) => Some(m.process.pid),
@@ -213,7 +222,7 @@ impl Agent {
         if let Some(pid) = rwx_pid {
             self.scan_process(pid)?;
         }
-        Ok(())
+        Ok(urgent)
     }
 
     /// Reports W+X regions of `pid` not reported before.
@@ -435,15 +444,15 @@ impl Agent {
         Ok(())
     }
 
-    /// Handles every record waiting in the ring buffer; returns how many there were.
+    /// Handles every record waiting in the ring buffer; returns how many were of a
+    /// `wake_at_once` kind.
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> anyhow::Result<usize> {
-        let mut records = 0;
+        let mut urgent = 0;
         while let Some(item) = ring.next() {
             let bytes: &[u8] = &item;
-            self.handle_record(bytes)?;
-            records += 1;
+            urgent += usize::from(self.handle_record(bytes)?);
         }
-        Ok(records)
+        Ok(urgent)
     }
 
     pub fn stats(&self) -> AgentStats<'_> {
@@ -506,7 +515,8 @@ impl MapsScans {
 /// would count in the agent's resident size for as long as the agent runs.
 /// The drain that follows each wake-up by `[sensor] wake_spacing_us`: the kernel does not wake
 /// the agent for a `wake_at_once` record within that spacing of its CPU's previous wake-up, so
-/// this drain is what picks such a record up. Re-armed while it finds records (a burst).
+/// this drain is what picks such a record up. Re-armed while it finds such records (a burst);
+/// batched kinds alone do not re-arm it.
 struct FollowUpDrain {
     spacing: Duration,
     at: Option<tokio::time::Instant>,

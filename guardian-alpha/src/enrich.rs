@@ -60,12 +60,21 @@ impl Enricher {
         let header = *record.header();
         let c = caller(&header);
         Some(match record {
-            Record::Exec { filename, argv, .. } => {
+            Record::Exec {
+                filename,
+                argv,
+                folder_mode,
+                ..
+            } => {
                 self.counters.execs += 1;
                 self.table.on_exec(&c, &filename, &argv);
+                let folder_world_writable = match folder_mode {
+                    Some(mode) => Some(mode & 0o002 != 0),
+                    None => self.table.exec_folder_world_writable(&c, &filename),
+                };
                 EventKind::ProcessExec(ProcessExec {
                     process: self.table.process_info(&c),
-                    folder_world_writable: self.table.exec_folder_world_writable(&c, &filename),
+                    folder_world_writable,
                     filename,
                     argv,
                 })

@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, path::Path};
 
-use guardian_alpha_common::KernelLayout;
+use guardian_alpha_common::{ExeFolderLayout, KernelLayout};
 
 use crate::btf::Btf;
 
@@ -85,7 +85,7 @@ fn field(fields: &HashMap<String, u32>, tracepoint: &str, name: &str) -> Result<
 pub fn resolve(
     btf: Option<&Btf>,
     formats: &TracepointFormats,
-) -> Result<(KernelLayout, Vec<String>), LayoutError> {
+) -> Result<(KernelLayout, ExeFolderLayout, Vec<String>), LayoutError> {
     let mut warnings = Vec::new();
     let mut member = |strukt: &str, name: &str| match btf.map(|b| b.member_offset(strukt, name)) {
         Some(Ok(offset)) => offset,
@@ -111,6 +111,9 @@ pub fn resolve(
         sk_cookie: member("sock_common", "skc_cookie"),
         ..KernelLayout::default()
     };
+    let exe_folder = btf.map_or_else(ExeFolderLayout::default, |btf| {
+        resolve_exe_folder(btf, &mut warnings)
+    });
 
     let tp = "sched/sched_process_exec";
     layout.exec_filename = field(&formats.fields(tp)?, tp, "filename")?;
@@ -137,7 +140,47 @@ pub fn resolve(
     let f = formats.fields(tp)?;
     layout.signal_sig = field(&f, tp, "sig")?;
     layout.signal_pid = field(&f, tp, "pid")?;
-    Ok((layout, warnings))
+    Ok((layout, exe_folder, warnings))
+}
+
+/// The offsets from a task's mm to its executable's folder inode mode, all or none (an
+/// offset of 0 is a real one here: `i_mode` starts `struct inode`).
+fn resolve_exe_folder(btf: &Btf, warnings: &mut Vec<String>) -> ExeFolderLayout {
+    let chain = [
+        ("mm_struct", "exe_file"),
+        ("file", "f_path"),
+        ("path", "dentry"),
+        ("dentry", "d_parent"),
+        ("dentry", "d_inode"),
+        ("inode", "i_mode"),
+    ]
+    .map(|(strukt, name)| btf.member_offset(strukt, name));
+    match chain {
+        [
+            Ok(exe_file),
+            Ok(f_path),
+            Ok(dentry),
+            Ok(parent),
+            Ok(d_inode),
+            Ok(i_mode),
+        ] => ExeFolderLayout {
+            mm_exe_file: exe_file,
+            file_dentry: f_path + dentry,
+            dentry_parent: parent,
+            dentry_inode: d_inode,
+            inode_mode: i_mode,
+            known: 1,
+        },
+        failed => {
+            warnings.extend(
+                failed
+                    .into_iter()
+                    .filter_map(Result::err)
+                    .map(|e| format!("{e}: an exec's folder mode is looked up in /proc instead")),
+            );
+            ExeFolderLayout::default()
+        }
+    }
 }
 
 #[cfg(test)]

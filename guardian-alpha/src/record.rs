@@ -25,6 +25,8 @@ pub enum Record {
         header: Header,
         filename: String,
         argv: Vec<String>,
+        /// The executed file's folder mode (`None`: the kernel could not tell).
+        folder_mode: Option<u32>,
     },
     Exit {
         header: Header,
@@ -149,6 +151,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
                 header,
                 filename: text(&r.filename),
                 argv: split_args(&r.args[..args_len]),
+                folder_mode: (r.folder_mode != 0).then_some(r.folder_mode),
             }
         }
         RecordKind::Exit => {
@@ -276,14 +279,23 @@ mod tests {
             header: header(RecordKind::Exec, 0),
             args_len: argv.len() as u32,
             args_truncated: 0,
+            folder_mode: 0o041777,
+            _pad: 0,
             filename: path_bytes("/usr/bin/ls"),
             args,
         };
-        let Record::Exec { filename, argv, .. } = decode(&bytes_of(&record)).unwrap() else {
+        let Record::Exec {
+            filename,
+            argv,
+            folder_mode,
+            ..
+        } = decode(&bytes_of(&record)).unwrap()
+        else {
             panic!("not an exec");
         };
         assert_eq!(filename, "/usr/bin/ls");
         assert_eq!(argv, ["ls", "-la", "/tmp"]);
+        assert_eq!(folder_mode, Some(0o041777));
     }
 
     #[test]

@@ -10,9 +10,9 @@ use aya::{
 };
 use guardian_alpha_common::{
     AGENT_TGID_GLOBAL, BLOCKED_EXEC_MAP, BLOCKED_V4_MAP, BLOCKED_V6_MAP, BlockedV4, BlockedV6,
-    EVENTS_MAP, EXEC_BLOCKING_MAP, KernelLayout, LAYOUT_GLOBAL, LOST_MAP, PATH_CAPTURE, RecordKind,
-    WAKE_AT_ONCE_GLOBAL, WAKE_SPACING_NS_GLOBAL, WAKEUP_BYTES_GLOBAL, WATCHED_PREFIXES_MAP,
-    WatchFlags,
+    EVENTS_MAP, EXE_FOLDER_LAYOUT_GLOBAL, EXEC_BLOCKING_MAP, ExeFolderLayout, KernelLayout,
+    LAYOUT_GLOBAL, LOST_MAP, PATH_CAPTURE, RecordKind, WAKE_AT_ONCE_GLOBAL, WAKE_SPACING_NS_GLOBAL,
+    WAKEUP_BYTES_GLOBAL, WATCHED_PREFIXES_MAP, WatchFlags,
 };
 
 /// The kernel object built by `cargo xtask build-ebpf`, embedded at compile time.
@@ -215,6 +215,8 @@ pub struct SensorOptions<'a> {
     pub object: &'a [u8],
     pub ring_buffer_bytes: u32,
     pub layout: KernelLayout,
+    /// The exec hook's offsets to the executable's folder.
+    pub exe_folder: ExeFolderLayout,
     pub agent_tgid: u32,
     /// The cgroup v2 folder the address-blocking programs attach to (None: not attached).
     pub enforce_cgroup: Option<&'a Path>,
@@ -275,6 +277,7 @@ impl Sensor {
         let mut ebpf = EbpfLoader::new()
             .override_global(AGENT_TGID_GLOBAL, &options.agent_tgid, true)
             .override_global(LAYOUT_GLOBAL, &options.layout, true)
+            .override_global(EXE_FOLDER_LAYOUT_GLOBAL, &options.exe_folder, true)
             .override_global(WAKEUP_BYTES_GLOBAL, &options.wakeup_bytes, true)
             .override_global(WAKE_AT_ONCE_GLOBAL, &options.wake_at_once, true)
             .override_global(WAKE_SPACING_NS_GLOBAL, &options.wake_spacing_ns, true)

@@ -13,8 +13,9 @@
 //! 5,000 execs, 50,000 connects), QSC_BENCH_WORKLOADS (comma-separated workload names, default
 //! all; the summary keys of workloads not run are null), QSC_BENCH_QSC_VARIANTS (bisecting
 //! what the agent costs: `;`-separated entries, each either a list of hook families to turn off,
-//! e.g. `file,privilege,memory;process`, or one `[sensor]` setting written as given, e.g.
-//! `wake_at_once = []`; each entry is one more mode, interleaved with the others, whose ratios
+//! e.g. `file,privilege,memory;process`, or one setting written as given at the top of the
+//! config (TOML dotted keys reach a section), e.g. `sensor.wake_at_once = []` or `nice = 0`;
+//! each entry is one more mode, interleaved with the others, whose ratios
 //! are printed and written under `variants`).
 
 use std::{
@@ -66,11 +67,12 @@ struct Variant {
     config: PathBuf,
 }
 
-/// The `[sensor]` line for one variant entry: a setting containing `=` as given, otherwise
-/// the hook families to turn off (the agent rejects unknown names and keys at start).
-fn sensor_setting(entry: &str) -> (String, String) {
+/// The label and the config text for one variant entry: a setting containing `=` written as
+/// given before `base`, otherwise the hook families to turn off (the agent rejects unknown
+/// names and keys at start).
+fn variant_config(entry: &str, base: &str) -> (String, String) {
     if entry.contains('=') {
-        return (format!("with {entry}"), entry.to_owned());
+        return (format!("with {entry}"), format!("{entry}\n{base}"));
     }
     let families: Vec<String> = entry
         .split(',')
@@ -78,12 +80,14 @@ fn sensor_setting(entry: &str) -> (String, String) {
         .collect();
     (
         format!("without {entry}"),
-        format!("disabled_hooks = [{}]", families.join(", ")),
+        format!(
+            "{base}[sensor]\ndisabled_hooks = [{}]\n",
+            families.join(", ")
+        ),
     )
 }
 
-/// One variant per `;`-separated entry of `spec`, each written as `base` plus its `[sensor]`
-/// setting.
+/// One variant per `;`-separated entry of `spec`, each `base` changed by that entry.
 fn variants(spec: Option<String>, base: &str, dir: &Path) -> anyhow::Result<Vec<Variant>> {
     let Some(spec) = spec else {
         return Ok(Vec::new());
@@ -93,9 +97,9 @@ fn variants(spec: Option<String>, base: &str, dir: &Path) -> anyhow::Result<Vec<
         .filter(|entry| !entry.is_empty())
         .enumerate()
         .map(|(i, entry)| {
-            let (label, setting) = sensor_setting(entry);
+            let (label, text) = variant_config(entry, base);
             let config = dir.join(format!("alpha-variant-{i}.toml"));
-            std::fs::write(&config, format!("{base}[sensor]\n{setting}\n"))?;
+            std::fs::write(&config, text)?;
             Ok(Variant { label, config })
         })
         .collect()

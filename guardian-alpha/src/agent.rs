@@ -510,9 +510,6 @@ impl MapsScans {
     }
 }
 
-/// Hands the heap that start-up used and freed (kernel BTF, the object, the /proc seed: over
-/// 10 MB) back to the kernel: glibc keeps freed memory below live allocations mapped, and it
-/// would count in the agent's resident size for as long as the agent runs.
 /// The drain that follows each wake-up by `[sensor] wake_spacing_us`: the kernel does not wake
 /// the agent for a `wake_at_once` record within that spacing of its CPU's previous wake-up, so
 /// this drain is what picks such a record up. Re-armed while it finds such records (a burst);
@@ -545,6 +542,9 @@ impl FollowUpDrain {
     }
 }
 
+/// Hands the heap that start-up used and freed (kernel BTF, the object, the /proc seed: over
+/// 10 MB) back to the kernel: glibc keeps freed memory below live allocations mapped, and it
+/// would count in the agent's resident size for as long as the agent runs.
 fn release_startup_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only returns free heap pages to the kernel.

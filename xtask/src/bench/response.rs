@@ -463,7 +463,8 @@ fn breakdown(samples: &Samples, json: &mut serde_json::Map<String, Value>) {
     println!("\n{} — per hop (ms):", samples.case.action);
     println!("  {:<22} {:>9} {:>9}  what", "hop", "p50", "p99");
     let mut hops = serde_json::Map::new();
-    let mut row = |name: &str, what: &str, values: Vec<f64>| {
+    let mut row = |name: &str, what: &str, value: &dyn Fn(&Sample) -> Option<f64>| {
+        let values: Vec<f64> = samples.samples.iter().filter_map(value).collect();
         if values.is_empty() {
             return;
         }
@@ -472,20 +473,10 @@ fn breakdown(samples: &Samples, json: &mut serde_json::Map<String, Value>) {
         hops.insert(name.into(), json!({"p50_ms": p50, "p99_ms": p99}));
     };
     for (index, (name, what)) in HOPS.iter().enumerate() {
-        let values = samples
-            .samples
-            .iter()
-            .filter_map(|s| s.hops[index])
-            .collect();
-        row(name, what, values);
+        row(name, what, &|s| s.hops[index]);
     }
     for (index, (_, name, what)) in STEPS.iter().enumerate() {
-        let values = samples
-            .samples
-            .iter()
-            .filter_map(|s| s.steps[index])
-            .collect();
-        row(name, what, values);
+        row(name, what, &|s| s.steps[index]);
     }
     json.insert(format!("{}_hops", samples.case.key), Value::Object(hops));
 }

@@ -71,7 +71,7 @@ fn process(rng: &mut Lcg) -> ProcessInfo {
         cmdline: std::iter::once(exe.to_owned())
             .chain(args.split(' ').map(str::to_owned))
             .collect(),
-        guid: format!("g{pid}"),
+        guid: format!("g{pid}").into(),
         ancestry: vec![Ancestor {
             pid: pid - 1,
             comm: "sshd".into(),
@@ -92,8 +92,8 @@ fn synthetic_event(rng: &mut Lcg, seq: u64) -> Event {
         0..40 => {
             let p = process(rng);
             EventKind::ProcessExec(ProcessExec {
-                filename: p.exe.clone().unwrap_or_default(),
-                argv: p.cmdline.clone(),
+                filename: p.exe.as_deref().unwrap_or_default().to_owned(),
+                argv: p.cmdline.to_vec(),
                 folder_world_writable: None,
                 process: p,
             })

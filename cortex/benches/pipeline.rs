@@ -68,15 +68,15 @@ fn event(i: u64, time_ns: u64) -> Event {
         gid: 1000,
         user: Some("build".into()),
         comm: COMMANDS[(i % 8) as usize].into(),
-        exe: Some(format!("/usr/bin/{}", COMMANDS[(i % 8) as usize])),
-        cmdline: vec![COMMANDS[(i % 8) as usize].into(), format!("job-{}", i % 97)],
-        guid: format!("guid-{}", i % 5000),
+        exe: Some(format!("/usr/bin/{}", COMMANDS[(i % 8) as usize]).into()),
+        cmdline: vec![COMMANDS[(i % 8) as usize].into(), format!("job-{}", i % 97)].into(),
+        guid: format!("guid-{}", i % 5000).into(),
         ..Default::default()
     };
     let kind = match i % 20 {
         0..=13 => EventKind::ProcessExec(ProcessExec {
-            filename: process.exe.clone().unwrap_or_default(),
-            argv: process.cmdline.clone(),
+            filename: process.exe.as_deref().unwrap_or_default().to_owned(),
+            argv: process.cmdline.to_vec(),
             folder_world_writable: None,
             process,
         }),

@@ -29,7 +29,7 @@ fn event(seq: u64) -> Event {
                 ppid: 1,
                 comm: "bash".into(),
                 exe: Some("/usr/bin/bash".into()),
-                cmdline: vec!["bash".into(), "-c".into(), "make -j2 all".into()],
+                cmdline: vec!["bash".into(), "-c".into(), "make -j2 all".into()].into(),
                 guid: "0f3a9c1e-guid".into(),
                 ..Default::default()
             },

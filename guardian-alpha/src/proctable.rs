@@ -20,12 +20,12 @@ const ANCESTRY_DEPTH: usize = 8;
 pub struct ProcEntry {
     pub pid: u32,
     pub ppid: u32,
-    pub comm: String,
-    pub exe: Option<String>,
+    pub comm: Arc<str>,
+    pub exe: Option<Arc<str>>,
     /// Shared with the entries forked from this one until one of them execs.
     pub cmdline: Arc<[String]>,
-    pub container_id: Option<String>,
-    pub guid: String,
+    pub container_id: Option<Arc<str>>,
+    pub guid: Arc<str>,
     /// Field 22 of `/proc/PID/stat`: start time in clock ticks since boot (None when unknown).
     pub start_time_ticks: Option<u64>,
 }
@@ -122,10 +122,10 @@ impl ProcessTable {
         self.entries.get(&pid)
     }
 
-    fn guid(&self, pid: u32, start: u64) -> String {
+    fn guid(&self, pid: u32, start: u64) -> Arc<str> {
         let mut hasher = DefaultHasher::new();
         (self.host_salt, pid, start).hash(&mut hasher);
-        format!("{:016x}", hasher.finish())
+        format!("{:016x}", hasher.finish()).into()
     }
 
     fn read_proc(&self, pid: u32) -> Option<ProcEntry> {
@@ -135,10 +135,10 @@ impl ProcessTable {
         Some(ProcEntry {
             pid,
             ppid,
-            comm,
+            comm: comm.into(),
             exe: std::fs::read_link(dir.join("exe"))
                 .ok()
-                .map(|p| p.display().to_string()),
+                .map(|p| p.display().to_string().into()),
             cmdline: std::fs::read(dir.join("cmdline"))
                 .map(|b| split_nul(&b))
                 .unwrap_or_default()
@@ -168,7 +168,7 @@ impl ProcessTable {
         let entry = Arc::new(self.read_proc(caller.pid).unwrap_or_else(|| ProcEntry {
             pid: caller.pid,
             ppid: caller.ppid,
-            comm: caller.comm.to_owned(),
+            comm: caller.comm.into(),
             guid: self.guid(caller.pid, caller.ktime_ns),
             ..ProcEntry::default()
         }));
@@ -197,8 +197,8 @@ impl ProcessTable {
             } else {
                 previous.ppid
             },
-            comm: caller.comm.to_owned(),
-            exe: Some(filename.to_owned()),
+            comm: caller.comm.into(),
+            exe: Some(filename.into()),
             cmdline: argv.into(),
             container_id: previous.container_id.clone(),
             guid: self.guid(caller.pid, caller.ktime_ns),
@@ -248,9 +248,9 @@ impl ProcessTable {
             uid: caller.uid,
             gid: caller.gid,
             user: self.users.name(caller.uid),
-            comm: caller.comm.to_owned(),
+            comm: shared_comm(&entry, caller.comm),
             exe: entry.exe.clone(),
-            cmdline: entry.cmdline.to_vec(),
+            cmdline: entry.cmdline.clone(),
             container_id: entry.container_id.clone(),
             cgroup_id: caller.cgroup_id,
             guid: entry.guid.clone(),
@@ -349,6 +349,16 @@ pub fn parse_stat(stat: &str) -> Option<(String, u32, u64)> {
     Some((comm, ppid, start))
 }
 
+/// The caller's comm, shared with its entry's when they are the same (they differ only after a
+/// thread renamed itself, `prctl(PR_SET_NAME)`).
+fn shared_comm(entry: &ProcEntry, comm: &str) -> Arc<str> {
+    if &*entry.comm == comm {
+        entry.comm.clone()
+    } else {
+        comm.into()
+    }
+}
+
 fn split_nul(bytes: &[u8]) -> Vec<String> {
     bytes
         .split(|&b| b == 0)
@@ -361,8 +371,9 @@ fn read_boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default()
 }
 
-fn read_container_id(proc_dir: &Path) -> Option<String> {
+fn read_container_id(proc_dir: &Path) -> Option<Arc<str>> {
     container_id_from_cgroup(&std::fs::read_to_string(proc_dir.join("cgroup")).ok()?)
+        .map(Into::into)
 }
 
 /// A 64-hex-digit container id in a cgroup path (docker, containerd, cri-o, podman), e.g.
@@ -522,7 +533,7 @@ mod tests {
         table.on_exec(&child_caller, "/bin/sh", &["sh".into(), "-c".into()]);
         let info = table.process_info(&child_caller);
         assert_eq!(info.exe.as_deref(), Some("/bin/sh"));
-        assert_eq!(info.cmdline, ["sh", "-c"]);
+        assert_eq!(*info.cmdline, ["sh", "-c"]);
         assert_eq!(
             table.get(child).map(|e| e.cmdline.len()),
             Some(2),

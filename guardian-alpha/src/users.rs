@@ -1,12 +1,12 @@
 //! uid → user name, from /etc/passwd, reloaded when the file changes.
 
-use std::{collections::HashMap, path::PathBuf, time::SystemTime};
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::SystemTime};
 
 #[derive(Default)]
 pub struct UserNames {
     path: Option<PathBuf>,
     loaded_mtime: Option<SystemTime>,
-    names: HashMap<u32, String>,
+    names: HashMap<u32, Arc<str>>,
 }
 
 impl UserNames {
@@ -33,18 +33,18 @@ impl UserNames {
             .unwrap_or_default();
     }
 
-    pub fn name(&self, uid: u32) -> Option<String> {
+    pub fn name(&self, uid: u32) -> Option<Arc<str>> {
         self.names.get(&uid).cloned()
     }
 }
 
-pub fn parse_passwd(text: &str) -> HashMap<u32, String> {
+pub fn parse_passwd(text: &str) -> HashMap<u32, Arc<str>> {
     text.lines()
         .filter_map(|line| {
             let mut fields = line.split(':');
             let name = fields.next()?;
             let uid = fields.nth(1)?.parse().ok()?;
-            Some((uid, name.to_owned()))
+            Some((uid, name.into()))
         })
         .collect()
 }
@@ -58,8 +58,8 @@ mod tests {
         let names = parse_passwd(
             "root:x:0:0:root:/root:/bin/bash\nbad line\nalice:x:1000:1000::/home/alice:/bin/sh\n",
         );
-        assert_eq!(names.get(&0).map(String::as_str), Some("root"));
-        assert_eq!(names.get(&1000).map(String::as_str), Some("alice"));
+        assert_eq!(names.get(&0).map(AsRef::as_ref), Some("root"));
+        assert_eq!(names.get(&1000).map(AsRef::as_ref), Some("alice"));
         assert_eq!(names.len(), 2);
     }
 }

@@ -205,7 +205,7 @@ mod tests {
     fn process(pid: u32) -> ProcessInfo {
         ProcessInfo {
             pid,
-            comm: format!("p{pid}"),
+            comm: format!("p{pid}").into(),
             ..ProcessInfo::default()
         }
     }

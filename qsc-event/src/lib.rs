@@ -158,7 +158,7 @@ mod tests {
                 process: ProcessInfo {
                     pid: 42,
                     comm: "bash".into(),
-                    cmdline: vec!["bash".into(), "-c".into(), "id".into()],
+                    cmdline: vec!["bash".into(), "-c".into(), "id".into()].into(),
                     ..Default::default()
                 },
                 filename: "/usr/bin/bash".into(),

@@ -1,6 +1,10 @@
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
-/// The process an event is about, as enriched by the agent.
+/// The process an event is about, as enriched by the agent. Its text is shared (`Arc`): the
+/// agent attaches the same process block, ancestry and all, to every event of a process, and
+/// sharing it costs a reference count where copying cost an allocation per string.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProcessInfo {
     /// Thread-group id (what users call the pid).
@@ -12,14 +16,14 @@ pub struct ProcessInfo {
     pub uid: u32,
     pub gid: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    pub comm: String,
+    pub user: Option<Arc<str>>,
+    pub comm: Arc<str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exe: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub cmdline: Vec<String>,
+    pub exe: Option<Arc<str>>,
+    #[serde(default, skip_serializing_if = "<[String]>::is_empty")]
+    pub cmdline: Arc<[String]>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub container_id: Option<String>,
+    pub container_id: Option<Arc<str>>,
     #[serde(default)]
     pub cgroup_id: u64,
     /// When the process started, in clock ticks since boot (field 22 of `/proc/PID/stat`):
@@ -30,7 +34,7 @@ pub struct ProcessInfo {
     /// Stable identity of this process incarnation (host, pid and start time hashed), unique
     /// even when the kernel reuses the pid.
     #[serde(default)]
-    pub guid: String,
+    pub guid: Arc<str>,
     /// Parent first, then its parent, up to (and excluding) pid 1 or a depth limit.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ancestry: Vec<Ancestor>,
@@ -40,11 +44,11 @@ pub struct ProcessInfo {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Ancestor {
     pub pid: u32,
-    pub comm: String,
+    pub comm: Arc<str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exe: Option<String>,
+    pub exe: Option<Arc<str>>,
     #[serde(default)]
-    pub guid: String,
+    pub guid: Arc<str>,
 }
 
 impl ProcessInfo {

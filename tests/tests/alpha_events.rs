@@ -62,7 +62,7 @@ fn exec_fork_and_exit_of_a_test_process() {
         Some(false),
         "/bin is root's alone"
     );
-    assert_eq!(exec_kind.process.comm, "sh");
+    assert_eq!(&*exec_kind.process.comm, "sh");
     assert_eq!(exec_kind.process.ppid, std::process::id());
     assert_eq!(exec.host_id, "e2e-test");
     assert!(exec.mono_ns.is_some_and(|t| t > 0));

@@ -520,7 +520,7 @@ fn render_command_line(event: &Event, out: &mut String) {
         return;
     };
     // The agent's cmdline (from /proc) is complete; the kernel argv is the fallback.
-    let args = match &event.kind {
+    let args: &[String] = match &event.kind {
         EventKind::ProcessExec(exec) if process.cmdline.is_empty() => &exec.argv,
         _ => &process.cmdline,
     };
@@ -578,8 +578,8 @@ fn text(s: &str) -> Option<FieldValue<'_>> {
     Some(FieldValue::Text(s))
 }
 
-fn opt_text(s: &Option<String>) -> Option<FieldValue<'_>> {
-    s.as_deref().map(FieldValue::Text)
+fn opt_text(s: &Option<impl AsRef<str>>) -> Option<FieldValue<'_>> {
+    s.as_ref().map(|s| FieldValue::Text(s.as_ref()))
 }
 
 fn int(n: impl Into<i64>) -> Option<FieldValue<'static>> {

@@ -194,7 +194,7 @@ mod tests {
             1,
             EventKind::ProcessExec(ProcessExec {
                 process: ProcessInfo {
-                    cmdline: vec!["NC".into(), "-e".into(), "/bin/sh".into()],
+                    cmdline: vec!["NC".into(), "-e".into(), "/bin/sh".into()].into(),
                     ..Default::default()
                 },
                 filename: "/usr/bin/nc".into(),

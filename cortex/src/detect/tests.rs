@@ -31,7 +31,8 @@ fn process(exe: &str, cmdline: &str) -> ProcessInfo {
             .unwrap_or(exe)
             .chars()
             .take(15)
-            .collect(),
+            .collect::<String>()
+            .into(),
         exe: Some(exe.into()),
         cmdline: cmdline.split(' ').map(str::to_owned).collect(),
         guid: "guid-4242".into(),
@@ -61,9 +62,9 @@ fn at(secs: u64, kind: EventKind) -> Event {
 }
 
 fn exec(p: ProcessInfo) -> EventKind {
-    let filename = p.exe.clone().unwrap_or_default();
+    let filename = p.exe.as_deref().unwrap_or_default().to_owned();
     EventKind::ProcessExec(ProcessExec {
-        argv: p.cmdline.clone(),
+        argv: p.cmdline.to_vec(),
         folder_world_writable: None,
         process: p,
         filename,

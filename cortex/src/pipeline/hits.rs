@@ -47,13 +47,14 @@ pub fn entities(event: &Event) -> HitEntities {
     let lineage_root = process.map(|p| {
         p.ancestry
             .last()
-            .map(|a| a.guid.clone())
+            .map(|a| &a.guid)
             .filter(|g| !g.is_empty())
-            .unwrap_or_else(|| p.guid.clone())
+            .unwrap_or(&p.guid)
+            .to_string()
     });
     let user = match &event.kind {
         EventKind::AuthFailure(a) | EventKind::AuthSuccess(a) => Some(a.user.clone()),
-        _ => process.and_then(|p| p.user.clone()),
+        _ => process.and_then(|p| p.user.as_deref().map(str::to_owned)),
     };
     HitEntities {
         host: event.host_id.clone(),

@@ -248,7 +248,7 @@ mod tests {
             process: Some(ProcessInfo {
                 pid,
                 comm: comm.into(),
-                exe: Some(format!("/usr/bin/{comm}")),
+                exe: Some(format!("/usr/bin/{comm}").into()),
                 user: Some(user.into()),
                 ..ProcessInfo::default()
             }),

@@ -310,7 +310,9 @@ fn remote_of(event: &Event) -> Option<IpAddr> {
 fn user_of(event: &Event) -> Option<String> {
     match &event.kind {
         EventKind::AuthFailure(a) | EventKind::AuthSuccess(a) => Some(a.user.clone()),
-        _ => event.process().and_then(|p| p.user.clone()),
+        _ => event
+            .process()
+            .and_then(|p| p.user.as_deref().map(str::to_owned)),
     }
 }
 

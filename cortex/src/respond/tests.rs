@@ -124,7 +124,7 @@ fn connect(pid: u32, comm: &str, user: &str, mono: u64) -> Event {
             process: ProcessInfo {
                 pid,
                 comm: comm.into(),
-                exe: Some(format!("/usr/bin/{comm}")),
+                exe: Some(format!("/usr/bin/{comm}").into()),
                 user: Some(user.into()),
                 ..ProcessInfo::default()
             },

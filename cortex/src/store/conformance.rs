@@ -60,7 +60,7 @@ pub(super) fn exec(host: &str, seq: u64, time_ns: u64) -> Event {
             process: ProcessInfo {
                 pid: 100,
                 comm: "curl".into(),
-                cmdline: vec!["curl".into(), "-H".into(), SECRET.into()],
+                cmdline: vec!["curl".into(), "-H".into(), SECRET.into()].into(),
                 ..Default::default()
             },
             filename: "/usr/bin/curl".into(),

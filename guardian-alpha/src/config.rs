@@ -92,8 +92,9 @@ pub struct SensorConfig {
     pub wakeup_bytes: u64,
     /// The longest a record waits in the ring buffer before the agent drains it anyway.
     pub max_delay_ms: u64,
-    /// Record kinds that wake the agent at once, batching or not: those responses act on, so
-    /// that neither `wakeup_bytes` nor `max_delay_ms` delays an action.
+    /// Record kinds that wake the agent at once, batching or not, so that neither
+    /// `wakeup_bytes` nor `max_delay_ms` delays an action on them. Not exec by default: its
+    /// volume on busy hosts would cost a wake-up each (see the example config).
     pub wake_at_once: Vec<crate::sensor::WakeKind>,
     /// Least time between two wake-ups the `wake_at_once` kinds force from one CPU (µs; 0: one
     /// per record). The agent drains again this long after each wake-up, so a record inside
@@ -210,8 +211,8 @@ impl Default for SensorConfig {
             wakeup_bytes: 64 * 1024,
             max_delay_ms: 10,
             wake_at_once: {
-                use crate::sensor::WakeKind::{Enforce, Exec, Net, Priv, Signal};
-                vec![Exec, Net, Priv, Signal, Enforce]
+                use crate::sensor::WakeKind::{Enforce, Net, Priv, Signal};
+                vec![Net, Priv, Signal, Enforce]
             },
             wake_spacing_us: 1000,
             disabled_hooks: Vec::new(),

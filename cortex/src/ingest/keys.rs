@@ -365,15 +365,16 @@ impl AgentDirectory {
         // that audit held the order, so it took the order first).
         let _order = lock(&lifecycle.audit_order);
         let cause = Cause::new("cortex", "the agent reconnected with its new key", now_ns());
+        let agents = self.agents_snapshot();
         match lifecycle
             .store
-            .update(|records| records.confirm_rotation(key, &cause))
+            .update(|records| records.confirm_rotation(key, &agents, &cause))
         {
-            Ok((Some(event), records)) => {
-                lifecycle.audit_events(&[event]);
-                self.install_records(&self.agents_snapshot(), &records);
+            Ok((events, records)) if !events.is_empty() => {
+                lifecycle.audit_events(&events);
+                self.install_records(&agents, &records);
             }
-            Ok((None, _)) => {}
+            Ok(_) => {}
             Err(error) => {
                 tracing::error!(%error, host_id, "retiring the rotated key")
             }

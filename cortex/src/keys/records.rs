@@ -2,7 +2,7 @@
 //! timestamps, plus rotation requests waiting for the running cortex. Every change is a list of
 //! [`KeyEvent`]s for the audit chain.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use qsc_channel::keys::{AgentEntry, AllowList, PublicKeyBytes};
 use qsc_event::Source;
@@ -286,23 +286,66 @@ impl KeyRecords {
         Ok(events)
     }
 
-    /// `key` opened a session: the key it replaced, if still ROTATING, is retired.
+    /// `key` opened a session: the key it replaced, if still ROTATING, is retired, and the
+    /// agent's retired keys from before are destroyed (see [`Self::destroy_earlier_retired`]).
     pub fn confirm_rotation(
         &mut self,
         key: &PublicKeyBytes,
+        agents: &AgentsFile,
         cause: &Cause,
-    ) -> Result<Option<KeyEvent>, KeysError> {
+    ) -> Result<Vec<KeyEvent>, KeysError> {
         let Some(old) = self.find(key).and_then(|r| r.replaces.clone()) else {
-            return Ok(None);
+            return Ok(Vec::new());
         };
         let old = PublicKeyBytes::from_hex(&old).map_err(|_| KeysError::MalformedRecord {
             host_id: String::new(),
             reason: format!("replaces {old:?} is not 64 hex digits"),
         })?;
-        match self.find(&old).map(|r| r.state) {
-            Some(KeyState::Rotating) => self.transition(&old, Transition::Retire, cause).map(Some),
-            _ => Ok(None),
+        if self.find(&old).map(|r| r.state) != Some(KeyState::Rotating) {
+            return Ok(Vec::new());
         }
+        let mut events = vec![self.transition(&old, Transition::Retire, cause)?];
+        events.extend(self.destroy_earlier_retired(&old, agents, cause)?);
+        Ok(events)
+    }
+
+    /// Destroys the retired keys of `kept`'s agent other than `kept` (its latest) and drops
+    /// their records, so that the records file holds a record or two per agent however often
+    /// its keys rotate (it is rewritten whole on every change); the audit chain keeps their
+    /// history. Keys listed in the agents file keep their records: without one, `sync` would
+    /// enrol them again.
+    fn destroy_earlier_retired(
+        &mut self,
+        kept: &PublicKeyBytes,
+        agents: &AgentsFile,
+        cause: &Cause,
+    ) -> Result<Vec<KeyEvent>, KeysError> {
+        let Some((host_id, source)) = self.find(kept).map(|r| (r.host_id.clone(), r.source)) else {
+            return Ok(Vec::new());
+        };
+        let listed: HashSet<PublicKeyBytes> = agents
+            .agents
+            .iter()
+            .filter_map(|e| PublicKeyBytes::from_hex(&e.public_key).ok())
+            .collect();
+        let earlier: Vec<PublicKeyBytes> = self
+            .records
+            .iter()
+            .filter(|r| r.host_id == host_id && r.source == source)
+            .filter(|r| r.state == KeyState::Retired)
+            .map(KeyRecord::key)
+            .collect::<Result<_, _>>()?;
+        let doomed: HashSet<PublicKeyBytes> = earlier
+            .into_iter()
+            .filter(|k| k != kept && !listed.contains(k))
+            .collect();
+        let events = doomed
+            .iter()
+            .map(|k| self.transition(k, Transition::Destroy, cause))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.records
+            .retain(|r| r.key().map_or(true, |k| !doomed.contains(&k)));
+        Ok(events)
     }
 
     /// ACTIVE keys created at or before `created_before_ns`: due for scheduled rotation.
@@ -480,15 +523,15 @@ mod tests {
         );
         assert_eq!(bindings[&key(2)].host_id, "web-01");
         let retired = records
-            .confirm_rotation(&key(2), &cause(3))
-            .unwrap()
+            .confirm_rotation(&key(2), &agents(false), &cause(3))
             .unwrap();
-        assert_eq!(retired.transition, Transition::Retire);
+        let steps: Vec<Transition> = retired.iter().map(|e| e.transition).collect();
+        assert_eq!(steps, [Transition::Retire]);
         assert!(
             records
-                .confirm_rotation(&key(2), &cause(4))
+                .confirm_rotation(&key(2), &agents(false), &cause(4))
                 .unwrap()
-                .is_none()
+                .is_empty()
         );
         let (allow, bindings) = records.access(&agents(false));
         assert!(allow.authorize(&key(1)).is_err());
@@ -534,5 +577,60 @@ mod tests {
             records.revoke_host("web-01", None, &cause(5)),
             Err(KeysError::NothingToRevoke { .. })
         ));
+    }
+
+    #[test]
+    fn each_completed_rotation_destroys_the_keys_retired_before_it_except_enrolled_ones() {
+        let mut records = KeyRecords::default();
+        records.sync(&agents(false), &cause(1));
+        let mut audited = Vec::new();
+        for (step, (old, new)) in [(1, 2), (2, 3), (3, 4), (4, 5)].into_iter().enumerate() {
+            let now = 10 * (step as u64 + 1);
+            records
+                .apply_rotation(&key(old), &key(new), false, &cause(now))
+                .unwrap();
+            let events = records
+                .confirm_rotation(&key(new), &agents(false), &cause(now + 1))
+                .unwrap();
+            audited.push(
+                events
+                    .iter()
+                    .map(|e| (e.public_key.clone(), e.transition))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        // Key 1 is in the agents file: retired, never destroyed, its record kept.
+        assert_eq!(audited[0], [(key(1).to_hex(), Transition::Retire)]);
+        assert_eq!(audited[1], [(key(2).to_hex(), Transition::Retire)]);
+        assert_eq!(
+            audited[2],
+            [
+                (key(3).to_hex(), Transition::Retire),
+                (key(2).to_hex(), Transition::Destroy)
+            ]
+        );
+        assert_eq!(
+            audited[3],
+            [
+                (key(4).to_hex(), Transition::Retire),
+                (key(3).to_hex(), Transition::Destroy)
+            ]
+        );
+        assert_eq!(
+            states(&records),
+            [
+                (1, KeyState::Retired),
+                (4, KeyState::Retired),
+                (5, KeyState::Active)
+            ]
+        );
+        let (allow, _) = records.access(&agents(false));
+        for dropped in [key(2), key(3)] {
+            assert!(
+                allow.authorize(&dropped).is_err(),
+                "a destroyed key stays refused"
+            );
+        }
+        records.validate().unwrap();
     }
 }

@@ -69,7 +69,7 @@ pub(super) enum Write {
 }
 
 /// An agent's delivery sequence: the host and the agent's column name.
-type AgentKey = (String, &'static str);
+pub(super) type AgentKey = (String, &'static str);
 
 impl Write {
     /// Rows this write adds (1 for a write of something else).
@@ -81,7 +81,7 @@ impl Write {
     }
 
     /// The agent whose delivery sequence this write stores into, if any.
-    fn events_of(&self) -> Option<AgentKey> {
+    pub fn events_of(&self) -> Option<AgentKey> {
         match self {
             Write::Events { host_id, agent, .. } => Some((host_id.clone(), agent)),
             _ => None,

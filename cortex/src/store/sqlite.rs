@@ -229,10 +229,7 @@ impl Store for SqliteStore {
     /// queued before it and lifts the refusal a failed commit left for this agent (see
     /// [`super::writer`]), so the answer counts every batch the writer will ever store of it.
     fn highest_seq(&self, host_id: &str, agent: Source) -> Result<Option<u64>, StoreError> {
-        self.writer.write(Write::Resume {
-            host_id: host_id.to_owned(),
-            agent: agent_name(agent),
-        })?;
+        self.writer.resume(host_id, agent_name(agent))?;
         let conn = self.lock();
         let seq: Option<i64> = conn
             .prepare_cached("SELECT max_seq FROM delivered WHERE host = ?1 AND agent = ?2")?
@@ -484,7 +481,7 @@ mod tests {
     use qsc_event::Source;
 
     use super::*;
-    use crate::store::conformance::{self, Backend, KEY, SECRET, exec};
+    use crate::store::conformance::{self, Backend, KEY, SECRET, beta_exec, exec};
 
     /// A store file in a temporary folder, reopened by each `open`.
     struct SqliteBackend {
@@ -624,5 +621,44 @@ mod tests {
         ));
         fs::set_permissions(&key_path, fs::Permissions::from_mode(0o600)).unwrap();
         assert!(SqliteStore::open(&db, &key_path).is_ok());
+    }
+
+    /// While the writer is stuck (another connection holds the write lock), an agent with no
+    /// event write queued gets its resume point at once from what is committed; an agent with
+    /// one queued gets it only after that write is committed.
+    #[test]
+    fn a_resume_waits_only_for_its_own_agents_queued_writes() {
+        let (_dir, path, store) = store();
+        let alpha = |first: u64, last: u64| -> Vec<Event> {
+            (first..=last).map(|seq| exec("web-01", seq, seq)).collect()
+        };
+        store
+            .append_events("web-01", Source::Alpha, &alpha(1, 2))
+            .unwrap();
+        let blocker = Connection::open(&path).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let beta = store
+            .submit_events("web-01", Source::Beta, &[beta_exec("web-01", 1, 1)])
+            .unwrap();
+        assert_eq!(store.highest_seq("web-01", Source::Alpha).unwrap(), Some(2));
+        assert!(
+            beta.try_wait().is_none(),
+            "the resume was answered before the queued commit"
+        );
+        let more_alpha = store
+            .submit_events("web-01", Source::Alpha, &alpha(3, 4))
+            .unwrap();
+        std::thread::scope(|scope| {
+            let resume = scope.spawn(|| store.highest_seq("web-01", Source::Alpha));
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            assert!(
+                !resume.is_finished(),
+                "a resume behind its agent's queued write did not wait for it"
+            );
+            blocker.execute_batch("ROLLBACK").unwrap();
+            assert_eq!(resume.join().unwrap().unwrap(), Some(4));
+        });
+        beta.wait().unwrap();
+        more_alpha.wait().unwrap();
     }
 }

@@ -8,18 +8,22 @@
 //!
 //! After a failed group the writer refuses the later event writes of the agents whose events
 //! were in it until they resume, as every store writer does ([`super::queue::FailedAgents`]).
+//! A resume waits for the queue only while event writes of its agent are in it
+//! ([`Writer::resume`]).
 //!
 //! A second thread checkpoints the WAL into the database file in the background, so that the
 //! writer's commits never pay for it (the writer's connection has auto-checkpoint off).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rusqlite::{Connection, Transaction, params};
 
-use super::queue::{Answer, FailedAgents, Job, SealedRow, Write};
+use super::queue::{AgentKey, Answer, FailedAgents, Job, SealedRow, Write};
 use super::{AppendOutcome, StoreError};
 
 /// Most events one group transaction takes; the rest wait for the next group.
@@ -36,6 +40,7 @@ const WRITER_CACHE_KIB: i64 = 64 * 1024;
 /// The queue to the writer and its two threads; dropping it drains the queue and stops both.
 pub(super) struct Writer {
     jobs: Option<Sender<Job>>,
+    unsettled: Unsettled,
     stop_checkpoints: Option<Sender<()>>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -53,9 +58,13 @@ impl Writer {
         let (jobs, queue) = crossbeam_channel::bounded(QUEUE_JOBS);
         let (stop_checkpoints, stop) = crossbeam_channel::bounded(1);
         let spawn_error = |error: std::io::Error| StoreError::Thread(error.to_string());
+        let unsettled = Unsettled::default();
         let writer = std::thread::Builder::new()
             .name("cortex-store-writer".into())
-            .spawn(move || run_writer(conn, queue))
+            .spawn({
+                let unsettled = unsettled.clone();
+                move || run_writer(conn, queue, &unsettled)
+            })
             .map_err(spawn_error)?;
         let checkpointer = std::thread::Builder::new()
             .name("cortex-store-checkpoint".into())
@@ -66,6 +75,7 @@ impl Writer {
             .map_err(spawn_error)?;
         Ok(Writer {
             jobs: Some(jobs),
+            unsettled,
             stop_checkpoints: Some(stop_checkpoints),
             threads: vec![writer, checkpointer],
         })
@@ -73,13 +83,37 @@ impl Writer {
 
     /// Queues `write`; the returned receiver gets the result once it is committed.
     pub fn submit(&self, write: Write) -> Result<Answer, StoreError> {
+        let agent = write.events_of();
         let (job, answer) = Job::new(write);
-        self.jobs
+        if let Some(agent) = &agent {
+            self.unsettled.add(agent);
+        }
+        let sent = self
+            .jobs
             .as_ref()
-            .ok_or(StoreError::WriterStopped)?
-            .send(job)
-            .map_err(|_| StoreError::WriterStopped)?;
-        Ok(answer)
+            .ok_or(StoreError::WriterStopped)
+            .and_then(|jobs| jobs.send(job).map_err(|_| StoreError::WriterStopped));
+        if let (Err(_), Some(agent)) = (&sent, &agent) {
+            self.unsettled.settle([agent]);
+        }
+        sent.map(|()| answer)
+    }
+
+    /// Queues the agent's resume (which lifts a refusal its failed commit left, for the jobs
+    /// behind it). Waits for it only while event writes of the agent are queued or being
+    /// committed: otherwise what is committed is already final for the agent, and a reconnect
+    /// (after a key rotation, say) need not wait behind other agents' commits.
+    pub fn resume(&self, host_id: &str, agent: &'static str) -> Result<(), StoreError> {
+        let key = (host_id.to_owned(), agent);
+        let settled = self.unsettled.is_settled(&key);
+        let answer = self.submit(Write::Resume {
+            host_id: key.0,
+            agent: key.1,
+        })?;
+        if !settled {
+            answer.recv().map_err(|_| StoreError::WriterStopped)??;
+        }
+        Ok(())
     }
 
     /// Queues `write` and waits for its commit.
@@ -103,7 +137,41 @@ impl Drop for Writer {
     }
 }
 
-fn run_writer(mut conn: Connection, queue: Receiver<Job>) {
+/// Event writes queued or being committed, per agent: a write is settled once it is
+/// committed, failed or refused (after its answer).
+#[derive(Clone, Default)]
+struct Unsettled(Arc<Mutex<HashMap<AgentKey, usize>>>);
+
+impl Unsettled {
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<AgentKey, usize>> {
+        // The counts stay consistent even if a holder panicked: each change is one statement.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn add(&self, agent: &AgentKey) {
+        *self.counts().entry(agent.clone()).or_default() += 1;
+    }
+
+    fn settle<'a>(&self, agents: impl IntoIterator<Item = &'a AgentKey>) {
+        let mut counts = self.counts();
+        for agent in agents {
+            if let Some(count) = counts.get_mut(agent) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.remove(agent);
+                }
+            }
+        }
+    }
+
+    fn is_settled(&self, agent: &AgentKey) -> bool {
+        !self.counts().contains_key(agent)
+    }
+}
+
+fn run_writer(mut conn: Connection, queue: Receiver<Job>, unsettled: &Unsettled) {
     let mut failed = FailedAgents::default();
     while let Ok(first) = queue.recv() {
         let mut events = first.write.event_count();
@@ -115,17 +183,30 @@ fn run_writer(mut conn: Connection, queue: Receiver<Job>) {
             events += next.write.event_count();
             group.push(next);
         }
+        let agents: Vec<AgentKey> = group.iter().filter_map(|j| j.write.events_of()).collect();
         let group = failed.admit(group);
-        commit_group(&mut conn, group, &mut failed);
+        let answers = commit_group(&mut conn, group, &mut failed);
+        // Settled before answered: whoever hears the answer and then resumes reads a final
+        // count.
+        unsettled.settle(&agents);
+        for (job, answer) in answers {
+            // A submitter that stopped waiting does not need the answer.
+            let _ = job.reply.send(answer);
+        }
     }
 }
 
-/// Writes every job of the group in one transaction and answers each after the commit. If
-/// anything fails nothing of the group is stored, every job gets the error, and the agents
-/// whose events were in it are refused until they resume.
-fn commit_group(conn: &mut Connection, group: Vec<Job>, failed: &mut FailedAgents) {
+/// Writes every job of the group in one transaction and returns each job with its answer,
+/// to be sent now that the group is durable. If anything fails nothing of the group is
+/// stored, every job gets the error, and the agents whose events were in it are refused until
+/// they resume.
+fn commit_group(
+    conn: &mut Connection,
+    group: Vec<Job>,
+    failed: &mut FailedAgents,
+) -> Vec<(Job, Result<AppendOutcome, StoreError>)> {
     if group.is_empty() {
-        return;
+        return Vec::new();
     }
     let result = conn.transaction().map_err(StoreError::from).and_then(|tx| {
         let outcomes = group
@@ -136,19 +217,18 @@ fn commit_group(conn: &mut Connection, group: Vec<Job>, failed: &mut FailedAgent
         Ok(outcomes)
     });
     match result {
-        Ok(outcomes) => {
-            for (job, outcome) in group.into_iter().zip(outcomes) {
-                // A submitter that stopped waiting does not need the answer.
-                let _ = job.reply.send(Ok(outcome));
-            }
-        }
+        Ok(outcomes) => group
+            .into_iter()
+            .zip(outcomes.into_iter().map(Ok))
+            .collect(),
         Err(error) => {
             tracing::error!(%error, jobs = group.len(), "store group commit failed");
             let reason = error.to_string();
             failed.failed(group.iter().map(|job| &job.write));
-            for job in group {
-                let _ = job.reply.send(Err(StoreError::GroupCommit(reason.clone())));
-            }
+            group
+                .into_iter()
+                .map(|job| (job, Err(StoreError::GroupCommit(reason.clone()))))
+                .collect()
         }
     }
 }

@@ -1,19 +1,12 @@
 //! `revoke_credential` / `restore_credential`: lock a local account by prefixing its shadow
 //! password with `!` (what `usermod -L` does) and end its sessions by SIGKILLing every process
 //! running with its uid; restore removes the `!`. The shadow file is edited under glibc's
-//! `lckpwdf` lock (which shadow-utils also takes) and replaced atomically (temporary file,
-//! fsync, rename), keeping its owner and mode. The action is answered at the rename, where the
-//! lock takes effect; the directory's fsync (which makes the rename itself survive a crash)
-//! follows on a background thread. The file's own fsync stays before the rename: without it a
-//! crash could leave an empty shadow file, whereas a crash before the directory's fsync only
-//! leaves the previous, intact one.
+//! `lckpwdf` lock (which shadow-utils also takes) and replaced atomically, keeping its owner
+//! and mode ([`replace_file`]: a crash leaves the old file or the new one, never an empty one).
+//! The action is answered at the rename, where the lock takes effect; what makes it durable
+//! follows on a background thread.
 
-use std::{
-    fs::File,
-    io::Write,
-    os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt},
-    path::Path,
-};
+use std::path::Path;
 
 use qsc_event::mono_now_ns;
 
@@ -21,6 +14,7 @@ use super::{
     Done, RespondError,
     guardrails::Guardrails,
     procfs::{self, Pidfd},
+    replace::replace_file,
 };
 
 /// Where accounts are looked up (uid).
@@ -108,46 +102,9 @@ fn set_locked(shadow: &Path, user: &str, lock: bool) -> Result<LockChange, Respo
     let text = std::fs::read_to_string(shadow).map_err(|e| shadow_err("read", e))?;
     let (new, change) = relock(&text, user, lock)?;
     if change == LockChange::Changed {
-        replace_file(shadow, new.as_bytes())?;
+        replace_file(shadow, new.as_bytes()).map_err(|e| shadow_err("replace", e))?;
     }
     Ok(change)
-}
-
-/// Writes `bytes` to a temporary file beside `path` with its owner and mode, fsyncs, and
-/// renames it over `path`; the directory's fsync runs on a background thread (see the module
-/// doc).
-fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), RespondError> {
-    let meta = std::fs::metadata(path).map_err(|e| shadow_err("stat", e))?;
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    let tmp = dir.join(".qsc-shadow.tmp");
-    let write = || -> std::io::Result<()> {
-        let _ = std::fs::remove_file(&tmp);
-        let mut file = File::options()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()))?;
-        file.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        shadow_err("replace", e)
-    })?;
-    sync_dir_later(dir.to_path_buf());
-    Ok(())
-}
-
-/// Makes a rename in `dir` durable without delaying the answer; a failure is logged.
-fn sync_dir_later(dir: std::path::PathBuf) {
-    std::thread::spawn(move || {
-        if let Err(err) = File::open(&dir).and_then(|d| d.sync_all()) {
-            tracing::error!(dir = %dir.display(), %err, "cannot fsync the shadow file's folder");
-        }
-    });
 }
 
 /// The account's uid, checked against the guardrails.
@@ -316,18 +273,5 @@ mod tests {
             relock(SHADOW_TEXT, "carol", true),
             Err(RespondError::NoShadowEntry(_))
         ));
-    }
-
-    #[test]
-    fn replaces_a_file_keeping_its_mode() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("shadow");
-        std::fs::write(&path, "old").unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
-        replace_file(&path, b"new").unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new");
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
-        assert_eq!(mode, 0o640);
-        assert!(!dir.path().join(".qsc-shadow.tmp").exists());
     }
 }

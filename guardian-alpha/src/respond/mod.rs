@@ -12,6 +12,7 @@ pub mod kill;
 pub mod nft;
 pub mod procfs;
 pub mod quarantine;
+pub mod replace;
 pub mod ttl;
 
 use std::{

@@ -137,8 +137,8 @@ impl Drop for Writer {
     }
 }
 
-/// Event writes queued or being committed, per agent: a write is settled once it is
-/// committed, failed or refused (after its answer).
+/// Event writes queued or being committed, per agent: a write is settled once its group is
+/// committed or has failed (before the answers go out), or once it is refused.
 #[derive(Clone, Default)]
 struct Unsettled(Arc<Mutex<HashMap<AgentKey, usize>>>);
 

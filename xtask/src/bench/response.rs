@@ -72,7 +72,7 @@ const STEPS: [(&str, &str, &str); 3] = [
     (
         "account_locked_mono_ns",
         "of_which_account_locked",
-        "agent received → shadow entry locked (fsynced, renamed)",
+        "agent received → shadow entry locked (renamed into place)",
     ),
     (
         "sessions_ended_mono_ns",

@@ -335,7 +335,8 @@ impl KeyRecords {
             .filter(|r| r.state == KeyState::Retired)
             .map(KeyRecord::key)
             .collect::<Result<_, _>>()?;
-        let doomed: HashSet<PublicKeyBytes> = earlier
+        // A list, not a set: the destructions are audited in the records' order.
+        let doomed: Vec<PublicKeyBytes> = earlier
             .into_iter()
             .filter(|k| k != kept && !listed.contains(k))
             .collect();

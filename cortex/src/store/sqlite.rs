@@ -6,8 +6,14 @@
 //! connection and never wait for a commit. Events keep only the columns queries need in
 //! plaintext (`host`, `agent`, `seq`, `time_ns`, `kind`); the event JSON is sealed with
 //! AES-256-GCM (see [`super::cipher`]) by the submitting thread, outside the writer.
-//! `UNIQUE (host, agent, seq)` with `INSERT OR IGNORE` makes re-delivery idempotent. A
-//! key-check value sealed at creation lets a wrong master key fail at open time.
+//! A key-check value sealed at creation lets a wrong master key fail at open time.
+//!
+//! The writer's cost per event is mostly B-tree inserts, so the events table is kept lean:
+//! hosts are numbered in a `hosts` table (indexes compare integers, not names), and there is
+//! no unique index on `(host, agent, seq)`. Re-delivery is still idempotent: an agent's
+//! stored seqs are always a prefix of its delivery (a failed commit refuses the agent's later
+//! batches until it resumes after the highest stored seq), so an event at or below the
+//! agent's `delivered.max_seq` is a re-delivery, and the writer skips it.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -32,23 +38,32 @@ use crate::decide::NodeStateRecord;
 use crate::respond::ActionRecord;
 use crate::score::Incident;
 
-/// Version 2 keys events by `(host, agent, seq)`; version 1 keyed them by `(host, seq)`.
-const SCHEMA_VERSION: i64 = 2;
+/// Version 3 numbers hosts and dedups by `delivered.max_seq`; version 2 had the host's name
+/// and a unique index on `(host, agent, seq)` in the events table; version 1 keyed events by
+/// `(host, seq)`.
+const SCHEMA_VERSION: i64 = 3;
+
+/// Pages of a new store: fewer, larger pages make fewer B-tree splits and WAL frames per
+/// event. An existing store keeps its page size.
+const PAGE_SIZE: i64 = 16 * 1024;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS hosts (
+    id   INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE
+);
 CREATE TABLE IF NOT EXISTS events (
-    host    TEXT NOT NULL,
+    host    INTEGER NOT NULL REFERENCES hosts (id),
     agent   TEXT NOT NULL,
     seq     INTEGER NOT NULL,
     time_ns INTEGER NOT NULL,
     kind    TEXT NOT NULL,
     nonce   BLOB NOT NULL,
-    payload BLOB NOT NULL,
-    UNIQUE (host, agent, seq)
+    payload BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_time ON events (time_ns);
 CREATE INDEX IF NOT EXISTS events_by_host_time ON events (host, time_ns);
@@ -82,9 +97,25 @@ CREATE TABLE IF NOT EXISTS actions (
 CREATE INDEX IF NOT EXISTS actions_by_updated ON actions (updated_ns);
 ";
 
-/// Bytes counted for one event row: its text and blob columns plus 24 for its three integers.
-const EVENT_BYTES_SQL: &str =
-    "length(host) + length(agent) + length(kind) + length(nonce) + length(payload) + 24";
+/// A version 2 store's events table is moved aside before [`SCHEMA`] creates the version 3
+/// one, and [`COPY_FROM_2`] moves its rows over, all in one transaction.
+const MOVE_ASIDE_2: &str = "
+DROP INDEX events_by_time;
+DROP INDEX events_by_host_time;
+ALTER TABLE events RENAME TO events_v2;
+";
+
+/// Rows keep their order, so ties in time keep theirs.
+const COPY_FROM_2: &str = "
+INSERT INTO hosts (name) SELECT DISTINCT host FROM events_v2 ORDER BY host;
+INSERT INTO events (host, agent, seq, time_ns, kind, nonce, payload)
+    SELECT hosts.id, old.agent, old.seq, old.time_ns, old.kind, old.nonce, old.payload
+    FROM events_v2 AS old JOIN hosts ON hosts.name = old.host ORDER BY old.rowid;
+DROP TABLE events_v2;
+";
+
+/// Bytes counted for one event row: its text and blob columns plus 32 for its four integers.
+const EVENT_BYTES_SQL: &str = "length(agent) + length(kind) + length(nonce) + length(payload) + 32";
 
 pub struct SqliteStore {
     /// Reads and retention; writes of events, incidents and node states go to `writer`.
@@ -107,8 +138,8 @@ impl SqliteStore {
                 source,
             })
         };
-        let conn = open()?;
-        init_schema(&conn, path)?;
+        let mut conn = open()?;
+        init_schema(&mut conn, path)?;
         let cipher = PayloadCipher::from_master_key(master_key)?;
         check_master_key(&conn, &cipher, path)?;
         let write_conn = open()?;
@@ -147,8 +178,10 @@ impl SqliteStore {
     }
 }
 
-fn init_schema(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+fn init_schema(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Takes effect only while the file is still empty.
+    conn.pragma_update(None, "page_size", PAGE_SIZE)?;
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::JournalMode { mode });
@@ -167,8 +200,17 @@ fn init_schema(conn: &Connection, path: &Path) -> Result<(), StoreError> {
             found: version,
         });
     }
-    conn.execute_batch(SCHEMA)?;
-    conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    let tx = conn.transaction()?;
+    if version == 2 {
+        tx.execute_batch(MOVE_ASIDE_2)?;
+    }
+    tx.execute_batch(SCHEMA)?;
+    if version == 2 {
+        tx.execute_batch(COPY_FROM_2)?;
+        tracing::info!(path = %path.display(), "store migrated from schema version 2 to 3");
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
     Ok(())
 }
 
@@ -239,11 +281,13 @@ impl Store for SqliteStore {
     }
 
     fn query_events(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
-        let mut sql =
-            String::from("SELECT host, agent, seq, nonce, payload FROM events WHERE 1 = 1");
+        let mut sql = String::from(
+            "SELECT hosts.name, agent, seq, nonce, payload FROM events \
+             JOIN hosts ON hosts.id = events.host WHERE 1 = 1",
+        );
         let mut values: Vec<Value> = Vec::new();
         if let Some(host) = &query.host {
-            sql.push_str(" AND host = ?");
+            sql.push_str(" AND events.host = (SELECT id FROM hosts WHERE name = ?)");
             values.push(Value::Text(host.clone()));
         }
         if let Some(since) = query.since_ns {
@@ -259,7 +303,8 @@ impl Store for SqliteStore {
             sql.push_str(&format!(" AND kind IN ({placeholders})"));
             values.extend(query.kinds.iter().cloned().map(Value::Text));
         }
-        sql.push_str(" ORDER BY time_ns, host, agent, seq LIMIT ?");
+        // Ties in time go in the order hosts were first stored, then by agent and seq.
+        sql.push_str(" ORDER BY time_ns, events.host, agent, seq LIMIT ?");
         values.push(Value::Integer(query.limit.min(MAX_QUERY_LIMIT) as i64));
 
         let conn = self.lock();
@@ -545,6 +590,75 @@ mod tests {
         let error = SqliteStore::open_with_key(&path, &KEY).err().unwrap();
         assert!(matches!(error, StoreError::ObsoleteSchema { found: 1, .. }));
         assert!(error.to_string().contains("move it aside"), "{error}");
+    }
+
+    /// A store written by the version 2 schema (host names in the events table, a unique
+    /// index on `(host, agent, seq)`) opens with its events, resume points and dedup intact.
+    #[test]
+    fn a_version_2_store_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v2.db");
+        let raw = Connection::open(&path).unwrap();
+        raw.execute_batch(
+            "CREATE TABLE events (
+                 host TEXT NOT NULL, agent TEXT NOT NULL, seq INTEGER NOT NULL,
+                 time_ns INTEGER NOT NULL, kind TEXT NOT NULL, nonce BLOB NOT NULL,
+                 payload BLOB NOT NULL, UNIQUE (host, agent, seq));
+             CREATE INDEX events_by_time ON events (time_ns);
+             CREATE INDEX events_by_host_time ON events (host, time_ns);
+             CREATE TABLE delivered (host TEXT NOT NULL, agent TEXT NOT NULL,
+                 max_seq INTEGER NOT NULL, PRIMARY KEY (host, agent));
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+        let cipher = PayloadCipher::from_master_key(&KEY).unwrap();
+        let mut stored = Vec::new();
+        for (host, time) in [("web-02", 5), ("web-01", 7)] {
+            let events = vec![exec(host, 1, time), exec(host, 2, time + 10)];
+            let rows =
+                super::super::codec::seal_batch(&cipher, host, Source::Alpha, &events).unwrap();
+            for row in rows {
+                raw.execute(
+                    "INSERT INTO events VALUES (?1, 'alpha', ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        host,
+                        row.seq,
+                        row.time_ns,
+                        row.kind,
+                        &row.nonce[..],
+                        row.payload
+                    ],
+                )
+                .unwrap();
+            }
+            raw.execute("INSERT INTO delivered VALUES (?1, 'alpha', 2)", [host])
+                .unwrap();
+            stored.extend(events);
+        }
+        drop(raw);
+        let store = SqliteStore::open_with_key(&path, &KEY).unwrap();
+        stored.sort_by_key(|event| event.time_ns);
+        assert_eq!(store.query_events(&EventQuery::default()).unwrap(), stored);
+        let web_01 = EventQuery {
+            host: Some("web-01".into()),
+            ..EventQuery::default()
+        };
+        assert_eq!(store.query_events(&web_01).unwrap().len(), 2);
+        assert_eq!(store.highest_seq("web-01", Source::Alpha).unwrap(), Some(2));
+        let again = store
+            .append_events(
+                "web-01",
+                Source::Alpha,
+                &[exec("web-01", 2, 17), exec("web-01", 3, 30)],
+            )
+            .unwrap();
+        assert_eq!((again.inserted, again.duplicates), (1, vec![2]));
+        drop(store);
+        let version: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
     }
 
     #[test]

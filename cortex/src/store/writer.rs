@@ -11,6 +11,10 @@
 //! A resume waits for the queue only while event writes of its agent are in it
 //! ([`Writer::resume`]).
 //!
+//! The writer keeps each host's number and each agent's highest stored seq in memory
+//! ([`Known`]), read from the tables on first use and forgotten after a failed group, so an
+//! insert needs no lookups.
+//!
 //! A second thread checkpoints the WAL into the database file in the background, so that the
 //! writer's commits never pay for it (the writer's connection has auto-checkpoint off).
 
@@ -21,7 +25,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use super::queue::{AgentKey, Answer, FailedAgents, Job, SealedRow, Write};
 use super::{AppendOutcome, StoreError};
@@ -173,6 +177,7 @@ impl Unsettled {
 
 fn run_writer(mut conn: Connection, queue: Receiver<Job>, unsettled: &Unsettled) {
     let mut failed = FailedAgents::default();
+    let mut known = Known::default();
     while let Ok(first) = queue.recv() {
         let mut events = first.write.event_count();
         let mut group = vec![first];
@@ -185,7 +190,7 @@ fn run_writer(mut conn: Connection, queue: Receiver<Job>, unsettled: &Unsettled)
         }
         let agents: Vec<AgentKey> = group.iter().filter_map(|j| j.write.events_of()).collect();
         let group = failed.admit(group);
-        let answers = commit_group(&mut conn, group, &mut failed);
+        let answers = commit_group(&mut conn, group, &mut failed, &mut known);
         // Settled before answered: whoever hears the answer and then resumes reads a final
         // count.
         unsettled.settle(&agents);
@@ -204,18 +209,24 @@ fn commit_group(
     conn: &mut Connection,
     group: Vec<Job>,
     failed: &mut FailedAgents,
+    known: &mut Known,
 ) -> Vec<(Job, Result<AppendOutcome, StoreError>)> {
     if group.is_empty() {
         return Vec::new();
     }
-    let result = conn.transaction().map_err(StoreError::from).and_then(|tx| {
-        let outcomes = group
-            .iter()
-            .map(|job| apply(&tx, &job.write))
-            .collect::<Result<Vec<_>, _>>()?;
-        tx.commit()?;
-        Ok(outcomes)
-    });
+    // Immediate: the group reads (`Known`) before it writes, and a read transaction that
+    // then finds the write lock taken (by retention, say) fails at once instead of waiting.
+    let result = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(StoreError::from)
+        .and_then(|tx| {
+            let outcomes = group
+                .iter()
+                .map(|job| apply(&tx, known, &job.write))
+                .collect::<Result<Vec<_>, _>>()?;
+            tx.commit()?;
+            Ok(outcomes)
+        });
     match result {
         Ok(outcomes) => group
             .into_iter()
@@ -223,6 +234,8 @@ fn commit_group(
             .collect(),
         Err(error) => {
             tracing::error!(%error, jobs = group.len(), "store group commit failed");
+            // The rollback undid whatever of the group `known` learnt.
+            *known = Known::default();
             let reason = error.to_string();
             failed.failed(group.iter().map(|job| &job.write));
             group
@@ -233,13 +246,17 @@ fn commit_group(
     }
 }
 
-fn apply(tx: &Transaction<'_>, write: &Write) -> Result<AppendOutcome, StoreError> {
+fn apply(
+    tx: &Transaction<'_>,
+    known: &mut Known,
+    write: &Write,
+) -> Result<AppendOutcome, StoreError> {
     match write {
         Write::Events {
             host_id,
             agent,
             rows,
-        } => insert_events(tx, host_id, agent, rows),
+        } => insert_events(tx, known, host_id, agent, rows),
         Write::Incident(row) => {
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO incidents (id, host, severity_rank, status, updated_ns, body)
@@ -264,20 +281,29 @@ fn apply(tx: &Transaction<'_>, write: &Write) -> Result<AppendOutcome, StoreErro
     }
 }
 
+/// Inserts the rows above the agent's highest stored seq; the others are re-deliveries.
 fn insert_events(
     tx: &Transaction<'_>,
+    known: &mut Known,
     host_id: &str,
-    agent: &str,
+    agent: &'static str,
     rows: &[SealedRow],
 ) -> Result<AppendOutcome, StoreError> {
+    let host = known.host_number(tx, host_id)?;
+    let agent_key = (host_id.to_owned(), agent);
+    let mut max_seq = known.max_seq(tx, &agent_key)?;
     let mut outcome = AppendOutcome::default();
     let mut insert = tx.prepare_cached(
-        "INSERT OR IGNORE INTO events (host, agent, seq, time_ns, kind, nonce, payload)
+        "INSERT INTO events (host, agent, seq, time_ns, kind, nonce, payload)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
     for row in rows {
-        let changed = insert.execute(params![
-            host_id,
+        if max_seq.is_some_and(|max| row.seq <= max) {
+            outcome.duplicates.push(row.seq as u64);
+            continue;
+        }
+        insert.execute(params![
+            host,
             agent,
             row.seq,
             row.time_ns,
@@ -285,20 +311,58 @@ fn insert_events(
             row.nonce.as_slice(),
             row.payload
         ])?;
-        if changed == 0 {
-            outcome.duplicates.push(row.seq as u64);
-        } else {
-            outcome.inserted += 1;
-        }
+        outcome.inserted += 1;
+        max_seq = Some(row.seq);
     }
-    if let Some(max_seq) = rows.iter().map(|r| r.seq).max() {
+    if let (Some(max_seq), true) = (max_seq, outcome.inserted > 0) {
         tx.prepare_cached(
             "INSERT INTO delivered (host, agent, max_seq) VALUES (?1, ?2, ?3)
              ON CONFLICT (host, agent) DO UPDATE SET max_seq = MAX(max_seq, excluded.max_seq)",
         )?
         .execute(params![host_id, agent, max_seq])?;
+        known.max_seqs.insert(agent_key, Some(max_seq));
     }
     Ok(outcome)
+}
+
+/// What the writer has read or written of the `hosts` and `delivered` tables.
+#[derive(Default)]
+struct Known {
+    host_numbers: HashMap<String, i64>,
+    max_seqs: HashMap<AgentKey, Option<i64>>,
+}
+
+impl Known {
+    /// The host's number, numbering it if it is new.
+    fn host_number(&mut self, tx: &Transaction<'_>, host_id: &str) -> Result<i64, StoreError> {
+        if let Some(number) = self.host_numbers.get(host_id) {
+            return Ok(*number);
+        }
+        tx.prepare_cached("INSERT OR IGNORE INTO hosts (name) VALUES (?1)")?
+            .execute([host_id])?;
+        let number = tx
+            .prepare_cached("SELECT id FROM hosts WHERE name = ?1")?
+            .query_row([host_id], |row| row.get(0))?;
+        self.host_numbers.insert(host_id.to_owned(), number);
+        Ok(number)
+    }
+
+    /// The agent's highest stored seq, if it has any.
+    fn max_seq(
+        &mut self,
+        tx: &Transaction<'_>,
+        agent: &AgentKey,
+    ) -> Result<Option<i64>, StoreError> {
+        if let Some(max_seq) = self.max_seqs.get(agent) {
+            return Ok(*max_seq);
+        }
+        let max_seq = tx
+            .prepare_cached("SELECT max_seq FROM delivered WHERE host = ?1 AND agent = ?2")?
+            .query_row(params![agent.0, agent.1], |row| row.get(0))
+            .optional()?;
+        self.max_seqs.insert(agent.clone(), max_seq);
+        Ok(max_seq)
+    }
 }
 
 /// Checkpoints the WAL every [`CHECKPOINT_INTERVAL`] until the writer is dropped. `PASSIVE`

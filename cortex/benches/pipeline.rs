@@ -4,9 +4,10 @@
 //! Modes, run interleaved over several rounds on fresh state in one temp dir:
 //! - `decode` (baseline): JSON decode and schema validation only, the floor of any ingest;
 //! - `store` (baseline): decode, validate and durable encrypted store, no analysis;
-//! - `pipeline`: the service's `IngestSink`: validated events go to the pipeline worker over the
-//!   bounded queue while the store's writer group-commits them; timed until every batch is
-//!   durable and the worker has decided on every event;
+//! - `pipeline`: the service's `IngestSink` as the channel server drives it (each batch
+//!   submitted at once, at most `MAX_UNACKED_BATCHES` waiting for the disk): validated events
+//!   go to the pipeline worker over the bounded queue while the store's writer group-commits
+//!   them; timed until every batch is durable and the worker has decided on every event;
 //! - `channel`: the same behind the real qsc-channel server, fed by an in-process agent over
 //!   loopback (hybrid Noise handshake, encrypted frames, acks), timed until all is decided.
 //!
@@ -32,14 +33,14 @@ use cortex::config::{DetectConfig, IngestConfig, PipelineConfig};
 use cortex::decide::NodeStates;
 use cortex::ingest::agents::{AgentsFile, Binding, Enrollment};
 use cortex::ingest::validate::Limits;
-use cortex::ingest::{self, AgentDirectory, IngestSink};
+use cortex::ingest::{self, AgentDirectory, IngestSink, PendingBatch};
 use cortex::metrics::Metrics;
 use cortex::pipeline::{self, Pipeline, rules};
 use cortex::score::{Fusion, ScoreConfig};
 use cortex::store::{SqliteStore, Store};
 use qsc_channel::delivery::{
-    Client, ClientConfig, CommandHandler, CommandStatus, FsyncPolicy, Outbox, OutboxConfig,
-    ServerConfig,
+    Client, ClientConfig, CommandHandler, CommandStatus, FsyncPolicy, MAX_UNACKED_BATCHES, Outbox,
+    OutboxConfig, ServerConfig,
 };
 use qsc_channel::keys::StaticKeypair;
 use qsc_channel::transport::TransportConfig;
@@ -287,11 +288,22 @@ fn run_pipeline(dir: &Path, events: &[Vec<u8>]) -> anyhow::Result<(Rate, usize)>
     let service = start_service(dir, empty_directory(dir)?)?;
     let agent = binding();
     let start = Timer::start();
+    // As the channel server does: each batch is submitted at once, and at most
+    // MAX_UNACKED_BATCHES of them wait for the disk.
+    let mut unacked = std::collections::VecDeque::new();
     for (index, chunk) in events.chunks(BATCH).enumerate() {
+        if unacked.len() == MAX_UNACKED_BATCHES {
+            unacked.pop_front().map(PendingBatch::wait).transpose()?;
+        }
         let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
-        service
-            .sink
-            .ingest_batch(&agent, (index * BATCH) as u64 + 1, &refs)?;
+        unacked.push_back(
+            service
+                .sink
+                .submit_batch(&agent, (index * BATCH) as u64 + 1, &refs)?,
+        );
+    }
+    for pending in unacked {
+        pending.wait()?;
     }
     wait_analysed(&service.metrics, events.len() as u64)?;
     let rate = start.rate(events.len());

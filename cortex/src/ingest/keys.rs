@@ -149,6 +149,17 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Tells the agent on `sender` that the cortex took its new `key` (it drops its retired key).
+/// Call from inside the runtime.
+fn send_key_confirmation(lifecycle: &KeyLifecycle, key: PublicKeyBytes, sender: CommandSender) {
+    let id = ROTATION_COMMAND_IDS | lifecycle.next_action.fetch_add(1, Ordering::Relaxed);
+    tokio::spawn(async move {
+        if sender.send(id, &key_rotated_command(&key)).await.is_err() {
+            tracing::warn!(key_id = %key.key_id(), "session ended before the key confirmation");
+        }
+    });
+}
+
 impl KeyLifecycle {
     /// `max_key_age`: rotate ACTIVE keys older than this (scheduled rotation); None: never.
     pub fn new(store: KeyStore, audit: Arc<dyn AuditSink>, max_key_age: Option<Duration>) -> Self {
@@ -338,16 +349,11 @@ impl AgentDirectory {
         sender: CommandSender,
     ) {
         let key = identity.public_key;
-        // The agent may drop its retired key at once: the cortex recorded the new key before it
-        // closed the old session, and this handshake proves the agent uses it. Telling it first
-        // completes the rotation without waiting for the records.
+        // The agent may drop its retired key once the new one is durably recorded (see
+        // `apply_rotation`) and this handshake proves the agent uses it. Telling it first
+        // completes the rotation without waiting for the retirement's records.
         if lock(&lifecycle.unconfirmed).remove(&key) {
-            let id = ROTATION_COMMAND_IDS | lifecycle.next_action.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(async move {
-                if sender.send(id, &key_rotated_command(&key)).await.is_err() {
-                    tracing::warn!(key_id = %key.key_id(), "session ended before the key confirmation");
-                }
-            });
+            send_key_confirmation(lifecycle, key, sender);
         }
         // Retiring the replaced key writes the records file and the audit chain (fsyncs): off
         // the session's start, so the session runs (and sends the confirmation) meanwhile.
@@ -628,17 +634,25 @@ impl AgentDirectory {
             format!("{kind} {}: {}", report.action_id, flight.reason),
             now_ns(),
         );
-        let applied = lifecycle.store.update(|records| {
+        let applied = lifecycle.store.update_renamed(|records| {
             records.apply_rotation(&flight.old_key, &new_key, flight.emergency, &cause)
         });
         match applied {
             Ok((events, records)) => {
-                lock(&lifecycle.unconfirmed).insert(new_key);
                 self.install_records(&self.agents_snapshot(), &records);
                 // The agent already uses the new key: end the old session so it reconnects.
                 let old_key = flight.old_key;
                 self.sessions
                     .close_unless(|key| *key != old_key, "its key was rotated");
+                // While the agent reconnects, the records' rename is made durable; only then is
+                // the agent told to drop its retired key (by whichever comes second: this, or
+                // its new session's start).
+                match lifecycle.store.sync_folder() {
+                    Ok(()) => self.confirm_when_connected(lifecycle, new_key),
+                    Err(error) => {
+                        tracing::error!(%error, host_id = %flight.host_id, "the rotated key's record may not survive a crash; the agent keeps its retired key")
+                    }
+                }
                 // The records file (durable above) is what admits the new key; the transitions'
                 // audit records (one commit each) follow the close instead of delaying the
                 // reconnect, and the audit order keeps the retirement's record after them.
@@ -654,6 +668,19 @@ impl AgentDirectory {
                            "host_id": flight.host_id, "source": flight.source,
                            "detail": error.to_string()}),
                 );
+            }
+        }
+    }
+
+    /// `key` is durably recorded: confirm it to its agent if its session is up, else when it
+    /// starts ([`Self::confirm_rotation`]). Sessions are registered before they look at
+    /// `unconfirmed`, and this looks at sessions while holding it, so exactly one side sends.
+    fn confirm_when_connected(&self, lifecycle: &KeyLifecycle, key: PublicKeyBytes) {
+        let mut unconfirmed = lock(&lifecycle.unconfirmed);
+        match self.sessions.sender_for(&key) {
+            Some(sender) => send_key_confirmation(lifecycle, key, sender),
+            None => {
+                unconfirmed.insert(key);
             }
         }
     }

@@ -102,9 +102,21 @@ impl KeyStore {
     }
 
     /// Read-modify-write under the file lock: `change` sees the current records; if it
-    /// succeeds and changed them, they are saved before the lock is released. On error nothing
-    /// is written.
+    /// succeeds and changed them, they are saved (durably) before the lock is released. On
+    /// error nothing is written.
     pub fn update<T>(
+        &self,
+        change: impl FnOnce(&mut KeyRecords) -> Result<T, KeysError>,
+    ) -> Result<(T, KeyRecords), KeysError> {
+        let updated = self.update_renamed(change)?;
+        self.sync_folder()?;
+        Ok(updated)
+    }
+
+    /// [`Self::update`] that returns once the new file (its content synced) is renamed into
+    /// place, before the rename itself is durable: what the records now say is read by
+    /// everyone, and survives a crash once [`Self::sync_folder`] returned.
+    pub fn update_renamed<T>(
         &self,
         change: impl FnOnce(&mut KeyRecords) -> Result<T, KeysError>,
     ) -> Result<(T, KeyRecords), KeysError> {
@@ -147,6 +159,17 @@ impl KeyStore {
             .and_then(|()| file.sync_all())
             .map_err(|source| self.io("write", source))?;
         std::fs::rename(&tmp, &self.path).map_err(|source| self.io("replace", source))
+    }
+
+    /// Makes the last rename of the records file durable.
+    pub fn sync_folder(&self) -> Result<(), KeysError> {
+        let folder = match self.path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        File::open(folder)
+            .and_then(|folder| folder.sync_all())
+            .map_err(|source| self.io("sync the folder of", source))
     }
 
     fn io(&self, action: &'static str, source: std::io::Error) -> KeysError {

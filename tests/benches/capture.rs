@@ -511,6 +511,16 @@ fn paired_ratio(results: &Results, workload: &str, mode: Mode) -> f64 {
 
 /// Median over rounds of `measure`(mode) / `measure`(bare) in the same round.
 fn paired(measure: &BTreeMap<(&'static str, Mode), Vec<f64>>, workload: &str, mode: Mode) -> f64 {
+    paired_against(measure, workload, mode, Mode::Bare)
+}
+
+/// Median over rounds of `measure`(mode) / `measure`(baseline) in the same round.
+fn paired_against(
+    measure: &BTreeMap<(&'static str, Mode), Vec<f64>>,
+    workload: &str,
+    mode: Mode,
+    baseline: Mode,
+) -> f64 {
     let get = |m: Mode| {
         measure
             .iter()
@@ -518,8 +528,8 @@ fn paired(measure: &BTreeMap<(&'static str, Mode), Vec<f64>>, workload: &str, mo
             .map(|(_, v)| v.clone())
             .unwrap_or_default()
     };
-    let (runs, bare) = (get(mode), get(Mode::Bare));
-    median(runs.iter().zip(&bare).map(|(r, b)| r / b).collect())
+    let (runs, base) = (get(mode), get(baseline));
+    median(runs.iter().zip(&base).map(|(r, b)| r / b).collect())
 }
 
 fn report(
@@ -580,6 +590,12 @@ fn report(
             "{:<17} workload cpu × vs bare: qsc {:.3}, bt-print {:.3}, bt-count {:.3}",
             "", cpu_ratios[0], cpu_ratios[1], cpu_ratios[2]
         );
+        // The head-to-head: QSC's wall time over bpftrace printing's, paired in each round.
+        let over_print = paired_against(&results.wall, w.name, Mode::Qsc, Mode::BpftracePrint);
+        println!(
+            "{:<17} qsc ÷ bt-print (paired per round): {over_print:.3}",
+            ""
+        );
         let mut variant_ratios = serde_json::Map::new();
         for (i, variant) in variants.iter().enumerate() {
             let mode = Mode::QscVariant(i);
@@ -608,6 +624,7 @@ fn report(
                 "qsc_ratio": ratios[0],
                 "bpftrace_print_ratio": ratios[1],
                 "bpftrace_count_ratio": ratios[2],
+                "qsc_over_bpftrace_print": over_print,
                 "qsc_cpu_ratio": cpu_ratios[0],
                 "bpftrace_print_cpu_ratio": cpu_ratios[1],
                 "bpftrace_count_cpu_ratio": cpu_ratios[2],

@@ -200,7 +200,12 @@ fn init_schema(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
             found: version,
         });
     }
-    let tx = conn.transaction()?;
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
+    // Immediate: a second process (`cortex events search` beside the service) opening a store
+    // that needs no change never gets here; one that does waits for the write lock.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     if version == 2 {
         tx.execute_batch(MOVE_ASIDE_2)?;
     }
@@ -659,6 +664,19 @@ mod tests {
             .query_row("PRAGMA user_version", [], |row| row.get(0))
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    /// A second process opens the store while the service's writer holds the write lock (as
+    /// `cortex events search` does beside `cortex serve`).
+    #[test]
+    fn a_store_opens_while_another_connection_writes() {
+        let (_dir, path, store) = store();
+        let blocker = Connection::open(&path).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let second = SqliteStore::open_with_key(&path, &KEY);
+        blocker.execute_batch("ROLLBACK").unwrap();
+        assert!(second.is_ok(), "{:?}", second.err());
+        drop(store);
     }
 
     #[test]

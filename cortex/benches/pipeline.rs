@@ -290,10 +290,12 @@ fn run_pipeline(dir: &Path, events: &[Vec<u8>]) -> anyhow::Result<(Rate, usize)>
     let start = Timer::start();
     // As the channel server does: each batch is submitted at once, and at most
     // MAX_UNACKED_BATCHES of them wait for the disk.
-    let mut unacked = std::collections::VecDeque::new();
+    let mut unacked: std::collections::VecDeque<PendingBatch> = std::collections::VecDeque::new();
     for (index, chunk) in events.chunks(BATCH).enumerate() {
-        if unacked.len() == MAX_UNACKED_BATCHES {
-            unacked.pop_front().map(PendingBatch::wait).transpose()?;
+        if unacked.len() == MAX_UNACKED_BATCHES
+            && let Some(oldest) = unacked.pop_front()
+        {
+            oldest.wait()?;
         }
         let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
         unacked.push_back(

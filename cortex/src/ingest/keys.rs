@@ -653,9 +653,9 @@ impl AgentDirectory {
                         tracing::error!(%error, host_id = %flight.host_id, "the rotated key's record may not survive a crash; the agent keeps its retired key")
                     }
                 }
-                // The records file (durable above) is what admits the new key; the transitions'
-                // audit records (one commit each) follow the close instead of delaying the
-                // reconnect, and the audit order keeps the retirement's record after them.
+                // The transitions' audit records (one commit each) follow the close instead of
+                // delaying the reconnect, and the audit order keeps the retirement's record after
+                // them.
                 lifecycle.audit_events(&events);
                 tracing::info!(host_id = %flight.host_id, old = %old_key.key_id(), new = %new_key.key_id(), done_mono_ns = report.done_mono_ns, "{kind} applied");
             }

@@ -187,7 +187,7 @@ fn init_schema(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
         return Err(StoreError::JournalMode { mode });
     }
     conn.pragma_update(None, "synchronous", "FULL")?;
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    let version = user_version(conn)?;
     if version > SCHEMA_VERSION {
         return Err(StoreError::SchemaVersion {
             found: version,
@@ -204,19 +204,27 @@ fn init_schema(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
         return Ok(());
     }
     // Immediate: a second process (`cortex events search` beside the service) opening a store
-    // that needs no change never gets here; one that does waits for the write lock.
+    // that needs no change never gets here; one that does waits for the write lock, then reads
+    // the version again (another process may have created or migrated the store meanwhile).
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    if version == 2 {
-        tx.execute_batch(MOVE_ASIDE_2)?;
+    let version = user_version(&tx)?;
+    if version < SCHEMA_VERSION {
+        if version == 2 {
+            tx.execute_batch(MOVE_ASIDE_2)?;
+        }
+        tx.execute_batch(SCHEMA)?;
+        if version == 2 {
+            tx.execute_batch(COPY_FROM_2)?;
+            tracing::info!(path = %path.display(), "store migrated from schema version 2 to 3");
+        }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     }
-    tx.execute_batch(SCHEMA)?;
-    if version == 2 {
-        tx.execute_batch(COPY_FROM_2)?;
-        tracing::info!(path = %path.display(), "store migrated from schema version 2 to 3");
-    }
-    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(())
+}
+
+fn user_version(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row("PRAGMA user_version", [], |row| row.get(0))?)
 }
 
 fn check_master_key(

@@ -314,7 +314,9 @@ fn insert_events(
         outcome.inserted += 1;
         max_seq = Some(row.seq);
     }
-    if let (Some(max_seq), true) = (max_seq, outcome.inserted > 0) {
+    if outcome.inserted > 0
+        && let Some(max_seq) = max_seq
+    {
         tx.prepare_cached(
             "INSERT INTO delivered (host, agent, max_seq) VALUES (?1, ?2, ?3)
              ON CONFLICT (host, agent) DO UPDATE SET max_seq = MAX(max_seq, excluded.max_seq)",

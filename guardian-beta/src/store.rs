@@ -275,12 +275,10 @@ fn open(keys: &StoreKeys, bytes: &[u8]) -> Result<Vec<u8>, String> {
         .map_err(|_| "AES-GCM authentication failed".to_string())
 }
 
-/// Writes a file through a temporary sibling, fsync and rename, mode 0600.
+/// Writes a file (mode 0600, its folder created if missing) through a temporary sibling
+/// renamed over it ([`qsc_durable::replace`]); durable when this returns.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let parent = qsc_durable::folder_of(path);
     std::fs::create_dir_all(parent)?;
     let tmp = parent.join(format!(
         ".{}.tmp-{}",
@@ -289,22 +287,11 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
             .unwrap_or_default(),
         std::process::id()
     ));
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
+    qsc_durable::replace(path, &tmp, 0o600, |file| {
         file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+        file.write_all(bytes)
+    })?
+    .sync()
 }
 
 #[cfg(test)]

@@ -155,15 +155,20 @@ impl StaticKeypair {
                     source,
                 },
             })?;
-        let secret_hex = Zeroizing::new(hex::encode(self.secret.to_bytes()));
-        let line = Zeroizing::new(format!("{SECRET_FILE_TAG} {}\n", secret_hex.as_str()));
         let io_err = |source| KeyError::Io {
             action: "write",
             path: path.to_path_buf(),
             source,
         };
-        file.write_all(line.as_bytes()).map_err(io_err)?;
+        file.write_all(self.secret_line().as_bytes())
+            .map_err(io_err)?;
         file.sync_all().map_err(io_err)
+    }
+
+    /// The key file's content.
+    fn secret_line(&self) -> Zeroizing<String> {
+        let secret_hex = Zeroizing::new(hex::encode(self.secret.to_bytes()));
+        Zeroizing::new(format!("{SECRET_FILE_TAG} {}\n", secret_hex.as_str()))
     }
 
     /// Loads a key file, refusing it if any group/other permission bit is set.
@@ -195,13 +200,11 @@ impl StaticKeypair {
 
     /// Key rotation on the agent: replaces the key file at `path` with a fresh keypair, keeping
     /// the previous file as `<path>.retired` until [`Self::discard_retired`] (the cortex
-    /// confirmed the new key). The new key is written to `<path>.new` (0600, fsynced) and
-    /// renamed over `path`, so the file always holds one complete key.
+    /// confirmed the new key). The new key is written to `<path>.new` (0600) and renamed over
+    /// `path` ([`qsc_durable::replace`]), so the file always holds one complete key; it is
+    /// durable when this returns.
     pub fn rotate_file(path: &Path) -> Result<Self, KeyError> {
         let keypair = Self::generate();
-        let staged = path_with_suffix(path, ".new");
-        remove_if_exists(&staged)?;
-        keypair.save(&staged)?;
         let retired = retired_path(path);
         remove_if_exists(&retired)?;
         std::fs::hard_link(path, &retired).map_err(|source| KeyError::Io {
@@ -209,12 +212,16 @@ impl StaticKeypair {
             path: retired.clone(),
             source,
         })?;
-        std::fs::rename(&staged, path).map_err(|source| KeyError::Io {
+        let staged = path_with_suffix(path, ".new");
+        qsc_durable::replace(path, &staged, 0o600, |file| {
+            file.write_all(keypair.secret_line().as_bytes())
+        })
+        .and_then(|replacement| replacement.sync())
+        .map_err(|source| KeyError::Io {
             action: "install the new key at",
             path: path.to_path_buf(),
             source,
         })?;
-        sync_parent(path)?;
         Ok(keypair)
     }
 
@@ -266,21 +273,6 @@ fn remove_if_exists(path: &Path) -> Result<(), KeyError> {
         }),
         _ => Ok(()),
     }
-}
-
-/// Makes a rename in `path`'s directory durable.
-fn sync_parent(path: &Path) -> Result<(), KeyError> {
-    let parent = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    File::open(parent)
-        .and_then(|dir| dir.sync_all())
-        .map_err(|source| KeyError::Io {
-            action: "sync the directory of",
-            path: path.to_path_buf(),
-            source,
-        })
 }
 
 /// A static keypair that can be replaced while it is in use: the agent's channel identity

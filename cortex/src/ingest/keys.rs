@@ -638,16 +638,16 @@ impl AgentDirectory {
             records.apply_rotation(&flight.old_key, &new_key, flight.emergency, &cause)
         });
         match applied {
-            Ok((events, records)) => {
+            Ok((events, records, unsynced)) => {
                 self.install_records(&self.agents_snapshot(), &records);
                 // The agent already uses the new key: end the old session so it reconnects.
                 let old_key = flight.old_key;
                 self.sessions
                     .close_unless(|key| *key != old_key, "its key was rotated");
-                // While the agent reconnects, the records' rename is made durable; only then is
-                // the agent told to drop its retired key (by whichever comes second: this, or
-                // its new session's start).
-                match lifecycle.store.sync_folder() {
+                // While the agent reconnects, the records are made durable; only then is the
+                // agent told to drop its retired key (by whichever comes second: this, or its
+                // new session's start).
+                match unsynced.sync() {
                     Ok(()) => self.confirm_when_connected(lifecycle, new_key),
                     Err(error) => {
                         tracing::error!(%error, host_id = %flight.host_id, "the rotated key's record may not survive a crash; the agent keeps its retired key")

@@ -102,34 +102,40 @@ impl KeyStore {
     }
 
     /// Read-modify-write under the file lock: `change` sees the current records; if it
-    /// succeeds and changed them, they are saved (durably) before the lock is released. On
-    /// error nothing is written.
+    /// succeeds and changed them, they are saved (durably) before this returns. On error
+    /// nothing is written.
     pub fn update<T>(
         &self,
         change: impl FnOnce(&mut KeyRecords) -> Result<T, KeysError>,
     ) -> Result<(T, KeyRecords), KeysError> {
-        let updated = self.update_renamed(change)?;
-        self.sync_folder()?;
-        Ok(updated)
+        let (value, records, unsynced) = self.update_renamed(change)?;
+        unsynced.sync()?;
+        Ok((value, records))
     }
 
-    /// [`Self::update`] that returns once the new file (its content synced) is renamed into
-    /// place, before the rename itself is durable: what the records now say is read by
-    /// everyone, and survives a crash once [`Self::sync_folder`] returned.
+    /// [`Self::update`] that returns once the new file is renamed into place, before it is
+    /// durable: what the records now say is read by everyone, and survives a crash once the
+    /// returned [`UnsyncedRecords`] is synced.
     pub fn update_renamed<T>(
         &self,
         change: impl FnOnce(&mut KeyRecords) -> Result<T, KeysError>,
-    ) -> Result<(T, KeyRecords), KeysError> {
+    ) -> Result<(T, KeyRecords, UnsyncedRecords), KeysError> {
         let lock = self.lock()?;
         let before = self.load()?;
         let mut records = before.clone();
         let value = change(&mut records)?;
-        if records != before {
+        let replacement = if records != before {
             records.validate()?;
-            self.save(&records)?;
-        }
+            Some(self.save(&records)?)
+        } else {
+            None
+        };
         drop(lock);
-        Ok((value, records))
+        let unsynced = UnsyncedRecords {
+            path: self.path.clone(),
+            replacement,
+        };
+        Ok((value, records, unsynced))
     }
 
     fn lock(&self) -> Result<File, KeysError> {
@@ -145,31 +151,18 @@ impl KeyStore {
         Ok(file)
     }
 
-    fn save(&self, records: &KeyRecords) -> Result<(), KeysError> {
+    fn save(&self, records: &KeyRecords) -> Result<qsc_durable::Replacement, KeysError> {
         let text = serde_json::to_string_pretty(records).map_err(|source| KeysError::Parse {
             path: self.path.clone(),
             source,
         })?;
         let mut tmp = self.path.as_os_str().to_owned();
         tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
-        let mut file = File::create(&tmp).map_err(|source| self.io("create", source))?;
-        file.write_all(text.as_bytes())
-            .and_then(|()| file.write_all(b"\n"))
-            .and_then(|()| file.sync_all())
-            .map_err(|source| self.io("write", source))?;
-        std::fs::rename(&tmp, &self.path).map_err(|source| self.io("replace", source))
-    }
-
-    /// Makes the last rename of the records file durable.
-    pub fn sync_folder(&self) -> Result<(), KeysError> {
-        let folder = match self.path.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent,
-            _ => Path::new("."),
-        };
-        File::open(folder)
-            .and_then(|folder| folder.sync_all())
-            .map_err(|source| self.io("sync the folder of", source))
+        qsc_durable::replace(&self.path, Path::new(&tmp), 0o644, |file| {
+            file.write_all(text.as_bytes())?;
+            file.write_all(b"\n")
+        })
+        .map_err(|source| self.io("replace", source))
     }
 
     fn io(&self, action: &'static str, source: std::io::Error) -> KeysError {
@@ -177,6 +170,28 @@ impl KeyStore {
             action,
             path: self.path.clone(),
             source,
+        }
+    }
+}
+
+/// Records renamed into place by [`KeyStore::update_renamed`], not yet durable.
+#[must_use = "the records survive a crash only once synced"]
+pub struct UnsyncedRecords {
+    path: PathBuf,
+    /// None when the update changed nothing.
+    replacement: Option<qsc_durable::Replacement>,
+}
+
+impl UnsyncedRecords {
+    /// Waits until the records survive a crash.
+    pub fn sync(self) -> Result<(), KeysError> {
+        match self.replacement {
+            Some(replacement) => replacement.sync().map_err(|source| KeysError::Io {
+                action: "sync",
+                path: self.path,
+                source,
+            }),
+            None => Ok(()),
         }
     }
 }

@@ -159,8 +159,7 @@ fn kill_uid(rails: &Guardrails, proc_root: &Path, uid: u32) -> Result<Vec<u32>, 
     let mut killed: Vec<Pidfd> = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..MAX_KILL_ROUNDS {
-        let found: Vec<procfs::Status> = crate::forensics::all_pids(proc_root)
-            .into_iter()
+        let found: Vec<procfs::Status> = procfs::user_pids(proc_root)
             .filter(|pid| !seen.contains(pid))
             .filter_map(|pid| procfs::status(proc_root, pid))
             .filter(|s| runs_as(s, uid))

@@ -137,7 +137,7 @@ async fn serve(config: CortexConfig) -> anyhow::Result<()> {
             KeyStore::new(config.key_records_file()),
             audit.clone(),
             config.keys.max_key_age(),
-        ))?;
+        )?)?;
     let agents = AgentsFile::load(&config.agents.file)?;
     let bus = connect_bus(&config).await?;
     let metrics = Arc::new(Metrics::default());

@@ -22,7 +22,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
 use qsc_channel::delivery::{AgentIdentity, CommandSender, CommandStatus, SessionCloser};
@@ -36,7 +36,7 @@ use super::AgentDirectory;
 use super::agents::AgentsFile;
 use crate::audit::{AuditEntry, AuditKind, AuditSink};
 use crate::keys::{
-    Cause, KeyRecords, KeyStore, KeysError, RotationRequest, audit_events, source_name,
+    Cause, KeyRecords, KeyStore, KeysError, RotationRequest, audit_entries, source_name,
 };
 
 /// How often the running cortex looks at the key records file.
@@ -124,7 +124,6 @@ impl Sessions {
 /// The key records of a running cortex, and what is in progress.
 pub struct KeyLifecycle {
     store: KeyStore,
-    audit: Arc<dyn AuditSink>,
     max_key_age: Option<Duration>,
     in_flight: Mutex<HashMap<String, InFlight>>,
     /// New keys whose agent has not been told yet that the cortex took them.
@@ -136,10 +135,70 @@ pub struct KeyLifecycle {
     modified: Mutex<Option<SystemTime>>,
     /// When each agent's key was last put up for scheduled rotation.
     scheduled: Mutex<HashMap<(String, Source), Instant>>,
-    /// Held while a rotation's steps are audited (its request, the agent's answer, the
-    /// retirement of the replaced key): they are written on blocking threads of their own,
-    /// off the session and the dispatcher, and this keeps them in the chain in their order.
-    audit_order: Mutex<()>,
+    /// The lifecycle's audit records, written in the order they were queued.
+    audit: AuditQueue,
+}
+
+/// Writes audit records on a thread of its own, in the order they were queued: a rotation's
+/// steps (its request, the agent's answer, the retirement of the replaced key) are queued where
+/// they happen, so they are in the chain in that order, while neither the session, the
+/// dispatcher nor the records' updates wait for the chain's commits.
+struct AuditQueue {
+    jobs: mpsc::Sender<AuditJob>,
+}
+
+struct AuditJob {
+    entries: Vec<AuditEntry>,
+    /// Told once the entries are written (or failed, which is logged).
+    written: Option<mpsc::Sender<()>>,
+}
+
+impl AuditQueue {
+    fn start(audit: Arc<dyn AuditSink>) -> Result<Self, KeysError> {
+        let (jobs, queued) = mpsc::channel::<AuditJob>();
+        std::thread::Builder::new()
+            .name("key-audit".into())
+            .spawn(move || {
+                for job in queued {
+                    for entry in job.entries {
+                        if let Err(error) = audit.record(entry) {
+                            tracing::error!(%error, "could not audit a key lifecycle step");
+                        }
+                    }
+                    if let Some(written) = job.written {
+                        let _ = written.send(());
+                    }
+                }
+            })
+            .map_err(KeysError::AuditThread)?;
+        Ok(AuditQueue { jobs })
+    }
+
+    /// Queues `entries` behind everything queued before.
+    fn queue(&self, entries: Vec<AuditEntry>) {
+        self.send(AuditJob {
+            entries,
+            written: None,
+        });
+    }
+
+    /// Queues `entries` and waits until they are written.
+    fn write(&self, entries: Vec<AuditEntry>) {
+        let (written, done) = mpsc::channel();
+        self.send(AuditJob {
+            entries,
+            written: Some(written),
+        });
+        let _ = done.recv();
+    }
+
+    fn send(&self, job: AuditJob) {
+        if self.jobs.send(job).is_err() {
+            tracing::error!(
+                "the key audit thread has stopped; a key lifecycle step is not audited"
+            );
+        }
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -162,10 +221,14 @@ fn send_key_confirmation(lifecycle: &KeyLifecycle, key: PublicKeyBytes, sender: 
 
 impl KeyLifecycle {
     /// `max_key_age`: rotate ACTIVE keys older than this (scheduled rotation); None: never.
-    pub fn new(store: KeyStore, audit: Arc<dyn AuditSink>, max_key_age: Option<Duration>) -> Self {
-        KeyLifecycle {
+    pub fn new(
+        store: KeyStore,
+        audit: Arc<dyn AuditSink>,
+        max_key_age: Option<Duration>,
+    ) -> Result<Self, KeysError> {
+        Ok(KeyLifecycle {
             store,
-            audit,
+            audit: AuditQueue::start(audit)?,
             max_key_age,
             in_flight: Mutex::new(HashMap::new()),
             unconfirmed: Mutex::new(HashSet::new()),
@@ -173,26 +236,27 @@ impl KeyLifecycle {
             next_action: AtomicU64::new(1),
             modified: Mutex::new(None),
             scheduled: Mutex::new(HashMap::new()),
-            audit_order: Mutex::new(()),
-        }
+        })
     }
 
+    /// Audits the transitions of a change made outside a rotation; returns once written.
     fn audit_events(&self, events: &[crate::keys::KeyEvent]) {
-        if let Err(error) = audit_events(self.audit.as_ref(), events) {
-            tracing::error!(%error, "could not audit key transitions");
-        }
+        self.audit.write(audit_entries(events));
     }
 
-    /// Audits a rotation step that is not a state transition (requested, failed, abandoned).
+    /// Queues the audit of a rotation's transitions behind its earlier steps.
+    fn queue_audit_events(&self, events: &[crate::keys::KeyEvent]) {
+        self.audit.queue(audit_entries(events));
+    }
+
+    /// Queues the audit of a rotation step that is not a state transition (requested, failed,
+    /// abandoned).
     fn audit_rotation(&self, actor: &str, body: serde_json::Value) {
-        let entry = AuditEntry {
+        self.audit.queue(vec![AuditEntry {
             kind: AuditKind::KeyEvent,
             actor: actor.to_owned(),
             body,
-        };
-        if let Err(error) = self.audit.record(entry) {
-            tracing::error!(%error, "could not audit a key rotation step");
-        }
+        }]);
     }
 
     /// Hands the outcome of rotation `action_id` of `host_id` to its waiter, if it has one;
@@ -367,9 +431,8 @@ impl AgentDirectory {
         let Some(lifecycle) = &self.lifecycle else {
             return;
         };
-        // After the audit of the rotation that made this key (its session was closed while
-        // that audit held the order, so it took the order first).
-        let _order = lock(&lifecycle.audit_order);
+        // Its audit is queued behind the rotation's that made this key (queued before the old
+        // session was closed).
         let cause = Cause::new("cortex", "the agent reconnected with its new key", now_ns());
         let agents = self.agents_snapshot();
         match lifecycle
@@ -377,7 +440,7 @@ impl AgentDirectory {
             .update(|records| records.confirm_rotation(key, &agents, &cause))
         {
             Ok((events, records)) if !events.is_empty() => {
-                lifecycle.audit_events(&events);
+                lifecycle.queue_audit_events(&events);
                 self.install_records(&agents, &records);
             }
             Ok(_) => {}
@@ -503,13 +566,12 @@ impl AgentDirectory {
                 waiters.insert(action_id.clone(), (host_id.to_owned(), waiter));
             }
         }
-        self.audit_in_order(
+        lifecycle.audit_rotation(
             actor,
             json!({"event": "rotation_requested", "action_id": action_id, "host_id": host_id,
                    "source": source, "key_id": old_key.key_id(), "emergency": emergency,
                    "reason": reason}),
-        )
-        .await;
+        );
         let request = ActionRequest {
             action_id: action_id.clone(),
             action: Action::RotateKeys,
@@ -531,26 +593,6 @@ impl AgentDirectory {
         }
         tracing::info!(%action_id, emergency, "key rotation sent to the agent");
         Ok(action_id)
-    }
-
-    /// Audits a rotation step on a blocking thread; returns once that thread holds the audit
-    /// order, so that what is audited after this call comes after this step in the chain,
-    /// without waiting for the chain's commit (as the response dispatcher sends an action before
-    /// its dispatch record is durable).
-    async fn audit_in_order(&self, actor: &str, body: serde_json::Value) {
-        let directory = self.clone();
-        let actor = actor.to_owned();
-        let (ordered_tx, ordered) = oneshot::channel();
-        tokio::task::spawn_blocking(move || {
-            let Some(lifecycle) = &directory.lifecycle else {
-                return;
-            };
-            let _order = lock(&lifecycle.audit_order);
-            let _ = ordered_tx.send(());
-            lifecycle.audit_rotation(&actor, body);
-        });
-        // An error means the thread ended without taking the order: nothing to wait for.
-        let _ = ordered.await;
     }
 
     /// A command result from `agent`: if it answers a rotation (the new key, or the final
@@ -590,7 +632,6 @@ impl AgentDirectory {
         let Some(lifecycle) = &self.lifecycle else {
             return;
         };
-        let _order = lock(&lifecycle.audit_order);
         let new_key = report
             .facts
             .get("public_key")
@@ -640,6 +681,8 @@ impl AgentDirectory {
         match applied {
             Ok((events, records, unsynced)) => {
                 self.install_records(&self.agents_snapshot(), &records);
+                // Queued before the close, so ahead of the retirement the new session causes.
+                lifecycle.queue_audit_events(&events);
                 // The agent already uses the new key: end the old session so it reconnects.
                 let old_key = flight.old_key;
                 self.sessions
@@ -653,10 +696,6 @@ impl AgentDirectory {
                         tracing::error!(%error, host_id = %flight.host_id, "the rotated key's record may not survive a crash; the agent keeps its retired key")
                     }
                 }
-                // The transitions' audit records (one commit each) follow the close instead of
-                // delaying the reconnect, and the audit order keeps the retirement's record after
-                // them.
-                lifecycle.audit_events(&events);
                 tracing::info!(host_id = %flight.host_id, old = %old_key.key_id(), new = %new_key.key_id(), done_mono_ns = report.done_mono_ns, "{kind} applied");
             }
             Err(error) => {

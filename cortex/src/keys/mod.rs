@@ -66,6 +66,8 @@ pub enum KeysError {
     LifecycleDisabled,
     #[error("audit: {0}")]
     Audit(#[from] AuditError),
+    #[error("cannot start the key lifecycle's audit thread: {0}")]
+    AuditThread(std::io::Error),
 }
 
 /// The key records file.
@@ -207,8 +209,17 @@ pub fn source_name(source: qsc_event::Source) -> &'static str {
 
 /// Writes each event to the audit chain as a `key_event` record, in order.
 pub fn audit_events(audit: &dyn AuditSink, events: &[KeyEvent]) -> Result<(), AuditError> {
-    for event in events {
-        audit.record(AuditEntry {
+    for entry in audit_entries(events) {
+        audit.record(entry)?;
+    }
+    Ok(())
+}
+
+/// The `key_event` audit records of `events`, in order.
+pub fn audit_entries(events: &[KeyEvent]) -> Vec<AuditEntry> {
+    events
+        .iter()
+        .map(|event| AuditEntry {
             kind: AuditKind::KeyEvent,
             actor: event.actor.clone(),
             body: json!({
@@ -223,9 +234,8 @@ pub fn audit_events(audit: &dyn AuditSink, events: &[KeyEvent]) -> Result<(), Au
                 "reason": event.reason,
                 "at_ns": event.at_ns,
             }),
-        })?;
-    }
-    Ok(())
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -277,12 +277,26 @@ async fn log_in(browser: &Client, base: &str, (name, password): (&str, &str)) {
         .await
         .expect("type password");
     click(browser, "#login").await;
-    let url = browser.current_url().await.expect("url");
+    let url = left_login_page(browser).await;
+    let page = browser.source().await.unwrap_or_default();
     assert_eq!(
         url.path(),
         "/console/",
-        "{name} is logged in and sees the fleet"
+        "{name} is logged in and sees the fleet; the page: {page}"
     );
+}
+
+/// Chromedriver may answer a click on a submit button before the navigation it starts has
+/// committed, so the login page's URL is read until it changes (or a few seconds pass).
+async fn left_login_page(browser: &Client) -> url::Url {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let url = browser.current_url().await.expect("url");
+        if url.path() != "/console/login" || Instant::now() > deadline {
+            return url;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn screenshot(browser: &Client, name: &str) {

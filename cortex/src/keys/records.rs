@@ -286,8 +286,9 @@ impl KeyRecords {
         Ok(events)
     }
 
-    /// `key` opened a session: the key it replaced, if still ROTATING, is retired, and the
-    /// agent's retired keys from before are destroyed (see [`Self::destroy_earlier_retired`]).
+    /// `key` opened a session: the key it replaced, if still ROTATING, is retired (an
+    /// emergency rotation revoked it already), and the agent's keys replaced before it are
+    /// destroyed (see [`Self::destroy_earlier_replaced`]).
     pub fn confirm_rotation(
         &mut self,
         key: &PublicKeyBytes,
@@ -301,20 +302,22 @@ impl KeyRecords {
             host_id: String::new(),
             reason: format!("replaces {old:?} is not 64 hex digits"),
         })?;
-        if self.find(&old).map(|r| r.state) != Some(KeyState::Rotating) {
-            return Ok(Vec::new());
-        }
-        let mut events = vec![self.transition(&old, Transition::Retire, cause)?];
-        events.extend(self.destroy_earlier_retired(&old, agents, cause)?);
+        let mut events = match self.find(&old).map(|r| r.state) {
+            Some(KeyState::Rotating) => vec![self.transition(&old, Transition::Retire, cause)?],
+            Some(KeyState::Revoked) => Vec::new(),
+            _ => return Ok(Vec::new()),
+        };
+        events.extend(self.destroy_earlier_replaced(&old, agents, cause)?);
         Ok(events)
     }
 
-    /// Destroys the retired keys of `kept`'s agent other than `kept` (its latest) and drops
-    /// their records, so that the records file holds a record or two per agent however often
-    /// its keys rotate (it is rewritten whole on every change); the audit chain keeps their
-    /// history. Keys listed in the agents file keep their records: without one, `sync` would
-    /// enrol them again.
-    fn destroy_earlier_retired(
+    /// Destroys the retired and revoked keys of `kept`'s agent other than `kept` (the one it
+    /// replaced last) and drops their records, so that the records file holds a record or two
+    /// per agent however often its keys rotate, emergencies included (it is rewritten whole on
+    /// every change); the audit chain keeps their history, and an unrecorded key is refused
+    /// like any unknown one. Keys listed in the agents file keep their records: without one,
+    /// `sync` would enrol them again.
+    fn destroy_earlier_replaced(
         &mut self,
         kept: &PublicKeyBytes,
         agents: &AgentsFile,
@@ -332,7 +335,7 @@ impl KeyRecords {
             .records
             .iter()
             .filter(|r| r.host_id == host_id && r.source == source)
-            .filter(|r| r.state == KeyState::Retired)
+            .filter(|r| matches!(r.state, KeyState::Retired | KeyState::Revoked))
             .map(KeyRecord::key)
             .collect::<Result<_, _>>()?;
         // A list, not a set: the destructions are audited in the records' order.
@@ -632,6 +635,40 @@ mod tests {
                 "a destroyed key stays refused"
             );
         }
+        records.validate().unwrap();
+    }
+
+    #[test]
+    fn emergency_rotations_destroy_the_keys_revoked_before_the_last() {
+        let mut records = KeyRecords::default();
+        records.sync(&agents(false), &cause(1));
+        let mut destroyed = Vec::new();
+        for (step, (old, new)) in [(1, 2), (2, 3), (3, 4)].into_iter().enumerate() {
+            let now = 10 * (step as u64 + 1);
+            records
+                .apply_rotation(&key(old), &key(new), true, &cause(now))
+                .unwrap();
+            let events = records
+                .confirm_rotation(&key(new), &agents(false), &cause(now + 1))
+                .unwrap();
+            assert!(events.iter().all(|e| e.transition == Transition::Destroy));
+            destroyed.extend(events.iter().map(|e| e.public_key.clone()));
+            let again = records
+                .confirm_rotation(&key(new), &agents(false), &cause(now + 2))
+                .unwrap();
+            assert!(again.is_empty(), "a reconnection destroys nothing more");
+        }
+        // Key 1 is in the agents file; key 2 was revoked before key 3, the last replaced.
+        assert_eq!(destroyed, [key(2).to_hex()]);
+        assert_eq!(
+            states(&records),
+            [
+                (1, KeyState::Revoked),
+                (3, KeyState::Revoked),
+                (4, KeyState::Active)
+            ]
+        );
+        assert!(records.access(&agents(false)).0.authorize(&key(2)).is_err());
         records.validate().unwrap();
     }
 }

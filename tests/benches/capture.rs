@@ -286,7 +286,14 @@ struct Timing {
 
 fn run_workload(workload: &Workload) -> anyhow::Result<Timing> {
     let started = Instant::now();
-    let child = Command::new(ACTOR).args(&workload.actor_args).spawn()?;
+    // Cargo runs benchmarks with its own LD_LIBRARY_PATH (target and toolchain folders): with
+    // it, every /bin/true of the exec loop would first look for libc in each of them and their
+    // glibc-hwcaps subfolders (44 failed openat calls per exec here), which is not what an
+    // exec costs on a host.
+    let child = Command::new(ACTOR)
+        .args(&workload.actor_args)
+        .env_remove("LD_LIBRARY_PATH")
+        .spawn()?;
     let (status, usage) = wait_with_usage(child.id() as i32)?;
     let wall = started.elapsed().as_secs_f64();
     if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {

@@ -77,6 +77,7 @@ fn copy_path(key: *mut Key<[u8; PATH_CAPTURE]>, dst: &mut [u8; PATH_CAPTURE]) {
     }
 }
 
+#[inline(always)]
 fn arg(ctx: &TracePointContext, n: usize) -> u64 {
     syscall_arg(ctx, n)
 }

@@ -26,43 +26,44 @@ fn emit(op: PrivOp, args: [u64; 4]) -> Option<()> {
     Some(())
 }
 
-fn args3(ctx: &TracePointContext) -> [u64; 4] {
-    [
-        syscall_arg(ctx, 0),
-        syscall_arg(ctx, 1),
-        syscall_arg(ctx, 2),
-        0,
-    ]
+/// The syscall's first `N` arguments, the rest 0. `N` must not exceed the syscall's own count:
+/// the record is read in place, and a program that reads past its tracepoint's record is
+/// refused when attached.
+#[inline(always)]
+fn args<const N: usize>(ctx: &TracePointContext) -> [u64; 4] {
+    // Spelled out rather than a loop, so every offset is a constant the verifier accepts.
+    let arg = |n: usize| if n < N { syscall_arg(ctx, n) } else { 0 };
+    [arg(0), arg(1), arg(2), 0]
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_setuid")]
 pub fn sys_enter_setuid(ctx: TracePointContext) {
-    let _ = emit(PrivOp::Setuid, args3(&ctx));
+    let _ = emit(PrivOp::Setuid, args::<1>(&ctx));
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_setgid")]
 pub fn sys_enter_setgid(ctx: TracePointContext) {
-    let _ = emit(PrivOp::Setgid, args3(&ctx));
+    let _ = emit(PrivOp::Setgid, args::<1>(&ctx));
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_setreuid")]
 pub fn sys_enter_setreuid(ctx: TracePointContext) {
-    let _ = emit(PrivOp::Setreuid, args3(&ctx));
+    let _ = emit(PrivOp::Setreuid, args::<2>(&ctx));
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_setregid")]
 pub fn sys_enter_setregid(ctx: TracePointContext) {
-    let _ = emit(PrivOp::Setregid, args3(&ctx));
+    let _ = emit(PrivOp::Setregid, args::<2>(&ctx));
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_setresuid")]
 pub fn sys_enter_setresuid(ctx: TracePointContext) {
-    let _ = emit(PrivOp::Setresuid, args3(&ctx));
+    let _ = emit(PrivOp::Setresuid, args::<3>(&ctx));
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_setresgid")]
 pub fn sys_enter_setresgid(ctx: TracePointContext) {
-    let _ = emit(PrivOp::Setresgid, args3(&ctx));
+    let _ = emit(PrivOp::Setresgid, args::<3>(&ctx));
 }
 
 /// `struct __user_cap_header_struct { u32 version; int pid; }` and the first
@@ -86,7 +87,7 @@ pub fn sys_enter_capset(ctx: TracePointContext) {
 
 #[tracepoint(category = "syscalls", name = "sys_enter_ptrace")]
 pub fn sys_enter_ptrace(ctx: TracePointContext) {
-    let _ = emit(PrivOp::Ptrace, args3(&ctx));
+    let _ = emit(PrivOp::Ptrace, args::<3>(&ctx));
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_init_module")]
@@ -150,7 +151,7 @@ pub fn sys_enter_mmap(ctx: TracePointContext) {
 
 #[tracepoint(category = "syscalls", name = "sys_enter_mprotect")]
 pub fn sys_enter_mprotect(ctx: TracePointContext) {
-    let args = args3(&ctx);
+    let args = args::<3>(&ctx);
     if is_rwx(args[2]) {
         let _ = emit(PrivOp::MprotectRwx, args);
     }

@@ -1,7 +1,7 @@
 //! Maps, globals and the helpers every hook uses to fill a record header.
 
 use aya_ebpf::{
-    Global,
+    EbpfContext, Global,
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel,
         generated::{
@@ -131,9 +131,13 @@ const fn syscall_arg_offset(n: usize) -> usize {
     16 + 8 * n
 }
 
+/// Argument `n` of a `syscalls:sys_enter_*` record. The record is read in place: the verifier
+/// allows direct loads at constant offsets of a tracepoint's context, where `read_at` calls
+/// `bpf_probe_read_kernel` for each argument (a helper call on every hooked syscall). `n` must
+/// be a constant after inlining.
 #[inline(always)]
 pub fn syscall_arg(ctx: &TracePointContext, n: usize) -> u64 {
-    unsafe { ctx.read_at::<u64>(syscall_arg_offset(n)) }.unwrap_or(0)
+    unsafe { core::ptr::read((ctx.as_ptr() as *const u8).add(syscall_arg_offset(n)) as *const u64) }
 }
 
 #[inline(always)]

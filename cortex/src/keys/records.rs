@@ -583,6 +583,22 @@ mod tests {
         ));
     }
 
+    /// Key `old` rotates to `new` at `now`, and `new` opens its session just after: the
+    /// events of that session's start.
+    fn rotate_and_reconnect(
+        records: &mut KeyRecords,
+        (old, new): (u8, u8),
+        emergency: bool,
+        now: u64,
+    ) -> Vec<KeyEvent> {
+        records
+            .apply_rotation(&key(old), &key(new), emergency, &cause(now))
+            .unwrap();
+        records
+            .confirm_rotation(&key(new), &agents(false), &cause(now + 1))
+            .unwrap()
+    }
+
     #[test]
     fn each_completed_rotation_destroys_the_keys_retired_before_it_except_enrolled_ones() {
         let mut records = KeyRecords::default();
@@ -590,12 +606,7 @@ mod tests {
         let mut audited = Vec::new();
         for (step, (old, new)) in [(1, 2), (2, 3), (3, 4), (4, 5)].into_iter().enumerate() {
             let now = 10 * (step as u64 + 1);
-            records
-                .apply_rotation(&key(old), &key(new), false, &cause(now))
-                .unwrap();
-            let events = records
-                .confirm_rotation(&key(new), &agents(false), &cause(now + 1))
-                .unwrap();
+            let events = rotate_and_reconnect(&mut records, (old, new), false, now);
             audited.push(
                 events
                     .iter()
@@ -645,12 +656,7 @@ mod tests {
         let mut destroyed = Vec::new();
         for (step, (old, new)) in [(1, 2), (2, 3), (3, 4)].into_iter().enumerate() {
             let now = 10 * (step as u64 + 1);
-            records
-                .apply_rotation(&key(old), &key(new), true, &cause(now))
-                .unwrap();
-            let events = records
-                .confirm_rotation(&key(new), &agents(false), &cause(now + 1))
-                .unwrap();
+            let events = rotate_and_reconnect(&mut records, (old, new), true, now);
             assert!(events.iter().all(|e| e.transition == Transition::Destroy));
             destroyed.extend(events.iter().map(|e| e.public_key.clone()));
             let again = records

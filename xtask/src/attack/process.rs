@@ -4,7 +4,7 @@
 use std::{
     io::{BufRead, BufReader, Write},
     net::{TcpListener, TcpStream},
-    os::unix::fs::PermissionsExt,
+    os::unix::{fs::PermissionsExt, process::ExitStatusExt},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -184,6 +184,11 @@ fn peer_blocked_then_released() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether a process ended by SIGKILL (what the `kill` action sends).
+fn killed(status: Option<std::process::ExitStatus>) -> bool {
+    status.and_then(|s| s.signal()) == Some(libc::SIGKILL)
+}
+
 /// Polls `done` every 50 ms until it holds (how long that took) or `limit` passed.
 fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();
@@ -209,7 +214,7 @@ fn reverse_shell(_: &mut Stack, cleanup: &mut Cleanup) -> anyhow::Result<()> {
         ))
         .stdin(Stdio::null())
         .spawn()?;
-    cleanup.child(shell);
+    let shell = cleanup.child(shell);
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut conn = loop {
         match listener.accept() {
@@ -218,18 +223,28 @@ fn reverse_shell(_: &mut Stack, cleanup: &mut Cleanup) -> anyhow::Result<()> {
                 if Instant::now() > deadline {
                     bail!("the reverse shell did not connect within 10 s");
                 }
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::sleep(Duration::from_millis(5));
             }
             Err(err) => return Err(err.into()),
         }
     };
     conn.set_nonblocking(false)?;
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    // Sent at once, so the shell reads it as it starts: the real playbook kills it within
+    // milliseconds of its exec.
     conn.write_all(b"echo qscatk-shell-$$\n")?;
     let mut answer = String::new();
-    BufReader::new(conn.try_clone()?).read_line(&mut answer)?;
+    // A shell killed with our command unread resets the connection instead of closing it.
+    match BufReader::new(conn.try_clone()?).read_line(&mut answer) {
+        Err(err) if err.kind() != std::io::ErrorKind::ConnectionReset => return Err(err.into()),
+        _ => {}
+    }
     if !answer.contains("qscatk-shell-") {
-        bail!("the reverse shell did not answer (got {answer:?})");
+        let ended = cleanup.exit_status(shell, Duration::from_secs(1));
+        if !(answer.is_empty() && killed(ended)) {
+            bail!("the reverse shell did not answer (got {answer:?}; its process: {ended:?})");
+        }
+        eprintln!("   the reverse shell was killed before it answered");
     }
     // The shell stays connected, waiting for commands, until it is killed (by the playbook
     // when the scenario runs alone, else by the cleanup).

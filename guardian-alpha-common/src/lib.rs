@@ -15,7 +15,7 @@ pub mod process;
 
 pub use enforce::{BlockedV4, BlockedV6, EnforceOp, EnforceRecord};
 pub use exec::ExecRecord;
-pub use file::{FileOp, FileRecord, RenameRecord, WatchFlags};
+pub use file::{FileOp, FileRecord, RenameRecord, WatchEntry, WatchFlags, WatchList};
 pub use layout::{ExeFolderLayout, KernelLayout};
 pub use net::{ListenerKey, NetCloseRecord, NetOp, NetRecord, RememberedCaller};
 pub use privilege::{PrivOp, PrivRecord};
@@ -44,6 +44,7 @@ pub const WAKEUP_BYTES_GLOBAL: &str = "WAKEUP_BYTES";
 pub const WAKE_AT_ONCE_GLOBAL: &str = "WAKE_AT_ONCE";
 pub const WAKE_SPACING_NS_GLOBAL: &str = "WAKE_SPACING_NS";
 pub const EXE_FOLDER_LAYOUT_GLOBAL: &str = "EXE_FOLDER_LAYOUT";
+pub const WATCH_LIST_GLOBAL: &str = "WATCH_LIST";
 
 /// Slots of the per-CPU loss counter: one per [`RecordKind`] value.
 pub const LOST_SLOTS: u32 = 16;
@@ -175,6 +176,7 @@ mod pod {
     unsafe impl aya::Pod for crate::KernelLayout {}
     unsafe impl aya::Pod for crate::ExeFolderLayout {}
     unsafe impl aya::Pod for crate::file::WatchFlags {}
+    unsafe impl aya::Pod for crate::file::WatchList {}
     unsafe impl aya::Pod for crate::net::ListenerKey {}
     unsafe impl aya::Pod for crate::net::RememberedCaller {}
     unsafe impl aya::Pod for crate::enforce::BlockedV4 {}

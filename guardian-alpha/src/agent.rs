@@ -103,6 +103,7 @@ pub fn start_sensor(config: &Config) -> anyhow::Result<Sensor> {
         wake_at_once: sensor::WakeKind::mask(&config.sensor.wake_at_once),
         wake_spacing_ns: config.sensor.wake_spacing_us.saturating_mul(1000),
         disabled: &config.sensor.disabled_hooks,
+        watched: &watched_prefixes(config),
     })?;
     for ip in &config.enforce.blocked_ips {
         sensor.block_ip(*ip)?;
@@ -110,7 +111,6 @@ pub fn start_sensor(config: &Config) -> anyhow::Result<Sensor> {
     for path in &config.enforce.blocked_exec {
         sensor.block_exec(path)?;
     }
-    sensor.set_watched_prefixes(&watched_prefixes(config))?;
     for (hook, reason) in &sensor.skipped_hooks {
         if reason == sensor::DISABLED_BY_CONFIG {
             tracing::info!(%hook, %reason, "hook not attached");

@@ -12,7 +12,7 @@ use guardian_alpha_common::{
     AGENT_TGID_GLOBAL, BLOCKED_EXEC_MAP, BLOCKED_V4_MAP, BLOCKED_V6_MAP, BlockedV4, BlockedV6,
     EVENTS_MAP, EXE_FOLDER_LAYOUT_GLOBAL, EXEC_BLOCKING_MAP, ExeFolderLayout, KernelLayout,
     LAYOUT_GLOBAL, LOST_MAP, PATH_CAPTURE, RecordKind, WAKE_AT_ONCE_GLOBAL, WAKE_SPACING_NS_GLOBAL,
-    WAKEUP_BYTES_GLOBAL, WATCHED_PREFIXES_MAP, WatchFlags,
+    WAKEUP_BYTES_GLOBAL, WATCH_LIST_GLOBAL, WATCHED_PREFIXES_MAP, WatchFlags, WatchList,
 };
 
 /// The kernel object built by `cargo xtask build-ebpf`, embedded at compile time.
@@ -228,6 +228,8 @@ pub struct SensorOptions<'a> {
     pub wake_spacing_ns: u64,
     /// Hook families left unattached.
     pub disabled: &'a [HookFamily],
+    /// Path prefixes whose file activity is reported, and what is reported under each.
+    pub watched: &'a [(String, WatchFlags)],
 }
 
 /// Reads the object from `path`, or returns the embedded one.
@@ -272,9 +274,43 @@ pub fn ensure_tracefs(path: &Path) -> Result<(), SensorError> {
     Ok(())
 }
 
+/// Fills the prefix trie, which decides when the prefixes do not fit the inline [`WatchList`].
+fn set_watched_prefixes(
+    ebpf: &mut Ebpf,
+    prefixes: &[(String, WatchFlags)],
+) -> Result<(), SensorError> {
+    let map_err = |source| SensorError::Map {
+        map: "WATCHED_PREFIXES",
+        source,
+    };
+    let map = ebpf
+        .map_mut(WATCHED_PREFIXES_MAP)
+        .ok_or(SensorError::Missing("WATCHED_PREFIXES map"))?;
+    let mut trie: LpmTrie<&mut MapData, [u8; PATH_CAPTURE], WatchFlags> =
+        LpmTrie::try_from(map).map_err(map_err)?;
+    for (prefix, flags) in prefixes {
+        let len = prefix.len().min(PATH_CAPTURE - 1);
+        trie.insert(&Key::new((len * 8) as u32, path_key(prefix)), flags, 0)
+            .map_err(map_err)?;
+    }
+    Ok(())
+}
+
 impl Sensor {
     pub fn load(options: &SensorOptions) -> Result<Self, SensorError> {
+        let watch_list = WatchList::new(options.watched.iter().map(|(p, f)| (p.as_bytes(), *f)));
+        let matching = if watch_list.use_trie == 0 {
+            "inline compare"
+        } else {
+            "LPM trie (too many or too long to compare inline)"
+        };
+        tracing::info!(
+            prefixes = options.watched.len(),
+            matching,
+            "watched path prefixes"
+        );
         let mut ebpf = EbpfLoader::new()
+            .override_global(WATCH_LIST_GLOBAL, &watch_list, true)
             .override_global(AGENT_TGID_GLOBAL, &options.agent_tgid, true)
             .override_global(LAYOUT_GLOBAL, &options.layout, true)
             .override_global(EXE_FOLDER_LAYOUT_GLOBAL, &options.exe_folder, true)
@@ -283,6 +319,7 @@ impl Sensor {
             .override_global(WAKE_SPACING_NS_GLOBAL, &options.wake_spacing_ns, true)
             .map_max_entries(EVENTS_MAP, options.ring_buffer_bytes)
             .load(options.object)?;
+        set_watched_prefixes(&mut ebpf, options.watched)?;
         let mut active_hooks = Vec::new();
         let mut skipped_hooks = Vec::new();
         for hook in HOOKS {
@@ -313,29 +350,6 @@ impl Sensor {
             active_hooks,
             skipped_hooks,
         })
-    }
-
-    /// Replaces the watched prefixes (the longest matching prefix decides).
-    pub fn set_watched_prefixes(
-        &mut self,
-        prefixes: &[(String, WatchFlags)],
-    ) -> Result<(), SensorError> {
-        let map_err = |source| SensorError::Map {
-            map: "WATCHED_PREFIXES",
-            source,
-        };
-        let map = self
-            .ebpf
-            .map_mut(WATCHED_PREFIXES_MAP)
-            .ok_or(SensorError::Missing("WATCHED_PREFIXES map"))?;
-        let mut trie: LpmTrie<&mut MapData, [u8; PATH_CAPTURE], WatchFlags> =
-            LpmTrie::try_from(map).map_err(map_err)?;
-        for (prefix, flags) in prefixes {
-            let len = prefix.len().min(PATH_CAPTURE - 1);
-            trie.insert(&Key::new((len * 8) as u32, path_key(prefix)), flags, 0)
-                .map_err(map_err)?;
-        }
-        Ok(())
     }
 
     pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>, SensorError> {

@@ -6,9 +6,11 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
+use guardian_alpha_common::file::WATCH_LIST_WORDS;
 use qsc_event::{Event, EventKind, RwxSource};
 use qsc_tests::{
     alpha::{AlphaAgent, config_network_volume, config_watching},
@@ -150,20 +152,46 @@ fn exec_with_argv_longer_than_the_capture_is_cut_at_its_end() {
     agent.stop();
 }
 
+/// A folder whose path, as a watched prefix, is too long for the kernel's inline compare
+/// (`WatchList`), so the LPM trie decides for it.
+fn folder_matched_by_the_trie(dir: &Path) -> PathBuf {
+    let folder = dir.join("a-folder-whose-name-makes-the-prefix-longer-than-sixty-four-bytes");
+    std::fs::create_dir(&folder).expect("create the long folder");
+    assert!(folder.as_os_str().len() > 8 * WATCH_LIST_WORDS);
+    folder
+}
+
 #[test]
 fn file_operations_under_a_watched_prefix() {
     if !root_or_skip("file_operations_under_a_watched_prefix") {
         return;
     }
     let (agent, dir) = agent_watching_tempdir();
+    check_file_operations(agent, dir.path());
+}
+
+#[test]
+fn file_operations_under_a_prefix_matched_by_the_trie() {
+    if !root_or_skip("file_operations_under_a_prefix_matched_by_the_trie") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let folder = folder_matched_by_the_trie(dir.path());
+    let agent = AlphaAgent::start(&config_watching(&folder), &[]);
+    check_file_operations(agent, &folder);
+}
+
+/// Open for writing and reading, chmod, chown, rename and unlink of a file in `dir`, which
+/// `agent` watches (reads and modifications), are reported; a write elsewhere is not.
+fn check_file_operations(agent: AlphaAgent, dir: &Path) {
     let me = std::process::id();
-    let path = dir.path().join("secret.conf");
+    let path = dir.join("secret.conf");
     let path_s = path.display().to_string();
     std::fs::write(&path, b"x").expect("create");
     std::fs::read(&path).expect("read");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
     std::os::unix::fs::chown(&path, Some(0), Some(0)).expect("chown");
-    let renamed = dir.path().join("renamed.conf");
+    let renamed = dir.join("renamed.conf");
     std::fs::rename(&path, &renamed).expect("rename");
     std::fs::remove_file(&renamed).expect("unlink");
     // An unwatched path produces nothing.
@@ -208,6 +236,51 @@ fn file_operations_under_a_watched_prefix() {
             .any(|e| matches!(&e.kind, EventKind::FileOpen(f) if f.path == unwatched)),
         "an unwatched path was reported"
     );
+}
+
+/// A narrower prefix overrides a wider one in the kernel, whichever way it matches: under
+/// the folder (modifications only) a read goes unreported, under its `loud` file (reads too)
+/// it is reported.
+#[test]
+fn the_longest_watched_prefix_decides() {
+    if !root_or_skip("the_longest_watched_prefix_decides") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    for folder in [
+        dir.path().to_path_buf(),
+        folder_matched_by_the_trie(dir.path()),
+    ] {
+        let config = format!(
+            "[metrics]\ninterval_s = 0\n[forensics]\nscan_interval_s = 0\n\
+             [[watch]]\nprefix = \"{0}/\"\nreads = false\nmodifications = true\n\
+             [[watch]]\nprefix = \"{0}/loud\"\nreads = true\nmodifications = true\n",
+            folder.display()
+        );
+        let agent = AlphaAgent::start(&config, &[]);
+        let quiet = folder.join("quiet.conf");
+        let loud = folder.join("loud.conf");
+        std::fs::write(&quiet, b"x").expect("write quiet");
+        std::fs::write(&loud, b"x").expect("write loud");
+        std::fs::read(&quiet).expect("read quiet");
+        std::fs::read(&loud).expect("read loud");
+        let opened = |path: &Path, write: bool| {
+            let path = path.display().to_string();
+            move |e: &Event| matches!(&e.kind, EventKind::FileOpen(f) if f.path == path && f.write == write)
+        };
+        agent
+            .wait_for(opened(&quiet, true))
+            .expect("write under the folder");
+        agent
+            .wait_for(opened(&loud, false))
+            .expect("read under the narrower prefix");
+        let events = agent.stop();
+        assert!(
+            !events.iter().any(opened(&quiet, false)),
+            "a read under a modifications-only prefix was reported ({})",
+            folder.display()
+        );
+    }
 }
 
 #[test]

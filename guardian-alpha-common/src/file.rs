@@ -136,10 +136,6 @@ impl WatchEntry {
         entry
     }
 
-    fn bytes_equal(&self, prefix: &[u8]) -> bool {
-        self.len as usize == prefix.len() && self == &WatchEntry::of(prefix, self.flags)
-    }
-
     /// Whether the NUL-terminated path whose bytes `path` holds starts with this prefix. No
     /// length check is needed: a shorter path has its NUL where the prefix has a byte.
     #[inline(always)]
@@ -180,7 +176,10 @@ impl WatchList {
             }
             let count = list.count as usize;
             let listed = &mut list.entries[..count];
-            if let Some(same) = listed.iter_mut().find(|e| e.bytes_equal(prefix)) {
+            if let Some(same) = listed
+                .iter_mut()
+                .find(|e| **e == WatchEntry::of(prefix, e.flags))
+            {
                 same.flags = flags;
                 continue;
             }

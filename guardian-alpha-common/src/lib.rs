@@ -15,7 +15,7 @@ pub mod process;
 
 pub use enforce::{BlockedV4, BlockedV6, EnforceOp, EnforceRecord};
 pub use exec::ExecRecord;
-pub use file::{FileOp, FileRecord, RenameRecord, WatchEntry, WatchFlags, WatchList};
+pub use file::{FileOp, FileRecord, RenameRecord, WatchFlags, WatchList};
 pub use layout::{ExeFolderLayout, KernelLayout};
 pub use net::{ListenerKey, NetCloseRecord, NetOp, NetRecord, RememberedCaller};
 pub use privilege::{PrivOp, PrivRecord};

@@ -319,7 +319,9 @@ impl Sensor {
             .override_global(WAKE_SPACING_NS_GLOBAL, &options.wake_spacing_ns, true)
             .map_max_entries(EVENTS_MAP, options.ring_buffer_bytes)
             .load(options.object)?;
-        set_watched_prefixes(&mut ebpf, options.watched)?;
+        if watch_list.use_trie != 0 {
+            set_watched_prefixes(&mut ebpf, options.watched)?;
+        }
         let mut active_hooks = Vec::new();
         let mut skipped_hooks = Vec::new();
         for hook in HOOKS {

@@ -3,7 +3,6 @@
 use std::{
     path::PathBuf,
     process::{Child, Command, ExitStatus},
-    time::{Duration, Instant},
 };
 
 /// One thing to undo.
@@ -39,23 +38,13 @@ impl Cleanup {
         pid
     }
 
-    /// How the child `pid` (kept with [`Cleanup::child`]) ended, waiting up to `limit` for it;
-    /// `None` while it still runs or when it is not one of ours.
-    pub fn exit_status(&mut self, pid: u32, limit: Duration) -> Option<ExitStatus> {
-        let child = self.undo.iter_mut().find_map(|undo| match undo {
-            Undo::Child(child) if child.id() == pid => Some(child),
+    /// How the child `pid` (kept with [`Cleanup::child`]) ended; `None` while it still runs
+    /// or when it is not one of ours.
+    pub fn exit_status(&mut self, pid: u32) -> Option<ExitStatus> {
+        self.undo.iter_mut().find_map(|undo| match undo {
+            Undo::Child(child) if child.id() == pid => child.try_wait().ok().flatten(),
             _ => None,
-        })?;
-        let deadline = Instant::now() + limit;
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => return Some(status),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                _ => return None,
-            }
-        }
+        })
     }
 
     /// Creates the test account `name` (it must start with `qscatk`) with a home folder and

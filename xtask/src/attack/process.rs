@@ -240,7 +240,11 @@ fn reverse_shell(_: &mut Stack, cleanup: &mut Cleanup) -> anyhow::Result<()> {
         _ => {}
     }
     if !answer.contains("qscatk-shell-") {
-        let ended = cleanup.exit_status(shell, Duration::from_secs(1));
+        let mut ended = None;
+        wait_until(Duration::from_secs(1), || {
+            ended = cleanup.exit_status(shell);
+            ended.is_some()
+        });
         if !(answer.is_empty() && killed(ended)) {
             bail!("the reverse shell did not answer (got {answer:?}; its process: {ended:?})");
         }

@@ -2,7 +2,8 @@
 //! loopback: `cortex keys revoke` closes the live session and refuses the next handshake;
 //! `cortex keys rotate` in the middle of a stream of N events ends with exactly those N events
 //! stored once, the old key retired and the agent's retired key file removed; an emergency
-//! rotation makes the old key unusable at once; every transition is in the audit chain.
+//! rotation makes the old key unusable at once; a key older than `max_key_age_s` is rotated by
+//! the cortex itself; every transition is in the audit chain.
 
 #[allow(dead_code)] // the harness is shared with the other service tests
 mod common;
@@ -381,6 +382,47 @@ async fn emergency_rotation_makes_the_old_key_unusable_at_once() {
     );
     assert_eq!(
         transitions_of(&deployment, &new),
+        ["generate", "distribute", "activate"]
+    );
+    drop(uplink);
+    cortex.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_older_than_max_key_age_is_rotated_on_schedule() {
+    let deployment = Deployment::new(0);
+    let config = std::fs::read_to_string(&deployment.config).expect("config");
+    let config = config.replace("[keys]\n", "[keys]\nmax_key_age_s = 2\n");
+    std::fs::write(&deployment.config, config).expect("write config");
+    let (key_file, old) = enroll_key_file(&deployment);
+    let cortex = deployment.serve();
+    let mut uplink = start_uplink(&deployment, &cortex, &key_file);
+    stream_events(&mut uplink, 10).await;
+
+    let new = eventually(WAIT, || {
+        let current = StaticKeypair::load(&key_file).ok()?.public();
+        (current != old && state_of(&deployment, &current).as_deref() == Some("active"))
+            .then_some(current)
+    })
+    .await;
+    eventually(WAIT, || {
+        (state_of(&deployment, &old).as_deref() == Some("retired")).then_some(())
+    })
+    .await;
+    let begin = key_audit(&deployment)
+        .into_iter()
+        .find(|(_, body)| {
+            body["key_id"] == old.key_id().as_str() && body["transition"] == "begin_rotation"
+        })
+        .expect("the rotation is audited");
+    assert_eq!(begin.0, "cortex", "the cortex itself started it");
+    let reason = begin.1["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("scheduled: key older than 2s"),
+        "reason: {reason}"
+    );
+    assert_eq!(
+        transitions_of(&deployment, &new)[..3],
         ["generate", "distribute", "activate"]
     );
     drop(uplink);

@@ -378,6 +378,9 @@ impl Agent {
         let mut heartbeat_tick = ticker(HEARTBEAT_INTERVAL);
         let metrics_interval = Duration::from_secs(config.metrics.interval_s.max(1));
         let mut metrics_tick = ticker(metrics_interval);
+        let mut auth_log_tick = ticker(Duration::from_millis(
+            config.metrics.auth_log_poll_ms.max(1),
+        ));
         let scan_interval = Duration::from_secs(config.forensics.scan_interval_s.max(1));
         let mut scan_tick = ticker(scan_interval);
         // Records submitted without a wake-up are drained at least this often.
@@ -423,8 +426,10 @@ impl Agent {
                 _ = loss_tick.tick() => self.report_loss(&sensor)?,
                 _ = heartbeat_tick.tick() => self.heartbeat()?,
                 _ = metrics_tick.tick(), if config.metrics.interval_s > 0 => {
-                    self.follow_auth_log(&mut auth_log)?;
                     self.sample_metrics(&mut sampler, metrics_interval)?;
+                }
+                _ = auth_log_tick.tick(), if config.metrics.auth_log_poll_ms > 0 => {
+                    self.follow_auth_log(&mut auth_log)?;
                 }
                 _ = scan_tick.tick(), if config.forensics.scan_interval_s > 0 => maps_scans.start(),
                 Some(scanned) = maps_scans.finished() => self.report_scan(scanned)?,

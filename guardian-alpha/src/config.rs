@@ -112,6 +112,10 @@ pub struct MetricsConfig {
     pub interval_s: u64,
     /// Auth logs read for failed logins (the first that exists is used).
     pub auth_logs: Vec<PathBuf>,
+    /// Milliseconds between reads of the auth log's new lines; 0 stops following it. Login
+    /// events wait at most this long, so a credential-stuffing playbook is not held to the
+    /// metrics interval.
+    pub auth_log_poll_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -225,6 +229,7 @@ impl Default for MetricsConfig {
         MetricsConfig {
             interval_s: 10,
             auth_logs: vec!["/var/log/auth.log".into(), "/var/log/secure".into()],
+            auth_log_poll_ms: 250,
         }
     }
 }

@@ -619,6 +619,54 @@ fn a_signal_to_the_agent_is_a_tamper_attempt() {
     agent.stop();
 }
 
+/// The auth log is followed on its own tick: with host metrics off, a failed login appended to
+/// the log is still reported (the user and address parsed from the sshd line).
+#[test]
+fn a_failed_login_in_the_auth_log_is_reported_without_metrics_sampling() {
+    if !root_or_skip("a_failed_login_in_the_auth_log_is_reported_without_metrics_sampling") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("auth.log");
+    std::fs::write(
+        &log,
+        "Dec  3 05:00:00 e2e sshd[1]: Server listening on 0.0.0.0 port 22.\n",
+    )
+    .expect("auth log");
+    let agent = AlphaAgent::start(
+        &format!(
+            "watch = []\n[metrics]\ninterval_s = 0\nauth_logs = [\"{}\"]\nauth_log_poll_ms = 50\n\
+             [forensics]\nscan_interval_s = 0\n",
+            log.display()
+        ),
+        &[],
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .expect("open auth log");
+    writeln!(
+        file,
+        "Dec  3 05:00:01 e2e sshd[2]: Failed password for invalid user qsc-e2e from 127.0.0.9 port 5000 ssh2"
+    )
+    .expect("append");
+    let failure = agent
+        .wait_for(|e| matches!(e.kind, EventKind::AuthFailure(_)))
+        .expect("auth failure event");
+    let EventKind::AuthFailure(attempt) = &failure.kind else {
+        unreachable!()
+    };
+    assert_eq!(attempt.user, "qsc-e2e");
+    assert_eq!(attempt.remote_ip, Some("127.0.0.9".parse().expect("ip")));
+    let events = agent.stop();
+    assert!(
+        events
+            .iter()
+            .all(|e| !matches!(e.kind, EventKind::HostMetrics(_))),
+        "metrics sampling was off"
+    );
+}
+
 #[test]
 fn agent_does_not_report_itself() {
     if !root_or_skip("agent_does_not_report_itself") {

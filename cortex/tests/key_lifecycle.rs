@@ -284,6 +284,20 @@ async fn stream_events(uplink: &mut Uplink, count: usize) {
     }
 }
 
+/// The key in `key_file` once it is no longer `old` and the cortex holds it ACTIVE.
+async fn new_active_key(
+    deployment: &Deployment,
+    key_file: &Path,
+    old: &PublicKeyBytes,
+) -> PublicKeyBytes {
+    eventually(WAIT, || {
+        let current = StaticKeypair::load(key_file).ok()?.public();
+        (current != *old && state_of(deployment, &current).as_deref() == Some("active"))
+            .then_some(current)
+    })
+    .await
+}
+
 /// Rotates web-01's alpha key in the middle of a stream of `total` events; returns the old and
 /// the new key once the rotation took effect.
 async fn rotate_mid_stream(
@@ -302,12 +316,7 @@ async fn rotate_mid_stream(
     }
     deployment.cli_ok(&args);
     stream_events(&mut uplink, total - total / 2).await;
-    let new = eventually(WAIT, || {
-        let current = StaticKeypair::load(key_file).ok()?.public();
-        (current != old && state_of(deployment, &current).as_deref() == Some("active"))
-            .then_some(current)
-    })
-    .await;
+    let new = new_active_key(deployment, key_file, &old).await;
     let delivery = uplink.delivery();
     assert!(
         tokio::task::block_in_place(|| delivery.wait_delivered(WAIT)).expect("delivery"),
@@ -399,12 +408,7 @@ async fn a_key_older_than_max_key_age_is_rotated_on_schedule() {
     let mut uplink = start_uplink(&deployment, &cortex, &key_file);
     stream_events(&mut uplink, 10).await;
 
-    let new = eventually(WAIT, || {
-        let current = StaticKeypair::load(&key_file).ok()?.public();
-        (current != old && state_of(&deployment, &current).as_deref() == Some("active"))
-            .then_some(current)
-    })
-    .await;
+    let new = new_active_key(&deployment, &key_file, &old).await;
     eventually(WAIT, || {
         (state_of(&deployment, &old).as_deref() == Some("retired")).then_some(())
     })

@@ -226,11 +226,14 @@ impl StaticKeypair {
     }
 
     /// Deletes `<path>.retired` once the cortex confirmed the rotated key; true if it existed.
+    /// Its blocks are freed in the background: the agent's command thread does not wait.
     pub fn discard_retired(path: &Path) -> Result<bool, KeyError> {
         let retired = retired_path(path);
-        let existed = retired.exists();
-        remove_if_exists(&retired)?;
-        Ok(existed)
+        qsc_durable::remove_file_in_background(&retired).map_err(|source| KeyError::Io {
+            action: "remove",
+            path: retired,
+            source,
+        })
     }
 
     fn parse_secret_file(text: &str) -> Result<Self, String> {

@@ -9,6 +9,13 @@
 //! the caller decides when to wait for the disk: one fsync of the file afterwards commits its
 //! data and the rename together, and the folder's fsync finds nothing left to commit. Elsewhere
 //! the file is fsynced before the rename and only the folder's fsync is left.
+//!
+//! Freeing a file's blocks can be slow: on a filesystem mounted with `discard`, ext4 frees the
+//! blocks of a file whose last name and last open handle are gone with a synchronous discard
+//! that waits for the device (tens of milliseconds on a busy disk). A rename over an existing
+//! file is such a moment for the file it replaces, so [`replace`] holds the replaced file open
+//! until [`Replacement::sync`], which pays for it where the caller already waits for the disk;
+//! [`remove_file_in_background`] does the same for a removal.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -23,11 +30,15 @@ pub struct Replacement {
     file: File,
     folder: PathBuf,
     data_synced: bool,
+    /// The file the rename replaced, open so that its blocks are freed when this is dropped
+    /// (after the sync) rather than during the rename.
+    _replaced: Option<File>,
 }
 
 impl Replacement {
     /// Waits until the replacement survives a crash: the file's data (unless it was synced
-    /// before the rename), then the folder holding the rename.
+    /// before the rename), then the folder holding the rename. The replaced file's blocks are
+    /// freed last.
     pub fn sync(self) -> io::Result<()> {
         if !self.data_synced {
             self.file.sync_all()?;
@@ -46,6 +57,7 @@ pub fn replace(
     write: impl FnOnce(&mut File) -> io::Result<()>,
 ) -> io::Result<Replacement> {
     let folder = folder_of(path).to_path_buf();
+    let replaced = open_to_hold(path);
     // auto_da_alloc covers a rename over an existing file only.
     let data_ordered = path.exists() && rename_orders_data(&folder);
     let staged = || -> io::Result<File> {
@@ -69,7 +81,37 @@ pub fn replace(
         file,
         folder,
         data_synced: !data_ordered,
+        _replaced: replaced,
     })
+}
+
+/// Removes `path` now (false when it did not exist); its blocks are freed on a thread of its
+/// own, so the caller does not wait for the device (see the module's notes on `discard`).
+pub fn remove_file_in_background(path: &Path) -> io::Result<bool> {
+    let held = open_to_hold(path);
+    if let Err(error) = std::fs::remove_file(path) {
+        return match error.kind() {
+            io::ErrorKind::NotFound => Ok(false),
+            _ => Err(error),
+        };
+    }
+    if let Some(file) = held {
+        // Should the thread not start, the closure (and the file) is dropped here instead.
+        let _ = std::thread::Builder::new()
+            .name("qsc-free-blocks".into())
+            .spawn(move || drop(file));
+    }
+    Ok(true)
+}
+
+/// `path` opened only to keep its blocks allocated while it is open; None when it is missing,
+/// unreadable or not a plain name (a symlink is replaced itself, not its target).
+fn open_to_hold(path: &Path) -> Option<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()
 }
 
 /// The folder holding `path` (`.` for a bare file name).
@@ -197,6 +239,42 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode, 0o600);
         assert!(!tmp.exists());
+    }
+
+    /// Whether this process holds open a file with inode `ino` that has no name left.
+    fn holds_unlinked(ino: u64) -> bool {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .any(|fd| std::fs::metadata(fd.path()).is_ok_and(|m| m.ino() == ino && m.nlink() == 0))
+    }
+
+    #[test]
+    fn the_replaced_file_is_freed_at_the_sync_not_at_the_rename() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shadow");
+        std::fs::write(&path, "old").unwrap();
+        let old_ino = std::fs::metadata(&path).unwrap().ino();
+        let replacement = replace(&path, &dir.path().join("shadow.tmp"), 0o600, |f| {
+            f.write_all(b"new")
+        })
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new");
+        assert!(holds_unlinked(old_ino), "the replaced file is still open");
+        replacement.sync().unwrap();
+        assert!(!holds_unlinked(old_ino), "and closed once synced");
+    }
+
+    #[test]
+    fn a_file_removed_in_the_background_is_gone_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.key.retired");
+        std::fs::write(&path, "old key").unwrap();
+        assert!(remove_file_in_background(&path).unwrap());
+        assert!(!path.exists());
+        assert!(!remove_file_in_background(&path).unwrap());
+        let err = remove_file_in_background(dir.path()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::IsADirectory);
     }
 
     #[test]

@@ -14,7 +14,9 @@
 //! stamps) and the agent's report; the cortex and the agent share this host, so their
 //! `CLOCK_MONOTONIC` stamps compare. The agent's emission of the event is its wall-clock
 //! `time_ns`, converted with this host's wall − monotonic offset. `QSC_BENCH_ITERATIONS`
-//! overrides the iterations per action (for a quick look; the reported figures use 200).
+//! overrides the iterations per action (for a quick look; the reported figures use 200), and
+//! `QSC_BENCH_ACTIONS` (keys such as `revoke,rotate`) measures only those actions. The actions
+//! run interleaved: each round measures every action once.
 
 use std::{
     collections::HashSet,
@@ -295,6 +297,25 @@ fn iterations() -> anyhow::Result<usize> {
     }
 }
 
+/// The cases to measure: all of [`CASES`], or those `QSC_BENCH_ACTIONS` names (keys, comma
+/// separated: `revoke,rotate`).
+fn selected_cases() -> anyhow::Result<Vec<&'static Case>> {
+    let Ok(text) = std::env::var("QSC_BENCH_ACTIONS") else {
+        return Ok(CASES.iter().collect());
+    };
+    let keys: Vec<&str> = text.split(',').map(str::trim).collect();
+    if let Some(unknown) = keys.iter().find(|k| !CASES.iter().any(|c| c.key == **k)) {
+        let known: Vec<&str> = CASES.iter().map(|c| c.key).collect();
+        bail!(
+            "QSC_BENCH_ACTIONS={text}: `{unknown}` is not one of {}",
+            known.join(", ")
+        );
+    }
+    Ok(CASES.iter().filter(|c| keys.contains(&c.key)).collect())
+}
+
+/// Measures the cases interleaved, one iteration of each per round, so that a noisy stretch
+/// of this shared machine falls on every action alike rather than on whichever ran then.
 fn measure_all(api: &Api, stack: &mut Stack, uid: u32) -> anyhow::Result<Vec<Samples>> {
     let mut seen = HashSet::new();
     // Actions already in the store (none expected) are not this bench's.
@@ -302,28 +323,28 @@ fn measure_all(api: &Api, stack: &mut Stack, uid: u32) -> anyhow::Result<Vec<Sam
         seen.insert(record["id"].as_str().unwrap_or_default().to_owned());
     }
     let iterations = iterations()?;
-    let mut results = Vec::new();
-    for case in CASES {
-        let mut samples = Vec::with_capacity(iterations);
-        let mut unmeasured = None;
-        for i in 0..iterations {
+    let mut results: Vec<Samples> = selected_cases()?
+        .into_iter()
+        .map(|case| Samples {
+            case,
+            samples: Vec::with_capacity(iterations),
+            unmeasured: None,
+        })
+        .collect();
+    for i in 0..iterations {
+        for result in results.iter_mut().filter(|r| r.unmeasured.is_none()) {
             stack.check_alive()?;
+            let case = result.case;
             match iteration(api, case, i, uid, &mut seen)
                 .with_context(|| format!("{} iteration {i}", case.action))?
             {
-                Ok(sample) => samples.push(sample),
-                Err(reason) => {
-                    unmeasured = Some(reason);
-                    break;
-                }
+                Ok(sample) => result.samples.push(sample),
+                Err(reason) => result.unmeasured = Some(reason),
             }
         }
-        eprintln!("{}: {} samples", case.action, samples.len());
-        results.push(Samples {
-            case,
-            samples,
-            unmeasured,
-        });
+        if (i + 1) % 50 == 0 {
+            eprintln!("round {}/{iterations}", i + 1);
+        }
     }
     Ok(results)
 }

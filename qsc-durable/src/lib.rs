@@ -2,13 +2,17 @@
 //! renamed over it, so that a crash leaves the old content or the new, never an empty or
 //! partial file; [`Replacement::sync`] then makes the new content durable.
 //!
-//! The portable way fsyncs the temporary file before the rename. ext4 in its default modes
-//! (`data=ordered` with `auto_da_alloc`) gives the same guarantee by itself: a rename over an
-//! existing file makes the journal commit that records the rename wait for the new file's
-//! data (Documentation/filesystems/ext4.rst, `auto_da_alloc`). There the rename comes first and
-//! the caller decides when to wait for the disk: one fsync of the file afterwards commits its
-//! data and the rename together, and the folder's fsync finds nothing left to commit. Elsewhere
-//! the file is fsynced before the rename and only the folder's fsync is left.
+//! The portable way fsyncs the temporary file before the rename. ext4 with a journal in its
+//! default modes (`data=ordered` with `auto_da_alloc`) gives the same guarantee by itself: a
+//! rename over an existing file makes the journal commit that records the rename wait for the
+//! new file's data (Documentation/filesystems/ext4.rst, `auto_da_alloc`). There the rename
+//! comes first and the caller decides when to wait for the disk: one fsync of the file
+//! afterwards commits its data and the rename together, and the folder's fsync finds nothing
+//! left to commit. Elsewhere the file is fsynced before the rename and only the folder's fsync
+//! is left. An ext4 made without a journal has nothing to order the two by, and its mount
+//! options (in `/proc/self/mountinfo`) read the same as a journaled one's: the kernel's full
+//! list in `/proc/fs/ext4/<device>/options` tells them apart, `data=ordered` being there only
+//! with a journal.
 //!
 //! Freeing a file's blocks can be slow: on a filesystem mounted with `discard`, ext4 frees the
 //! blocks of a file whose last name and last open handle are gone with a synchronous discard
@@ -129,9 +133,10 @@ fn remove_if_exists(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Whether `folder`'s filesystem orders a renamed file's data before the rename (ext4, not
-/// `noauto_da_alloc`, not `data=writeback`). Remembered per device: a filesystem's options
-/// change only by remounting it, which a running service does not expect under its files.
+/// Whether `folder`'s filesystem orders a renamed file's data before the rename (ext4 with a
+/// journal in `data=ordered`, not `noauto_da_alloc`). Remembered per device: a filesystem's
+/// options change only by remounting it, which a running service does not expect under its
+/// files.
 fn rename_orders_data(folder: &Path) -> bool {
     static BY_DEVICE: OnceLock<Mutex<HashMap<u64, bool>>> = OnceLock::new();
     let Ok(device) = std::fs::metadata(folder).map(|m| m.dev()) else {
@@ -141,9 +146,7 @@ fn rename_orders_data(folder: &Path) -> bool {
     if let Some(&ordered) = known.lock().unwrap_or_else(|p| p.into_inner()).get(&device) {
         return ordered;
     }
-    let ordered = std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|mountinfo| {
-        mount_of_device(&mountinfo, device).is_some_and(|m| m.orders_data_before_rename())
-    });
+    let ordered = ext4_options(device).is_some_and(|options| ext4_orders_data(&options));
     known
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -151,38 +154,23 @@ fn rename_orders_data(folder: &Path) -> bool {
     ordered
 }
 
-#[derive(Debug, PartialEq)]
-struct Mount<'a> {
-    fstype: &'a str,
-    super_options: &'a str,
+/// Every option of the ext4 filesystem on block device `device` (`st_dev`), one per line, as
+/// the kernel lists them in `/proc/fs/ext4/<device name>/options`; None when it is not ext4
+/// (or not on a block device).
+fn ext4_options(device: u64) -> Option<String> {
+    let sys = format!(
+        "/sys/dev/block/{}:{}",
+        libc::major(device),
+        libc::minor(device)
+    );
+    let name = std::fs::read_link(sys).ok()?.file_name()?.to_owned();
+    std::fs::read_to_string(Path::new("/proc/fs/ext4").join(name).join("options")).ok()
 }
 
-impl Mount<'_> {
-    fn orders_data_before_rename(&self) -> bool {
-        self.fstype == "ext4"
-            && !self
-                .super_options
-                .split(',')
-                .any(|o| o == "noauto_da_alloc" || o == "data=writeback")
-    }
-}
-
-/// The filesystem of device `device` (`st_dev`) in a `/proc/PID/mountinfo` text. Every mount
-/// of one device shares its filesystem type and superblock options.
-fn mount_of_device(mountinfo: &str, device: u64) -> Option<Mount<'_>> {
-    let wanted = format!("{}:{}", libc::major(device), libc::minor(device));
-    mountinfo.lines().find_map(|line| {
-        let (mount, fs) = line.split_once(" - ")?;
-        if mount.split(' ').nth(2)? != wanted {
-            return None;
-        }
-        let mut fs = fs.split(' ');
-        let (fstype, _source, super_options) = (fs.next()?, fs.next()?, fs.next()?);
-        Some(Mount {
-            fstype,
-            super_options,
-        })
-    })
+/// Whether an ext4 option list orders a renamed file's data before the rename.
+fn ext4_orders_data(options: &str) -> bool {
+    let has = |option: &str| options.lines().any(|line| line.trim() == option);
+    has("data=ordered") && !has("noauto_da_alloc")
 }
 
 #[cfg(test)]
@@ -191,37 +179,34 @@ mod tests {
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
 
-    const MOUNTINFO: &str = "\
-22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw,discard
-30 22 0:26 / /tmp rw,nosuid shared:5 - tmpfs tmpfs rw,size=1024k
-31 22 254:1 / /srv rw,relatime shared:6 - ext4 /dev/vdb rw,noauto_da_alloc
-32 22 254:2 / /data rw,relatime shared:7 - xfs /dev/vdc rw,attr2
-33 22 254:3 / /wb rw,relatime shared:8 - ext4 /dev/vdd rw,data=writeback
-34 22 254:0 /var/lib /bound rw,relatime shared:9 - ext4 /dev/vda rw,discard
-";
+    /// `/proc/fs/ext4/<device>/options` of a journaled ext4 (mkfs.ext4 defaults), trimmed.
+    const JOURNALED: &str = "rw\nbsddf\nnogrpid\nblock_validity\ndioread_nolock\ndiscard\n\
+        delalloc\nbarrier\nauto_da_alloc\nuser_xattr\nacl\ncommit=5\ndata=ordered\n";
 
-    fn device(major: u32, minor: u32) -> u64 {
-        libc::makedev(major, minor)
+    #[test]
+    fn only_a_journaled_ext4_in_data_ordered_orders_data_before_a_rename() {
+        assert!(ext4_orders_data(JOURNALED));
+        let without_journal = JOURNALED.replace("data=ordered\n", "nojournal_checksum\n");
+        assert!(!ext4_orders_data(&without_journal), "no journal");
+        let writeback = JOURNALED.replace("data=ordered", "data=writeback");
+        assert!(!ext4_orders_data(&writeback), "data=writeback");
+        let no_auto = JOURNALED.replace("auto_da_alloc", "noauto_da_alloc");
+        assert!(!ext4_orders_data(&no_auto), "noauto_da_alloc");
     }
 
     #[test]
-    fn a_device_is_found_by_its_numbers() {
-        let fstype = |d| mount_of_device(MOUNTINFO, d).map(|m| m.fstype);
-        assert_eq!(fstype(device(254, 0)), Some("ext4"));
-        assert_eq!(fstype(device(0, 26)), Some("tmpfs"));
-        assert_eq!(fstype(device(254, 2)), Some("xfs"));
-        assert_eq!(fstype(device(254, 9)), None);
-    }
-
-    #[test]
-    fn only_ext4_in_its_default_modes_orders_data_before_a_rename() {
-        let ordered =
-            |d| mount_of_device(MOUNTINFO, d).is_some_and(|m| m.orders_data_before_rename());
-        assert!(ordered(device(254, 0)));
-        assert!(!ordered(device(0, 26)), "tmpfs");
-        assert!(!ordered(device(254, 1)), "noauto_da_alloc");
-        assert!(!ordered(device(254, 2)), "xfs");
-        assert!(!ordered(device(254, 3)), "data=writeback");
+    fn the_options_of_a_folders_filesystem_are_found_when_it_is_ext4() {
+        let dir = tempfile::tempdir().unwrap();
+        let device = std::fs::metadata(dir.path()).unwrap().dev();
+        let is_ext4 = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter_map(|line| line.split_once(" - "))
+            .any(|(mount, fs)| {
+                let wanted = format!("{}:{}", libc::major(device), libc::minor(device));
+                mount.split(' ').nth(2) == Some(wanted.as_str()) && fs.starts_with("ext4 ")
+            });
+        assert_eq!(ext4_options(device).is_some(), is_ext4);
     }
 
     #[test]

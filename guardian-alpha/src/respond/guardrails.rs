@@ -42,6 +42,8 @@ pub enum Refusal {
     Unspecified(IpAddr),
     #[error("`{path}` is the program of a protected process (`{name}`)")]
     ProtectedFile { path: String, name: String },
+    #[error("`{0}` names no file on disk (a memfd, or a link under /proc or /dev/fd)")]
+    NoFileOnDisk(String),
 }
 
 /// The guardrails, built from the agent's config and the cortex address it talks to.
@@ -134,6 +136,14 @@ impl Guardrails {
     /// Checks a file about to be quarantined: the agent's own executable and files named like a
     /// protected program (the agents, the cortex, the configured names) stay where they are.
     pub fn check_file(&self, path: &std::path::Path) -> Result<(), Refusal> {
+        // A fileless program's path (`/memfd:name (deleted)`), or a descriptor link that
+        // would resolve in this agent's own process rather than the attacker's.
+        if path.to_string_lossy().starts_with("/memfd:")
+            || path.starts_with("/proc")
+            || path.starts_with("/dev/fd")
+        {
+            return Err(Refusal::NoFileOnDisk(path.display().to_string()));
+        }
         let refuse = |name: &str| Refusal::ProtectedFile {
             path: path.display().to_string(),
             name: name.into(),
@@ -252,6 +262,20 @@ mod tests {
             Err(Refusal::ProtectedFile { .. })
         ));
         assert_eq!(rails.check_file(Path::new("/tmp/dropper")), Ok(()));
+    }
+
+    #[test]
+    fn refuses_paths_that_name_no_file_on_disk() {
+        let rails = rails();
+        for path in ["/memfd:payload (deleted)", "/proc/self/fd/3", "/dev/fd/3"] {
+            assert_eq!(
+                rails.check_file(Path::new(path)),
+                Err(Refusal::NoFileOnDisk(path.into())),
+                "{path}"
+            );
+        }
+        assert_eq!(rails.check_file(Path::new("/tmp/memfd:x")), Ok(()));
+        assert_eq!(rails.check_file(Path::new("/process/x")), Ok(()));
     }
 
     #[test]

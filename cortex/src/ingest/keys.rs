@@ -675,31 +675,40 @@ impl AgentDirectory {
             format!("{kind} {}: {}", report.action_id, flight.reason),
             now_ns(),
         );
-        let applied = lifecycle.store.update_renamed(|records| {
-            records.apply_rotation(&flight.old_key, &new_key, flight.emergency, &cause)
+        let old_key = flight.old_key;
+        let agents = self.agents_snapshot();
+        let mut acted = false;
+        let applied = lifecycle.store.lock_records().and_then(|mut locked| {
+            let events = locked.records.apply_rotation(
+                &flight.old_key,
+                &new_key,
+                flight.emergency,
+                &cause,
+            )?;
+            locked.records.validate()?;
+            // The new key is admitted and the old session ended before the records are
+            // written: the agent reconnects while they are made durable.
+            self.install_records(&agents, &locked.records);
+            self.sessions
+                .close_unless(|key| *key != old_key, "its key was rotated");
+            acted = true;
+            locked.save()?;
+            // Still under the file lock, so ahead of the retirement the new session causes.
+            lifecycle.queue_audit_events(&events);
+            Ok(())
         });
         match applied {
-            Ok((events, records, unsynced)) => {
-                self.install_records(&self.agents_snapshot(), &records);
-                // Queued before the close, so ahead of the retirement the new session causes.
-                lifecycle.queue_audit_events(&events);
-                // The agent already uses the new key: end the old session so it reconnects.
-                let old_key = flight.old_key;
-                self.sessions
-                    .close_unless(|key| *key != old_key, "its key was rotated");
-                // While the agent reconnects, the records are made durable; only then is the
-                // agent told to drop its retired key (by whichever comes second: this, or its
-                // new session's start).
-                match unsynced.sync() {
-                    Ok(()) => self.confirm_when_connected(lifecycle, new_key),
-                    Err(error) => {
-                        tracing::error!(%error, host_id = %flight.host_id, "the rotated key's record may not survive a crash; the agent keeps its retired key")
-                    }
-                }
+            Ok(()) => {
+                // The agent drops its retired key once told, by whichever comes second: this,
+                // or its new session's start.
+                self.confirm_when_connected(lifecycle, new_key);
                 tracing::info!(host_id = %flight.host_id, old = %old_key.key_id(), new = %new_key.key_id(), done_mono_ns = report.done_mono_ns, "{kind} applied");
             }
             Err(error) => {
                 tracing::error!(%error, host_id = %flight.host_id, "could not record the rotated key");
+                if acted {
+                    self.reinstall_saved_records(lifecycle, &agents, &flight.host_id);
+                }
                 lifecycle.finish(&flight.host_id, &report.action_id, Err(error.to_string()));
                 lifecycle.audit_rotation(
                     &flight.actor,
@@ -707,6 +716,24 @@ impl AgentDirectory {
                            "host_id": flight.host_id, "source": flight.source,
                            "detail": error.to_string()}),
                 );
+            }
+        }
+    }
+
+    /// After a rotation admitted its new key but could not save it: back to what the records
+    /// file says, so that this cortex admits what it would after a restart. The agent, which
+    /// uses its new key, is refused until an operator enrolls that key (its previous key stays
+    /// in its key file's `.retired` copy).
+    fn reinstall_saved_records(
+        &self,
+        lifecycle: &KeyLifecycle,
+        agents: &AgentsFile,
+        host_id: &str,
+    ) {
+        match lifecycle.store.load() {
+            Ok(records) => self.install_records(agents, &records),
+            Err(error) => {
+                tracing::error!(%error, host_id, "cannot reload the key records after a failed rotation")
             }
         }
     }
@@ -724,6 +751,18 @@ impl AgentDirectory {
         }
     }
 
+    /// Installs the access the records file grants, read under its lock: a rotation admits its
+    /// new key before it writes the file (see `apply_rotation`), and a read in between would
+    /// take that key away again.
+    /// Call from the multi-threaded runtime (the lock may be held through a rotation's fsyncs).
+    fn reload_records(&self, lifecycle: &KeyLifecycle) -> Result<KeyRecords, KeysError> {
+        tokio::task::block_in_place(|| {
+            let locked = lifecycle.store.lock_records()?;
+            self.install_records(&self.agents_snapshot(), &locked.records);
+            Ok(locked.records.clone())
+        })
+    }
+
     /// One round of the key watcher: reload the records if they changed, send requested and
     /// scheduled rotations to connected agents.
     pub async fn tick_keys(&self) {
@@ -733,14 +772,13 @@ impl AgentDirectory {
         if !lifecycle.file_changed() && lifecycle.max_key_age.is_none() {
             return;
         }
-        let records = match lifecycle.store.load() {
+        let records = match self.reload_records(lifecycle) {
             Ok(records) => records,
             Err(error) => {
                 tracing::error!(%error, "key records are unreadable; keeping the previous access");
                 return;
             }
         };
-        self.install_records(&self.agents_snapshot(), &records);
         for request in &records.requests {
             self.send_requested(lifecycle, request).await;
         }

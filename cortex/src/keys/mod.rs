@@ -110,34 +110,23 @@ impl KeyStore {
         &self,
         change: impl FnOnce(&mut KeyRecords) -> Result<T, KeysError>,
     ) -> Result<(T, KeyRecords), KeysError> {
-        let (value, records, unsynced) = self.update_renamed(change)?;
-        unsynced.sync()?;
-        Ok((value, records))
+        let mut locked = self.lock_records()?;
+        let value = change(&mut locked.records)?;
+        locked.save()?;
+        Ok((value, locked.records))
     }
 
-    /// [`Self::update`] that returns once the new file is renamed into place, before it is
-    /// durable: what the records now say is read by everyone, and survives a crash once the
-    /// returned [`UnsyncedRecords`] is synced.
-    pub fn update_renamed<T>(
-        &self,
-        change: impl FnOnce(&mut KeyRecords) -> Result<T, KeysError>,
-    ) -> Result<(T, KeyRecords, UnsyncedRecords), KeysError> {
+    /// The records, locked against every other update (this process's and other processes')
+    /// until the returned value is dropped; change them and [`LockedRecords::save`].
+    pub fn lock_records(&self) -> Result<LockedRecords<'_>, KeysError> {
         let lock = self.lock()?;
-        let before = self.load()?;
-        let mut records = before.clone();
-        let value = change(&mut records)?;
-        let replacement = if records != before {
-            records.validate()?;
-            Some(self.save(&records)?)
-        } else {
-            None
-        };
-        drop(lock);
-        let unsynced = UnsyncedRecords {
-            path: self.path.clone(),
-            replacement,
-        };
-        Ok((value, records, unsynced))
+        let records = self.load()?;
+        Ok(LockedRecords {
+            store: self,
+            _lock: lock,
+            saved: records.clone(),
+            records,
+        })
     }
 
     fn lock(&self) -> Result<File, KeysError> {
@@ -176,25 +165,29 @@ impl KeyStore {
     }
 }
 
-/// Records renamed into place by [`KeyStore::update_renamed`], not yet durable.
-#[must_use = "the records survive a crash only once synced"]
-pub struct UnsyncedRecords {
-    path: PathBuf,
-    /// None when the update changed nothing.
-    replacement: Option<qsc_durable::Replacement>,
+/// Key records under the file lock ([`KeyStore::lock_records`]).
+pub struct LockedRecords<'a> {
+    store: &'a KeyStore,
+    _lock: File,
+    /// What the file holds.
+    saved: KeyRecords,
+    /// What it will hold once saved.
+    pub records: KeyRecords,
 }
 
-impl UnsyncedRecords {
-    /// Waits until the records survive a crash.
-    pub fn sync(self) -> Result<(), KeysError> {
-        match self.replacement {
-            Some(replacement) => replacement.sync().map_err(|source| KeysError::Io {
-                action: "sync",
-                path: self.path,
-                source,
-            }),
-            None => Ok(()),
+impl LockedRecords<'_> {
+    /// Validates the records and, if they changed, writes them durably.
+    pub fn save(&mut self) -> Result<(), KeysError> {
+        if self.records == self.saved {
+            return Ok(());
         }
+        self.records.validate()?;
+        self.store
+            .save(&self.records)?
+            .sync()
+            .map_err(|source| self.store.io("sync", source))?;
+        self.saved = self.records.clone();
+        Ok(())
     }
 }
 
@@ -265,6 +258,34 @@ mod tests {
         assert_eq!(store.load().unwrap(), loaded);
         std::fs::write(store.path(), "{not json").unwrap();
         assert!(matches!(store.load(), Err(KeysError::Parse { .. })));
+    }
+
+    #[test]
+    fn locked_records_hold_off_other_updates_and_reach_the_file_when_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::new(dir.path().join("keys.json"));
+        let key = PublicKeyBytes([5; 32]);
+        let cause = Cause::new("operator:test", "test", 5);
+        let mut locked = store.lock_records().unwrap();
+        locked
+            .records
+            .enroll("web-01", Source::Alpha, &key, None, &cause)
+            .unwrap();
+        assert_eq!(
+            store.load().unwrap(),
+            KeyRecords::default(),
+            "not saved yet"
+        );
+        let other = std::thread::spawn({
+            let store = store.clone();
+            move || store.update(|records| Ok(records.records.len())).unwrap().0
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!other.is_finished(), "another update waits for the lock");
+        locked.save().unwrap();
+        assert_eq!(store.load().unwrap(), locked.records);
+        drop(locked);
+        assert_eq!(other.join().unwrap(), 1, "and then sees the saved records");
     }
 
     #[test]

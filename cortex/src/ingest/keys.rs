@@ -707,7 +707,7 @@ impl AgentDirectory {
             Err(error) => {
                 tracing::error!(%error, host_id = %flight.host_id, "could not record the rotated key");
                 if acted {
-                    self.reinstall_saved_records(lifecycle, &agents, &flight.host_id);
+                    self.reinstall_saved_records(lifecycle, &flight.host_id);
                 }
                 lifecycle.finish(&flight.host_id, &report.action_id, Err(error.to_string()));
                 lifecycle.audit_rotation(
@@ -724,17 +724,9 @@ impl AgentDirectory {
     /// file says, so that this cortex admits what it would after a restart. The agent, which
     /// uses its new key, is refused until an operator enrolls that key (its previous key stays
     /// in its key file's `.retired` copy).
-    fn reinstall_saved_records(
-        &self,
-        lifecycle: &KeyLifecycle,
-        agents: &AgentsFile,
-        host_id: &str,
-    ) {
-        match lifecycle.store.load() {
-            Ok(records) => self.install_records(agents, &records),
-            Err(error) => {
-                tracing::error!(%error, host_id, "cannot reload the key records after a failed rotation")
-            }
+    fn reinstall_saved_records(&self, lifecycle: &KeyLifecycle, host_id: &str) {
+        if let Err(error) = self.install_saved_records(lifecycle) {
+            tracing::error!(%error, host_id, "cannot reload the key records after a failed rotation")
         }
     }
 
@@ -753,14 +745,11 @@ impl AgentDirectory {
 
     /// Installs the access the records file grants, read under its lock: a rotation admits its
     /// new key before it writes the file (see `apply_rotation`), and a read in between would
-    /// take that key away again.
-    /// Call from the multi-threaded runtime (the lock may be held through a rotation's fsyncs).
-    fn reload_records(&self, lifecycle: &KeyLifecycle) -> Result<KeyRecords, KeysError> {
-        tokio::task::block_in_place(|| {
-            let locked = lifecycle.store.lock_records()?;
-            self.install_records(&self.agents_snapshot(), &locked.records);
-            Ok(locked.records.clone())
-        })
+    /// take that key away again. Blocks while a rotation holds the lock through its fsyncs.
+    fn install_saved_records(&self, lifecycle: &KeyLifecycle) -> Result<KeyRecords, KeysError> {
+        let locked = lifecycle.store.lock_records()?;
+        self.install_records(&self.agents_snapshot(), &locked.records);
+        Ok(locked.records.clone())
     }
 
     /// One round of the key watcher: reload the records if they changed, send requested and
@@ -772,7 +761,7 @@ impl AgentDirectory {
         if !lifecycle.file_changed() && lifecycle.max_key_age.is_none() {
             return;
         }
-        let records = match self.reload_records(lifecycle) {
+        let records = match tokio::task::block_in_place(|| self.install_saved_records(lifecycle)) {
             Ok(records) => records,
             Err(error) => {
                 tracing::error!(%error, "key records are unreadable; keeping the previous access");

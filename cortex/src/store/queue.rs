@@ -60,8 +60,10 @@ pub(super) enum Write {
         host: String,
         body: String,
     },
-    /// A new delivery session of the agent starts: answered once everything queued before it
-    /// is committed (or refused), and lifts the refusal a failed commit left for the agent.
+    /// A new delivery session of the agent starts and reads its resume point from what is
+    /// committed: lifts the refusal a failed commit of the agent's writes queued before it
+    /// left, since the session delivers those again. Answered once everything queued before it
+    /// is committed (or refused).
     Resume {
         host_id: String,
         agent: &'static str,
@@ -141,11 +143,18 @@ impl FailedAgents {
         kept
     }
 
-    /// A commit holding `writes` failed (nothing of it is stored): their agents are refused
-    /// until they resume.
+    /// A commit holding `writes`, in queue order, failed (nothing of it is stored): their
+    /// agents are refused until they resume. A resume in the same commit behind an agent's
+    /// failed writes already counts: that session read its resume point before them.
     pub fn failed<'a>(&mut self, writes: impl IntoIterator<Item = &'a Write>) {
-        self.0
-            .extend(writes.into_iter().filter_map(Write::events_of));
+        for write in writes {
+            match write {
+                Write::Resume { host_id, agent } => {
+                    self.0.remove(&(host_id.clone(), *agent));
+                }
+                _ => self.0.extend(write.events_of()),
+            }
+        }
     }
 }
 
@@ -190,5 +199,25 @@ mod tests {
             1,
             "the refusal is lifted for good"
         );
+    }
+
+    #[test]
+    fn a_resume_behind_the_failed_writes_in_the_same_commit_lifts_their_refusal() {
+        let resume = |agent| Write::Resume {
+            host_id: "web-01".into(),
+            agent,
+        };
+        let mut failed = FailedAgents::default();
+        failed.failed([
+            &events("web-01", "alpha"),
+            &resume("alpha"),
+            &resume("beta"),
+            &events("web-01", "beta"),
+        ]);
+        let (alpha, _) = Job::new(events("web-01", "alpha"));
+        let (beta, _) = Job::new(events("web-01", "beta"));
+        let kept = failed.admit([alpha, beta]);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].write.events_of(), Some(("web-01".into(), "alpha")));
     }
 }

@@ -8,8 +8,7 @@
 //!
 //! After a failed group the writer refuses the later event writes of the agents whose events
 //! were in it until they resume, as every store writer does ([`super::queue::FailedAgents`]).
-//! A resume waits for the queue only while event writes of its agent are in it
-//! ([`Writer::resume`]).
+//! A resume never waits for the queue ([`Writer::resume`]).
 //!
 //! The writer keeps each host's number and each agent's highest stored seq in memory
 //! ([`Known`]), read from the tables on first use and forgotten after a failed group, so an
@@ -20,7 +19,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -44,7 +42,6 @@ const WRITER_CACHE_KIB: i64 = 64 * 1024;
 /// The queue to the writer and its two threads; dropping it drains the queue and stops both.
 pub(super) struct Writer {
     jobs: Option<Sender<Job>>,
-    unsettled: Unsettled,
     stop_checkpoints: Option<Sender<()>>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -62,13 +59,9 @@ impl Writer {
         let (jobs, queue) = crossbeam_channel::bounded(QUEUE_JOBS);
         let (stop_checkpoints, stop) = crossbeam_channel::bounded(1);
         let spawn_error = |error: std::io::Error| StoreError::Thread(error.to_string());
-        let unsettled = Unsettled::default();
         let writer = std::thread::Builder::new()
             .name("cortex-store-writer".into())
-            .spawn({
-                let unsettled = unsettled.clone();
-                move || run_writer(conn, queue, &unsettled)
-            })
+            .spawn(move || run_writer(conn, queue))
             .map_err(spawn_error)?;
         let checkpointer = std::thread::Builder::new()
             .name("cortex-store-checkpoint".into())
@@ -79,7 +72,6 @@ impl Writer {
             .map_err(spawn_error)?;
         Ok(Writer {
             jobs: Some(jobs),
-            unsettled,
             stop_checkpoints: Some(stop_checkpoints),
             threads: vec![writer, checkpointer],
         })
@@ -87,37 +79,25 @@ impl Writer {
 
     /// Queues `write`; the returned receiver gets the result once it is committed.
     pub fn submit(&self, write: Write) -> Result<Answer, StoreError> {
-        let agent = write.events_of();
         let (job, answer) = Job::new(write);
-        if let Some(agent) = &agent {
-            self.unsettled.add(agent);
-        }
-        let sent = self
-            .jobs
+        self.jobs
             .as_ref()
             .ok_or(StoreError::WriterStopped)
-            .and_then(|jobs| jobs.send(job).map_err(|_| StoreError::WriterStopped));
-        if let (Err(_), Some(agent)) = (&sent, &agent) {
-            self.unsettled.settle([agent]);
-        }
-        sent.map(|()| answer)
+            .and_then(|jobs| jobs.send(job).map_err(|_| StoreError::WriterStopped))?;
+        Ok(answer)
     }
 
-    /// Queues the agent's resume (which lifts a refusal its failed commit left, for the jobs
-    /// behind it). Waits for it only while event writes of the agent are queued or being
-    /// committed: otherwise what is committed is already final for the agent, and a reconnect
-    /// (after a key rotation, say) need not wait behind other agents' commits.
+    /// Queues the agent's resume, which lifts a refusal its failed commit left for the jobs
+    /// behind it, and returns without waiting: the resume point is then read from what is
+    /// committed. Writes of the agent still in the queue are delivered again after that point
+    /// and skipped as re-deliveries if they commit, stored if they fail; so a reconnect (after
+    /// a key rotation, say) never waits for a commit.
     pub fn resume(&self, host_id: &str, agent: &'static str) -> Result<(), StoreError> {
-        let key = (host_id.to_owned(), agent);
-        let settled = self.unsettled.is_settled(&key);
-        let answer = self.submit(Write::Resume {
-            host_id: key.0,
-            agent: key.1,
-        })?;
-        if !settled {
-            answer.recv().map_err(|_| StoreError::WriterStopped)??;
-        }
-        Ok(())
+        self.submit(Write::Resume {
+            host_id: host_id.to_owned(),
+            agent,
+        })
+        .map(drop)
     }
 
     /// Queues `write` and waits for its commit.
@@ -141,41 +121,7 @@ impl Drop for Writer {
     }
 }
 
-/// Event writes queued or being committed, per agent: a write is settled once its group is
-/// committed or has failed (before the answers go out), or once it is refused.
-#[derive(Clone, Default)]
-struct Unsettled(Arc<Mutex<HashMap<AgentKey, usize>>>);
-
-impl Unsettled {
-    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<AgentKey, usize>> {
-        // The counts stay consistent even if a holder panicked: each change is one statement.
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn add(&self, agent: &AgentKey) {
-        *self.counts().entry(agent.clone()).or_default() += 1;
-    }
-
-    fn settle<'a>(&self, agents: impl IntoIterator<Item = &'a AgentKey>) {
-        let mut counts = self.counts();
-        for agent in agents {
-            if let Some(count) = counts.get_mut(agent) {
-                *count -= 1;
-                if *count == 0 {
-                    counts.remove(agent);
-                }
-            }
-        }
-    }
-
-    fn is_settled(&self, agent: &AgentKey) -> bool {
-        !self.counts().contains_key(agent)
-    }
-}
-
-fn run_writer(mut conn: Connection, queue: Receiver<Job>, unsettled: &Unsettled) {
+fn run_writer(mut conn: Connection, queue: Receiver<Job>) {
     let mut failed = FailedAgents::default();
     let mut known = Known::default();
     while let Ok(first) = queue.recv() {
@@ -188,12 +134,8 @@ fn run_writer(mut conn: Connection, queue: Receiver<Job>, unsettled: &Unsettled)
             events += next.write.event_count();
             group.push(next);
         }
-        let agents: Vec<AgentKey> = group.iter().filter_map(|j| j.write.events_of()).collect();
         let group = failed.admit(group);
         let answers = commit_group(&mut conn, group, &mut failed, &mut known);
-        // Settled before answered: whoever hears the answer and then resumes reads a final
-        // count.
-        unsettled.settle(&agents);
         for (job, answer) in answers {
             // A submitter that stopped waiting does not need the answer.
             let _ = job.reply.send(answer);

@@ -361,10 +361,23 @@ impl Api {
     }
 }
 
+/// How [`Api::wait_for_action_polling`] asks: how often, and for how many of the newest
+/// actions (the one awaited must be among them).
+#[derive(Clone, Copy, Debug)]
+pub struct Polling {
+    pub every: Duration,
+    pub newest: usize,
+}
+
 impl Api {
     /// The host's response actions, newest first (at most 100).
     pub fn actions(&self, host: &str) -> anyhow::Result<Vec<Value>> {
-        let body = self.get(&format!("/api/actions?host={host}&limit=100"))?;
+        self.newest_actions(host, 100)
+    }
+
+    /// The host's `limit` newest response actions, newest first.
+    pub fn newest_actions(&self, host: &str, limit: usize) -> anyhow::Result<Vec<Value>> {
+        let body = self.get(&format!("/api/actions?host={host}&limit={limit}"))?;
         Ok(body.as_array().cloned().unwrap_or_default())
     }
 
@@ -377,21 +390,26 @@ impl Api {
         seen: &mut HashSet<String>,
         timeout: Duration,
     ) -> anyhow::Result<Value> {
-        self.wait_for_action_polling(host, playbook, seen, timeout, Duration::from_millis(5))
+        let polling = Polling {
+            every: Duration::from_millis(5),
+            newest: 100,
+        };
+        self.wait_for_action_polling(host, playbook, seen, timeout, polling)
     }
 
-    /// [`Api::wait_for_action`], asking the API every `poll`.
+    /// [`Self::wait_for_action`], asking for the `polling.newest` actions every
+    /// `polling.every`.
     pub fn wait_for_action_polling(
         &self,
         host: &str,
         playbook: &str,
         seen: &mut HashSet<String>,
         timeout: Duration,
-        poll: Duration,
+        polling: Polling,
     ) -> anyhow::Result<Value> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            for record in self.actions(host)? {
+            for record in self.newest_actions(host, polling.newest)? {
                 let id = record["id"].as_str().unwrap_or_default().to_owned();
                 if seen.contains(&id) || record["playbook"] != playbook {
                     continue;
@@ -409,7 +427,7 @@ impl Api {
                     ),
                 }
             }
-            std::thread::sleep(poll);
+            std::thread::sleep(polling.every);
         }
         bail!("no `{playbook}` action on {host} completed within {timeout:?}")
     }

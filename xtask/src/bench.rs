@@ -5,6 +5,7 @@ use anyhow::bail;
 
 use crate::shell;
 
+mod host_cpu;
 mod response;
 mod scale;
 

@@ -16,7 +16,8 @@
 //! `time_ns`, converted with this host's wall − monotonic offset. `QSC_BENCH_ITERATIONS`
 //! overrides the iterations per action (for a quick look; the reported figures use 200), and
 //! `QSC_BENCH_ACTIONS` (keys such as `revoke,rotate`) measures only those actions. The actions
-//! run interleaved: each round measures every action once.
+//! run interleaved: each round measures every action once. The share of CPU time the
+//! hypervisor stole during the run (`host_steal_percent`) tells a noisy run from a quiet one.
 
 use std::{
     collections::HashSet,
@@ -32,6 +33,7 @@ use qsc_tests::{
 };
 use serde_json::{Value, json};
 
+use super::host_cpu::HostCpu;
 use crate::{ebpf, shell};
 
 /// Iterations per action.
@@ -174,10 +176,16 @@ pub fn run() -> anyhow::Result<()> {
     let user = BenchUser::create()?;
     let layout = Layout::write(&state, &bin, stack_spec(), &net)?;
     let mut stack = Stack::start(&bin, &layout, &net)?;
+    let start = HostCpu::read()?;
     let outcome = measure_all(&layout.api(), &mut stack, user.uid);
+    let end = HostCpu::read();
     stack.stop();
     let results = outcome?;
-    report(&results, &out_dir.join("response.json"))
+    report(
+        &results,
+        end?.steal_percent_since(&start),
+        &out_dir.join("response.json"),
+    )
 }
 
 /// The bench's unprivileged account (uid ≥ 1000, so the agent may lock it), removed on drop.
@@ -506,7 +514,7 @@ fn breakdown(samples: &Samples, json: &mut serde_json::Map<String, Value>) {
     json.insert(format!("{}_hops", samples.case.key), Value::Object(hops));
 }
 
-fn report(results: &[Samples], out: &Path) -> anyhow::Result<()> {
+fn report(results: &[Samples], steal_percent: f64, out: &Path) -> anyhow::Result<()> {
     let mut json = serde_json::Map::new();
     println!(
         "{:<18} {:>6} {:>9} {:>9} {:>9} {:>11} {:>11}",
@@ -546,6 +554,10 @@ fn report(results: &[Samples], out: &Path) -> anyhow::Result<()> {
     for samples in results {
         breakdown(samples, &mut json);
     }
+    println!(
+        "host: {steal_percent:.2}% of the CPU time during the run was stolen by the hypervisor"
+    );
+    json.insert("host_steal_percent".into(), json!(steal_percent));
     json.insert(
         "agent_ring_buffer".into(),
         json!("default batching; the triggering connects wake the agent at once (wake_at_once)"),

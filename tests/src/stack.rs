@@ -103,6 +103,7 @@ impl Layout {
         Api {
             base: format!("http://{}", self.spec.api_addr),
             token: self.api_token.clone(),
+            http: ureq::AgentBuilder::new().timeout(API_TIMEOUT).build(),
         }
     }
 }
@@ -337,14 +338,19 @@ fn spawn_logged(cmd: &mut Command, log: &Path) -> anyhow::Result<Child> {
 pub struct Api {
     base: String,
     token: String,
+    /// Keeps its connection open between requests: a connection per request would add a
+    /// connect and an accept to the events the agent reports and the cortex stores, each time
+    /// a test or bench polls.
+    http: ureq::Agent,
 }
 
 impl Api {
     /// `GET path`: the JSON body of a 2xx answer.
     pub fn get(&self, path: &str) -> anyhow::Result<Value> {
-        Ok(ureq::get(&format!("{}{path}", self.base))
+        Ok(self
+            .http
+            .get(&format!("{}{path}", self.base))
             .set("Authorization", &format!("Bearer {}", self.token))
-            .timeout(API_TIMEOUT)
             .call()
             .with_context(|| format!("GET {path}"))?
             .into_json()?)
@@ -352,9 +358,10 @@ impl Api {
 
     /// `POST path` with a JSON body: the status and JSON body of a 2xx answer.
     pub fn post(&self, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
-        let response = ureq::post(&format!("{}{path}", self.base))
+        let response = self
+            .http
+            .post(&format!("{}{path}", self.base))
             .set("Authorization", &format!("Bearer {}", self.token))
-            .timeout(API_TIMEOUT)
             .send_json(body.clone())
             .with_context(|| format!("POST {path}"))?;
         Ok((response.status(), response.into_json()?))
@@ -398,7 +405,8 @@ impl Api {
     }
 
     /// [`Self::wait_for_action`], asking for the `polling.newest` actions every
-    /// `polling.every`.
+    /// `polling.every`, the first time after one period: a request at once would make the
+    /// cortex answer it while it handles the event that triggers the action.
     pub fn wait_for_action_polling(
         &self,
         host: &str,
@@ -409,6 +417,7 @@ impl Api {
     ) -> anyhow::Result<Value> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
+            std::thread::sleep(polling.every);
             for record in self.newest_actions(host, polling.newest)? {
                 let id = record["id"].as_str().unwrap_or_default().to_owned();
                 if seen.contains(&id) || record["playbook"] != playbook {
@@ -427,7 +436,6 @@ impl Api {
                     ),
                 }
             }
-            std::thread::sleep(polling.every);
         }
         bail!("no `{playbook}` action on {host} completed within {timeout:?}")
     }

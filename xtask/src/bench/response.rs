@@ -95,7 +95,8 @@ const ACTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// measured, except through the CPU the asking takes from the stack on this 2-core machine:
 /// every 5 ms for 100 records (each parsed by the debug-built xtask) took ~40% of a core, and
 /// every 25 ms still 33–47%. One iteration creates at most two actions (the action and its
-/// rollback), so the 8 newest always hold the one awaited.
+/// rollback), so the 8 newest always hold the one awaited. The first request comes one period
+/// after the trigger, when nearly every action is done, so it seldom runs alongside one.
 const POLL: Polling = Polling {
     every: Duration::from_millis(25),
     newest: 8,

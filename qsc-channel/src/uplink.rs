@@ -362,7 +362,9 @@ impl CommandHandler for AgentCommands {
                     request.action.name()
                 ),
             )),
-            ParsedCommand::KeyRotated(_) | ParsedCommand::Unknown(_) => (
+            ParsedCommand::KeyRotated(_)
+            | ParsedCommand::KeyRecorded(_)
+            | ParsedCommand::Unknown(_) => (
                 CommandStatus::Refused,
                 format!("{} does not know this command", self.agent).into_bytes(),
             ),

@@ -9,11 +9,14 @@
 //!   an `ActionRequest` with `rotate_keys`; the agent's `ActionReport` carries the new public
 //!   key. The cortex enrolls it (GENERATED → DISTRIBUTED → ACTIVE), moves the old key to
 //!   ROTATING (emergency: REVOKED) and closes the session. The agent reconnects with the new key,
-//!   which retires the old one, and gets `key-rotated <key>` so it drops its retired key file.
+//!   which retires the old one, and gets `key-rotated <key>` as soon as that session is up.
 //!   Events the old session had not acknowledged are re-sent on the new one and de-duplicated.
+//!   Once the records file holds the new key durably, the agent gets `key-recorded <key>` and
+//!   drops its retired key file.
 //! * Completion: the agent answers `key-rotated` with the rotation's final `ActionReport`, whose
 //!   `done_mono_ns` is when it heard, on its new session, that the cortex took the new key.
-//!   [`AgentDirectory::rotate_and_wait`] (playbook `rotate_keys`) returns that report.
+//!   [`AgentDirectory::rotate_and_wait`] (playbook `rotate_keys`) returns that report once the
+//!   records are saved too ([`settling`]); a failed save fails the rotation.
 //! * Requests from `cortex keys rotate` wait in the records file until the agent is connected;
 //!   with `[keys] max_key_age_s` set, an ACTIVE key older than that is rotated (scheduled).
 //!
@@ -27,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use qsc_channel::delivery::{AgentIdentity, CommandSender, CommandStatus, SessionCloser};
 use qsc_channel::keys::PublicKeyBytes;
-use qsc_channel::uplink::rotation::key_rotated_command;
+use qsc_channel::uplink::rotation::{key_recorded_command, key_rotated_command};
 use qsc_event::{Action, ActionOutcome, ActionReport, ActionRequest, Source, now_ns};
 use serde_json::json;
 use tokio::sync::{oneshot, watch};
@@ -38,6 +41,9 @@ use crate::audit::{AuditEntry, AuditKind, AuditSink};
 use crate::keys::{
     Cause, KeyRecords, KeyStore, KeysError, RotationRequest, audit_entries, source_name,
 };
+
+mod settling;
+use settling::Settling;
 
 /// How often the running cortex looks at the key records file.
 pub const KEYS_POLL: Duration = Duration::from_millis(200);
@@ -126,8 +132,14 @@ pub struct KeyLifecycle {
     store: KeyStore,
     max_key_age: Option<Duration>,
     in_flight: Mutex<HashMap<String, InFlight>>,
-    /// New keys whose agent has not been told yet that the cortex took them.
+    /// New keys a rotation admitted whose agent has not been told yet that the cortex took
+    /// them (`key-rotated`, sent when the key's session starts).
     unconfirmed: Mutex<HashSet<PublicKeyBytes>>,
+    /// New keys durably recorded whose agent was not connected to be told (`key-recorded`,
+    /// sent when the key's session starts).
+    recorded_unsent: Mutex<HashSet<PublicKeyBytes>>,
+    /// Rotations whose records are being saved or whose agent has not answered yet.
+    settling: Mutex<Settling>,
     /// Callers of [`AgentDirectory::rotate_and_wait`], by rotation action id, with the host
     /// whose agent alone may complete the rotation.
     waiters: Mutex<HashMap<String, (String, Waiter)>>,
@@ -208,13 +220,18 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Tells the agent on `sender` that the cortex took its new `key` (it drops its retired key).
-/// Call from inside the runtime.
-fn send_key_confirmation(lifecycle: &KeyLifecycle, key: PublicKeyBytes, sender: CommandSender) {
+/// Sends a rotation `command` about `key` (`key-rotated`, `key-recorded`) to the agent on
+/// `sender`. Call from inside the runtime.
+fn send_key_command(
+    lifecycle: &KeyLifecycle,
+    command: Vec<u8>,
+    key: PublicKeyBytes,
+    sender: CommandSender,
+) {
     let id = ROTATION_COMMAND_IDS | lifecycle.next_action.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
-        if sender.send(id, &key_rotated_command(&key)).await.is_err() {
-            tracing::warn!(key_id = %key.key_id(), "session ended before the key confirmation");
+        if sender.send(id, &command).await.is_err() {
+            tracing::warn!(key_id = %key.key_id(), command = %String::from_utf8_lossy(&command), "session ended before the key command");
         }
     });
 }
@@ -232,6 +249,8 @@ impl KeyLifecycle {
             max_key_age,
             in_flight: Mutex::new(HashMap::new()),
             unconfirmed: Mutex::new(HashSet::new()),
+            recorded_unsent: Mutex::new(HashSet::new()),
+            settling: Mutex::new(Settling::default()),
             waiters: Mutex::new(HashMap::new()),
             next_action: AtomicU64::new(1),
             modified: Mutex::new(None),
@@ -413,11 +432,13 @@ impl AgentDirectory {
         sender: CommandSender,
     ) {
         let key = identity.public_key;
-        // The agent may drop its retired key once the new one is durably recorded (see
-        // `apply_rotation`) and this handshake proves the agent uses it. Telling it first
-        // completes the rotation without waiting for the retirement's records.
+        // This handshake proves the agent uses the key a rotation admitted: telling it now
+        // completes the rotation on the host without waiting for any records.
         if lock(&lifecycle.unconfirmed).remove(&key) {
-            send_key_confirmation(lifecycle, key, sender);
+            send_key_command(lifecycle, key_rotated_command(&key), key, sender.clone());
+        }
+        if lock(&lifecycle.recorded_unsent).remove(&key) {
+            send_key_command(lifecycle, key_recorded_command(&key), key, sender);
         }
         // Retiring the replaced key writes the records file and the audit chain (fsyncs): off
         // the session's start, so the session runs (and sends the confirmation) meanwhile.
@@ -620,6 +641,10 @@ impl AgentDirectory {
         };
         let Some(flight) = flight else {
             let action_id = report.action_id.clone();
+            let Some(report) = lock(&lifecycle.settling).reported(report) else {
+                // Completed once its records are saved (`apply_rotation`).
+                return true;
+            };
             return lifecycle.finish(&agent.host_id, &action_id, Ok(report));
         };
         let directory = self.clone();
@@ -687,7 +712,10 @@ impl AgentDirectory {
             )?;
             locked.records.validate()?;
             // The new key is admitted and the old session ended before the records are
-            // written: the agent reconnects while they are made durable.
+            // written: the agent reconnects, and hears that the cortex took its key, while
+            // they are made durable.
+            lock(&lifecycle.settling).start(&report.action_id);
+            lock(&lifecycle.unconfirmed).insert(new_key);
             self.install_records(&agents, &locked.records);
             self.sessions
                 .close_unless(|key| *key != old_key, "its key was rotated");
@@ -701,11 +729,16 @@ impl AgentDirectory {
             Ok(()) => {
                 // The agent drops its retired key once told, by whichever comes second: this,
                 // or its new session's start.
-                self.confirm_when_connected(lifecycle, new_key);
+                self.tell_recorded_when_connected(lifecycle, new_key);
+                if let Some(done) = lock(&lifecycle.settling).recorded(&report.action_id) {
+                    lifecycle.finish(&flight.host_id, &report.action_id, Ok(done));
+                }
                 tracing::info!(host_id = %flight.host_id, old = %old_key.key_id(), new = %new_key.key_id(), done_mono_ns = report.done_mono_ns, "{kind} applied");
             }
             Err(error) => {
                 tracing::error!(%error, host_id = %flight.host_id, "could not record the rotated key");
+                lock(&lifecycle.settling).failed(&report.action_id);
+                lock(&lifecycle.unconfirmed).remove(&new_key);
                 if acted {
                     self.reinstall_saved_records(lifecycle, &flight.host_id);
                 }
@@ -730,15 +763,16 @@ impl AgentDirectory {
         }
     }
 
-    /// `key` is durably recorded: confirm it to its agent if its session is up, else when it
-    /// starts ([`Self::confirm_rotation`]). Sessions are registered before they look at
-    /// `unconfirmed`, and this looks at sessions while holding it, so exactly one side sends.
-    fn confirm_when_connected(&self, lifecycle: &KeyLifecycle, key: PublicKeyBytes) {
-        let mut unconfirmed = lock(&lifecycle.unconfirmed);
+    /// `key` is durably recorded: tell its agent if its session is up, else when it starts
+    /// ([`Self::confirm_rotation`]). Sessions are registered before they look at
+    /// `recorded_unsent`, and this looks at sessions while holding it, so exactly one side
+    /// sends.
+    fn tell_recorded_when_connected(&self, lifecycle: &KeyLifecycle, key: PublicKeyBytes) {
+        let mut unsent = lock(&lifecycle.recorded_unsent);
         match self.sessions.sender_for(&key) {
-            Some(sender) => send_key_confirmation(lifecycle, key, sender),
+            Some(sender) => send_key_command(lifecycle, key_recorded_command(&key), key, sender),
             None => {
-                unconfirmed.insert(key);
+                unsent.insert(key);
             }
         }
     }

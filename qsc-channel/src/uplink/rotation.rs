@@ -9,7 +9,10 @@
 //!    key and re-sends whatever the cortex had not acknowledged (de-duplicated there).
 //! 4. Once the agent is back with the new key the cortex sends `key-rotated <public key>`; the
 //!    agent answers the rotation's final [`ActionReport`] (done: new key written, new session
-//!    up, the cortex took the key) and deletes `<file>.retired`.
+//!    up, the cortex took the key).
+//! 5. Once the cortex's key records hold the new key durably it sends `key-recorded <public
+//!    key>` and the agent deletes `<file>.retired`, which it kept until then in case the cortex
+//!    lost the new key in a crash. Steps 4 and 5 come in either order.
 //!
 //! The client reconnects at once, without backoff, when the session ends after its key changed.
 
@@ -23,10 +26,28 @@ use crate::keys::{KeySlot, PublicKeyBytes, StaticKeypair};
 /// Text command with which the cortex confirms a rotated key: `key-rotated <64 hex>`.
 pub const KEY_ROTATED_COMMAND: &str = "key-rotated";
 
+/// Text command with which the cortex says its records hold a rotated key durably:
+/// `key-recorded <64 hex>`.
+pub const KEY_RECORDED_COMMAND: &str = "key-recorded";
+
 /// The confirmation command body the cortex sends for `public_key`.
 pub fn key_rotated_command(public_key: &PublicKeyBytes) -> Vec<u8> {
     format!("{KEY_ROTATED_COMMAND} {}", public_key.to_hex()).into_bytes()
 }
+
+/// The command body with which the cortex says `public_key` is durably recorded.
+pub fn key_recorded_command(public_key: &PublicKeyBytes) -> Vec<u8> {
+    format!("{KEY_RECORDED_COMMAND} {}", public_key.to_hex()).into_bytes()
+}
+
+/// What a command naming a key parses to, given the key.
+type KeyCommand = fn(PublicKeyBytes) -> ParsedCommand;
+
+/// The commands that name a key, and what each parses to.
+const KEY_COMMANDS: [(&str, KeyCommand); 2] = [
+    (KEY_ROTATED_COMMAND, ParsedCommand::KeyRotated),
+    (KEY_RECORDED_COMMAND, ParsedCommand::KeyRecorded),
+];
 
 /// A command body as the agent understands it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,6 +58,8 @@ pub enum ParsedCommand {
     Action(ActionRequest),
     /// `key-rotated <key>`: the cortex accepted this rotated key.
     KeyRotated(PublicKeyBytes),
+    /// `key-recorded <key>`: the cortex's records hold this rotated key durably.
+    KeyRecorded(PublicKeyBytes),
     /// Anything else; the text (or why the JSON was refused) for the answer.
     Unknown(String),
 }
@@ -49,11 +72,13 @@ impl ParsedCommand {
         if text == "ping" {
             return ParsedCommand::Ping;
         }
-        if let Some(key) = text.strip_prefix(KEY_ROTATED_COMMAND) {
-            return match PublicKeyBytes::from_hex(key) {
-                Ok(key) => ParsedCommand::KeyRotated(key),
-                Err(error) => ParsedCommand::Unknown(error.to_string()),
-            };
+        for (command, parsed) in KEY_COMMANDS {
+            if let Some(key) = text.strip_prefix(command) {
+                return match PublicKeyBytes::from_hex(key) {
+                    Ok(key) => parsed(key),
+                    Err(error) => ParsedCommand::Unknown(error.to_string()),
+                };
+            }
         }
         if text.starts_with('{') {
             return match serde_json::from_str::<ActionRequest>(text) {
@@ -155,43 +180,60 @@ impl KeyRotation {
         report
     }
 
-    /// The cortex confirmed `public_key` on the new session: the rotation is complete. Drops
-    /// the retired key file if `public_key` is the key in use, and answers the rotation's final
-    /// report (or, when this run did not rotate, what it did).
+    /// The cortex took `public_key` on the new session: the rotation is complete. Answers the
+    /// rotation's final report (or, when this run did not rotate to that key, says so).
     pub fn confirm(&mut self, public_key: &PublicKeyBytes) -> (CommandStatus, Vec<u8>) {
         let done_mono_ns = mono_now_ns();
-        if self.slot.public() != *public_key {
-            return (
-                CommandStatus::Refused,
-                format!("{} is not the key in use", public_key.key_id()).into_bytes(),
-            );
+        if let Err(refused) = self.in_use(public_key) {
+            return refused;
         }
-        let removed = StaticKeypair::discard_retired(&self.key_file);
         let rotated = self
             .last
             .as_ref()
             .filter(|r| r.facts.get("public_key") == Some(&public_key.to_hex().into()));
-        match (removed, rotated) {
-            (Ok(existed), Some(rotated)) => {
-                tracing::info!(key_id = %public_key.key_id(), existed, "key rotation complete; retired key file removed");
-                let mut facts = rotated.facts.clone();
-                facts.insert("key_written_mono_ns".into(), rotated.done_mono_ns.into());
-                report_result(&ActionReport {
-                    detail: format!(
-                        "new key {} in use on a new session; retired key removed: {existed}",
-                        public_key.key_id()
-                    ),
-                    done_mono_ns,
-                    facts,
-                    ..rotated.clone()
-                })
-            }
-            (Ok(existed), None) => (
+        let Some(rotated) = rotated else {
+            return (
                 CommandStatus::Succeeded,
-                format!("retired key removed: {existed}").into_bytes(),
-            ),
-            (Err(error), _) => (CommandStatus::Failed, error.to_string().into_bytes()),
+                format!("{} was not rotated in by this run", public_key.key_id()).into_bytes(),
+            );
+        };
+        tracing::info!(key_id = %public_key.key_id(), "key rotation complete");
+        let mut facts = rotated.facts.clone();
+        facts.insert("key_written_mono_ns".into(), rotated.done_mono_ns.into());
+        report_result(&ActionReport {
+            detail: format!("new key {} in use on a new session", public_key.key_id()),
+            done_mono_ns,
+            facts,
+            ..rotated.clone()
+        })
+    }
+
+    /// The cortex's records hold `public_key` durably: drops the retired key file if
+    /// `public_key` is the key in use.
+    pub fn recorded(&mut self, public_key: &PublicKeyBytes) -> (CommandStatus, Vec<u8>) {
+        if let Err(refused) = self.in_use(public_key) {
+            return refused;
         }
+        match StaticKeypair::discard_retired(&self.key_file) {
+            Ok(existed) => {
+                tracing::info!(key_id = %public_key.key_id(), existed, "rotated key recorded by the cortex; retired key file removed");
+                (
+                    CommandStatus::Succeeded,
+                    format!("retired key removed: {existed}").into_bytes(),
+                )
+            }
+            Err(error) => (CommandStatus::Failed, error.to_string().into_bytes()),
+        }
+    }
+
+    fn in_use(&self, public_key: &PublicKeyBytes) -> Result<(), (CommandStatus, Vec<u8>)> {
+        if self.slot.public() == *public_key {
+            return Ok(());
+        }
+        Err((
+            CommandStatus::Refused,
+            format!("{} is not the key in use", public_key.key_id()).into_bytes(),
+        ))
     }
 }
 
@@ -221,6 +263,7 @@ impl<H: CommandHandler> CommandHandler for UplinkCommands<H> {
                 report_result(&rotation.rotate(&action_id))
             }
             ParsedCommand::KeyRotated(key) => rotation.confirm(&key),
+            ParsedCommand::KeyRecorded(key) => rotation.recorded(&key),
             _ => self.inner.execute(id, body),
         }
     }
@@ -283,8 +326,23 @@ mod tests {
         assert_eq!(done.received_mono_ns, report.received_mono_ns);
         assert!(done.done_mono_ns >= report.done_mono_ns);
         assert_eq!(done.facts["key_written_mono_ns"], report.done_mono_ns);
+        assert!(retired.exists(), "kept until the cortex recorded the key");
+
+        assert_eq!(
+            commands.execute(5, &key_recorded_command(&old)).0,
+            CommandStatus::Refused
+        );
+        assert!(retired.exists());
+        let (status, body) = commands.execute(6, &key_recorded_command(&new));
+        assert_eq!(
+            (status, body.as_slice()),
+            (
+                CommandStatus::Succeeded,
+                b"retired key removed: true".as_slice()
+            )
+        );
         assert!(!retired.exists());
-        assert_eq!(commands.execute(5, b"ping").1, b"inner");
+        assert_eq!(commands.execute(7, b"ping").1, b"inner");
     }
 
     #[test]
@@ -317,5 +375,10 @@ mod tests {
             ParsedCommand::parse(b"key-rotated zz"),
             ParsedCommand::Unknown(_)
         ));
+        let key = StaticKeypair::generate().public();
+        assert_eq!(
+            ParsedCommand::parse(&key_recorded_command(&key)),
+            ParsedCommand::KeyRecorded(key)
+        );
     }
 }

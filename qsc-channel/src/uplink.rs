@@ -362,9 +362,7 @@ impl CommandHandler for AgentCommands {
                     request.action.name()
                 ),
             )),
-            ParsedCommand::KeyRotated(_)
-            | ParsedCommand::KeyRecorded(_)
-            | ParsedCommand::Unknown(_) => (
+            ParsedCommand::KeyRecorded(_) | ParsedCommand::Unknown(_) => (
                 CommandStatus::Refused,
                 format!("{} does not know this command", self.agent).into_bytes(),
             ),

@@ -740,6 +740,70 @@ fn the_agent_executes_actions_sent_over_the_channel() {
     assert_eq!(pids_of(&report), [pid]);
 }
 
+/// Any exec whose command line carries this marker asks for an emergency key rotation.
+const ROTATE_MARKER: &str = "271828";
+const ROTATE_RULE: &str = "title: E2E rotate trigger\nid: e2e-rotate\nstatus: test\n\
+    logsource: {product: linux, category: process_creation}\n\
+    detection:\n    selection:\n        CommandLine|contains: '271828'\n    condition: selection\n\
+    level: high\n";
+const ROTATE_PLAYBOOK: &str = "name: e2e-rotate\nmode: autonomous\nmatch:\n  rules: [e2e-rotate]\n\
+    actions:\n  - action: rotate_keys\n";
+
+/// A playbook's `rotate_keys` on the real agent: the action is done with the agent's final
+/// report (sent on its new session), the agent's first key is revoked, and once the cortex
+/// recorded the new key the agent drops its retired key file.
+#[test]
+fn a_rotate_keys_playbook_rotates_the_agent_key_through_the_cortex() {
+    if !root_or_skip("a_rotate_keys_playbook_rotates_the_agent_key_through_the_cortex") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cortex, service, agent) = agent_at_cortex(dir.path(), ROTATE_RULE, ROTATE_PLAYBOOK);
+    let key_file = dir.path().join("agent.key");
+    let first_key = key_hex(&key_file);
+    let status = Command::new("sleep")
+        .arg(format!("0.{ROTATE_MARKER}"))
+        .status()
+        .expect("run the trigger");
+    assert!(status.success());
+    let record = wait_for_action(&cortex, "e2e-rotate", "done");
+    let report: ActionReport =
+        serde_json::from_value(record["report"].clone()).expect("the agent's ActionReport");
+    assert_eq!(report.outcome, ActionOutcome::Done, "{record}");
+    let new_key = report.facts["public_key"].as_str().expect("the new key");
+    assert_ne!(new_key, first_key);
+    let written = report.facts["key_written_mono_ns"]
+        .as_u64()
+        .expect("key written");
+    assert!(report.received_mono_ns.is_some_and(|r| r <= written));
+    assert!(written <= report.done_mono_ns);
+    let state_of = |key: &str| {
+        cortex.keys()["records"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["public_key"] == key)
+            .map(|r| r["state"].as_str().unwrap_or_default().to_owned())
+    };
+    assert_eq!(state_of(&first_key).as_deref(), Some("revoked"));
+    let retired = qsc_channel::keys::retired_path(&key_file);
+    assert!(
+        wait_until(Duration::from_secs(10), || !retired.exists()),
+        "the agent kept {} after the cortex recorded its key",
+        retired.display()
+    );
+    assert_ne!(key_hex(&key_file), first_key);
+    agent.stop();
+    drop(service);
+}
+
+fn key_hex(key_file: &Path) -> String {
+    qsc_channel::keys::StaticKeypair::load(key_file)
+        .expect("agent key file")
+        .public()
+        .to_hex()
+}
+
 /// The TTL test's address: a connect to it triggers a block of it with a 2 s TTL.
 const TTL_ADDR: &str = "127.0.0.3";
 const BLOCK_RULE: &str = "title: E2E block trigger\nid: e2e-block\nstatus: test\n\

@@ -9,14 +9,14 @@
 //!   an `ActionRequest` with `rotate_keys`; the agent's `ActionReport` carries the new public
 //!   key. The cortex enrolls it (GENERATED → DISTRIBUTED → ACTIVE), moves the old key to
 //!   ROTATING (emergency: REVOKED) and closes the session. The agent reconnects with the new key,
-//!   which retires the old one, and gets `key-rotated <key>` as soon as that session is up.
-//!   Events the old session had not acknowledged are re-sent on the new one and de-duplicated.
-//!   Once the records file holds the new key durably, the agent gets `key-recorded <key>` and
-//!   drops its retired key file.
-//! * Completion: the agent answers `key-rotated` with the rotation's final `ActionReport`, whose
-//!   `done_mono_ns` is when it heard, on its new session, that the cortex took the new key.
-//!   [`AgentDirectory::rotate_and_wait`] (playbook `rotate_keys`) returns that report once the
-//!   records are saved too ([`settling`]); a failed save fails the rotation.
+//!   which retires the old one. Events the old session had not acknowledged are re-sent on the
+//!   new one and de-duplicated. Once the records file holds the new key durably, the agent gets
+//!   `key-recorded <key>` and drops its retired key file.
+//! * Completion: the agent sends the rotation's final `ActionReport` first thing on its new
+//!   session, whose handshake proved that the cortex took the new key; its `done_mono_ns` is
+//!   when that handshake completed. [`AgentDirectory::rotate_and_wait`] (playbook
+//!   `rotate_keys`) returns that report once the records are saved too ([`settling`]); a failed
+//!   save fails the rotation.
 //! * Requests from `cortex keys rotate` wait in the records file until the agent is connected;
 //!   with `[keys] max_key_age_s` set, an ACTIVE key older than that is rotated (scheduled).
 //!
@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use qsc_channel::delivery::{AgentIdentity, CommandSender, CommandStatus, SessionCloser};
 use qsc_channel::keys::PublicKeyBytes;
-use qsc_channel::uplink::rotation::{key_recorded_command, key_rotated_command};
+use qsc_channel::uplink::rotation::key_recorded_command;
 use qsc_event::{Action, ActionOutcome, ActionReport, ActionRequest, Source, now_ns};
 use serde_json::json;
 use tokio::sync::{oneshot, watch};
@@ -132,9 +132,6 @@ pub struct KeyLifecycle {
     store: KeyStore,
     max_key_age: Option<Duration>,
     in_flight: Mutex<HashMap<String, InFlight>>,
-    /// New keys a rotation admitted whose agent has not been told yet that the cortex took
-    /// them (`key-rotated`, sent when the key's session starts).
-    unconfirmed: Mutex<HashSet<PublicKeyBytes>>,
     /// New keys durably recorded whose agent was not connected to be told (`key-recorded`,
     /// sent when the key's session starts).
     recorded_unsent: Mutex<HashSet<PublicKeyBytes>>,
@@ -220,18 +217,13 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Sends a rotation `command` about `key` (`key-rotated`, `key-recorded`) to the agent on
-/// `sender`. Call from inside the runtime.
-fn send_key_command(
-    lifecycle: &KeyLifecycle,
-    command: Vec<u8>,
-    key: PublicKeyBytes,
-    sender: CommandSender,
-) {
+/// Tells the agent on `sender` that the records hold its new `key` durably (it drops its
+/// retired key). Call from inside the runtime.
+fn send_key_recorded(lifecycle: &KeyLifecycle, key: PublicKeyBytes, sender: CommandSender) {
     let id = ROTATION_COMMAND_IDS | lifecycle.next_action.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
-        if sender.send(id, &command).await.is_err() {
-            tracing::warn!(key_id = %key.key_id(), command = %String::from_utf8_lossy(&command), "session ended before the key command");
+        if sender.send(id, &key_recorded_command(&key)).await.is_err() {
+            tracing::warn!(key_id = %key.key_id(), "session ended before the key-recorded command");
         }
     });
 }
@@ -248,7 +240,6 @@ impl KeyLifecycle {
             audit: AuditQueue::start(audit)?,
             max_key_age,
             in_flight: Mutex::new(HashMap::new()),
-            unconfirmed: Mutex::new(HashSet::new()),
             recorded_unsent: Mutex::new(HashSet::new()),
             settling: Mutex::new(Settling::default()),
             waiters: Mutex::new(HashMap::new()),
@@ -402,7 +393,7 @@ impl AgentDirectory {
     }
 
     /// Registers a session that just passed the handshake. A key that replaced a rotating one
-    /// retires it, and its agent is told the cortex took the new key.
+    /// retires it, and its agent is told when the records hold it durably.
     pub fn session_started(
         &self,
         identity: &AgentIdentity,
@@ -420,28 +411,23 @@ impl AgentDirectory {
             },
         );
         if let Some(lifecycle) = &self.lifecycle {
-            self.confirm_rotation(lifecycle, identity, sender);
+            self.settle_rotated_key(lifecycle, identity, sender);
         }
         ticket
     }
 
-    fn confirm_rotation(
+    fn settle_rotated_key(
         &self,
         lifecycle: &KeyLifecycle,
         identity: &AgentIdentity,
         sender: CommandSender,
     ) {
         let key = identity.public_key;
-        // This handshake proves the agent uses the key a rotation admitted: telling it now
-        // completes the rotation on the host without waiting for any records.
-        if lock(&lifecycle.unconfirmed).remove(&key) {
-            send_key_command(lifecycle, key_rotated_command(&key), key, sender.clone());
-        }
         if lock(&lifecycle.recorded_unsent).remove(&key) {
-            send_key_command(lifecycle, key_recorded_command(&key), key, sender);
+            send_key_recorded(lifecycle, key, sender);
         }
         // Retiring the replaced key writes the records file and the audit chain (fsyncs): off
-        // the session's start, so the session runs (and sends the confirmation) meanwhile.
+        // the session's start, so the session runs meanwhile.
         let directory = self.clone();
         let host_id = identity.host_id.clone();
         tokio::task::spawn_blocking(move || directory.retire_replaced(&key, &host_id));
@@ -712,10 +698,9 @@ impl AgentDirectory {
             )?;
             locked.records.validate()?;
             // The new key is admitted and the old session ended before the records are
-            // written: the agent reconnects, and hears that the cortex took its key, while
-            // they are made durable.
+            // written: the agent reconnects, and completes the rotation, while they are made
+            // durable.
             lock(&lifecycle.settling).start(&report.action_id);
-            lock(&lifecycle.unconfirmed).insert(new_key);
             self.install_records(&agents, &locked.records);
             self.sessions
                 .close_unless(|key| *key != old_key, "its key was rotated");
@@ -738,7 +723,6 @@ impl AgentDirectory {
             Err(error) => {
                 tracing::error!(%error, host_id = %flight.host_id, "could not record the rotated key");
                 lock(&lifecycle.settling).failed(&report.action_id);
-                lock(&lifecycle.unconfirmed).remove(&new_key);
                 if acted {
                     self.reinstall_saved_records(lifecycle, &flight.host_id);
                 }
@@ -764,13 +748,13 @@ impl AgentDirectory {
     }
 
     /// `key` is durably recorded: tell its agent if its session is up, else when it starts
-    /// ([`Self::confirm_rotation`]). Sessions are registered before they look at
+    /// ([`Self::settle_rotated_key`]). Sessions are registered before they look at
     /// `recorded_unsent`, and this looks at sessions while holding it, so exactly one side
     /// sends.
     fn tell_recorded_when_connected(&self, lifecycle: &KeyLifecycle, key: PublicKeyBytes) {
         let mut unsent = lock(&lifecycle.recorded_unsent);
         match self.sessions.sender_for(&key) {
-            Some(sender) => send_key_command(lifecycle, key_recorded_command(&key), key, sender),
+            Some(sender) => send_key_recorded(lifecycle, key, sender),
             None => {
                 unsent.insert(key);
             }

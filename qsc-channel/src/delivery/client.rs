@@ -101,9 +101,19 @@ pub enum ClientError {
     EventTooLarge { len: usize, max: usize },
 }
 
+/// A command result the agent sends without being asked: the command id it answers, its
+/// status and body.
+pub type UnaskedResult = (u64, CommandStatus, Vec<u8>);
+
 /// Executes commands received from the cortex. Runs on the connection's reader task.
 pub trait CommandHandler: Send + 'static {
     fn execute(&mut self, id: u64, body: &[u8]) -> (CommandStatus, Vec<u8>);
+
+    /// A session authenticated with `key` is up: results to send on it at once, before any
+    /// event (the final report of a key rotation, which that handshake completes).
+    fn session_up(&mut self, _key: &PublicKeyBytes) -> Vec<UnaskedResult> {
+        Vec::new()
+    }
 }
 
 /// Shared state between the agent's producers and the client.
@@ -290,7 +300,16 @@ impl Client {
         // The cortex speaks only to ack or command, so silence from it is normal; a dead cortex
         // shows as a heartbeat its host does not acknowledge (TCP_USER_TIMEOUT, set above).
         let reader = FrameReader::new(read_half, keys.recv, &cfg.transport).with_idle_timeout(None);
-        let writer = FrameWriter::new(write_half, keys.send, cfg.transport.clone());
+        let mut writer = FrameWriter::new(write_half, keys.send, cfg.transport.clone());
+        let unasked = match handler.lock() {
+            Ok(mut handler) => handler.session_up(&keypair.public()),
+            Err(_) => Vec::new(),
+        };
+        for (id, status, body) in unasked {
+            writer
+                .send(&envelope::encode_command_result(id, status, &body))
+                .await?;
+        }
         let progress = Arc::new(Progress {
             acked: AtomicU64::new(resume_after),
             sent: AtomicU64::new(resume_after),

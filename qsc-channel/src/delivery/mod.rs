@@ -15,7 +15,7 @@ pub mod envelope;
 mod outbox;
 mod server;
 
-pub use client::{Client, ClientConfig, ClientError, CommandHandler, OutboxHandle};
+pub use client::{Client, ClientConfig, ClientError, CommandHandler, OutboxHandle, UnaskedResult};
 pub use dedup::{Dedup, DedupError};
 pub use envelope::CommandStatus;
 pub use outbox::{

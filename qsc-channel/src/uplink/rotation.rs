@@ -7,9 +7,9 @@
 //!    [`KeySlot`] and answers an [`ActionReport`] whose `facts.public_key` is the new key.
 //! 3. The cortex enrolls the new key and closes the session; the client reconnects with the new
 //!    key and re-sends whatever the cortex had not acknowledged (de-duplicated there).
-//! 4. Once the agent is back with the new key the cortex sends `key-rotated <public key>`; the
-//!    agent answers the rotation's final [`ActionReport`] (done: new key written, new session
-//!    up, the cortex took the key).
+//! 4. The handshake of the new session proves that the cortex took the new key (it refuses a
+//!    key it has not admitted), so the agent sends the rotation's final [`ActionReport`] (done:
+//!    new key written, new session up) on that session at once, before anything else.
 //! 5. Once the cortex's key records hold the new key durably it sends `key-recorded <public
 //!    key>` and the agent deletes `<file>.retired`, which it kept until then in case the cortex
 //!    lost the new key in a crash. Steps 4 and 5 come in either order.
@@ -20,34 +20,17 @@ use std::path::PathBuf;
 
 use qsc_event::{Action, ActionOutcome, ActionReport, ActionRequest, mono_now_ns};
 
-use crate::delivery::{CommandHandler, CommandStatus};
+use crate::delivery::{CommandHandler, CommandStatus, UnaskedResult};
 use crate::keys::{KeySlot, PublicKeyBytes, StaticKeypair};
-
-/// Text command with which the cortex confirms a rotated key: `key-rotated <64 hex>`.
-pub const KEY_ROTATED_COMMAND: &str = "key-rotated";
 
 /// Text command with which the cortex says its records hold a rotated key durably:
 /// `key-recorded <64 hex>`.
 pub const KEY_RECORDED_COMMAND: &str = "key-recorded";
 
-/// The confirmation command body the cortex sends for `public_key`.
-pub fn key_rotated_command(public_key: &PublicKeyBytes) -> Vec<u8> {
-    format!("{KEY_ROTATED_COMMAND} {}", public_key.to_hex()).into_bytes()
-}
-
 /// The command body with which the cortex says `public_key` is durably recorded.
 pub fn key_recorded_command(public_key: &PublicKeyBytes) -> Vec<u8> {
     format!("{KEY_RECORDED_COMMAND} {}", public_key.to_hex()).into_bytes()
 }
-
-/// What a command naming a key parses to, given the key.
-type KeyCommand = fn(PublicKeyBytes) -> ParsedCommand;
-
-/// The commands that name a key, and what each parses to.
-const KEY_COMMANDS: [(&str, KeyCommand); 2] = [
-    (KEY_ROTATED_COMMAND, ParsedCommand::KeyRotated),
-    (KEY_RECORDED_COMMAND, ParsedCommand::KeyRecorded),
-];
 
 /// A command body as the agent understands it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,8 +39,6 @@ pub enum ParsedCommand {
     Ping,
     /// A JSON [`ActionRequest`].
     Action(ActionRequest),
-    /// `key-rotated <key>`: the cortex accepted this rotated key.
-    KeyRotated(PublicKeyBytes),
     /// `key-recorded <key>`: the cortex's records hold this rotated key durably.
     KeyRecorded(PublicKeyBytes),
     /// Anything else; the text (or why the JSON was refused) for the answer.
@@ -72,13 +53,11 @@ impl ParsedCommand {
         if text == "ping" {
             return ParsedCommand::Ping;
         }
-        for (command, parsed) in KEY_COMMANDS {
-            if let Some(key) = text.strip_prefix(command) {
-                return match PublicKeyBytes::from_hex(key) {
-                    Ok(key) => parsed(key),
-                    Err(error) => ParsedCommand::Unknown(error.to_string()),
-                };
-            }
+        if let Some(key) = text.strip_prefix(KEY_RECORDED_COMMAND) {
+            return match PublicKeyBytes::from_hex(key) {
+                Ok(key) => ParsedCommand::KeyRecorded(key),
+                Err(error) => ParsedCommand::Unknown(error.to_string()),
+            };
         }
         if text.starts_with('{') {
             return match serde_json::from_str::<ActionRequest>(text) {
@@ -126,6 +105,8 @@ pub struct KeyRotation {
     /// The last rotation: a repeated request (same action id) gets the same answer, so the
     /// action stays idempotent.
     last: Option<ActionReport>,
+    /// The command id of the last rotation while its final report is not sent.
+    unreported: Option<u64>,
 }
 
 impl KeyRotation {
@@ -134,11 +115,13 @@ impl KeyRotation {
             key_file,
             slot,
             last: None,
+            unreported: None,
         }
     }
 
-    /// Writes a new key, puts it in use and reports its public key.
-    pub fn rotate(&mut self, action_id: &str) -> ActionReport {
+    /// Writes a new key, puts it in use and reports its public key; `id` is the request's
+    /// command id, which the final report answers too.
+    pub fn rotate(&mut self, id: u64, action_id: &str) -> ActionReport {
         if let Some(last) = self.last.as_ref().filter(|r| r.action_id == action_id) {
             return last.clone();
         }
@@ -168,6 +151,7 @@ impl KeyRotation {
                 report
                     .facts
                     .insert("previous_key_id".into(), previous.public().key_id().into());
+                self.unreported = Some(id);
                 report
             }
             Err(error) => {
@@ -180,39 +164,36 @@ impl KeyRotation {
         report
     }
 
-    /// The cortex took `public_key` on the new session: the rotation is complete. Answers the
-    /// rotation's final report (or, when this run did not rotate to that key, says so).
-    pub fn confirm(&mut self, public_key: &PublicKeyBytes) -> (CommandStatus, Vec<u8>) {
+    /// A session authenticated with `public_key` is up. When that is the key the last
+    /// rotation put in, the rotation is complete: its final report, as the answer to the
+    /// rotation's command id, once.
+    pub fn completed_on(&mut self, public_key: &PublicKeyBytes) -> Option<UnaskedResult> {
         let done_mono_ns = mono_now_ns();
-        if let Err(refused) = self.in_use(public_key) {
-            return refused;
-        }
         let rotated = self
             .last
             .as_ref()
-            .filter(|r| r.facts.get("public_key") == Some(&public_key.to_hex().into()));
-        let Some(rotated) = rotated else {
-            return (
-                CommandStatus::Succeeded,
-                format!("{} was not rotated in by this run", public_key.key_id()).into_bytes(),
-            );
-        };
+            .filter(|r| r.facts.get("public_key") == Some(&public_key.to_hex().into()))?;
+        let id = self.unreported.take()?;
         tracing::info!(key_id = %public_key.key_id(), "key rotation complete");
         let mut facts = rotated.facts.clone();
         facts.insert("key_written_mono_ns".into(), rotated.done_mono_ns.into());
-        report_result(&ActionReport {
+        let (status, body) = report_result(&ActionReport {
             detail: format!("new key {} in use on a new session", public_key.key_id()),
             done_mono_ns,
             facts,
             ..rotated.clone()
-        })
+        });
+        Some((id, status, body))
     }
 
     /// The cortex's records hold `public_key` durably: drops the retired key file if
     /// `public_key` is the key in use.
     pub fn recorded(&mut self, public_key: &PublicKeyBytes) -> (CommandStatus, Vec<u8>) {
-        if let Err(refused) = self.in_use(public_key) {
-            return refused;
+        if self.slot.public() != *public_key {
+            return (
+                CommandStatus::Refused,
+                format!("{} is not the key in use", public_key.key_id()).into_bytes(),
+            );
         }
         match StaticKeypair::discard_retired(&self.key_file) {
             Ok(existed) => {
@@ -224,16 +205,6 @@ impl KeyRotation {
             }
             Err(error) => (CommandStatus::Failed, error.to_string().into_bytes()),
         }
-    }
-
-    fn in_use(&self, public_key: &PublicKeyBytes) -> Result<(), (CommandStatus, Vec<u8>)> {
-        if self.slot.public() == *public_key {
-            return Ok(());
-        }
-        Err((
-            CommandStatus::Refused,
-            format!("{} is not the key in use", public_key.key_id()).into_bytes(),
-        ))
     }
 }
 
@@ -260,12 +231,17 @@ impl<H: CommandHandler> CommandHandler for UplinkCommands<H> {
                 action: Action::RotateKeys,
             }) => {
                 tracing::info!(id, %action_id, "key rotation requested by the cortex");
-                report_result(&rotation.rotate(&action_id))
+                report_result(&rotation.rotate(id, &action_id))
             }
-            ParsedCommand::KeyRotated(key) => rotation.confirm(&key),
             ParsedCommand::KeyRecorded(key) => rotation.recorded(&key),
             _ => self.inner.execute(id, body),
         }
+    }
+
+    fn session_up(&mut self, key: &PublicKeyBytes) -> Vec<UnaskedResult> {
+        let mut unasked = self.inner.session_up(key);
+        unasked.extend(self.rotation.as_mut().and_then(|r| r.completed_on(key)));
+        unasked
     }
 }
 
@@ -313,13 +289,14 @@ mod tests {
         let (_, again) = commands.execute(2, &rotate_request("rot-1"));
         assert_eq!(again, body, "the same action id does not rotate twice");
 
+        assert_eq!(commands.session_up(&old), []);
+        let mut unasked = commands.session_up(&new);
+        assert_eq!(commands.session_up(&new), [], "the final report goes once");
+        let (id, status, done) = unasked.pop().unwrap();
         assert_eq!(
-            commands.execute(3, &key_rotated_command(&old)).0,
-            CommandStatus::Refused
+            (id, status, unasked.len()),
+            (1, CommandStatus::Succeeded, 0)
         );
-        assert!(retired.exists());
-        let (status, done) = commands.execute(4, &key_rotated_command(&new));
-        assert_eq!(status, CommandStatus::Succeeded);
         let done: ActionReport = serde_json::from_slice(&done).unwrap();
         assert_eq!(done.action_id, "rot-1");
         assert_eq!(done.outcome, ActionOutcome::Done);
@@ -352,9 +329,10 @@ mod tests {
         let slot = KeySlot::new(keypair.clone());
         let missing = dir.path().join("no-such-dir").join("agent.key");
         let mut rotation = KeyRotation::new(missing, slot.clone());
-        let report = rotation.rotate("rot-2");
+        let report = rotation.rotate(2, "rot-2");
         assert_eq!(report.outcome, ActionOutcome::Failed);
         assert_eq!(slot.public(), keypair.public());
+        assert_eq!(rotation.completed_on(&keypair.public()), None);
     }
 
     #[test]
@@ -372,7 +350,7 @@ mod tests {
             ParsedCommand::Unknown(_)
         ));
         assert!(matches!(
-            ParsedCommand::parse(b"key-rotated zz"),
+            ParsedCommand::parse(b"key-recorded zz"),
             ParsedCommand::Unknown(_)
         ));
         let key = StaticKeypair::generate().public();

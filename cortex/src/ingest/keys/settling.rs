@@ -1,7 +1,7 @@
 //! The last two steps of a rotation, which come in either order: the key records saved with
-//! the new key, and the agent's final report (it heard `key-rotated` on its new session). The
-//! agent is told as soon as its new session is up, without waiting for the records' fsyncs;
-//! the rotation completes with whichever step comes second, and fails if the save does.
+//! the new key, and the agent's final report (sent once its new session's handshake proved
+//! that the cortex took the key, without waiting for the records' fsyncs). The rotation
+//! completes with whichever step comes second, and fails if the save does.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

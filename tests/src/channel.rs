@@ -193,6 +193,23 @@ impl CortexDeployment {
         let text = self.cli_ok(&["keys", "list", "--json"]);
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("keys list: {e}: {text}"))
     }
+
+    /// The lifecycle state the cortex records for `public_key` (hex), if it knows the key.
+    pub fn key_state(&self, public_key: &str) -> Option<String> {
+        let keys = self.keys();
+        keys["records"].as_array()?.iter().find_map(|record| {
+            (record["public_key"] == public_key)
+                .then(|| record["state"].as_str().unwrap_or_default().to_owned())
+        })
+    }
+}
+
+/// The public key of the agent key file at `path`, hex.
+pub fn key_hex(path: &Path) -> String {
+    StaticKeypair::load(path)
+        .expect("agent key file")
+        .public()
+        .to_hex()
 }
 
 /// A running `cortex serve`; SIGKILLed when dropped.

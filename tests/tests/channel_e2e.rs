@@ -24,7 +24,7 @@ use qsc_channel::delivery::{
 };
 use qsc_channel::keys::{PublicKeyBytes, StaticKeypair};
 use qsc_event::{Event, EventKind, Heartbeat, Source};
-use qsc_tests::channel::{CortexDeployment, MAX_EVENTS_READ, RunningCortex, wait_until};
+use qsc_tests::channel::{CortexDeployment, MAX_EVENTS_READ, RunningCortex, key_hex, wait_until};
 use qsc_tests::workspace_bin;
 
 const HOST: &str = "beta-e2e";
@@ -126,28 +126,11 @@ fn assert_gap_free(events: &[Event]) {
     );
 }
 
-/// The public key of the agent key file at `path`, hex.
-fn key_of(path: &Path) -> String {
-    StaticKeypair::load(path)
-        .expect("agent key file")
-        .public()
-        .to_hex()
-}
-
-/// The lifecycle state the cortex records for `public_key`, if it knows the key.
-fn key_state(cortex: &CortexDeployment, public_key: &str) -> Option<String> {
-    let keys = cortex.keys();
-    keys["records"].as_array()?.iter().find_map(|record| {
-        (record["public_key"] == public_key)
-            .then(|| record["state"].as_str().unwrap_or_default().to_owned())
-    })
-}
-
 /// `cortex keys rotate` for a connected agent: the rotation command reaches the agent, its
 /// result (the new public key) comes back, the cortex activates the new key and retires the
 /// old one, and the agent, back with the new key, removes its retired key file.
 fn rotate_and_confirm(cortex: &CortexDeployment, host: &str, agent: &str, key_file: &Path) {
-    let old = key_of(key_file);
+    let old = key_hex(key_file);
     cortex.cli_ok(&[
         "keys",
         "rotate",
@@ -158,10 +141,10 @@ fn rotate_and_confirm(cortex: &CortexDeployment, host: &str, agent: &str, key_fi
         "e2e",
     ]);
     let rotated = wait_until(DELIVERY_TIMEOUT, || {
-        let new = key_of(key_file);
+        let new = key_hex(key_file);
         new != old
-            && key_state(cortex, &new).as_deref() == Some("active")
-            && key_state(cortex, &old).as_deref() == Some("retired")
+            && cortex.key_state(&new).as_deref() == Some("active")
+            && cortex.key_state(&old).as_deref() == Some("retired")
     });
     assert!(rotated, "key rotation did not complete: {}", cortex.keys());
     let retired_file = qsc_channel::keys::retired_path(key_file);

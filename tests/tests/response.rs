@@ -15,7 +15,10 @@ use std::{
 };
 
 use qsc_event::{ActionOutcome, ActionReport};
-use qsc_tests::{channel::wait_until, root_or_skip, workspace_bin};
+use qsc_tests::{
+    channel::{key_hex, wait_until},
+    root_or_skip, workspace_bin,
+};
 
 /// A `guardian-alpha respond` process, optionally inside a network namespace.
 struct Executor {
@@ -777,15 +780,7 @@ fn a_rotate_keys_playbook_rotates_the_agent_key_through_the_cortex() {
         .expect("key written");
     assert!(report.received_mono_ns.is_some_and(|r| r <= written));
     assert!(written <= report.done_mono_ns);
-    let state_of = |key: &str| {
-        cortex.keys()["records"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|r| r["public_key"] == key)
-            .map(|r| r["state"].as_str().unwrap_or_default().to_owned())
-    };
-    assert_eq!(state_of(&first_key).as_deref(), Some("revoked"));
+    assert_eq!(cortex.key_state(&first_key).as_deref(), Some("revoked"));
     let retired = qsc_channel::keys::retired_path(&key_file);
     assert!(
         wait_until(Duration::from_secs(10), || !retired.exists()),
@@ -795,13 +790,6 @@ fn a_rotate_keys_playbook_rotates_the_agent_key_through_the_cortex() {
     assert_ne!(key_hex(&key_file), first_key);
     agent.stop();
     drop(service);
-}
-
-fn key_hex(key_file: &Path) -> String {
-    qsc_channel::keys::StaticKeypair::load(key_file)
-        .expect("agent key file")
-        .public()
-        .to_hex()
 }
 
 /// The TTL test's address: a connect to it triggers a block of it with a 2 s TTL.

@@ -13,7 +13,7 @@ pub mod net;
 pub mod privilege;
 pub mod process;
 
-pub use enforce::{BlockedV4, BlockedV6, EnforceOp, EnforceRecord};
+pub use enforce::{BlockedV4, BlockedV6, EnforceOp, EnforceRecord, EnforceSwitch};
 pub use exec::ExecRecord;
 pub use file::{FileOp, FileRecord, RenameRecord, WatchFlags, WatchList};
 pub use layout::{ExeFolderLayout, KernelLayout};
@@ -35,8 +35,10 @@ pub const LISTENERS_MAP: &str = "LISTENERS";
 pub const BLOCKED_V4_MAP: &str = "BLOCKED_V4";
 pub const BLOCKED_V6_MAP: &str = "BLOCKED_V6";
 pub const BLOCKED_EXEC_MAP: &str = "BLOCKED_EXEC";
-/// One-slot array: non-zero once any exec path is blocked (the execve hook skips work until).
-pub const EXEC_BLOCKING_MAP: &str = "EXEC_BLOCKING";
+pub const REVOKED_UIDS_MAP: &str = "REVOKED_UIDS";
+/// One slot per [`EnforceSwitch`]: non-zero once the agent enforces it (until then the hooks
+/// skip its lookups).
+pub const ENFORCING_MAP: &str = "ENFORCING";
 /// Globals the loader sets.
 pub const AGENT_TGID_GLOBAL: &str = "AGENT_TGID";
 pub const LAYOUT_GLOBAL: &str = "LAYOUT";

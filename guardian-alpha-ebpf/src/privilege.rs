@@ -7,7 +7,10 @@ use aya_ebpf::{
 };
 use guardian_alpha_common::{PrivOp, PrivRecord, RecordKind};
 
-use crate::record::{fill_header, is_agent, record_mut, reserve, submit_flags, syscall_arg};
+use crate::{
+    enforce,
+    record::{fill_header, is_agent, record_mut, reserve, submit_flags, syscall_arg},
+};
 
 const PROT_WRITE: u64 = 0x2;
 const PROT_EXEC: u64 = 0x4;
@@ -38,7 +41,9 @@ fn args<const N: usize>(ctx: &TracePointContext) -> [u64; 4] {
 
 #[tracepoint(category = "syscalls", name = "sys_enter_setuid")]
 pub fn sys_enter_setuid(ctx: TracePointContext) {
-    let _ = emit(PrivOp::Setuid, args::<1>(&ctx));
+    let args = args::<1>(&ctx);
+    enforce::kill_switch_to_revoked::<1>(&args);
+    let _ = emit(PrivOp::Setuid, args);
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_setgid")]
@@ -48,7 +53,9 @@ pub fn sys_enter_setgid(ctx: TracePointContext) {
 
 #[tracepoint(category = "syscalls", name = "sys_enter_setreuid")]
 pub fn sys_enter_setreuid(ctx: TracePointContext) {
-    let _ = emit(PrivOp::Setreuid, args::<2>(&ctx));
+    let args = args::<2>(&ctx);
+    enforce::kill_switch_to_revoked::<2>(&args);
+    let _ = emit(PrivOp::Setreuid, args);
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_setregid")]
@@ -58,7 +65,9 @@ pub fn sys_enter_setregid(ctx: TracePointContext) {
 
 #[tracepoint(category = "syscalls", name = "sys_enter_setresuid")]
 pub fn sys_enter_setresuid(ctx: TracePointContext) {
-    let _ = emit(PrivOp::Setresuid, args::<3>(&ctx));
+    let args = args::<3>(&ctx);
+    enforce::kill_switch_to_revoked::<3>(&args);
+    let _ = emit(PrivOp::Setresuid, args);
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_setresgid")]

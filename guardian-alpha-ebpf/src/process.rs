@@ -10,9 +10,12 @@ use guardian_alpha_common::{
     ARGS_CAPTURE, ExeFolderLayout, ExecRecord, ExitRecord, ForkRecord, RecordKind, SignalRecord,
 };
 
-use crate::record::{
-    AGENT_TGID, LAYOUT, current_task, fill_header, is_agent, read_kernel_field, record_mut,
-    reserve, submit_flags,
+use crate::{
+    enforce,
+    record::{
+        AGENT_TGID, LAYOUT, current_task, fill_header, is_agent, read_kernel_field, record_mut,
+        reserve, submit_flags,
+    },
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -134,6 +137,7 @@ pub fn sched_process_exit(ctx: TracePointContext) {
 /// `task_newtask` runs in the parent while it creates the child; threads are skipped.
 #[tracepoint(category = "task", name = "task_newtask")]
 pub fn task_newtask(ctx: TracePointContext) {
+    enforce::kill_revoked_fork();
     if is_agent() {
         return;
     }

@@ -48,7 +48,7 @@ pub struct Agent {
     /// Events emitted, by kind, for the shutdown summary.
     emitted: std::collections::BTreeMap<&'static str, u64>,
     /// Rollbacks the response executor ran by itself, to be sent as events.
-    rollback_reports: Option<tokio::sync::mpsc::Receiver<qsc_event::ResponseRollback>>,
+    response_events: Option<tokio::sync::mpsc::Receiver<EventKind>>,
 }
 
 /// What the agent did, written at shutdown with `--stats-file` (benchmarks and operators).
@@ -170,16 +170,13 @@ impl Agent {
             auth_failures: 0,
             last_activity: Default::default(),
             emitted: Default::default(),
-            rollback_reports: None,
+            response_events: None,
         })
     }
 
-    /// Emits each rollback report received on `reports` as a `response_rollback` event.
-    pub fn with_rollback_reports(
-        mut self,
-        reports: tokio::sync::mpsc::Receiver<qsc_event::ResponseRollback>,
-    ) -> Self {
-        self.rollback_reports = Some(reports);
+    /// Emits each event the response executor reports by itself (`respond::events`).
+    pub fn with_response_events(mut self, events: tokio::sync::mpsc::Receiver<EventKind>) -> Self {
+        self.response_events = Some(events);
         self
     }
 
@@ -399,14 +396,14 @@ impl Agent {
         release_startup_memory();
         self.heartbeat()?;
         self.output.flush()?;
-        let mut rollback_reports = self.rollback_reports.take();
+        let mut response_events = self.response_events.take();
         let mut maps_scans = MapsScans::new(&self.proc_root);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                Some(report) = next_report(&mut rollback_reports) => {
-                    self.emit(EventKind::ResponseRollback(report), None)?;
+                Some(event) = next_response_event(&mut response_events) => {
+                    self.emit(event, None)?;
                 }
                 guard = ring.readable_mut() => {
                     let mut guard = guard?;
@@ -564,11 +561,12 @@ fn lock(sensor: &SharedSensor) -> anyhow::Result<std::sync::MutexGuard<'_, Senso
         .map_err(|_| anyhow::anyhow!("the sensor lock is poisoned"))
 }
 
-/// The next rollback report; pending forever without a receiver (or once it is closed).
-async fn next_report(
-    reports: &mut Option<tokio::sync::mpsc::Receiver<qsc_event::ResponseRollback>>,
-) -> Option<qsc_event::ResponseRollback> {
-    match reports {
+/// The next event of the response executor; pending forever without a receiver (or once it
+/// is closed).
+async fn next_response_event(
+    events: &mut Option<tokio::sync::mpsc::Receiver<EventKind>>,
+) -> Option<EventKind> {
+    match events {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }

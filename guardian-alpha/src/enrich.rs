@@ -131,6 +131,9 @@ impl Enricher {
                 action: match op {
                     EnforceOp::ConnectBlocked => EnforcementAction::ConnectBlocked,
                     EnforceOp::ExecKilled => EnforcementAction::ExecKilled,
+                    EnforceOp::RevokedUidExec
+                    | EnforceOp::RevokedUidSwitch
+                    | EnforceOp::RevokedUidFork => EnforcementAction::RevokedUidKilled,
                 },
                 target,
             }),

@@ -187,15 +187,15 @@ fn main() -> anyhow::Result<()> {
                 let sensor = agent::start_sensor(&config)?;
                 let hooks = sensor.active_hooks.clone();
                 let sensor = std::sync::Arc::new(std::sync::Mutex::new(sensor));
-                let (reports, report_rx) = respond::ttl::RollbackReports::channel();
+                let (events, events_rx) = respond::events::ResponseEvents::channel();
                 let responder = respond::Responder::new(&config, Some(sensor.clone()))?
-                    .with_reports(reports);
+                    .with_events(events);
                 let commands = respond::ResponseHandler::new(
                     responder,
                     AgentCommands::new(AGENT, env!("CARGO_PKG_VERSION")),
                 );
                 let mut agent = agent::Agent::new(&config, hooks, commands)?
-                    .with_rollback_reports(report_rx);
+                    .with_response_events(events_rx);
                 agent.run(&config, sensor, shutdown_signal()).await?;
                 if let Some(path) = &args.stats_file {
                     let stats = serde_json::to_vec_pretty(&agent.stats())?;

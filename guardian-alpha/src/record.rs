@@ -79,7 +79,8 @@ pub enum Record {
     Enforce {
         header: Header,
         op: EnforceOp,
-        /// `ip:port` for a blocked connect, the path for a killed exec.
+        /// `ip:port` for a blocked connect, the path for a killed exec, `uid N: what` for a
+        /// revoked uid.
         target: String,
     },
 }
@@ -238,6 +239,9 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
                     std::net::SocketAddr::new(ip(r.family, r.addr), r.port).to_string()
                 }
                 EnforceOp::ExecKilled => text(&r.path),
+                EnforceOp::RevokedUidExec => format!("uid {}: exec {}", r.uid, text(&r.path)),
+                EnforceOp::RevokedUidSwitch => format!("uid {}: switch to it", r.uid),
+                EnforceOp::RevokedUidFork => format!("uid {}: fork", r.uid),
             };
             Record::Enforce { header, op, target }
         }
@@ -380,6 +384,45 @@ mod tests {
         let mut short = bytes_of(&record.net);
         short[0] = RecordKind::NetClose as u8;
         assert!(matches!(decode(&short), Err(DecodeError::Short { .. })));
+    }
+
+    #[test]
+    fn decodes_what_the_kernel_enforced() {
+        let enforce = |op: EnforceOp, uid: u32, path: &str| EnforceRecord {
+            header: header(RecordKind::Enforce, op as u16),
+            family: guardian_alpha_common::net::AF_INET,
+            port: 4444,
+            uid,
+            addr: [10, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            path: path_bytes(path),
+        };
+        let target_of = |record: EnforceRecord| match decode(&bytes_of(&record)).unwrap() {
+            Record::Enforce { op, target, .. } => (op, target),
+            other => panic!("not an enforcement: {other:?}"),
+        };
+        let cases = [
+            (
+                enforce(EnforceOp::ConnectBlocked, 0, ""),
+                "10.0.0.9:4444".to_owned(),
+            ),
+            (enforce(EnforceOp::ExecKilled, 0, "/tmp/x"), "/tmp/x".into()),
+            (
+                enforce(EnforceOp::RevokedUidExec, 1001, "/bin/id"),
+                "uid 1001: exec /bin/id".into(),
+            ),
+            (
+                enforce(EnforceOp::RevokedUidSwitch, 1001, ""),
+                "uid 1001: switch to it".into(),
+            ),
+            (
+                enforce(EnforceOp::RevokedUidFork, 1001, ""),
+                "uid 1001: fork".into(),
+            ),
+        ];
+        for (record, target) in cases {
+            let op = EnforceOp::from_u16(record.header.op).unwrap();
+            assert_eq!(target_of(record), (op, target));
+        }
     }
 
     #[test]

@@ -10,9 +10,10 @@ use aya::{
 };
 use guardian_alpha_common::{
     AGENT_TGID_GLOBAL, BLOCKED_EXEC_MAP, BLOCKED_V4_MAP, BLOCKED_V6_MAP, BlockedV4, BlockedV6,
-    EVENTS_MAP, EXE_FOLDER_LAYOUT_GLOBAL, EXEC_BLOCKING_MAP, ExeFolderLayout, KernelLayout,
-    LAYOUT_GLOBAL, LOST_MAP, PATH_CAPTURE, RecordKind, WAKE_AT_ONCE_GLOBAL, WAKE_SPACING_NS_GLOBAL,
-    WAKEUP_BYTES_GLOBAL, WATCH_LIST_GLOBAL, WATCHED_PREFIXES_MAP, WatchFlags, WatchList,
+    ENFORCING_MAP, EVENTS_MAP, EXE_FOLDER_LAYOUT_GLOBAL, EnforceSwitch, ExeFolderLayout,
+    KernelLayout, LAYOUT_GLOBAL, LOST_MAP, PATH_CAPTURE, REVOKED_UIDS_MAP, RecordKind,
+    WAKE_AT_ONCE_GLOBAL, WAKE_SPACING_NS_GLOBAL, WAKEUP_BYTES_GLOBAL, WATCH_LIST_GLOBAL,
+    WATCHED_PREFIXES_MAP, WatchFlags, WatchList,
 };
 
 /// The kernel object built by `cargo xtask build-ebpf`, embedded at compile time.
@@ -66,11 +67,13 @@ pub enum HookFamily {
     Network,
     /// open/chmod/chown/unlink/rename on watched paths.
     File,
-    /// setuid/setgid/capset, ptrace, module load, bpf(), memfd_create.
+    /// setuid/setgid/capset, ptrace, module load, bpf(), memfd_create; the setuid hooks also
+    /// kill a switch to a revoked account.
     Privilege,
     /// Writable+executable mmap/mprotect.
     Memory,
-    /// The execve check that kills blocked executables (`blocked_exec`, kill-on-exec actions).
+    /// The execve check that kills blocked executables (`blocked_exec`, kill-on-exec actions)
+    /// and the processes of revoked accounts.
     ExecBlocking,
 }
 
@@ -186,6 +189,17 @@ pub const HOOKS: &[Hook] = &[
     hook(Memory, "syscalls", "sys_enter_mprotect", true),
     hook(ExecBlocking, "syscalls", "sys_enter_execve", true),
     hook(ExecBlocking, "syscalls", "sys_enter_execveat", false),
+];
+
+const EXECVE_HOOK: &str = "syscalls/sys_enter_execve";
+
+/// The hooks that check [`Sensor::revoke_uid`]'s map.
+const REVOKED_UID_HOOKS: &[&str] = &[
+    EXECVE_HOOK,
+    "task/task_newtask",
+    "syscalls/sys_enter_setuid",
+    "syscalls/sys_enter_setreuid",
+    "syscalls/sys_enter_setresuid",
 ];
 
 /// cgroup programs that refuse connects/sends to blocked addresses, attached to the v2 root.
@@ -412,12 +426,8 @@ impl Sensor {
 
     /// Kills any process that execs exactly `path` (as passed to execve) before it runs.
     pub fn block_exec(&mut self, path: &str) -> Result<(), SensorError> {
-        if !self
-            .active_hooks
-            .iter()
-            .any(|h| h == "syscalls/sys_enter_execve")
-        {
-            return Err(SensorError::HookOff("syscalls/sys_enter_execve"));
+        if let Some(hook) = self.missing_hook(&[EXECVE_HOOK]) {
+            return Err(SensorError::HookOff(hook));
         }
         let key = path_key(path);
         self.hash_map::<[u8; PATH_CAPTURE]>(BLOCKED_EXEC_MAP)?
@@ -426,21 +436,61 @@ impl Sensor {
                 map: "BLOCKED_EXEC",
                 source,
             })?;
-        self.enable_exec_blocking()
+        self.switch_on(EnforceSwitch::BlockedExec)
     }
 
-    /// Turns on the execve hook's path check (off while nothing is blocked, to keep exec cheap).
-    fn enable_exec_blocking(&mut self) -> Result<(), SensorError> {
+    /// True when the hooks that make a revoked uid unusable are attached: exec, fork and the
+    /// setuid family.
+    pub fn denies_uids(&self) -> bool {
+        self.missing_hook(REVOKED_UID_HOOKS).is_none()
+    }
+
+    /// Makes `uid` unusable (until [`Sensor::restore_uid`]): a process running as it is killed
+    /// when it execs or forks, one switching to it is killed in the call.
+    pub fn revoke_uid(&mut self, uid: u32) -> Result<(), SensorError> {
+        if let Some(hook) = self.missing_hook(REVOKED_UID_HOOKS) {
+            return Err(SensorError::HookOff(hook));
+        }
+        self.hash_map::<u32>(REVOKED_UIDS_MAP)?
+            .insert(uid, 1, 0)
+            .map_err(|source| SensorError::Map {
+                map: "REVOKED_UIDS",
+                source,
+            })?;
+        self.switch_on(EnforceSwitch::RevokedUids)
+    }
+
+    /// Lifts [`Sensor::revoke_uid`]; a uid that is not revoked is left as it is.
+    pub fn restore_uid(&mut self, uid: u32) -> Result<(), SensorError> {
+        match self.hash_map::<u32>(REVOKED_UIDS_MAP)?.remove(&uid) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(SensorError::Map {
+                map: "REVOKED_UIDS",
+                source,
+            }),
+        }
+    }
+
+    /// The first of `hooks` that is not attached.
+    fn missing_hook(&self, hooks: &[&'static str]) -> Option<&'static str> {
+        hooks
+            .iter()
+            .find(|hook| !self.active_hooks.iter().any(|h| h == *hook))
+            .copied()
+    }
+
+    /// Turns on a check the hooks skip while the agent enforces nothing of its kind.
+    fn switch_on(&mut self, switch: EnforceSwitch) -> Result<(), SensorError> {
         let map_err = |source| SensorError::Map {
-            map: "EXEC_BLOCKING",
+            map: "ENFORCING",
             source,
         };
         let map = self
             .ebpf
-            .map_mut(EXEC_BLOCKING_MAP)
-            .ok_or(SensorError::Missing("EXEC_BLOCKING map"))?;
-        let mut flag: Array<&mut MapData, u32> = Array::try_from(map).map_err(map_err)?;
-        flag.set(0, 1, 0).map_err(map_err)
+            .map_mut(ENFORCING_MAP)
+            .ok_or(SensorError::Missing("ENFORCING map"))?;
+        let mut flags: Array<&mut MapData, u32> = Array::try_from(map).map_err(map_err)?;
+        flags.set(switch as u32, 1, 0).map_err(map_err)
     }
 
     fn hash_map<K: aya::Pod>(

@@ -55,6 +55,8 @@ pub enum EventKind {
     Enforcement(Enforcement),
     // A timed response action the agent rolled back by itself (guardian-alpha).
     ResponseRollback(ResponseRollback),
+    // A step the agent finished after reporting its action done (guardian-alpha).
+    ResponseFollowUp(ResponseFollowUp),
     // Agent health (any agent).
     EventLoss(EventLoss),
     Heartbeat(Heartbeat),
@@ -321,13 +323,17 @@ pub enum EnforcementAction {
     ConnectBlocked,
     /// An exec of a blocked path: the caller was killed before the new image ran.
     ExecKilled,
+    /// A process of a revoked account exec'd or forked, or a process asked to become that
+    /// account (setuid family): it was killed before it could go on.
+    RevokedUidKilled,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Enforcement {
     pub process: ProcessInfo,
     pub action: EnforcementAction,
-    /// The blocked address (`ip:port`) or executable path.
+    /// The blocked address (`ip:port`), the executable path, or for a revoked uid
+    /// `uid N: exec PATH`, `uid N: fork` or `uid N: switch to it`.
     pub target: String,
 }
 
@@ -366,6 +372,22 @@ pub struct ResponseRollback {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub addr: Option<IpAddr>,
     /// `done` when the host is back in its state before the action, else `failed`.
+    pub outcome: ActionOutcome,
+    /// What was done, or why it failed.
+    pub detail: String,
+}
+
+/// A step of a response action that the agent finished after reporting the action done: the
+/// shadow-file lock that makes a revocation the kernel already enforces outlive the agent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResponseFollowUp {
+    /// The action the step belongs to.
+    pub action_id: String,
+    /// Its name: `revoke_credential`.
+    pub action: String,
+    /// The step: `account_lock`.
+    pub step: String,
+    /// `done`, or `failed`: the action then holds only as long as the agent runs.
     pub outcome: ActionOutcome,
     /// What was done, or why it failed.
     pub detail: String,
@@ -426,6 +448,7 @@ impl EventKind {
             HostMetrics(_) => "host_metrics",
             Enforcement(_) => "enforcement",
             ResponseRollback(_) => "response_rollback",
+            ResponseFollowUp(_) => "response_follow_up",
             EventLoss(_) => "event_loss",
             Heartbeat(_) => "heartbeat",
             TamperAttempt(_) => "tamper_attempt",
@@ -458,9 +481,8 @@ impl EventKind {
             AuthFailure(_) | AuthSuccess(_) => OcsfClass::Authentication,
             CertExpiring(_) | CertExpired(_) | CertNotYetValid(_) | CertRevoked(_)
             | CertInvalid(_) => OcsfClass::DetectionFinding,
-            HostMetrics(_) | EventLoss(_) | Heartbeat(_) | ResponseRollback(_) => {
-                OcsfClass::DeviceInventoryInfo
-            }
+            HostMetrics(_) | EventLoss(_) | Heartbeat(_) | ResponseRollback(_)
+            | ResponseFollowUp(_) => OcsfClass::DeviceInventoryInfo,
         }
     }
 
@@ -555,6 +577,7 @@ tagged_decoders! {
     "host_metrics" => HostMetrics(HostMetrics),
     "enforcement" => Enforcement(Enforcement),
     "response_rollback" => ResponseRollback(ResponseRollback),
+    "response_follow_up" => ResponseFollowUp(ResponseFollowUp),
     "event_loss" => EventLoss(EventLoss),
     "heartbeat" => Heartbeat(Heartbeat),
     "tamper_attempt" => TamperAttempt(TamperAttempt),

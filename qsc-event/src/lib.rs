@@ -298,7 +298,7 @@ mod tests {
 
     #[test]
     fn every_fast_tag_is_a_serde_tag() {
-        assert_eq!(EventKind::TAGGED_DECODERS.len(), 41);
+        assert_eq!(EventKind::TAGGED_DECODERS.len(), 42);
         for tag in EventKind::TAGGED_DECODERS {
             let text = format!(r#"{{"kind":"{tag}"}}"#);
             if let Err(error) = serde_json::from_str::<EventKind>(&text) {

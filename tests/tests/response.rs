@@ -72,6 +72,15 @@ impl Executor {
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad report {line:?}: {e}"))
     }
 
+    /// Sends `action` (`revoke_credential`, `restore_credential`) for `user`; it must be done.
+    fn on_account(&mut self, id: &str, action: &str, user: &TestUser) -> ActionReport {
+        let request = format!(
+            r#"{{"action_id":"{id}","action":"{action}","user":"{}"}}"#,
+            user.name
+        );
+        self.expect(&request, ActionOutcome::Done)
+    }
+
     /// Like [`Executor::request`], asserting the outcome.
     fn expect(&mut self, json: &str, outcome: ActionOutcome) -> ActionReport {
         let report = self.request(json);
@@ -440,7 +449,10 @@ fn block_ip_falls_back_to_nftables() {
     assert!(netns.can_connect(&netns.other_ip, port), "unblocked");
 }
 
-/// A temporary local account; deleted when dropped.
+/// The test account's password hash (not a valid crypt hash: nobody logs in with it).
+const TEST_PASSWORD_HASH: &str = "$6$qsctest$0123456789abcdef";
+
+/// A temporary local account with [`TEST_PASSWORD_HASH`]; deleted when dropped.
 struct TestUser {
     name: String,
     uid: u32,
@@ -449,7 +461,10 @@ struct TestUser {
 
 impl TestUser {
     fn create() -> Self {
-        let name = format!("qsc-t-{}", std::process::id());
+        // Tests run on parallel threads of one process: the pid alone is not unique.
+        static CREATED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = CREATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("qsc-t-{}-{n}", std::process::id());
         let status = Command::new("useradd")
             .args(["--no-create-home", "--shell", "/bin/sh", &name])
             .status()
@@ -473,7 +488,24 @@ impl TestUser {
             .expect("passwd entry of the test user");
         assert_eq!(ids.len(), 2, "uid and gid of {name}");
         (user.uid, user.gid) = (ids[0], ids[1]);
+        let status = Command::new("usermod")
+            .args(["-p", TEST_PASSWORD_HASH, &user.name])
+            .status()
+            .expect("usermod -p");
+        assert!(status.success(), "usermod -p {}", user.name);
         user
+    }
+
+    /// A long-running process of the account, as its login session would be.
+    fn session(&self) -> ChildGuard {
+        ChildGuard(
+            Command::new("sleep")
+                .arg("300")
+                .uid(self.uid)
+                .gid(self.gid)
+                .spawn()
+                .expect("spawn a process as the test user"),
+        )
     }
 
     fn shadow_password(&self) -> String {
@@ -500,20 +532,8 @@ fn revoke_locks_a_test_user_and_ends_its_processes_then_restore_unlocks() {
         return;
     }
     let user = TestUser::create();
-    let hash = "$6$qsctest$0123456789abcdef";
-    let status = Command::new("usermod")
-        .args(["-p", hash, &user.name])
-        .status()
-        .expect("usermod -p");
-    assert!(status.success());
-    let mut session = ChildGuard(
-        Command::new("sleep")
-            .arg("300")
-            .uid(user.uid)
-            .gid(user.gid)
-            .spawn()
-            .expect("spawn a process as the test user"),
-    );
+    let hash = TEST_PASSWORD_HASH;
+    let mut session = user.session();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut executor = Executor::start(&config(dir.path(), ""), None, false);
     // Once this is answered the executor is ready: the next latency is the action's own.
@@ -522,13 +542,7 @@ fn revoke_locks_a_test_user_and_ends_its_processes_then_restore_unlocks() {
         ActionOutcome::Refused,
     );
     let sent = qsc_event::mono_now_ns();
-    let report = executor.expect(
-        &format!(
-            r#"{{"action_id":"c1","action":"revoke_credential","user":"{}"}}"#,
-            user.name
-        ),
-        ActionOutcome::Done,
-    );
+    let report = executor.on_account("c1", "revoke_credential", &user);
     eprintln!(
         "revoke_credential: {:.2} ms from request to done (incl. the pipe)",
         (report.done_mono_ns.saturating_sub(sent)) as f64 / 1e6
@@ -538,21 +552,96 @@ fn revoke_locks_a_test_user_and_ends_its_processes_then_restore_unlocks() {
     let status = session.0.wait().expect("wait for the session");
     assert_eq!(status.signal(), Some(libc::SIGKILL));
     // Idempotent: a second revoke leaves one '!'.
-    let again = format!(
-        r#"{{"action_id":"c2","action":"revoke_credential","user":"{}"}}"#,
-        user.name
-    );
-    executor.expect(&again, ActionOutcome::Done);
+    executor.on_account("c2", "revoke_credential", &user);
     assert_eq!(user.shadow_password(), format!("!{hash}"));
 
-    executor.expect(
-        &format!(
-            r#"{{"action_id":"c3","action":"restore_credential","user":"{}"}}"#,
-            user.name
-        ),
-        ActionOutcome::Done,
-    );
+    executor.on_account("c3", "restore_credential", &user);
     assert_eq!(user.shadow_password(), hash);
+}
+
+/// A process of the test user that the guardrails spare (its name is protected), so that it
+/// outlives the revocation's kill and shows what the kernel does when it runs `script` after
+/// reading a line.
+fn spared_process(dir: &Path, user: &TestUser, script: &str) -> ChildGuard {
+    let link = dir.join(SPARED_NAME);
+    if !link.exists() {
+        std::os::unix::fs::symlink("/bin/sh", &link).expect("symlink the spared shell");
+    }
+    ChildGuard(
+        Command::new(&link)
+            .args(["-c", &format!("read line; {script}")])
+            .uid(user.uid)
+            .gid(user.gid)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("spawn a spared process as the test user"),
+    )
+}
+
+const SPARED_NAME: &str = "qsc-spared";
+
+/// Root becoming the test user, as a login, `su` or `runuser` does.
+fn switch_to(user: &TestUser) -> std::process::ExitStatus {
+    Command::new("setpriv")
+        .args([
+            "--reuid",
+            &user.uid.to_string(),
+            "--regid",
+            &user.gid.to_string(),
+        ])
+        .args(["--clear-groups", "/bin/true"])
+        .status()
+        .expect("run setpriv")
+}
+
+/// With the sensor loaded, a revocation is enforced by the kernel: a spared process of the
+/// account is killed when it forks or execs, and root switching to the account (a login) is
+/// killed in its setuid call, until restore. The shadow entry is locked after the report.
+#[test]
+fn a_kernel_revocation_kills_the_account_at_exec_fork_and_login_until_restore() {
+    if !root_or_skip("a_kernel_revocation_kills_the_account_at_exec_fork_and_login_until_restore") {
+        return;
+    }
+    let user = TestUser::create();
+    let hash = TEST_PASSWORD_HASH;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The user runs the spared shell through this folder.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut execs = spared_process(dir.path(), &user, "exec /bin/true");
+    let mut forks = spared_process(dir.path(), &user, "/bin/true; exit 0");
+    let mut session = user.session();
+    assert!(switch_to(&user).success(), "setpriv before the revocation");
+    let config_toml = format!(
+        "[respond]\nquarantine_dir = \"{}\"\nprotected_processes = [\"{SPARED_NAME}\"]\n",
+        dir.path().join("quarantine").display()
+    );
+    let mut executor = Executor::start(&config_toml, None, true);
+    let report = executor.on_account("k1", "revoke_credential", &user);
+    assert_eq!(report.facts["mechanism"], "kernel", "{report:?}");
+    let killed = pids_of(&report);
+    assert!(killed.contains(&session.0.id()), "{killed:?}");
+    assert!(!killed.contains(&execs.0.id()) && !killed.contains(&forks.0.id()));
+    let status = session.0.wait().expect("wait for the session");
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+
+    for (what, spared) in [("exec", &mut execs), ("fork", &mut forks)] {
+        let stdin = spared.0.stdin.as_mut().expect("spared stdin");
+        stdin.write_all(b"go\n").expect("wake the spared process");
+        let status = spared.0.wait().expect("wait for the spared process");
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{what}: {status:?}");
+    }
+    assert_eq!(switch_to(&user).signal(), Some(libc::SIGKILL), "login");
+    assert!(
+        wait_until(Duration::from_secs(10), || user.shadow_password()
+            == format!("!{hash}")),
+        "the shadow entry is locked after the report: {}",
+        user.shadow_password()
+    );
+
+    executor.on_account("k2", "restore_credential", &user);
+    assert_eq!(user.shadow_password(), hash);
+    assert!(switch_to(&user).success(), "setpriv after restore");
 }
 
 #[test]
@@ -788,6 +877,106 @@ fn a_rotate_keys_playbook_rotates_the_agent_key_through_the_cortex() {
         retired.display()
     );
     assert_ne!(key_hex(&key_file), first_key);
+    agent.stop();
+    drop(service);
+}
+
+const REVOKE_MARKER: &str = "161803";
+const REVOKE_RULE: &str = "title: E2E revoke trigger\nid: e2e-revoke\nstatus: test\n\
+    logsource: {product: linux, category: process_creation}\n\
+    detection:\n    selection:\n        CommandLine|contains: '161803'\n    condition: selection\n\
+    level: high\n";
+const REVOKE_PLAYBOOK: &str = "name: e2e-revoke\nmode: autonomous\nmatch:\n  rules: [e2e-revoke]\n\
+    actions:\n  - action: revoke_credential\n";
+
+/// The first stored event of `kind` from the test host that `pick` accepts.
+fn stored_event<T>(
+    cortex: &qsc_tests::channel::CortexDeployment,
+    pick: impl Fn(qsc_event::EventKind) -> Option<T>,
+) -> Option<T> {
+    cortex
+        .events("e2e-test")
+        .into_iter()
+        .find_map(|event| pick(event.kind))
+}
+
+/// A playbook's `revoke_credential` on the real agent: the account is revoked in the kernel, a
+/// login to it is killed and reported as an enforcement, the shadow lock follows as a
+/// `response_follow_up` event, and `cortex actions restore-account` lifts it all.
+#[test]
+fn a_revoke_playbook_denies_the_account_in_the_kernel_until_an_operator_restores_it() {
+    if !root_or_skip(
+        "a_revoke_playbook_denies_the_account_in_the_kernel_until_an_operator_restores_it",
+    ) {
+        return;
+    }
+    let user = TestUser::create();
+    let hash = TEST_PASSWORD_HASH;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cortex, service, agent) = agent_at_cortex(dir.path(), REVOKE_RULE, REVOKE_PLAYBOOK);
+    // Ends at once: the revocation kills every process of the account.
+    let status = Command::new("/bin/true")
+        .arg(REVOKE_MARKER)
+        .uid(user.uid)
+        .gid(user.gid)
+        .status()
+        .expect("run the trigger as the test user");
+    assert!(status.success());
+    let record = wait_for_action(&cortex, "e2e-revoke", "done");
+    let report: ActionReport =
+        serde_json::from_value(record["report"].clone()).expect("the agent's ActionReport");
+    assert_eq!(report.facts["mechanism"], "kernel", "{record}");
+    assert_eq!(report.facts["uid"], user.uid, "{record}");
+    assert_eq!(switch_to(&user).signal(), Some(libc::SIGKILL), "login");
+
+    let login_killed = |kind| match kind {
+        qsc_event::EventKind::Enforcement(e)
+            if e.action == qsc_event::EnforcementAction::RevokedUidKilled =>
+        {
+            Some(e.target)
+        }
+        _ => None,
+    };
+    let follow_up = |kind| match kind {
+        qsc_event::EventKind::ResponseFollowUp(f) => Some(f),
+        _ => None,
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            stored_event(&cortex, login_killed).is_some()
+                && stored_event(&cortex, follow_up).is_some()
+        }),
+        "no revoked_uid_killed enforcement or response_follow_up event stored"
+    );
+    assert_eq!(
+        stored_event(&cortex, login_killed),
+        Some(format!("uid {}: switch to it", user.uid))
+    );
+    let lock = stored_event(&cortex, follow_up).expect("the follow-up event");
+    assert_eq!(
+        (lock.action_id.as_str(), lock.step.as_str(), lock.outcome),
+        (
+            record["id"].as_str().expect("id"),
+            "account_lock",
+            ActionOutcome::Done
+        ),
+        "{}",
+        lock.detail
+    );
+    assert_eq!(user.shadow_password(), format!("!{hash}"));
+
+    cortex.cli_ok(&[
+        "actions",
+        "restore-account",
+        "e2e-test",
+        &user.name,
+        "--operator",
+        "e2e-operator",
+    ]);
+    let restore = wait_for_action(&cortex, "operator", "done");
+    assert_eq!(restore["name"], "restore_credential", "{restore}");
+    assert_eq!(user.shadow_password(), hash);
+    assert!(switch_to(&user).success(), "setpriv after restore");
     agent.stop();
     drop(service);
 }

@@ -11,7 +11,9 @@ use serde_json::{Value, json};
 use super::{ApiState, ocsf};
 use crate::decide::DecideError;
 use crate::keys::{Cause, KeyEvent, KeyState, KeysError};
-use crate::respond::{ActionRecord, ActionStatus, ApprovalError, ReleaseError, ReleaseOutcome};
+use crate::respond::{
+    ActionRecord, ActionStatus, ApprovalError, ReleaseError, ReleaseOutcome, RestoreError,
+};
 use crate::score::{IncidentStatus, Severity};
 use crate::store::{ActionQuery, EventQuery, IncidentQuery, MAX_QUERY_LIMIT};
 use crate::webhook::{InboundError, InboundRequest};
@@ -176,6 +178,28 @@ pub async fn release(
             @ (ReleaseError::InvalidOperator | ReleaseError::Decide(DecideError::InvalidOperator)),
         )) => error(StatusCode::BAD_REQUEST, e.to_string()).into_response(),
         Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
+}
+
+/// An operator restores an account a revocation locked: the host's agent is sent a
+/// `restore_credential` action at once. Answers the action as dispatched.
+pub async fn restore_account(
+    State(state): State<ApiState>,
+    Path((host, user)): Path<(String, String)>,
+    Json(request): Json<ReleaseRequest>,
+) -> Response {
+    let outcome = tokio::task::spawn_blocking(move || {
+        state
+            .respond
+            .restore_account(&host, &user, &request.operator, &request.reason)
+    })
+    .await;
+    match outcome {
+        Ok(Ok(action)) => Json(json!({"action": action})).into_response(),
+        Ok(Err(e @ (RestoreError::InvalidOperator | RestoreError::InvalidAccount(_)))) => {
+            error(StatusCode::BAD_REQUEST, e.to_string()).into_response()
+        }
         Err(e) => internal(e),
     }
 }

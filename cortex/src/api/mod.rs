@@ -7,6 +7,7 @@
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /api/nodes` | node state of every host that left NOMINAL |
 //! | `POST /api/nodes/{host}/release` | operator approval ISOLATED → NOMINAL (audited); the agent is told to release; with `[respond] two_person_release` the first call answers 202 and a second operator's call releases |
+//! | `POST /api/nodes/{host}/accounts/{user}/restore` | an operator restores an account a `revoke_credential` locked (`{"operator": "...", "reason": "..."}`): the agent is sent `restore_credential` at once; answers `{"action": ...}` |
 //! | `GET /api/actions?status=&host=&limit=` | response actions (held, executed, with their results), newest first |
 //! | `GET /api/actions/{id}` | one response action |
 //! | `POST /api/actions/{id}/approve`, `/deny` | an operator's decision on a held action: `{"operator": "...", "reason": "..."}` |
@@ -64,6 +65,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(handlers::metrics))
         .route("/api/nodes", get(handlers::nodes))
         .route("/api/nodes/{host}/release", post(handlers::release))
+        .route(
+            "/api/nodes/{host}/accounts/{user}/restore",
+            post(handlers::restore_account),
+        )
         .route("/api/incidents", get(handlers::incidents))
         .route("/api/incidents/{id}", get(handlers::incident))
         .route("/api/events", get(handlers::events))

@@ -1,4 +1,5 @@
-//! `cortex actions list|approve|deny`: response actions through the running cortex's API.
+//! `cortex actions list|approve|deny|restore-account`: response actions through the running
+//! cortex's API.
 
 use std::process::ExitCode;
 
@@ -8,7 +9,7 @@ use cortex::respond::{ActionRecord, ActionStatus};
 use serde_json::{Value, json};
 
 use super::client::ApiClient;
-use super::{ActionsAction, Decision};
+use super::{AccountRestore, ActionsAction, Decision};
 
 pub fn run(config: &CortexConfig, action: &ActionsAction) -> anyhow::Result<ExitCode> {
     let client = ApiClient::from_config(config)?;
@@ -21,6 +22,7 @@ pub fn run(config: &CortexConfig, action: &ActionsAction) -> anyhow::Result<Exit
         } => list(&client, status.as_deref(), host.as_deref(), *limit, *json),
         ActionsAction::Approve(decision) => decide(&client, decision, true),
         ActionsAction::Deny(decision) => decide(&client, decision, false),
+        ActionsAction::RestoreAccount(restore) => restore_account(&client, restore),
     }
 }
 
@@ -84,6 +86,25 @@ fn decide(client: &ApiClient, decision: &Decision, approve: bool) -> anyhow::Res
     let body = json!({"operator": decision.operator, "reason": decision.reason});
     let record: ActionRecord = serde_json::from_value(expect_ok(client.post(&path, &body)?)?)
         .context("the API's answer has an unexpected shape")?;
+    print_record(&record);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn restore_account(client: &ApiClient, restore: &AccountRestore) -> anyhow::Result<ExitCode> {
+    let path = format!(
+        "/api/nodes/{}/accounts/{}/restore",
+        query_safe(&restore.host)?,
+        query_safe(&restore.user)?
+    );
+    let body = json!({"operator": restore.operator, "reason": restore.reason});
+    let answer = expect_ok(client.post(&path, &body)?)?;
+    let record: ActionRecord = serde_json::from_value(answer["action"].clone())
+        .context("the API's answer has an unexpected shape")?;
+    print_record(&record);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_record(record: &ActionRecord) {
     println!(
         "{} {} ({} on {}): {}",
         record.id,
@@ -92,7 +113,6 @@ fn decide(client: &ApiClient, decision: &Decision, approve: bool) -> anyhow::Res
         record.host,
         record.detail
     );
-    Ok(ExitCode::SUCCESS)
 }
 
 /// The body of a 2xx answer, or the API's error message.
@@ -225,5 +245,36 @@ mod tests {
         );
         let bad_id = ActionsAction::Deny(decision("act-1/../x"));
         assert!(run(&config, &bad_id).is_err());
+
+        let restore = |user: &str| {
+            ActionsAction::RestoreAccount(AccountRestore {
+                host: "web-01".into(),
+                user: user.into(),
+                operator: "alice".into(),
+                reason: "password reset".into(),
+            })
+        };
+        assert_eq!(run(&config, &restore("deploy")).unwrap(), ExitCode::SUCCESS);
+        let restored = store
+            .actions(&cortex::store::ActionQuery {
+                host: Some("web-01".into()),
+                ..Default::default()
+            })
+            .unwrap()
+            .into_iter()
+            .find(|r| r.name == "restore_credential")
+            .expect("a restore_credential action");
+        assert_eq!(
+            (restored.status, restored.action, restored.playbook.as_str()),
+            (
+                ActionStatus::Dispatched,
+                Some(qsc_event::Action::RestoreCredential {
+                    user: "deploy".into()
+                }),
+                "operator"
+            )
+        );
+        let refused = run(&config, &restore("-rf")).unwrap_err().to_string();
+        assert!(refused.contains("400"), "{refused}");
     }
 }

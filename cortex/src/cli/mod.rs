@@ -106,7 +106,8 @@ pub enum Command {
     #[command(after_help = "Examples:\n  \
         cortex --config /etc/qsc/cortex.toml actions list --status held\n  \
         cortex --config /etc/qsc/cortex.toml actions approve act-1733040000000001 --operator alice\n  \
-        cortex --config /etc/qsc/cortex.toml actions deny act-1733040000000001 --operator alice --reason 'false positive'")]
+        cortex --config /etc/qsc/cortex.toml actions deny act-1733040000000001 --operator alice --reason 'false positive'\n  \
+        cortex --config /etc/qsc/cortex.toml actions restore-account web-01 deploy --operator alice --reason 'key rotated'")]
     Actions {
         #[command(subcommand)]
         action: ActionsAction,
@@ -187,6 +188,24 @@ pub enum ActionsAction {
     Approve(Decision),
     /// Deny a held action: it is never sent.
     Deny(Decision),
+    /// Restore an account that a revoke_credential action locked on a host: its agent is sent
+    /// restore_credential at once (unlocks the shadow entry and lifts the kernel's deny of its
+    /// uid). A revocation has no TTL; this is how it ends.
+    RestoreAccount(AccountRestore),
+}
+
+#[derive(Debug, Args)]
+pub struct AccountRestore {
+    /// The host id the account was revoked on.
+    pub host: String,
+    /// The local account name.
+    pub user: String,
+    /// Who restores it; recorded in the audit chain.
+    #[arg(long, env = "QSC_OPERATOR")]
+    pub operator: String,
+    /// Why (recorded in the audit chain).
+    #[arg(long, default_value = "")]
+    pub reason: String,
 }
 
 #[derive(Debug, Args)]

@@ -169,7 +169,7 @@ impl Category {
             HealDone(_) | HealFailed(_) => Category::Heal,
             HostMetrics(_) => Category::HostMetrics,
             EventLoss(_) | Heartbeat(_) | TamperAttempt(_) => Category::AgentHealth,
-            Enforcement(_) | ResponseRollback(_) => Category::Enforcement,
+            Enforcement(_) | ResponseRollback(_) | ResponseFollowUp(_) => Category::Enforcement,
         }
     }
 }
@@ -696,6 +696,7 @@ fn kind_field(kind: &EventKind, field: FieldId) -> Option<FieldValue<'_>> {
         (Enforcement(e), F::EnforcementAction) => text(match e.action {
             qsc_event::EnforcementAction::ConnectBlocked => "connect_blocked",
             qsc_event::EnforcementAction::ExecKilled => "exec_killed",
+            qsc_event::EnforcementAction::RevokedUidKilled => "revoked_uid_killed",
         }),
         (Enforcement(e), F::EnforcementTarget) => text(&e.target),
         _ => None,

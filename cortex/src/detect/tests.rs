@@ -516,6 +516,14 @@ fn shipped_rule_triggers() -> Vec<(&'static str, Vec<Event>)> {
                 target: "/tmp/miner".into(),
             }))],
         ),
+        (
+            "qsc-enforce-revoked-uid-killed",
+            vec![event(EventKind::Enforcement(Enforcement {
+                process: bash.clone(),
+                action: EnforcementAction::RevokedUidKilled,
+                target: "uid 1001: switch to it".into(),
+            }))],
+        ),
     ]
 }
 

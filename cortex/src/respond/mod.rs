@@ -143,6 +143,17 @@ pub enum ReleaseError {
     Audit(#[from] AuditError),
 }
 
+/// Why an operator's restore of an account was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("a restore must name the operator (1..=128 printable characters)")]
+    InvalidOperator,
+    #[error(
+        "`{0}` is not an account name (1..=32 letters, digits, `_`, `-` or `.`, not starting with `-`)"
+    )]
+    InvalidAccount(String),
+}
+
 /// One action on its way to an agent.
 struct Job {
     action_id: String,
@@ -267,6 +278,20 @@ fn distinct_approvers(record: &ActionRecord) -> usize {
     approvers.sort_unstable();
     approvers.dedup();
     approvers.len()
+}
+
+/// A local account name as shadow-utils accepts it (the agent looks it up in /etc/passwd).
+fn valid_account(user: &str) -> Result<&str, RestoreError> {
+    let valid = (1..=32).contains(&user.len())
+        && !user.starts_with('-')
+        && user
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+    if valid {
+        Ok(user)
+    } else {
+        Err(RestoreError::InvalidAccount(user.to_owned()))
+    }
 }
 
 fn valid_operator(operator: &str) -> Option<&str> {
@@ -879,34 +904,70 @@ impl Responder {
         state.release_approvals.remove(host);
         self.store.put_node_state(&node)?;
         self.cancel_isolation_rollbacks(&mut state, host);
-        let record = self.release_record(host, &approvers, reason);
-        let requested = record.clone();
-        self.dispatch(&mut state, record, &format!("operator:{approvers}"));
-        // The dispatched record, or the one that failed to queue (stored by `dispatch`).
-        let action = state
-            .active
-            .get(&requested.id)
-            .cloned()
-            .or_else(|| self.store.action(&requested.id).ok().flatten())
-            .unwrap_or(requested);
+        let record = self.operator_record(
+            host,
+            Action::Release,
+            format!("released by {approvers}: {reason}"),
+        );
+        let action = self.dispatch_for_operator(&mut state, record, &approvers);
         Ok(ReleaseOutcome::Released {
             node,
             action: Box::new(action),
         })
     }
 
-    fn release_record(&self, host: &str, approvers: &str, reason: &str) -> ActionRecord {
+    /// An operator restores `user`, whom a revocation locked on `host`: a `restore_credential`
+    /// action goes to the host's agent at once, audited as the operator's. A revocation has
+    /// no TTL; this is how it ends.
+    pub fn restore_account(
+        &self,
+        host: &str,
+        user: &str,
+        operator: &str,
+        reason: &str,
+    ) -> Result<ActionRecord, RestoreError> {
+        let operator = valid_operator(operator).ok_or(RestoreError::InvalidOperator)?;
+        let user = valid_account(user)?;
+        let record = self.operator_record(
+            host,
+            Action::RestoreCredential { user: user.into() },
+            format!("account {user} restored by {operator}: {reason}"),
+        );
+        let mut state = lock(&self.state);
+        Ok(self.dispatch_for_operator(&mut state, record, operator))
+    }
+
+    fn operator_record(&self, host: &str, action: Action, detail: String) -> ActionRecord {
+        let name = action.name().to_owned();
         ActionRecord {
-            action: Some(Action::Release),
-            detail: format!("released by {approvers}: {reason}"),
+            action: Some(action),
+            detail,
             ..ActionRecord::fresh(
                 format!("act-{}", self.next_id()),
                 host.to_owned(),
                 OPERATOR_PLAYBOOK.into(),
-                Action::Release.name().to_owned(),
+                name,
                 now_ns(),
             )
         }
+    }
+
+    /// Dispatches an operator's action and returns it as dispatched, or as it failed to queue
+    /// (stored by `dispatch`).
+    fn dispatch_for_operator(
+        &self,
+        state: &mut State,
+        record: ActionRecord,
+        operator: &str,
+    ) -> ActionRecord {
+        let requested = record.clone();
+        self.dispatch(state, record, &format!("operator:{operator}"));
+        state
+            .active
+            .get(&requested.id)
+            .cloned()
+            .or_else(|| self.store.action(&requested.id).ok().flatten())
+            .unwrap_or(requested)
     }
 
     /// An operator released the host: its isolations need no TTL rollback any more.

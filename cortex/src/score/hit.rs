@@ -45,7 +45,7 @@ impl SourceKind {
             CertExpiring(_) | CertExpired(_) | CertNotYetValid(_) | CertRevoked(_)
             | CertInvalid(_) => SourceKind::Certificate,
             HostMetrics(_) | EventLoss(_) | Heartbeat(_) | TamperAttempt(_)
-            | ResponseRollback(_) => SourceKind::Agent,
+            | ResponseRollback(_) | ResponseFollowUp(_) => SourceKind::Agent,
             ProcessExec(_) | ProcessExit(_) | ProcessFork(_) | FileOpen(_) | FileChmod(_)
             | FileChown(_) | FileUnlink(_) | FileRename(_) | MemoryRwx(_) | PrivSetid(_)
             | PrivCapset(_) | PrivPtrace(_) | PrivModuleLoad(_) | PrivBpf(_)

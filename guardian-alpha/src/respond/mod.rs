@@ -5,6 +5,7 @@
 
 pub mod block;
 pub mod credential;
+pub mod events;
 pub mod guardrails;
 pub mod handler;
 pub mod isolate;
@@ -26,8 +27,10 @@ use qsc_event::{Action, ActionOutcome, ActionReport, ActionRequest, mono_now_ns}
 
 use crate::{config::Config, sensor::SharedSensor};
 use block::IpBlocker;
+use credential::{FollowUp, PendingLocks};
+use events::ResponseEvents;
 use guardrails::{Guardrails, Refusal};
-use ttl::{RollbackKey, RollbackReports, RollbackScheduler};
+use ttl::{RollbackKey, RollbackScheduler, report_expiry};
 
 pub use handler::ResponseHandler;
 
@@ -133,14 +136,19 @@ pub struct Responder {
     quarantine_dir: PathBuf,
     nft: PathBuf,
     blocker: Arc<Mutex<IpBlocker>>,
+    /// The sensor, when its hooks can make a revoked account's uid unusable.
+    uid_deny: Option<SharedSensor>,
     rollbacks: RollbackScheduler,
-    /// Where rollbacks run at TTL expiry are reported.
-    reports: RollbackReports,
+    /// Where rollbacks run at TTL expiry and steps finished after an action's report go.
+    events: ResponseEvents,
+    /// Shadow locks still being written after their revocation was reported.
+    account_locks: PendingLocks,
 }
 
 impl Responder {
     /// `sensor`: the running sensor, whose kernel map blocks addresses when its cgroup
-    /// programs are attached (otherwise nftables does).
+    /// programs are attached (otherwise nftables does), and revokes accounts when its exec,
+    /// fork and setuid hooks are (otherwise only the shadow file does).
     pub fn new(config: &Config, sensor: Option<SharedSensor>) -> Result<Self, RespondError> {
         // The agent starts even when DNS does not answer yet; each action resolves again.
         let cortex = resolve_cortex(&config.cortex.address).unwrap_or_else(|err| {
@@ -148,9 +156,13 @@ impl Responder {
             Vec::new()
         });
         let nft = config.respond.nft.clone();
+        let uid_deny = sensor
+            .clone()
+            .filter(|s| s.lock().is_ok_and(|sensor| sensor.denies_uids()));
         let blocker = IpBlocker::new(sensor, nft.clone());
         tracing::info!(
             address_blocking = blocker.mechanism(),
+            account_revocation = if uid_deny.is_some() { "kernel" } else { "shadow" },
             cortex = ?cortex,
             "response executor ready"
         );
@@ -161,14 +173,17 @@ impl Responder {
             quarantine_dir: config.respond.quarantine_dir.clone(),
             nft,
             blocker: Arc::new(Mutex::new(blocker)),
+            uid_deny,
             rollbacks: RollbackScheduler::start().map_err(RespondError::RollbackThread)?,
-            reports: RollbackReports::default(),
+            events: ResponseEvents::default(),
+            account_locks: PendingLocks::default(),
         })
     }
 
-    /// Reports each rollback the TTL safety net runs to `reports` (the agent's event stream).
-    pub fn with_reports(mut self, reports: RollbackReports) -> Self {
-        self.reports = reports;
+    /// Sends what the executor reports by itself (rollbacks at TTL expiry, follow-up steps)
+    /// to `events` (the agent's event stream).
+    pub fn with_events(mut self, events: ResponseEvents) -> Self {
+        self.events = events;
         self
     }
 
@@ -185,7 +200,7 @@ impl Responder {
     /// Runs one request and reports how it ended; never panics on a bad request.
     pub fn execute(&self, request: &ActionRequest) -> ActionReport {
         let received_mono_ns = mono_now_ns();
-        let result = self.run(&request.action);
+        let result = self.run(request);
         let done_mono_ns = mono_now_ns();
         let (outcome, detail, facts) = match result {
             Ok(done) => (ActionOutcome::Done, done.detail, done.facts),
@@ -213,8 +228,8 @@ impl Responder {
         }
     }
 
-    fn run(&self, action: &Action) -> Result<Done, RespondError> {
-        match action {
+    fn run(&self, request: &ActionRequest) -> Result<Done, RespondError> {
+        match &request.action {
             Action::Kill {
                 pid,
                 start_time_ticks,
@@ -230,12 +245,31 @@ impl Responder {
                 self.rollbacks.cancel(RollbackKey::Isolation);
                 isolate::release(&self.nft)
             }
-            Action::RevokeCredential { user } => {
-                credential::revoke(&self.rails, &self.proc_root, user)
+            Action::RevokeCredential { user } => self.revoke(&request.action_id, user),
+            Action::RestoreCredential { user } => {
+                credential::restore(&self.rails, user, self.uid_deny.as_ref())
             }
-            Action::RestoreCredential { user } => credential::restore(&self.rails, user),
             Action::RotateKeys => Err(RespondError::NotHandled("rotate_keys")),
         }
+    }
+
+    /// In the kernel when the sensor can, else through the shadow file alone.
+    fn revoke(&self, action_id: &str, user: &str) -> Result<Done, RespondError> {
+        let Some(sensor) = &self.uid_deny else {
+            return credential::revoke(&self.rails, &self.proc_root, user);
+        };
+        let follow_up = FollowUp {
+            action_id: action_id.to_owned(),
+            events: self.events.clone(),
+        };
+        credential::revoke_in_kernel(
+            &self.rails,
+            &self.proc_root,
+            user,
+            sensor,
+            &self.account_locks,
+            follow_up,
+        )
     }
 
     fn lock_blocker(&self) -> Result<std::sync::MutexGuard<'_, IpBlocker>, RespondError> {
@@ -259,13 +293,13 @@ impl Responder {
         let key = RollbackKey::Block(guardrails::canonical(addr));
         if ttl_s > 0 {
             let shared = self.blocker.clone();
-            let reports = self.reports.clone();
+            let events = self.events.clone();
             self.rollbacks.schedule(
                 key,
                 Duration::from_secs(ttl_s),
                 Box::new(move || {
                     let result = unblock_at_expiry(&shared, addr);
-                    reports.ttl_expired(Action::UnblockIp { addr }, result);
+                    report_expiry(&events, Action::UnblockIp { addr }, result);
                 }),
             );
         } else {
@@ -288,11 +322,11 @@ impl Responder {
         let done = isolate::isolate(&self.nft, &self.cortex_now())?;
         if ttl_s > 0 {
             let nft = self.nft.clone();
-            let reports = self.reports.clone();
+            let events = self.events.clone();
             self.rollbacks.schedule(
                 RollbackKey::Isolation,
                 Duration::from_secs(ttl_s),
-                Box::new(move || reports.ttl_expired(Action::Release, isolate::release(&nft))),
+                Box::new(move || report_expiry(&events, Action::Release, isolate::release(&nft))),
             );
         } else {
             self.rollbacks.cancel(RollbackKey::Isolation);

@@ -2,9 +2,11 @@
 //! rolled back by the agent at expiry even if the cortex never sends the rollback. One thread
 //! waits for the earliest deadline; scheduling a key again replaces its rollback, and the
 //! explicit rollback (unblock, release) cancels it. Each rollback that runs is reported on the
-//! agent's event stream as a `response_rollback` event ([`RollbackReports`]).
+//! agent's event stream as a `response_rollback` event ([`report_expiry`]).
 
-use qsc_event::{Action, ActionOutcome, ResponseRollback};
+use qsc_event::{Action, ActionOutcome, EventKind, ResponseRollback};
+
+use super::events::ResponseEvents;
 use std::{
     collections::BTreeMap,
     net::IpAddr,
@@ -22,39 +24,23 @@ pub enum RollbackKey {
 
 type Rollback = Box<dyn FnOnce() + Send>;
 
-/// How many rollback reports may wait for the agent's event loop.
-pub const REPORT_QUEUE: usize = 64;
-
-/// Where rollbacks the agent ran by itself are reported: the agent's event loop, which sends
-/// them to the cortex as `response_rollback` events. Without a receiver they are only logged.
-#[derive(Clone, Debug, Default)]
-pub struct RollbackReports(Option<tokio::sync::mpsc::Sender<ResponseRollback>>);
-
-impl RollbackReports {
-    /// Reports go to the returned receiver (bounded by [`REPORT_QUEUE`]).
-    pub fn channel() -> (Self, tokio::sync::mpsc::Receiver<ResponseRollback>) {
-        let (tx, rx) = tokio::sync::mpsc::channel(REPORT_QUEUE);
-        (RollbackReports(Some(tx)), rx)
-    }
-
-    /// Reports that `action` (on `addr`, if any) ran at TTL expiry with `result`.
-    pub fn ttl_expired(&self, action: Action, result: Result<super::Done, super::RespondError>) {
-        let report = expiry_report(&action, result);
-        match report.outcome {
-            ActionOutcome::Done => {
-                tracing::info!(action = %report.action, detail = %report.detail, "TTL expired: rolled back")
-            }
-            _ => {
-                tracing::error!(action = %report.action, detail = %report.detail, "TTL expired but the rollback failed")
-            }
+/// Logs that `action` ran at TTL expiry with `result` and reports it to the cortex as a
+/// `response_rollback` event.
+pub fn report_expiry(
+    events: &ResponseEvents,
+    action: Action,
+    result: Result<super::Done, super::RespondError>,
+) {
+    let report = expiry_report(&action, result);
+    match report.outcome {
+        ActionOutcome::Done => {
+            tracing::info!(action = %report.action, detail = %report.detail, "TTL expired: rolled back")
         }
-        let Some(sender) = &self.0 else {
-            return;
-        };
-        if let Err(err) = sender.try_send(report) {
-            tracing::error!(%err, "rollback report not queued for the cortex (queue full or agent stopping)");
+        _ => {
+            tracing::error!(action = %report.action, detail = %report.detail, "TTL expired but the rollback failed")
         }
     }
+    events.send(EventKind::ResponseRollback(report));
 }
 
 /// The `response_rollback` event for a rollback that ran at TTL expiry.
@@ -211,30 +197,40 @@ mod tests {
 
     #[test]
     fn expiry_reports_reach_the_receiver() {
-        let (reports, mut rx) = RollbackReports::channel();
+        let (events, mut rx) = ResponseEvents::channel();
         let addr: IpAddr = "127.0.0.2".parse().unwrap();
-        reports.ttl_expired(
+        report_expiry(
+            &events,
             Action::UnblockIp { addr },
             Ok(super::super::Done::new("127.0.0.2 unblocked")),
         );
-        reports.ttl_expired(
+        report_expiry(
+            &events,
             Action::Release,
             Err(super::super::RespondError::NoCortexAddress),
         );
-        let unblock = rx.try_recv().unwrap();
+        let rollback = |event| match event {
+            EventKind::ResponseRollback(r) => r,
+            other => panic!("not a rollback: {other:?}"),
+        };
+        let unblock = rollback(rx.try_recv().unwrap());
         assert_eq!(
             (unblock.action.as_str(), unblock.addr, unblock.outcome),
             ("unblock_ip", Some(addr), ActionOutcome::Done)
         );
         assert_eq!(unblock.reason, "ttl_expired");
-        let release = rx.try_recv().unwrap();
+        let release = rollback(rx.try_recv().unwrap());
         assert_eq!(
             (release.action.as_str(), release.addr, release.outcome),
             ("release", None, ActionOutcome::Failed)
         );
         assert!(release.detail.contains("cortex"), "{}", release.detail);
         // Without a receiver, only logged.
-        RollbackReports::default().ttl_expired(Action::Release, Ok(super::super::Done::new("x")));
+        report_expiry(
+            &ResponseEvents::default(),
+            Action::Release,
+            Ok(super::super::Done::new("x")),
+        );
     }
 
     #[test]

@@ -74,9 +74,9 @@ const STEPS: [(&str, &str, &str); 3] = [
         "agent received → new key on disk (the rest: reconnect with it)",
     ),
     (
-        "account_locked_mono_ns",
-        "of_which_account_locked",
-        "agent received → shadow entry locked (renamed into place)",
+        "kernel_denied_mono_ns",
+        "of_which_kernel_denied",
+        "agent received → the account's uid refused by the kernel",
     ),
     (
         "sessions_ended_mono_ns",
@@ -469,7 +469,14 @@ fn rollback(api: &Api, case: &Case, seen: &mut HashSet<String>) -> anyhow::Resul
         "block_ip" => api
             .wait_for_action_polling(HOST_ID, "ttl", seen, ACTION_TIMEOUT, POLL)
             .map(drop),
-        "revoke_credential" => shell::run(Command::new("usermod").args(["-U", BENCH_USER])),
+        "revoke_credential" => {
+            api.post(
+                &format!("/api/nodes/{HOST_ID}/accounts/{BENCH_USER}/restore"),
+                &json!({"operator": "respbench", "reason": "bench rollback"}),
+            )?;
+            api.wait_for_action_polling(HOST_ID, "operator", seen, ACTION_TIMEOUT, POLL)
+                .map(drop)
+        }
         _ => Ok(()),
     }
 }

@@ -9,7 +9,7 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_uid_gid, bpf_probe_read_kernel_buf, bpf_probe_read_user_str_bytes,
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel_buf, bpf_probe_read_user_str_bytes,
         generated::bpf_send_signal,
     },
     macros::{cgroup_sock_addr, map, tracepoint},
@@ -171,10 +171,16 @@ fn is_revoked(uid: u32) -> bool {
     unsafe { REVOKED_UIDS.get(&uid) }.is_some()
 }
 
+/// Never killed for a revoked uid, whatever the map holds: init.
+#[inline(always)]
+fn is_init() -> bool {
+    bpf_get_current_pid_tgid() >> 32 == 1
+}
+
 /// Kills the caller when it runs as a revoked uid; true when it did.
 fn kill_revoked_exec(filename: u64) -> bool {
     let uid = caller_uid();
-    if !is_revoked(uid) {
+    if !is_revoked(uid) || is_init() {
         return false;
     }
     unsafe { bpf_send_signal(SIGKILL) };
@@ -222,6 +228,9 @@ pub fn kill_switch_to_revoked<const N: usize>(uids: &[u64; 4]) {
 }
 
 fn kill_with(op: EnforceOp, uid: u32) {
+    if is_init() {
+        return;
+    }
     unsafe { bpf_send_signal(SIGKILL) };
     if let Some(mut entry) = reserve_enforce(op) {
         record_mut(&mut entry).uid = uid;

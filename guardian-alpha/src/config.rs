@@ -60,6 +60,8 @@ pub struct RespondConfig {
     pub protected_addresses: Vec<std::net::IpAddr>,
     /// The nftables command (isolation, and address blocking without the cgroup programs).
     pub nft: PathBuf,
+    /// Accounts revoked in the kernel (JSON, 0600): a restarted agent refuses them again.
+    pub revoked_accounts_file: PathBuf,
 }
 
 impl Default for RespondConfig {
@@ -71,6 +73,7 @@ impl Default for RespondConfig {
             allow_system_users: false,
             protected_addresses: Vec::new(),
             nft: "nft".into(),
+            revoked_accounts_file: "/var/lib/qsc/revoked-accounts.json".into(),
         }
     }
 }

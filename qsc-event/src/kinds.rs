@@ -377,15 +377,16 @@ pub struct ResponseRollback {
     pub detail: String,
 }
 
-/// A step of a response action that the agent finished after reporting the action done: the
-/// shadow-file lock that makes a revocation the kernel already enforces outlive the agent.
+/// A step of a response action that the agent finished after reporting the action done: what
+/// makes a revocation the kernel already enforces outlive the agent (the shadow-file lock and
+/// the agent's list of revoked accounts).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ResponseFollowUp {
     /// The action the step belongs to.
     pub action_id: String,
     /// Its name: `revoke_credential`.
     pub action: String,
-    /// The step: `account_lock`.
+    /// The step: `persist`.
     pub step: String,
     /// `done`, or `failed`: the action then holds only as long as the agent runs.
     pub outcome: ActionOutcome,

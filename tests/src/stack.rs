@@ -137,6 +137,7 @@ fn alpha_config(dir: &Path, channel: &str, cortex_public: &str, spec: &StackSpec
     format!(
         "host_id = \"{host}\"\noutput = \"{d}/alpha-events.jsonl\"\n\
          [respond]\nquarantine_dir = \"{d}/quarantine\"\n\
+         revoked_accounts_file = \"{d}/revoked-accounts.json\"\n\
          [cortex]\nenabled = true\naddress = \"{channel}\"\ncortex_public_key = \"{cortex_public}\"\n\
          key_file = \"{d}/alpha/channel.key\"\noutbox_dir = \"{d}/alpha/outbox\"\n{extra}",
         host = spec.host_id,

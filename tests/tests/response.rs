@@ -98,12 +98,21 @@ impl Drop for Executor {
     }
 }
 
+/// The agent's list of revoked accounts, in a test's folder.
+const REVOKED_LIST: &str = "revoked-accounts.json";
+
+/// A `[respond]` table that keeps the executor's files in `dir`.
+fn respond_section(dir: &Path) -> String {
+    format!(
+        "[respond]\nquarantine_dir = \"{}\"\nrevoked_accounts_file = \"{}\"\n",
+        dir.join("quarantine").display(),
+        dir.join(REVOKED_LIST).display()
+    )
+}
+
 /// A config whose quarantine folder is `dir` and whose cortex is `cortex` (host:port).
 fn config(dir: &Path, cortex: &str) -> String {
-    format!(
-        "[respond]\nquarantine_dir = \"{}\"\n[cortex]\naddress = \"{cortex}\"\n",
-        dir.join("quarantine").display()
-    )
+    format!("{}[cortex]\naddress = \"{cortex}\"\n", respond_section(dir))
 }
 
 /// Kills a test child by its pid when the test ends, however it ends.
@@ -613,8 +622,8 @@ fn a_kernel_revocation_kills_the_account_at_exec_fork_and_login_until_restore() 
     let mut session = user.session();
     assert!(switch_to(&user).success(), "setpriv before the revocation");
     let config_toml = format!(
-        "[respond]\nquarantine_dir = \"{}\"\nprotected_processes = [\"{SPARED_NAME}\"]\n",
-        dir.path().join("quarantine").display()
+        "{}protected_processes = [\"{SPARED_NAME}\"]\n",
+        respond_section(dir.path())
     );
     let mut executor = Executor::start(&config_toml, None, true);
     let report = executor.on_account("k1", "revoke_credential", &user);
@@ -632,16 +641,37 @@ fn a_kernel_revocation_kills_the_account_at_exec_fork_and_login_until_restore() 
         assert_eq!(status.signal(), Some(libc::SIGKILL), "{what}: {status:?}");
     }
     assert_eq!(switch_to(&user).signal(), Some(libc::SIGKILL), "login");
+    let list = dir.path().join(REVOKED_LIST);
+    let listed = || -> std::collections::BTreeMap<String, u32> {
+        std::fs::read(&list)
+            .map(|bytes| serde_json::from_slice(&bytes).expect("the list is JSON"))
+            .unwrap_or_default()
+    };
     assert!(
-        wait_until(Duration::from_secs(10), || user.shadow_password()
-            == format!("!{hash}")),
-        "the shadow entry is locked after the report: {}",
-        user.shadow_password()
+        wait_until(Duration::from_secs(10), || listed().get(&user.name)
+            == Some(&user.uid)),
+        "the revocation is listed after the report: {:?}",
+        listed()
+    );
+    assert_eq!(user.shadow_password(), format!("!{hash}"));
+
+    // A restarted agent refuses the account again.
+    drop(executor);
+    let mut executor = Executor::start(&config_toml, None, true);
+    executor.expect(
+        r#"{"action_id":"k2","action":"kill","pid":1}"#,
+        ActionOutcome::Refused,
+    );
+    assert_eq!(
+        switch_to(&user).signal(),
+        Some(libc::SIGKILL),
+        "login after the agent restarted"
     );
 
-    executor.on_account("k2", "restore_credential", &user);
+    executor.on_account("k3", "restore_credential", &user);
     assert_eq!(user.shadow_password(), hash);
     assert!(switch_to(&user).success(), "setpriv after restore");
+    assert_eq!(listed(), Default::default());
 }
 
 #[test]
@@ -765,10 +795,11 @@ fn agent_at_cortex(
     let config = format!(
         "{}[cortex]\nenabled = true\naddress = \"{}\"\ncortex_public_key = \"{}\"\n\
          key_file = \"{d}/agent.key\"\noutbox_dir = \"{d}/outbox\"\n\
-         [respond]\nquarantine_dir = \"{d}/quarantine\"\n",
+         {}",
         qsc_tests::alpha::config_watching(d),
         service.addr,
         cortex.public_key(),
+        respond_section(d),
         d = d.display(),
     );
     let agent = qsc_tests::alpha::AlphaAgent::start(&config, &[]);
@@ -957,7 +988,7 @@ fn a_revoke_playbook_denies_the_account_in_the_kernel_until_an_operator_restores
         (lock.action_id.as_str(), lock.step.as_str(), lock.outcome),
         (
             record["id"].as_str().expect("id"),
-            "account_lock",
+            "persist",
             ActionOutcome::Done
         ),
         "{}",

@@ -1,36 +1,21 @@
-//! `revoke_credential` / `restore_credential`: lock a local account and end its sessions;
-//! restore unlocks it.
-//!
-//! With the sensor's hooks attached, the kernel enforces a revocation at once: the account's
-//! uid goes into the sensor's `REVOKED_UIDS` map, so every process running as it dies at its
-//! next exec or fork and any process asking to become it (a login, `su`, `sudo`, `runuser`,
-//! an SSH key login) dies in its setuid call. Every process running with the uid is then
-//! SIGKILLed and the action is reported done; the shadow entry is locked on a thread of its
-//! own, so that the revocation outlives the agent, and that step is reported as a
-//! `response_follow_up` event. Without the kernel hooks, the action is done once the shadow
-//! entry is locked and the processes are gone.
-//!
-//! The shadow entry is locked by prefixing its password with `!` (what `usermod -L` does),
-//! under glibc's `lckpwdf` lock (which shadow-utils also takes), and the file is replaced
-//! atomically, keeping its owner and mode ([`replace_file`]: a crash leaves the old file or the
-//! new one, never an empty one).
+//! `revoke_credential` / `restore_credential` through the shadow file: lock a local account by
+//! prefixing its shadow password with `!` (what `usermod -L` does) and end its sessions by
+//! SIGKILLing every process running with its uid; restore removes the `!`. The shadow file is
+//! edited under glibc's `lckpwdf` lock (which shadow-utils also takes) and replaced atomically,
+//! keeping its owner and mode ([`replace_file`]: a crash leaves the old file or the new one,
+//! never an empty one). With the sensor's hooks, [`super::revocation`] has the kernel refuse
+//! the account first and uses these steps around it.
 
-use std::{
-    path::Path,
-    sync::{Mutex, MutexGuard},
-    thread::JoinHandle,
-};
+use std::path::Path;
 
-use qsc_event::{ActionOutcome, EventKind, ResponseFollowUp, mono_now_ns};
+use qsc_event::mono_now_ns;
 
 use super::{
     Done, RespondError,
-    events::ResponseEvents,
     guardrails::Guardrails,
     procfs::{self, Pidfd},
     replace::replace_file,
 };
-use crate::sensor::{Sensor, SharedSensor};
 
 /// Where accounts are looked up (uid).
 pub const PASSWD: &str = "/etc/passwd";
@@ -107,12 +92,16 @@ impl Drop for PwdLock {
     }
 }
 
-fn shadow_err(step: &'static str, source: std::io::Error) -> RespondError {
+pub(super) fn shadow_err(step: &'static str, source: std::io::Error) -> RespondError {
     RespondError::Shadow { step, source }
 }
 
 /// Locks or unlocks `user` in the shadow file; a no-op when it already is so.
-fn set_locked(shadow: &Path, user: &str, lock: bool) -> Result<LockChange, RespondError> {
+pub(super) fn set_locked(
+    shadow: &Path,
+    user: &str,
+    lock: bool,
+) -> Result<LockChange, RespondError> {
     let _guard = PwdLock::take()?;
     let text = std::fs::read_to_string(shadow).map_err(|e| shadow_err("read", e))?;
     let (new, change) = relock(&text, user, lock)?;
@@ -123,7 +112,7 @@ fn set_locked(shadow: &Path, user: &str, lock: bool) -> Result<LockChange, Respo
 }
 
 /// The account's uid, checked against the guardrails.
-fn checked_uid(rails: &Guardrails, user: &str) -> Result<u32, RespondError> {
+pub(super) fn checked_uid(rails: &Guardrails, user: &str) -> Result<u32, RespondError> {
     let passwd = std::fs::read_to_string(PASSWD).map_err(|e| shadow_err("read passwd", e))?;
     let uid = uid_in(&passwd, user).ok_or_else(|| RespondError::NoUser(user.into()))?;
     rails.check_user(user, uid)?;
@@ -158,7 +147,7 @@ pub fn revoke(rails: &Guardrails, proc_root: &Path, user: &str) -> Result<Done, 
 }
 
 /// What both ways of revoking report.
-fn revoked(
+pub(super) fn revoked(
     detail: String,
     uid: u32,
     mechanism: &str,
@@ -172,136 +161,24 @@ fn revoked(
         .fact("killed_pids", killed)
 }
 
-/// Where a revocation is reported once its shadow entry is locked.
-pub struct FollowUp {
-    pub action_id: String,
-    pub events: ResponseEvents,
-}
-
-/// Revokes `user` in the kernel (`sensor`'s map) and kills every process running with its
-/// uid; the shadow entry is locked by a thread that `pending` keeps and reports to
-/// `follow_up`. An account without a shadow entry is refused before anything is done.
-pub fn revoke_in_kernel(
-    rails: &Guardrails,
-    proc_root: &Path,
-    user: &str,
-    sensor: &SharedSensor,
-    pending: &PendingLocks,
-    follow_up: FollowUp,
-) -> Result<Done, RespondError> {
-    let uid = checked_uid(rails, user)?;
-    let text = std::fs::read_to_string(SHADOW).map_err(|e| shadow_err("read", e))?;
-    let (_, change) = relock(&text, user, true)?;
-    lock_sensor(sensor)?.revoke_uid(uid)?;
-    let denied_ns = mono_now_ns();
-    pending.spawn(user, follow_up)?;
-    let killed = kill_uid(rails, proc_root, uid)?;
-    let ended_ns = mono_now_ns();
-    let detail = format!(
-        "account {user} revoked in the kernel; {} of its processes killed; its shadow entry is being locked",
-        killed.len()
-    );
-    Ok(revoked(detail, uid, "kernel", change, killed)
-        .fact("kernel_denied_mono_ns", denied_ns)
-        .fact("sessions_ended_mono_ns", ended_ns))
-}
-
-/// Unlocks `user` in the shadow file, then lifts its revocation in the kernel (`sensor`) if
-/// there is one. Waits for a lock of the account still being written.
-pub fn restore(
-    rails: &Guardrails,
-    user: &str,
-    sensor: Option<&SharedSensor>,
-) -> Result<Done, RespondError> {
+/// Unlocks `user` in the shadow file. Waits for a lock of the account still being written
+/// (both take `lckpwdf`).
+pub fn restore(rails: &Guardrails, user: &str) -> Result<Done, RespondError> {
     let uid = checked_uid(rails, user)?;
     let change = set_locked(Path::new(SHADOW), user, false)?;
-    if let Some(sensor) = sensor {
-        lock_sensor(sensor)?.restore_uid(uid)?;
-    }
     Ok(Done::new(format!("account {user} unlocked"))
         .fact("uid", uid)
         .fact("was_locked", change == LockChange::Changed))
 }
 
-fn lock_sensor(sensor: &SharedSensor) -> Result<MutexGuard<'_, Sensor>, RespondError> {
-    sensor.lock().map_err(|_| RespondError::SensorPoisoned)
-}
-
-/// Shadow-file locks still being written after their revocation was reported; dropping this
-/// waits for them.
-#[derive(Default)]
-pub struct PendingLocks(Mutex<Vec<JoinHandle<()>>>);
-
-impl PendingLocks {
-    /// Locks `user`'s shadow entry on a thread of its own and reports how that went.
-    fn spawn(&self, user: &str, follow_up: FollowUp) -> Result<(), RespondError> {
-        let user = user.to_owned();
-        let thread = std::thread::Builder::new()
-            .name("qsc-account-lock".into())
-            .spawn(move || {
-                let result = set_locked(Path::new(SHADOW), &user, true);
-                report_lock(&user, result, follow_up);
-            })
-            .map_err(|e| shadow_err("start the lock thread", e))?;
-        let mut threads = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        threads.retain(|t| !t.is_finished());
-        threads.push(thread);
-        Ok(())
-    }
-
-    /// Waits until every lock started so far is written (or failed).
-    pub fn wait(&self) {
-        let threads = std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()));
-        for thread in threads {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for PendingLocks {
-    fn drop(&mut self) {
-        self.wait();
-    }
-}
-
-/// Logs the shadow lock that followed a kernel revocation and sends it as a
-/// `response_follow_up` event.
-fn report_lock(user: &str, result: Result<LockChange, RespondError>, follow_up: FollowUp) {
-    let (outcome, detail) = match result {
-        Ok(LockChange::Changed) => (
-            ActionOutcome::Done,
-            format!("account {user} locked in {SHADOW}"),
-        ),
-        Ok(LockChange::AlreadyThere) => (
-            ActionOutcome::Done,
-            format!("account {user} was already locked in {SHADOW}"),
-        ),
-        Err(err) => (
-            ActionOutcome::Failed,
-            format!("account {user} is revoked only while the agent runs: {err}"),
-        ),
-    };
-    match outcome {
-        ActionOutcome::Done => {
-            tracing::info!(action_id = %follow_up.action_id, %detail, "account lock written")
-        }
-        _ => tracing::error!(action_id = %follow_up.action_id, %detail, "account lock failed"),
-    }
-    follow_up
-        .events
-        .send(EventKind::ResponseFollowUp(ResponseFollowUp {
-            action_id: follow_up.action_id,
-            action: "revoke_credential".into(),
-            step: "account_lock".into(),
-            outcome,
-            detail,
-        }));
-}
-
 /// SIGKILLs every running process with `uid` as real, effective or saved uid, scanning again
 /// until a scan finds none it has not seen. Processes a guardrail protects are spared (and
 /// logged).
-fn kill_uid(rails: &Guardrails, proc_root: &Path, uid: u32) -> Result<Vec<u32>, RespondError> {
+pub(super) fn kill_uid(
+    rails: &Guardrails,
+    proc_root: &Path,
+    uid: u32,
+) -> Result<Vec<u32>, RespondError> {
     let mut killed: Vec<Pidfd> = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..MAX_KILL_ROUNDS {

@@ -14,6 +14,8 @@ pub mod nft;
 pub mod procfs;
 pub mod quarantine;
 pub mod replace;
+pub mod revocation;
+pub mod revoked;
 pub mod ttl;
 
 use std::{
@@ -27,9 +29,10 @@ use qsc_event::{Action, ActionOutcome, ActionReport, ActionRequest, mono_now_ns}
 
 use crate::{config::Config, sensor::SharedSensor};
 use block::IpBlocker;
-use credential::{FollowUp, PendingLocks};
 use events::ResponseEvents;
 use guardrails::{Guardrails, Refusal};
+use revocation::{FollowUp, KernelRevocation};
+use revoked::RevokedAccounts;
 use ttl::{RollbackKey, RollbackScheduler, report_expiry};
 
 pub use handler::ResponseHandler;
@@ -83,6 +86,8 @@ pub enum RespondError {
     },
     #[error("{0} is not executed by the response executor")]
     NotHandled(&'static str),
+    #[error("list of revoked accounts: {0}")]
+    RevokedList(#[from] revoked::RevokedListError),
     #[error("cannot start the rollback thread: {0}")]
     RollbackThread(std::io::Error),
 }
@@ -136,13 +141,11 @@ pub struct Responder {
     quarantine_dir: PathBuf,
     nft: PathBuf,
     blocker: Arc<Mutex<IpBlocker>>,
-    /// The sensor, when its hooks can make a revoked account's uid unusable.
-    uid_deny: Option<SharedSensor>,
+    /// Revocations the kernel enforces, when the sensor's hooks can.
+    kernel_revocation: Option<KernelRevocation>,
     rollbacks: RollbackScheduler,
     /// Where rollbacks run at TTL expiry and steps finished after an action's report go.
     events: ResponseEvents,
-    /// Shadow locks still being written after their revocation was reported.
-    account_locks: PendingLocks,
 }
 
 impl Responder {
@@ -156,27 +159,36 @@ impl Responder {
             Vec::new()
         });
         let nft = config.respond.nft.clone();
-        let uid_deny = sensor
+        let rails = Guardrails::new(&config.respond, cortex);
+        let proc_root = PathBuf::from("/proc");
+        let kernel_revocation = sensor
             .clone()
-            .filter(|s| s.lock().is_ok_and(|sensor| sensor.denies_uids()));
+            .filter(|s| s.lock().is_ok_and(|sensor| sensor.denies_uids()))
+            .map(|sensor| {
+                let list = revoked_accounts(&config.respond.revoked_accounts_file);
+                KernelRevocation::start(sensor, list, &rails, &proc_root)
+            });
         let blocker = IpBlocker::new(sensor, nft.clone());
         tracing::info!(
             address_blocking = blocker.mechanism(),
-            account_revocation = if uid_deny.is_some() { "kernel" } else { "shadow" },
-            cortex = ?cortex,
+            account_revocation = if kernel_revocation.is_some() {
+                "kernel"
+            } else {
+                "shadow"
+            },
+            cortex = ?rails.cortex(),
             "response executor ready"
         );
         Ok(Responder {
-            rails: Guardrails::new(&config.respond, cortex),
+            rails,
             cortex_address: config.cortex.address.clone(),
-            proc_root: PathBuf::from("/proc"),
+            proc_root,
             quarantine_dir: config.respond.quarantine_dir.clone(),
             nft,
             blocker: Arc::new(Mutex::new(blocker)),
-            uid_deny,
+            kernel_revocation,
             rollbacks: RollbackScheduler::start().map_err(RespondError::RollbackThread)?,
             events: ResponseEvents::default(),
-            account_locks: PendingLocks::default(),
         })
     }
 
@@ -246,30 +258,24 @@ impl Responder {
                 isolate::release(&self.nft)
             }
             Action::RevokeCredential { user } => self.revoke(&request.action_id, user),
-            Action::RestoreCredential { user } => {
-                credential::restore(&self.rails, user, self.uid_deny.as_ref())
-            }
+            Action::RestoreCredential { user } => match &self.kernel_revocation {
+                Some(kernel) => kernel.restore(&self.rails, user),
+                None => credential::restore(&self.rails, user),
+            },
             Action::RotateKeys => Err(RespondError::NotHandled("rotate_keys")),
         }
     }
 
     /// In the kernel when the sensor can, else through the shadow file alone.
     fn revoke(&self, action_id: &str, user: &str) -> Result<Done, RespondError> {
-        let Some(sensor) = &self.uid_deny else {
+        let Some(kernel) = &self.kernel_revocation else {
             return credential::revoke(&self.rails, &self.proc_root, user);
         };
         let follow_up = FollowUp {
             action_id: action_id.to_owned(),
             events: self.events.clone(),
         };
-        credential::revoke_in_kernel(
-            &self.rails,
-            &self.proc_root,
-            user,
-            sensor,
-            &self.account_locks,
-            follow_up,
-        )
+        kernel.revoke(&self.rails, &self.proc_root, user, follow_up)
     }
 
     fn lock_blocker(&self) -> Result<std::sync::MutexGuard<'_, IpBlocker>, RespondError> {
@@ -333,6 +339,14 @@ impl Responder {
         }
         Ok(done.fact("ttl_s", ttl_s))
     }
+}
+
+/// The list of accounts revoked in the kernel; empty (and logged) when it cannot be read.
+fn revoked_accounts(path: &std::path::Path) -> RevokedAccounts {
+    RevokedAccounts::load(path).unwrap_or_else(|err| {
+        tracing::error!(%err, "revoked accounts not applied again; the list starts empty");
+        RevokedAccounts::empty(path)
+    })
 }
 
 fn unblock_at_expiry(blocker: &Mutex<IpBlocker>, addr: IpAddr) -> Result<Done, RespondError> {

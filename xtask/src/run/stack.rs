@@ -472,11 +472,12 @@ impl StateLayout {
                 "# Written by `cargo xtask`; see config/guardian-alpha.example.toml.\n\
                  host_id = \"{}\"\noutput = \"{}\"\n\n\
                  [metrics]\ninterval_s = 2\nauth_logs = [\"{}\"]\n\n\
-                 [respond]\nquarantine_dir = \"{}\"\n\n{}\n{}",
+                 [respond]\nquarantine_dir = \"{}\"\nrevoked_accounts_file = \"{}\"\n\n{}\n{}",
                 self.host_id,
                 self.alpha_events.display(),
                 self.auth_log.display(),
                 self.state.join("quarantine").display(),
+                self.state.join("revoked-accounts.json").display(),
                 alpha_watches()?,
                 uplink(&self.alpha_key, &self.alpha_key.with_file_name("outbox"))
             ),

@@ -9,8 +9,8 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel_buf, bpf_probe_read_user_str_bytes,
-        generated::bpf_send_signal,
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel_buf,
+        bpf_probe_read_user_str_bytes, generated::bpf_send_signal,
     },
     macros::{cgroup_sock_addr, map, tracepoint},
     maps::{Array, HashMap, PerCpuArray, ring_buf::RingBufEntry},

@@ -73,8 +73,10 @@ struct RespondArgs {
     /// TOML configuration file: `[respond]` and the `[cortex]` address are used.
     #[arg(long, short, env = "QSC_ALPHA_CONFIG")]
     config: Option<PathBuf>,
-    /// Load the kernel program so that block_ip uses its cgroup programs (blocks end with this
-    /// process); without it, blocks go through nftables.
+    /// Load the kernel program so that block_ip uses its cgroup programs and revoke_credential
+    /// has the kernel refuse the account (both end with this process; revocations are applied
+    /// again from [respond] revoked_accounts_file at the next start); without it, blocks go
+    /// through nftables and revocations through the shadow file alone.
     #[arg(long)]
     kernel: bool,
     /// Load this kernel object instead of the embedded one (with --kernel).

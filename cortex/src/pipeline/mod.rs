@@ -387,23 +387,23 @@ impl Pipeline {
         &batch.events[skip..]
     }
 
-    /// Actions an agent took on its own (guardian-beta's auto-heal) go into the audit chain
-    /// like the cortex's own actions.
+    /// Actions an agent took on its own (guardian-beta's auto-heal, guardian-alpha's TTL
+    /// rollbacks and the steps it finishes after reporting an action done) go into the audit
+    /// chain like the cortex's own actions.
     fn audit_agent_action(&self, event: &Event) {
-        let (EventKind::HealDone(heal) | EventKind::HealFailed(heal)) = &event.kind else {
+        let Some((agent, mut body)) = agent_action(&event.kind) else {
             return;
         };
+        body["action"] = json!(event.kind.name());
+        body["host"] = json!(event.host_id);
+        body["seq"] = json!(event.seq);
+        if body["outcome"] == "failed" {
+            tracing::warn!(host = %event.host_id, action = event.kind.name(), detail = %body["detail"], "an agent's own response step failed");
+        }
         let entry = AuditEntry {
             kind: AuditKind::Action,
-            actor: format!("agent:guardian-beta@{}", event.host_id),
-            body: json!({
-                "action": event.kind.name(),
-                "host": event.host_id,
-                "seq": event.seq,
-                "path": heal.path,
-                "hash": heal.hash,
-                "error": heal.error,
-            }),
+            actor: format!("agent:{agent}@{}", event.host_id),
+            body,
         };
         if let Err(error) = self.audit.record(entry) {
             self.error("auditing an agent action", &error);
@@ -461,9 +461,42 @@ impl Pipeline {
     }
 }
 
+/// What an agent did on its own, which the audit chain must hold beside the cortex's actions:
+/// the agent's name and the details to record, for the events that report such an act.
+fn agent_action(kind: &EventKind) -> Option<(&'static str, serde_json::Value)> {
+    match kind {
+        EventKind::HealDone(heal) | EventKind::HealFailed(heal) => Some((
+            "guardian-beta",
+            json!({"path": heal.path, "hash": heal.hash, "error": heal.error}),
+        )),
+        EventKind::ResponseRollback(rollback) => Some((
+            "guardian-alpha",
+            json!({
+                "rollback": rollback.action,
+                "reason": rollback.reason,
+                "addr": rollback.addr,
+                "outcome": rollback.outcome,
+                "detail": rollback.detail,
+            }),
+        )),
+        EventKind::ResponseFollowUp(step) => Some((
+            "guardian-alpha",
+            json!({
+                "id": step.action_id,
+                "name": step.action,
+                "step": step.step,
+                "outcome": step.outcome,
+                "detail": step.detail,
+            }),
+        )),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::IpAddr;
+    use std::path::Path;
 
     use qsc_event::{AuthAttempt, EventKind};
     use zeroize::Zeroizing;
@@ -596,16 +629,67 @@ mod tests {
         ));
         // Re-delivered after a lost ack: not audited twice.
         pipeline.process(Batch::new("web-01", Source::Beta, events, Instant::now()));
-        let audit =
-            AuditLog::open_with_key(&dir.path().join("audit.db"), &Zeroizing::new([9u8; 32]), 64)
-                .unwrap();
-        let records = audit.records(0, u64::MAX).unwrap();
-        let heals: Vec<_> = records.iter().filter(|r| r.kind == "action").collect();
-        assert_eq!(heals.len(), 1, "{records:?}");
-        assert_eq!(heals[0].actor, "agent:guardian-beta@web-01");
-        let body: serde_json::Value = serde_json::from_str(&heals[0].body).unwrap();
+        let heals = audited_actions(dir.path());
+        assert_eq!(heals.len(), 1, "{heals:?}");
+        let (actor, body) = &heals[0];
+        assert_eq!(actor, "agent:guardian-beta@web-01");
         assert_eq!(body["path"], "/etc/app.conf");
         assert_eq!(body["action"], "heal_done");
+    }
+
+    #[test]
+    fn an_agents_own_rollback_and_follow_up_step_go_into_the_audit_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut pipeline, _) = pipeline(dir.path());
+        let rollback = EventKind::ResponseRollback(qsc_event::ResponseRollback {
+            action: "unblock_ip".into(),
+            reason: "ttl_expired".into(),
+            addr: Some(IpAddr::from([127, 0, 0, 2])),
+            outcome: qsc_event::ActionOutcome::Done,
+            detail: "unblocked".into(),
+        });
+        let follow_up = EventKind::ResponseFollowUp(qsc_event::ResponseFollowUp {
+            action_id: "act-7".into(),
+            action: "revoke_credential".into(),
+            step: "persist".into(),
+            outcome: qsc_event::ActionOutcome::Failed,
+            detail: "/etc/shadow is read-only".into(),
+        });
+        let events: Arc<[Event]> = [rollback, follow_up]
+            .into_iter()
+            .zip(1..)
+            .map(|(kind, seq)| Event::new("web-01", Source::Alpha, seq, kind))
+            .collect();
+        pipeline.process(Batch::new("web-01", Source::Alpha, events, Instant::now()));
+        let actions = audited_actions(dir.path());
+        assert_eq!(actions.len(), 2, "{actions:?}");
+        for (actor, _) in &actions {
+            assert_eq!(actor, "agent:guardian-alpha@web-01");
+        }
+        let (_, rollback) = &actions[0];
+        assert_eq!(rollback["action"], "response_rollback");
+        assert_eq!(rollback["rollback"], "unblock_ip");
+        assert_eq!(rollback["addr"], "127.0.0.2");
+        assert_eq!(rollback["outcome"], "done");
+        let (_, step) = &actions[1];
+        assert_eq!(step["action"], "response_follow_up");
+        assert_eq!(step["id"], "act-7");
+        assert_eq!(step["step"], "persist");
+        assert_eq!(step["outcome"], "failed");
+        assert_eq!(step["detail"], "/etc/shadow is read-only");
+    }
+
+    /// The actor and body of each `action` record of the pipeline's audit chain.
+    fn audited_actions(dir: &Path) -> Vec<(String, serde_json::Value)> {
+        let audit =
+            AuditLog::open_with_key(&dir.join("audit.db"), &Zeroizing::new([9u8; 32]), 64).unwrap();
+        audit
+            .records(0, u64::MAX)
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.kind == "action")
+            .map(|r| (r.actor, serde_json::from_str(&r.body).unwrap()))
+            .collect()
     }
 
     #[test]

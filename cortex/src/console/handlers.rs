@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Form;
@@ -24,7 +25,7 @@ use crate::audit::AuditError;
 use crate::decide::NodeState;
 use crate::ingest::agents::AgentsFile;
 use crate::keys::source_name;
-use crate::respond::{ActionStatus, ApprovalError, ReleaseError, ReleaseOutcome};
+use crate::respond::{ActionStatus, ApprovalError, ReleaseError, ReleaseOutcome, Responder};
 use crate::store::{ActionQuery, EventQuery, IncidentQuery, StoreError};
 
 /// How far back the fleet page looks for heartbeats and loss reports.
@@ -231,7 +232,7 @@ fn authorize(session: &Session, form: &ChangeForm) -> Option<Response> {
                 Some(session),
                 "Refused",
                 &format!(
-                    "Your role ({}) may not approve, deny or release; an operator must.",
+                    "Your role ({}) may not approve, deny, release or restore; an operator must.",
                     session.role.as_str()
                 ),
             ),
@@ -418,16 +419,12 @@ async fn decide(
     Form(form): Form<ChangeForm>,
     approve: bool,
 ) -> Response {
-    if let Some(refusal) = authorize(&user.session, &form) {
-        return refusal;
-    }
-    let approvals = state.respond.approvals();
-    let operator = user.session.user.clone();
-    let outcome = tokio::task::spawn_blocking(move || {
-        approvals.decide_with_reason(&id, &operator, approve, &form.reason)
-    })
-    .await;
-    let (status, text) = match outcome {
+    let outcome = operator_change(&state, &user, form, move |respond, operator, reason| {
+        respond
+            .approvals()
+            .decide_with_reason(&id, operator, approve, reason)
+    });
+    let (status, text) = match outcome.await {
         Ok(Ok(record)) if record.status == ActionStatus::Held => {
             let page = pages::message(Some(&user.session), "Approval recorded", &record.detail);
             return html(StatusCode::ACCEPTED, page);
@@ -437,7 +434,7 @@ async fn decide(
         Ok(Err(e @ ApprovalError::Expired { .. })) => (StatusCode::GONE, e.to_string()),
         Ok(Err(e @ ApprovalError::InvalidOperator)) => (StatusCode::BAD_REQUEST, e.to_string()),
         Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => return ConsoleError::Task(e).into_response(),
+        Err(answer) => return answer,
     };
     html(
         status,
@@ -452,14 +449,10 @@ pub async fn release(
     Path(host): Path<String>,
     Form(form): Form<ChangeForm>,
 ) -> Response {
-    if let Some(refusal) = authorize(&user.session, &form) {
-        return refusal;
-    }
-    let operator = user.session.user.clone();
-    let respond = state.respond.clone();
-    let outcome =
-        tokio::task::spawn_blocking(move || respond.release(&host, &operator, &form.reason)).await;
-    let (status, text) = match outcome {
+    let outcome = operator_change(&state, &user, form, move |respond, operator, reason| {
+        respond.release(&host, operator, reason)
+    });
+    let (status, text) = match outcome.await {
         Ok(Ok(ReleaseOutcome::Released { .. })) => {
             return Redirect::to("/console/actions").into_response();
         }
@@ -471,12 +464,52 @@ pub async fn release(
             (StatusCode::CONFLICT, e.to_string())
         }
         Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => return ConsoleError::Task(e).into_response(),
+        Err(answer) => return answer,
     };
     html(
         status,
         pages::message(Some(&user.session), "Release", &text),
     )
+}
+
+/// Restores an account a revocation refused: its agent unlocks it and lifts the kernel's
+/// refusal.
+pub async fn restore_account(
+    State(state): State<ConsoleState>,
+    user: User,
+    Path((host, account)): Path<(String, String)>,
+    Form(form): Form<ChangeForm>,
+) -> Response {
+    let outcome = operator_change(&state, &user, form, move |respond, operator, reason| {
+        respond.restore_account(&host, &account, operator, reason)
+    });
+    match outcome.await {
+        Ok(Ok(_)) => Redirect::to("/console/actions").into_response(),
+        Ok(Err(e)) => html(
+            StatusCode::BAD_REQUEST,
+            pages::message(Some(&user.session), "Not restored", &e.to_string()),
+        ),
+        Err(answer) => answer,
+    }
+}
+
+/// Runs an operator's change on the responder (as the session's user, with the form's
+/// reason) off the async runtime, once the form passed the CSRF and role checks. `Err` is the
+/// answer to give instead: the refusal, or the failed task.
+async fn operator_change<T: Send + 'static>(
+    state: &ConsoleState,
+    user: &User,
+    form: ChangeForm,
+    change: impl FnOnce(&Arc<Responder>, &str, &str) -> T + Send + 'static,
+) -> Result<T, Response> {
+    if let Some(refusal) = authorize(&user.session, &form) {
+        return Err(refusal);
+    }
+    let operator = user.session.user.clone();
+    let respond = state.respond.clone();
+    tokio::task::spawn_blocking(move || change(&respond, &operator, &form.reason))
+        .await
+        .map_err(|e| ConsoleError::Task(e).into_response())
 }
 
 #[derive(Deserialize)]

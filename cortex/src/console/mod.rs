@@ -8,9 +8,10 @@
 //! | `POST /console/logout` | any user | end the session |
 //! | `GET /console/` | viewer | fleet: hosts, class, node state and since when, channel, versions, event loss |
 //! | `GET /console/incidents`, `/console/incidents/{id}` | viewer | incidents; evidence, timeline, process tree, confidence chart |
-//! | `GET /console/actions` | viewer | held actions (approve/deny), executed actions, isolated hosts |
+//! | `GET /console/actions` | viewer | held actions (approve/deny), executed actions (restore of a revoked account), isolated hosts |
 //! | `POST /console/actions/{id}/approve`, `/deny` | operator | decide a held action (CSRF token) |
 //! | `POST /console/nodes/{host}/release` | operator | release an ISOLATED host (CSRF token) |
+//! | `POST /console/nodes/{host}/accounts/{user}/restore` | operator | end a revocation (CSRF token) |
 //! | `GET /console/audit?q=` | viewer | chain status and a searchable log |
 //! | `GET /console/stream` | viewer | server-sent events when something changed |
 
@@ -141,6 +142,10 @@ pub fn router(state: ConsoleState) -> Router {
         .route("/console/actions/{id}/approve", post(handlers::approve))
         .route("/console/actions/{id}/deny", post(handlers::deny))
         .route("/console/nodes/{host}/release", post(handlers::release))
+        .route(
+            "/console/nodes/{host}/accounts/{user}/restore",
+            post(handlers::restore_account),
+        )
         .route("/console/audit", get(handlers::audit))
         .route("/console/stream", get(handlers::stream))
         .route("/console/static/console.css", get(handlers::css))
@@ -150,8 +155,14 @@ pub fn router(state: ConsoleState) -> Router {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
+    use qsc_event::{Action, now_ns};
+
     use super::*;
     use crate::api::test_support::{Fixture, request, serve};
+    use crate::respond::{ActionRecord, ActionStatus};
+    use crate::store::ActionQuery;
 
     fn form(path: &str, cookie: &str, body: &str) -> String {
         format!(
@@ -165,9 +176,8 @@ mod tests {
         format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {cookie}\r\n\r\n")
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn login_sessions_and_csrf_without_a_browser() {
-        let fixture = Fixture::new();
+    /// A console on the fixture's store and responder, whose one user is the operator olga.
+    async fn console(fixture: &Fixture) -> SocketAddr {
         let dir = fixture.dir.path();
         let config = ConsoleConfig {
             users_file: dir.join("users.toml"),
@@ -188,22 +198,19 @@ mod tests {
                 agents_file: dir.join("agents.toml"),
             },
         );
-        let addr = serve(router(state)).await;
+        serve(router(state)).await
+    }
 
-        let (status, text) = request(addr, get("/console/", "")).await;
-        assert_eq!(status, 303, "no session: to the login page: {text}");
-        let wrong = "name=olga&password=not+her+password";
-        let (status, _) = request(addr, form("/console/login", "", wrong)).await;
-        assert_eq!(status, 401);
+    /// Logs olga in: the answer's `Set-Cookie` line and the cookie to send back.
+    async fn log_in(addr: SocketAddr) -> (String, String) {
         let right = "name=olga&password=olga%27s+long+password";
         let (status, text) = request(addr, form("/console/login", "", right)).await;
         assert_eq!(status, 303, "{text}");
         let cookie_line = text
             .lines()
             .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
-            .unwrap();
-        assert!(cookie_line.contains("HttpOnly") && cookie_line.contains("SameSite=Strict"));
-        assert!(cookie_line.contains("; Secure"));
+            .unwrap()
+            .to_owned();
         let cookie = cookie_line
             .split_once(':')
             .unwrap()
@@ -213,6 +220,30 @@ mod tests {
             .unwrap()
             .trim()
             .to_owned();
+        (cookie_line, cookie)
+    }
+
+    /// The session's CSRF token, as a page's forms carry it.
+    fn csrf_of(page: &str) -> &str {
+        page.split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn login_sessions_and_csrf_without_a_browser() {
+        let fixture = Fixture::new();
+        let addr = console(&fixture).await;
+
+        let (status, text) = request(addr, get("/console/", "")).await;
+        assert_eq!(status, 303, "no session: to the login page: {text}");
+        let wrong = "name=olga&password=not+her+password";
+        let (status, _) = request(addr, form("/console/login", "", wrong)).await;
+        assert_eq!(status, 401);
+        let (cookie_line, cookie) = log_in(addr).await;
+        assert!(cookie_line.contains("HttpOnly") && cookie_line.contains("SameSite=Strict"));
+        assert!(cookie_line.contains("; Secure"));
         let (status, page) = request(addr, get("/console/actions", &cookie)).await;
         assert_eq!(status, 200, "{page}");
         assert!(page.contains("content-security-policy"), "{page}");
@@ -228,12 +259,7 @@ mod tests {
         )
         .await;
         assert_eq!(status, 403, "a wrong CSRF token");
-        let csrf = page
-            .split("name=\"csrf\" value=\"")
-            .nth(1)
-            .and_then(|rest| rest.split('"').next())
-            .unwrap();
-        let body = format!("csrf={csrf}&reason=x");
+        let body = format!("csrf={}&reason=x", csrf_of(&page));
         let (status, text) =
             request(addr, form("/console/nodes/web-01/release", &cookie, &body)).await;
         assert_eq!(
@@ -244,5 +270,58 @@ mod tests {
         assert_eq!(status, 303);
         let (status, _) = request(addr, get("/console/actions", &cookie)).await;
         assert_eq!(status, 303, "the session ended");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_operator_restores_a_revoked_account_from_the_actions_page() {
+        let fixture = Fixture::new();
+        let revoke = ActionRecord {
+            action: Some(Action::RevokeCredential {
+                user: "mallory".into(),
+            }),
+            status: ActionStatus::Done,
+            ..ActionRecord::fresh(
+                "act-1".into(),
+                "web-01".into(),
+                "revoke-on-brute-force".into(),
+                "revoke_credential".into(),
+                now_ns(),
+            )
+        };
+        fixture.store.put_action(&revoke).unwrap();
+        let addr = console(&fixture).await;
+        let (_, cookie) = log_in(addr).await;
+        let (status, page) = request(addr, get("/console/actions", &cookie)).await;
+        assert_eq!(status, 200, "{page}");
+        let restore = "/console/nodes/web-01/accounts/mallory/restore";
+        assert!(page.contains(&format!("action=\"{restore}\"")), "{page}");
+        let body = format!("csrf={}&reason=cleared", csrf_of(&page));
+
+        let (status, _) = request(addr, form(restore, &cookie, "reason=cleared")).await;
+        assert_eq!(status, 403, "no CSRF token");
+        let bad_name = "/console/nodes/web-01/accounts/-rf/restore";
+        let (status, text) = request(addr, form(bad_name, &cookie, &body)).await;
+        assert_eq!(status, 400, "{text}");
+        let (status, text) = request(addr, form(restore, &cookie, &body)).await;
+        assert_eq!(status, 303, "{text}");
+
+        let actions = fixture.store.actions(&ActionQuery::default()).unwrap();
+        let restored: Vec<_> = actions
+            .iter()
+            .filter(|a| a.name == "restore_credential")
+            .collect();
+        assert_eq!(restored.len(), 1, "{actions:#?}");
+        assert_eq!(restored[0].host, "web-01");
+        assert_eq!(
+            restored[0].action,
+            Some(Action::RestoreCredential {
+                user: "mallory".into()
+            })
+        );
+        assert!(
+            restored[0].detail.contains("by olga: cleared"),
+            "{}",
+            restored[0].detail
+        );
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use maud::{DOCTYPE, Markup, PreEscaped, html};
-use qsc_event::Event;
+use qsc_event::{Action, Event};
 
 use super::chart;
 use super::session::Session;
@@ -328,7 +328,7 @@ pub struct ActionsView<'a> {
 }
 
 /// Held actions with approve/deny and their expiry countdown, isolated hosts with release,
-/// and the recent actions with their results and rollbacks.
+/// and the recent actions with their results and rollbacks (a done revocation with restore).
 pub fn actions(session: &Session, view: &ActionsView<'_>) -> Markup {
     let may_act = session.role.may_act();
     let body = html! {
@@ -358,11 +358,7 @@ pub fn actions(session: &Session, view: &ActionsView<'_>) -> Markup {
             @for node in view.isolated {
                 li { (node.host) " — " (node.reason) " (" (ago(node.since_ns, view.now_ns)) ")"
                     @if may_act {
-                        form.inline method="post" action=(format!("/console/nodes/{}/release", node.host)) {
-                            input type="hidden" name="csrf" value=(session.csrf);
-                            input name="reason" placeholder="reason" required;
-                            button type="submit" { "Release" }
-                        }
+                        (operator_form(session, &format!("/console/nodes/{}/release", node.host), "Release"))
                     }
                 }
             }
@@ -379,7 +375,10 @@ pub fn actions(session: &Session, view: &ActionsView<'_>) -> Markup {
                         td { (action.detail) @if let Some(report) = action.report.as_ref().filter(|r| r.detail != action.detail) { br; small { (report.detail) } } }
                         td { @for decision in &action.decisions {
                             (decision.operator) (if decision.approve { " approved" } else { " denied" }) br; } }
-                        td { (rollback_text(action, view.now_ns)) }
+                        td { (rollback_text(action, view.now_ns))
+                            @if let (true, Some(user)) = (may_act, revoked_account(action)) {
+                                (operator_form(session, &format!("/console/nodes/{}/accounts/{user}/restore", action.host), &format!("Restore {user}")))
+                            } }
                         td { (ago(action.updated_ns, view.now_ns)) " ago" }
                     }
                 }
@@ -401,6 +400,25 @@ fn rollback_text(action: &ActionRecord, now_ns: u64) -> String {
         }
         (_, _, Some(of)) => format!("undoes {of}"),
         _ => String::new(),
+    }
+}
+
+/// The account a done revocation refused: an operator ends it with a restore (it has no TTL).
+fn revoked_account(action: &ActionRecord) -> Option<&str> {
+    match (&action.action, action.status) {
+        (Some(Action::RevokeCredential { user }), ActionStatus::Done) => Some(user),
+        _ => None,
+    }
+}
+
+/// A change only an operator makes, with the reason the audit chain records.
+fn operator_form(session: &Session, path: &str, label: &str) -> Markup {
+    html! {
+        form.inline method="post" action=(path) {
+            input type="hidden" name="csrf" value=(session.csrf);
+            input name="reason" placeholder="reason" required;
+            button type="submit" { (label) }
+        }
     }
 }
 

@@ -23,7 +23,8 @@ const PASSES: u32 = 2;
 pub enum Role {
     /// Reads every page; changes nothing.
     Viewer,
-    /// A viewer who also approves and denies held actions and releases isolated hosts.
+    /// A viewer who also approves and denies held actions, releases isolated hosts and
+    /// restores revoked accounts.
     Operator,
     /// An operator; reserved for account administration.
     Admin,

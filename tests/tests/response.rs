@@ -641,18 +641,7 @@ fn a_kernel_revocation_kills_the_account_at_exec_fork_and_login_until_restore() 
         assert_eq!(status.signal(), Some(libc::SIGKILL), "{what}: {status:?}");
     }
     assert_eq!(switch_to(&user).signal(), Some(libc::SIGKILL), "login");
-    let list = dir.path().join(REVOKED_LIST);
-    let listed = || -> std::collections::BTreeMap<String, u32> {
-        std::fs::read(&list)
-            .map(|bytes| serde_json::from_slice(&bytes).expect("the list is JSON"))
-            .unwrap_or_default()
-    };
-    assert!(
-        wait_until(Duration::from_secs(10), || listed().get(&user.name)
-            == Some(&user.uid)),
-        "the revocation is listed after the report: {:?}",
-        listed()
-    );
+    wait_until_listed(dir.path(), &user);
     assert_eq!(user.shadow_password(), format!("!{hash}"));
 
     // A restarted agent refuses the account again.
@@ -671,7 +660,55 @@ fn a_kernel_revocation_kills_the_account_at_exec_fork_and_login_until_restore() 
     executor.on_account("k3", "restore_credential", &user);
     assert_eq!(user.shadow_password(), hash);
     assert!(switch_to(&user).success(), "setpriv after restore");
-    assert_eq!(listed(), Default::default());
+    assert_eq!(revoked_list(dir.path()), Default::default());
+}
+
+/// The agent's list of revoked accounts in `dir` (user → uid); empty when there is none.
+fn revoked_list(dir: &Path) -> std::collections::BTreeMap<String, u32> {
+    std::fs::read(dir.join(REVOKED_LIST))
+        .map(|bytes| serde_json::from_slice(&bytes).expect("the list is JSON"))
+        .unwrap_or_default()
+}
+
+/// Waits for the revocation of `user` to be on the list, which follows its report.
+fn wait_until_listed(dir: &Path, user: &TestUser) {
+    assert!(
+        wait_until(Duration::from_secs(10), || revoked_list(dir)
+            .get(&user.name)
+            == Some(&user.uid)),
+        "the revocation is listed after the report: {:?}",
+        revoked_list(dir)
+    );
+}
+
+/// An account deleted while revoked leaves its uid refused by the kernel, where a new
+/// account could get it; restoring the deleted account by name lifts that uid.
+#[test]
+fn restoring_a_deleted_revoked_account_lifts_the_kernel_refusal_of_its_uid() {
+    if !root_or_skip("restoring_a_deleted_revoked_account_lifts_the_kernel_refusal_of_its_uid") {
+        return;
+    }
+    let user = TestUser::create();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut executor = Executor::start(&respond_section(dir.path()), None, true);
+    let report = executor.on_account("d1", "revoke_credential", &user);
+    assert_eq!(report.facts["mechanism"], "kernel", "{report:?}");
+    wait_until_listed(dir.path(), &user);
+    let status = Command::new("userdel")
+        .args(["-f", &user.name])
+        .status()
+        .expect("run userdel");
+    assert!(status.success(), "userdel {}", user.name);
+    assert_eq!(
+        switch_to(&user).signal(),
+        Some(libc::SIGKILL),
+        "the deleted account's uid is still refused"
+    );
+
+    let report = executor.on_account("d2", "restore_credential", &user);
+    assert_eq!(report.facts["revoked_uid"], user.uid, "{report:?}");
+    assert!(switch_to(&user).success(), "the uid is free again");
+    assert_eq!(revoked_list(dir.path()), Default::default());
 }
 
 #[test]

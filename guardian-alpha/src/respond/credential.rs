@@ -164,7 +164,11 @@ pub(super) fn revoked(
 /// Unlocks `user` in the shadow file. Waits for a lock of the account still being written
 /// (both take `lckpwdf`).
 pub fn restore(rails: &Guardrails, user: &str) -> Result<Done, RespondError> {
-    let uid = checked_uid(rails, user)?;
+    unlock(user, checked_uid(rails, user)?)
+}
+
+/// Unlocks `user`, whose uid is `uid`, in the shadow file.
+pub(super) fn unlock(user: &str, uid: u32) -> Result<Done, RespondError> {
     let change = set_locked(Path::new(SHADOW), user, false)?;
     Ok(Done::new(format!("account {user} unlocked"))
         .fact("uid", uid)

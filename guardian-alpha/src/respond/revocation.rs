@@ -139,15 +139,30 @@ impl KernelRevocation {
     }
 
     /// Unlocks `user`'s shadow entry (after a lock still being written), lifts the kernel's
-    /// refusal and takes the account off the list.
+    /// refusal and takes the account off the list. The uid the account was revoked with is
+    /// lifted too: the account may have been renumbered since, or deleted, which leaves only
+    /// that uid to lift (a later account given it would otherwise stay refused).
     pub fn restore(&self, rails: &Guardrails, user: &str) -> Result<Done, RespondError> {
-        let done = credential::restore(rails, user)?;
-        let uid = credential::checked_uid(rails, user)?;
-        self.sensor()?.restore_uid(uid)?;
+        let listed = self.revoked.uid_of(user);
+        let (done, uid) = match (credential::checked_uid(rails, user), listed) {
+            (Ok(uid), _) => (credential::unlock(user, uid)?, uid),
+            (Err(RespondError::NoUser(_)), Some(uid)) => (
+                Done::new(format!("account {user} no longer exists")).fact("uid", uid),
+                uid,
+            ),
+            (Err(err), _) => return Err(err),
+        };
+        {
+            let mut sensor = self.sensor()?;
+            sensor.restore_uid(uid)?;
+            if let Some(revoked_as) = listed.filter(|&listed| listed != uid) {
+                sensor.restore_uid(revoked_as)?;
+            }
+        }
         if self.revoked.remove(user) {
             self.revoked.save()?;
         }
-        Ok(done.fact("mechanism", "kernel"))
+        Ok(done.fact("mechanism", "kernel").fact("revoked_uid", listed))
     }
 
     /// Locks `user`'s shadow entry and saves the list on a thread of its own, and reports how

@@ -84,6 +84,11 @@ impl RevokedAccounts {
         self.lock().clone()
     }
 
+    /// The uid `user` had when revoked, if listed.
+    pub fn uid_of(&self, user: &str) -> Option<u32> {
+        self.lock().get(user).copied()
+    }
+
     pub fn insert(&self, user: &str, uid: u32) {
         self.lock().insert(user.to_owned(), uid);
     }
@@ -130,6 +135,10 @@ mod tests {
         list.save().unwrap();
         let again = RevokedAccounts::load(&path).unwrap();
         assert_eq!(again.accounts(), Accounts::from([("bob".into(), 1001)]));
+        assert_eq!(
+            (again.uid_of("bob"), again.uid_of("eve")),
+            (Some(1001), None)
+        );
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);

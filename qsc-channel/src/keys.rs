@@ -212,7 +212,7 @@ impl StaticKeypair {
             path: retired.clone(),
             source,
         })?;
-        let staged = path_with_suffix(path, ".new");
+        let staged = qsc_durable::with_suffix(path, ".new");
         qsc_durable::replace(path, &staged, 0o600, |file| {
             file.write_all(keypair.secret_line().as_bytes())
         })
@@ -258,13 +258,7 @@ impl StaticKeypair {
 
 /// Where [`StaticKeypair::rotate_file`] keeps the previous key of `path`.
 pub fn retired_path(path: &Path) -> PathBuf {
-    path_with_suffix(path, ".retired")
-}
-
-fn path_with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
+    qsc_durable::with_suffix(path, ".retired")
 }
 
 fn remove_if_exists(path: &Path) -> Result<(), KeyError> {
@@ -600,7 +594,7 @@ mod tests {
         assert_eq!(StaticKeypair::load(&retired).unwrap().public(), old);
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert!(!path_with_suffix(&path, ".new").exists());
+        assert!(!qsc_durable::with_suffix(&path, ".new").exists());
         assert!(StaticKeypair::discard_retired(&path).unwrap());
         assert!(!retired.exists());
         assert!(!StaticKeypair::discard_retired(&path).unwrap());

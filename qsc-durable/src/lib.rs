@@ -118,6 +118,14 @@ fn open_to_hold(path: &Path) -> Option<File> {
         .ok()
 }
 
+/// `path` with `suffix` added to its file name: the name of a file kept beside it (the
+/// temporary file of a [`replace`], a previous version).
+pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
 /// The folder holding `path` (`.` for a bare file name).
 pub fn folder_of(path: &Path) -> &Path {
     match path.parent() {

@@ -147,9 +147,8 @@ impl KeyStore {
             path: self.path.clone(),
             source,
         })?;
-        let mut tmp = self.path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        qsc_durable::replace(&self.path, Path::new(&tmp), 0o644, |file| {
+        let tmp = qsc_durable::with_suffix(&self.path, ".tmp");
+        qsc_durable::replace(&self.path, &tmp, 0o644, |file| {
             file.write_all(text.as_bytes())?;
             file.write_all(b"\n")
         })

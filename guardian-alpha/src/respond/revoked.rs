@@ -108,13 +108,10 @@ impl RevokedAccounts {
         let json = serde_json::to_vec_pretty(&*self.lock())
             .map_err(|e| save_err(std::io::Error::other(e)))?;
         std::fs::create_dir_all(qsc_durable::folder_of(&self.path)).map_err(save_err)?;
-        let mut tmp = self.path.clone().into_os_string();
-        tmp.push(".tmp");
-        qsc_durable::replace(&self.path, Path::new(&tmp), 0o600, |file| {
-            file.write_all(&json)
-        })
-        .and_then(|replacement| replacement.sync())
-        .map_err(save_err)
+        let tmp = qsc_durable::with_suffix(&self.path, ".tmp");
+        qsc_durable::replace(&self.path, &tmp, 0o600, |file| file.write_all(&json))
+            .and_then(|replacement| replacement.sync())
+            .map_err(save_err)
     }
 }
 

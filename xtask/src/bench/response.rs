@@ -457,28 +457,32 @@ fn trigger(case: &Case, addr: &str, uid: u32) -> anyhow::Result<Child> {
 
 /// Undoes the iteration's action before the next one.
 fn rollback(api: &Api, case: &Case, seen: &mut HashSet<String>) -> anyhow::Result<()> {
-    match case.action {
+    let undo_by = match case.action {
         "isolate" => {
-            api.post(
-                &format!("/api/nodes/{HOST_ID}/release"),
-                &json!({"operator": "respbench", "reason": "bench rollback"}),
-            )?;
-            api.wait_for_action_polling(HOST_ID, "operator", seen, ACTION_TIMEOUT, POLL)
-                .map(drop)
+            operator_asks(api, &format!("/api/nodes/{HOST_ID}/release"))?;
+            "operator"
         }
-        "block_ip" => api
-            .wait_for_action_polling(HOST_ID, "ttl", seen, ACTION_TIMEOUT, POLL)
-            .map(drop),
         "revoke_credential" => {
-            api.post(
+            operator_asks(
+                api,
                 &format!("/api/nodes/{HOST_ID}/accounts/{BENCH_USER}/restore"),
-                &json!({"operator": "respbench", "reason": "bench rollback"}),
             )?;
-            api.wait_for_action_polling(HOST_ID, "operator", seen, ACTION_TIMEOUT, POLL)
-                .map(drop)
+            "operator"
         }
-        _ => Ok(()),
-    }
+        "block_ip" => "ttl",
+        _ => return Ok(()),
+    };
+    api.wait_for_action_polling(HOST_ID, undo_by, seen, ACTION_TIMEOUT, POLL)
+        .map(drop)
+}
+
+/// An operator's undo through the API (release, restore).
+fn operator_asks(api: &Api, path: &str) -> anyhow::Result<()> {
+    api.post(
+        path,
+        &json!({"operator": "respbench", "reason": "bench rollback"}),
+    )
+    .map(drop)
 }
 
 /// The nearest-rank percentile of sorted samples.
